@@ -1,0 +1,578 @@
+"""Websocket consumers: one per open conversation page, one per open conversation list.
+
+Delivery contract (see README, "Delivery semantics"): every message has a per-conversation
+sequence number. A consumer remembers the last sequence it sent to its client and never
+sends one twice or out of order; a sequence that arrives ahead of the next expected one is a
+gap (a broadcast the layer dropped) and is healed from the database before it is sent. A
+client reconnects with `?after=<last sequence it rendered>` and gets the backlog first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import random
+import time
+import uuid
+from collections import deque
+from urllib.parse import parse_qs
+
+from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
+from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
+from django.conf import settings
+from django.db import DatabaseError
+
+from chat import rendering, selectors, services
+from chat.models import Conversation
+from chat.presence import presence_store
+from parley import drain
+
+logger = logging.getLogger(__name__)
+
+# Close codes. The HTMX ws extension reconnects only after 1006, 1011, 1012 and 1013, so
+# refusals use 4xxx codes (no retry) and anything the client should recover from uses 1012.
+CLOSE_SERVICE_RESTART = 1012
+CLOSE_TRY_AGAIN_LATER = 1013
+CLOSE_UNAUTHENTICATED = 4401
+CLOSE_FORBIDDEN = 4403
+CLOSE_RATE_LIMITED = 4429
+
+RATE_WINDOW_SECONDS = 10.0
+TYPING_THROTTLE_SECONDS = 2.5
+BACKLOG_BATCH = 200
+
+try:  # channels-redis raises redis-py errors; the in-memory layer raises none of these.
+    from redis.exceptions import RedisError
+
+    LAYER_ERRORS: tuple[type[BaseException], ...] = (RedisError, OSError, asyncio.TimeoutError)
+except ImportError:  # pragma: no cover
+    LAYER_ERRORS = (OSError, asyncio.TimeoutError)
+
+
+def conversation_group(conversation_id: int) -> str:
+    return f"chat.{conversation_id}"
+
+
+def user_group(user_id: int) -> str:
+    return f"user.{user_id}"
+
+
+def _db(fn):
+    return database_sync_to_async(fn)
+
+
+class ResilientConsumer(AsyncWebsocketConsumer):
+    """A websocket consumer that outlives channel-layer outages.
+
+    Channels ends a consumer when the layer's receive raises, which with Redis down means
+    every socket is dropped and every client reconnects into the same outage. Here the
+    socket stays open: the consumer stops listening, retries joining its groups with
+    backoff, and on recovery dispatches `layer.recovered` so the subclass can heal.
+    """
+
+    groups_wanted: list[str]
+
+    async def __call__(self, scope, receive, send):  # noqa: D102 (ASGI entry)
+        self.scope = scope
+        self.base_send = send
+        self.groups_wanted = []
+        self.layer_ok = True
+        self.accepted = False
+        self.closed = False
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.channel_name = await self.channel_layer.new_channel()
+        try:
+            await await_many_dispatch([receive, self._layer_receive], self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def dispatch(self, message: dict) -> None:
+        # Channels' default dispatch hops to the DB thread before every handler
+        # (aclose_old_connections). Our DB calls go through database_sync_to_async, which
+        # already manages connections, so deliveries stay on the event loop.
+        handler = getattr(self, message["type"].replace(".", "_"), None)
+        if handler is None or message["type"].startswith("_"):
+            raise ValueError(f"No handler for message type {message['type']}")
+        await handler(message)
+
+    async def _layer_receive(self) -> dict:
+        if self.layer_ok:
+            try:
+                return await self.channel_layer.receive(self.channel_name)
+            except LAYER_ERRORS as exc:
+                self.layer_ok = False
+                logger.warning("channel layer lost", extra={"error": repr(exc)})
+                return {"type": "layer.lost"}
+        delay = 0.25
+        while True:
+            await asyncio.sleep(delay * (0.5 + random.random()))
+            try:
+                for group in self.groups_wanted:
+                    await self.channel_layer.group_add(group, self.channel_name)
+            except LAYER_ERRORS:
+                delay = min(delay * 2, 5.0)
+                continue
+            self.layer_ok = True
+            logger.info("channel layer recovered")
+            return {"type": "layer.recovered"}
+
+    async def join_groups(self, groups: list[str]) -> None:
+        self.groups_wanted = list(groups)
+        try:
+            for group in groups:
+                await self.channel_layer.group_add(group, self.channel_name)
+        except LAYER_ERRORS as exc:
+            logger.warning("group join failed; will retry", extra={"error": repr(exc)})
+            self.layer_ok = False
+
+    async def leave_groups(self) -> None:
+        for group in self.groups_wanted:
+            try:
+                await self.channel_layer.group_discard(group, self.channel_name)
+            except LAYER_ERRORS:
+                break  # entries expire with the layer's group_expiry
+
+    async def group_send(self, group: str, event: dict) -> bool:
+        try:
+            await self.channel_layer.group_send(group, event)
+            return True
+        except LAYER_ERRORS as exc:
+            logger.warning("group_send failed", extra={"group": group, "error": repr(exc)})
+            return False
+
+    async def accept(self, subprotocol=None, headers=None):
+        self.accepted = True
+        await super().accept(subprotocol, headers)
+
+    async def close(self, code: int | None = None, reason: str | None = None) -> None:
+        # Never the default code (1000): a close the client should recover from is 1012.
+        if self.closed:
+            return
+        self.closed = True
+        await super().close(code=code or CLOSE_SERVICE_RESTART, reason=reason)
+
+    async def refuse(self, code: int, reason: str) -> None:
+        """Accept, then close with a 4xxx code the browser sees (a pre-accept refusal reaches
+        it as 1006, which the HTMX extension retries forever). Nothing else is sent."""
+        logger.info("websocket refused", extra={"code": code, "reason": reason,
+                                                 "path": self.scope.get("path")})
+        await super().accept()
+        await self.close(code=code)
+
+    async def websocket_disconnect(self, message: dict) -> None:
+        try:
+            await self.disconnect(message.get("code", 1006))
+        finally:
+            raise StopConsumer()
+
+    async def layer_lost(self, event: dict) -> None:
+        pass
+
+    async def layer_recovered(self, event: dict) -> None:
+        pass
+
+    async def session_end(self, event: dict) -> None:
+        """The user logged out over HTTP: this socket's credentials are gone."""
+        await self.close(code=CLOSE_UNAUTHENTICATED)
+
+    async def drain(self, code: int) -> None:
+        await self.close(code=code)
+
+    def start_lifetime_timer(self) -> asyncio.Task:
+        """Closes with 1012 after CHAT_SOCKET_MAX_AGE (jittered): the client reconnects and
+        replays. This bounds how long a group entry can outlive a crashed process."""
+
+        async def expire() -> None:
+            await asyncio.sleep(settings.CHAT_SOCKET_MAX_AGE * random.uniform(0.85, 1.0))
+            await self.close(code=CLOSE_SERVICE_RESTART)
+
+        return asyncio.ensure_future(expire())
+
+
+class ChatConsumer(ResilientConsumer):
+    """`/ws/chat/<conversation_id>[?after=<seq>]`: one conversation, live."""
+
+    async def connect(self) -> None:
+        self.tasks: list[asyncio.Task] = []
+        self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
+            return
+        try:
+            members = await _db(selectors.participant_names)(self.conversation_id)
+        except DatabaseError:
+            logger.exception("database unavailable at connect")
+            # Not accepted: the browser sees 1006 and retries with growing backoff.
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        if user.pk not in members:
+            await self.refuse(CLOSE_FORBIDDEN, "not a participant")
+            return
+        self.user_id: int = user.pk
+        self.username: str = user.get_username()
+        self.members: dict[int, str] = members
+        self.group = conversation_group(self.conversation_id)
+        self.recent_sends: deque[float] = deque()
+        self.strikes = 0
+        self.last_typing = 0.0
+        self.read_seq = 0
+        self.online: set[int] = set()
+        self.send_lock = asyncio.Lock()
+
+        # Join first, then read the backlog: a message stored in between arrives live too,
+        # and the sequence check drops the second copy.
+        await self.join_groups([self.group, user_group(self.user_id)])
+        await self.accept()
+        drain.register(self)
+        after = self._after_param()
+        try:
+            if after is None:
+                self.last_sent = await _db(selectors.conversation_last_seq)(self.conversation_id)
+            else:
+                self.last_sent = after
+                await self.send_backlog()
+        except DatabaseError:
+            logger.exception("database unavailable during replay")
+            await self.close(code=CLOSE_SERVICE_RESTART)
+            return
+        self.tasks.append(self.start_lifetime_timer())
+        self.tasks.append(asyncio.ensure_future(self._heartbeat()))
+        await self._presence("join")
+
+    def _after_param(self) -> int | None:
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            value = int(query.get("after", [""])[0])
+        except ValueError:
+            return None
+        return value if value >= 0 else None
+
+    async def disconnect(self, code: int) -> None:
+        if not hasattr(self, "members") or not self.accepted:
+            return
+        drain.unregister(self)
+        for task in self.tasks:
+            task.cancel()
+        await self.leave_groups()
+        await self._presence("leave")
+
+    # --- delivery -------------------------------------------------------------------------
+
+    async def send_backlog(self, upto: int | None = None) -> int:
+        """Sends stored messages after last_sent (up to `upto`), in order. Returns count."""
+        sent = 0
+        async with self.send_lock:
+            while True:
+                rows = await _db(selectors.rendered_messages_after)(
+                    self.conversation_id, self.last_sent, upto, BACKLOG_BATCH
+                )
+                if not rows:
+                    return sent
+                await self.send(text_data=rendering.ws_messages(html for _, html in rows))
+                self.last_sent = rows[-1][0]
+                sent += len(rows)
+                if len(rows) < BACKLOG_BATCH:
+                    return sent
+
+    async def deliver(self, seq: int, frame: str) -> None:
+        if seq <= self.last_sent:
+            return  # already sent (echo of our own send, replay overlap, duplicate)
+        if seq > self.last_sent + 1:
+            logger.info("sequence gap; healing from the database",
+                        extra={"conversation": self.conversation_id,
+                               "expected": self.last_sent + 1, "got": seq})
+            try:
+                await self.send_backlog(upto=seq - 1)
+            except DatabaseError:
+                logger.exception("gap heal failed")
+                await self.close(code=CLOSE_SERVICE_RESTART)  # client reconnects and replays
+                return
+        async with self.send_lock:
+            if seq <= self.last_sent:
+                return
+            await self.send(text_data=frame)
+            self.last_sent = seq
+
+    async def chat_message(self, event: dict) -> None:
+        await self.deliver(event["seq"], event["frame"])
+
+    async def layer_recovered(self, event: dict) -> None:
+        # Whatever was broadcast while we were not listening is in the database.
+        await self.send_backlog()
+        await self._presence("join")
+
+    # --- client frames --------------------------------------------------------------------
+
+    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if text_data is None:
+            await self.send_error("Binary frames are not supported; send JSON text.")
+            return
+        if len(text_data) > settings.CHAT_MAX_FRAME_BYTES:
+            await self.send_error("Frame too large.")
+            return
+        try:
+            data = json.loads(text_data)
+        except ValueError:
+            await self.send_error("Malformed message: expected a JSON object.")
+            return
+        if not isinstance(data, dict):
+            await self.send_error("Malformed message: expected a JSON object.")
+            return
+        kind = data.get("type", "message")
+        if kind == "message":
+            await self.receive_message(data)
+        elif kind == "typing":
+            await self.receive_typing()
+        elif kind == "read":
+            await self.receive_read(data)
+        else:
+            await self.send_error("Unknown message type.")
+
+    async def send_error(self, text: str, client_id: str | None = None) -> None:
+        await self.send(text_data=rendering.error_html(text, client_id=client_id))
+
+    def _rate_ok(self) -> bool:
+        now = time.monotonic()
+        while self.recent_sends and now - self.recent_sends[0] > RATE_WINDOW_SECONDS:
+            self.recent_sends.popleft()
+        if len(self.recent_sends) >= settings.CHAT_RATE_LIMIT:
+            self.strikes += 1
+            return False
+        self.strikes = 0
+        self.recent_sends.append(now)
+        return True
+
+    async def receive_message(self, data: dict) -> None:
+        if "chat_message" not in data:
+            await self.send_error("Malformed message: the chat_message field is missing.")
+            return
+        raw_client_id = data.get("client_id")
+        client_id: uuid.UUID | None = None
+        if raw_client_id not in (None, ""):
+            try:
+                client_id = uuid.UUID(str(raw_client_id))
+            except ValueError:
+                await self.send_error("Malformed message: client_id must be a UUID.")
+                return
+        cid = str(client_id) if client_id else None
+        try:
+            body = services.normalise_body(data["chat_message"])
+        except services.MessageRejected as exc:
+            await self.send_error(str(exc), cid)
+            return
+        if not body:
+            return  # empty or whitespace-only: ignored
+        if not self._rate_ok():
+            if self.strikes > settings.CHAT_RATE_LIMIT:
+                logger.warning("closing flooding socket", extra={"user": self.user_id})
+                await self.close(code=CLOSE_RATE_LIMITED)
+                return
+            await self.send_error(
+                "You are sending messages too fast. Wait a few seconds and try again.", cid
+            )
+            return
+        try:
+            seq, frame, created = await _db(store_and_render)(
+                self.conversation_id, self.user_id, self.username, body, client_id
+            )
+        except Conversation.DoesNotExist:
+            await self.close(code=CLOSE_FORBIDDEN)
+            return
+        except DatabaseError:
+            logger.exception("message not stored")
+            await self.send_error("Your message could not be saved. Please try again.", cid)
+            return
+        # Confirm to the sender straight away, whether or not the layer is up.
+        await self.deliver(seq, frame)
+        if created:
+            event = {"type": "chat.message", "seq": seq, "frame": frame,
+                     "conversation_id": self.conversation_id}
+            if await self.group_send(self.group, event):
+                try:
+                    await presence_store().note_seq(self.conversation_id, seq)
+                except LAYER_ERRORS:
+                    pass
+
+    async def receive_typing(self) -> None:
+        now = time.monotonic()
+        if now - self.last_typing < TYPING_THROTTLE_SECONDS:
+            return
+        self.last_typing = now
+        await self.group_send(self.group, {
+            "type": "chat.typing", "user_id": self.user_id,
+            "frame": rendering.typing_html(self.user_id, self.username),
+        })
+
+    async def chat_typing(self, event: dict) -> None:
+        if event["user_id"] != self.user_id:
+            await self.send(text_data=event["frame"])
+
+    async def receive_read(self, data: dict) -> None:
+        try:
+            seq = min(int(data.get("seq")), self.last_sent)
+        except (TypeError, ValueError):
+            await self.send_error("Malformed message: seq must be an integer.")
+            return
+        if seq <= self.read_seq:
+            return
+        self.read_seq = seq
+        try:
+            await _db(services.conversation_mark_read)(
+                conversation_id=self.conversation_id, user_id=self.user_id, seq=seq
+            )
+        except DatabaseError:
+            logger.exception("read marker not stored")
+            return
+        await self.group_send(user_group(self.user_id), {
+            "type": "inbox.read", "conversation_id": self.conversation_id, "seq": seq,
+        })
+
+    async def inbox_read(self, event: dict) -> None:
+        pass  # for the conversation list; a chat page ignores it
+
+    async def inbox_joined(self, event: dict) -> None:
+        pass
+
+    # --- presence -------------------------------------------------------------------------
+
+    async def _presence(self, op: str) -> None:
+        store = presence_store()
+        try:
+            if op == "join":
+                online = await store.join(self.conversation_id, self.user_id, self.channel_name)
+            else:
+                online = await store.leave(self.conversation_id, self.user_id, self.channel_name)
+        except LAYER_ERRORS:
+            return
+        if op == "join":
+            await self._show_presence(online)
+            await self.group_send(self.group, {
+                "type": "chat.presence", "user_id": self.user_id, "online": True,
+                "frame": rendering.presence_html(self.user_id, self.username, True),
+            })
+        elif self.user_id not in online:
+            await self.group_send(self.group, {
+                "type": "chat.presence", "user_id": self.user_id, "online": False,
+                "frame": rendering.presence_html(self.user_id, self.username, False),
+            })
+
+    async def _show_presence(self, online: set[int]) -> None:
+        changed = [uid for uid in self.members if (uid in online) != (uid in self.online)]
+        self.online = set(online)
+        if changed and not self.closed:
+            await self.send(text_data="".join(
+                rendering.presence_html(uid, self.members[uid], uid in online) for uid in changed
+            ))
+
+    async def chat_presence(self, event: dict) -> None:
+        online = event["online"]
+        if (event["user_id"] in self.online) != online:
+            self.online ^= {event["user_id"]}
+            await self.send(text_data=event["frame"])
+
+    async def _heartbeat(self) -> None:
+        """Refreshes presence; notices expired peers and broadcasts the layer dropped."""
+        interval = max(settings.CHAT_PRESENCE_TTL / 3, 1.0)
+        while True:
+            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+            try:
+                online, newest = await presence_store().heartbeat(
+                    self.conversation_id, self.user_id, self.channel_name
+                )
+            except LAYER_ERRORS:
+                continue
+            await self._show_presence(online)
+            if newest > self.last_sent:
+                try:
+                    await self.send_backlog(upto=newest)
+                except DatabaseError:
+                    logger.warning("tail-gap heal failed; will retry")
+
+
+class InboxConsumer(ResilientConsumer):
+    """`/ws/inbox`: the conversation list, with unread counts, updated live."""
+
+    max_conversations = 200
+
+    async def connect(self) -> None:
+        self.tasks = []
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
+            return
+        self.user_id = user.pk
+        self.username = user.get_username()
+        try:
+            ids = await _db(selectors.recent_conversation_ids)(self.user_id, self.max_conversations)
+        except DatabaseError:
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        await self.join_groups([user_group(self.user_id), *map(conversation_group, ids)])
+        await self.accept()
+        drain.register(self)
+        self.tasks.append(self.start_lifetime_timer())
+
+    async def disconnect(self, code: int) -> None:
+        if not self.accepted or not hasattr(self, "user_id"):
+            return
+        drain.unregister(self)
+        for task in self.tasks:
+            task.cancel()
+        await self.leave_groups()
+
+    async def _send_row(self, conversation_id: int) -> None:
+        try:
+            row = await _db(selectors.conversation_row)(
+                self.user_id, self.username, conversation_id
+            )
+        except DatabaseError:
+            return
+        if row is not None:
+            await self.send(text_data=rendering.conversation_row_html(row))
+
+    async def chat_message(self, event: dict) -> None:
+        await self._send_row(event["conversation_id"])
+
+    async def inbox_read(self, event: dict) -> None:
+        await self._send_row(event["conversation_id"])
+
+    async def inbox_joined(self, event: dict) -> None:
+        group = conversation_group(event["conversation_id"])
+        if group not in self.groups_wanted:
+            self.groups_wanted.append(group)
+            try:
+                await self.channel_layer.group_add(group, self.channel_name)
+            except LAYER_ERRORS:
+                self.layer_ok = False
+        await self._send_row(event["conversation_id"])
+
+    async def chat_typing(self, event: dict) -> None:
+        pass
+
+    async def chat_presence(self, event: dict) -> None:
+        pass
+
+    async def layer_recovered(self, event: dict) -> None:
+        # Rows may have changed while we were not listening: refresh the whole list.
+        ids = [int(g.split(".", 1)[1]) for g in self.groups_wanted if g.startswith("chat.")]
+        for cid in reversed(ids):
+            await self._send_row(cid)
+
+
+def store_and_render(
+    conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
+) -> tuple[int, str, bool]:
+    """Runs in the DB thread: store, then render the one fragment every recipient gets."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    sender = User(pk=user_id, **{User.USERNAME_FIELD: username})
+    message, created = services.message_create(
+        conversation_id=conversation_id, sender=sender, body=body, client_id=client_id
+    )
+    return message.seq, rendering.ws_messages([rendering.message_html(message)]), created

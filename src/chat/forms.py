@@ -1,0 +1,26 @@
+from __future__ import annotations
+
+import re
+
+from django import forms
+from django.contrib.auth.forms import UserCreationForm
+
+
+class SignupForm(UserCreationForm):
+    class Meta(UserCreationForm.Meta):
+        fields = ("username",)
+
+
+class ConversationStartForm(forms.Form):
+    usernames = forms.CharField(
+        max_length=2000, help_text="One or more usernames, separated by commas or spaces."
+    )
+    title = forms.CharField(max_length=200, required=False)
+
+    def clean_usernames(self) -> list[str]:
+        names = [n for n in re.split(r"[\s,]+", self.cleaned_data["usernames"]) if n]
+        if not names:
+            raise forms.ValidationError("Name at least one other user.")
+        if len(names) > 50:
+            raise forms.ValidationError("A conversation can have at most 50 other people.")
+        return names

@@ -1,0 +1,56 @@
+"""Creates load-test users and rooms and writes their credentials as JSON.
+
+    manage.py seed_loadtest --rooms 10 --members 10 --password secret --out users.json
+
+Writes a list of {"username", "password", "conversation"}. Running it again reuses the same
+users and rooms (and resets their passwords), so it never fails on existing data.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from django.contrib.auth import get_user_model
+from django.contrib.auth.hashers import make_password
+from django.core.management.base import BaseCommand, CommandError
+from django.db import transaction
+
+from chat.models import Conversation, Participant
+
+
+class Command(BaseCommand):
+    help = "Create R conversations of M members each and write their credentials as JSON."
+
+    def add_arguments(self, parser) -> None:
+        parser.add_argument("--rooms", type=int, required=True)
+        parser.add_argument("--members", type=int, required=True)
+        parser.add_argument("--password", required=True)
+        parser.add_argument("--out", required=True, help="JSON file to write ('-' for stdout)")
+        parser.add_argument("--prefix", default="lt", help="username prefix (default: lt)")
+
+    def handle(self, *args, rooms: int, members: int, password: str, out: str, prefix: str,
+               **options) -> None:
+        if rooms < 1 or members < 2:
+            raise CommandError("--rooms must be at least 1 and --members at least 2")
+        User = get_user_model()
+        hashed = make_password(password)  # one hash for all: seeding stays fast
+        records: list[dict] = []
+        with transaction.atomic():
+            for r in range(rooms):
+                conversation, _ = Conversation.objects.get_or_create(title=f"{prefix}-room-{r}")
+                for m in range(members):
+                    username = f"{prefix}_r{r}_m{m}"
+                    user, _ = User.objects.update_or_create(
+                        username=username, defaults={"password": hashed, "is_active": True}
+                    )
+                    Participant.objects.get_or_create(conversation=conversation, user=user)
+                    records.append({"username": username, "password": password,
+                                    "conversation": conversation.pk})
+        text = json.dumps(records, indent=1)
+        if out == "-":
+            self.stdout.write(text)
+        else:
+            Path(out).parent.mkdir(parents=True, exist_ok=True)
+            Path(out).write_text(text)
+            self.stderr.write(f"wrote {len(records)} users in {rooms} rooms to {out}")

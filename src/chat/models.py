@@ -1,0 +1,72 @@
+from __future__ import annotations
+
+from django.conf import settings
+from django.db import models
+
+
+class Conversation(models.Model):
+    """A 1:1 or group conversation.
+
+    `last_seq` is the sequence counter: each stored message takes `last_seq + 1` in the same
+    transaction (the row lock on the conversation serialises concurrent senders), so
+    sequences are gapless and strictly increasing per conversation.
+    """
+
+    title = models.CharField(max_length=200, blank=True)
+    participants = models.ManyToManyField(
+        settings.AUTH_USER_MODEL, through="Participant", related_name="conversations"
+    )
+    created_at = models.DateTimeField(auto_now_add=True)
+    last_seq = models.PositiveBigIntegerField(default=0)
+    last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
+    last_message_preview = models.CharField(max_length=140, blank=True)
+    last_message_sender = models.CharField(max_length=150, blank=True)
+
+    class Meta:
+        ordering = ["-last_message_at", "-id"]
+
+    def __str__(self) -> str:
+        return self.title or f"Conversation {self.pk}"
+
+
+class Participant(models.Model):
+    conversation = models.ForeignKey(Conversation, on_delete=models.CASCADE)
+    user = models.ForeignKey(settings.AUTH_USER_MODEL, on_delete=models.CASCADE)
+    joined_at = models.DateTimeField(auto_now_add=True)
+    # Read marker: the highest sequence this participant has seen.
+    last_read_seq = models.PositiveBigIntegerField(default=0)
+
+    class Meta:
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "user"], name="uniq_participant"),
+        ]
+        indexes = [models.Index(fields=["user", "conversation"])]
+
+    def __str__(self) -> str:
+        return f"{self.user_id} in {self.conversation_id}"
+
+
+class Message(models.Model):
+    conversation = models.ForeignKey(
+        Conversation, on_delete=models.CASCADE, related_name="messages"
+    )
+    sender = models.ForeignKey(
+        settings.AUTH_USER_MODEL, on_delete=models.CASCADE, related_name="messages"
+    )
+    seq = models.PositiveBigIntegerField()
+    # Client-generated idempotency key: a retried send is stored once.
+    client_id = models.UUIDField(null=True, blank=True)
+    body = models.TextField()
+    created_at = models.DateTimeField(auto_now_add=True)
+
+    class Meta:
+        ordering = ["conversation", "seq"]
+        constraints = [
+            models.UniqueConstraint(fields=["conversation", "seq"], name="uniq_message_seq"),
+            models.UniqueConstraint(
+                fields=["conversation", "sender", "client_id"], name="uniq_message_client_id"
+            ),
+        ]
+
+    def __str__(self) -> str:
+        return f"#{self.seq} in {self.conversation_id}"

@@ -1,0 +1,141 @@
+"""Who is online in a conversation, and the newest sequence number seen by the layer.
+
+Entries are per socket and carry an expiry, refreshed by each consumer's heartbeat: several
+tabs of one user count once, and a crashed process's entries lapse after CHAT_PRESENCE_TTL.
+The newest-sequence key lets an idle consumer notice a broadcast the layer dropped (a "tail
+gap" that no later message reveals) and heal it from the database.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import Protocol
+
+from django.conf import settings
+
+
+class PresenceStore(Protocol):
+    async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
+    async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
+    async def heartbeat(
+        self, conversation_id: int, user_id: int, channel: str
+    ) -> tuple[set[int], int]: ...
+    async def note_seq(self, conversation_id: int, seq: int) -> None: ...
+
+
+def _ttl() -> int:
+    return settings.CHAT_PRESENCE_TTL
+
+
+class LocalPresence:
+    """Process-local store for the embedded (in-memory layer) mode."""
+
+    def __init__(self) -> None:
+        self._entries: dict[int, dict[str, tuple[int, float]]] = {}
+        self._seq: dict[int, int] = {}
+
+    def _online(self, conversation_id: int) -> set[int]:
+        now = time.time()
+        entries = self._entries.setdefault(conversation_id, {})
+        for key in [k for k, (_, exp) in entries.items() if exp <= now]:
+            del entries[key]
+        return {uid for uid, _ in entries.values()}
+
+    async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
+        self._entries.setdefault(conversation_id, {})[channel] = (user_id, time.time() + _ttl())
+        return self._online(conversation_id)
+
+    async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
+        self._entries.get(conversation_id, {}).pop(channel, None)
+        return self._online(conversation_id)
+
+    async def heartbeat(self, conversation_id: int, user_id: int, channel: str):
+        online = await self.join(conversation_id, user_id, channel)
+        return online, self._seq.get(conversation_id, 0)
+
+    async def note_seq(self, conversation_id: int, seq: int) -> None:
+        self._seq[conversation_id] = max(seq, self._seq.get(conversation_id, 0))
+
+
+_NOTE_SEQ = """
+local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
+if cur < tonumber(ARGV[1]) then redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2]) end
+return 0
+"""
+
+
+class RedisPresence:
+    def __init__(self, urls: list[str]) -> None:
+        self._urls = urls
+        self._clients: dict[tuple[int, int], object] = {}
+
+    def _client(self, conversation_id: int):
+        import redis.asyncio as aioredis
+
+        index = conversation_id % len(self._urls)
+        key = (id(asyncio.get_running_loop()), index)
+        client = self._clients.get(key)
+        if client is None:
+            if len(self._clients) > 64:  # loops come and go in tests; don't hoard clients
+                self._clients.clear()
+            client = aioredis.Redis.from_url(
+                self._urls[index], socket_timeout=2, socket_connect_timeout=2
+            )
+            self._clients[key] = client
+        return client
+
+    @staticmethod
+    def _key(conversation_id: int) -> str:
+        return f"parley:presence:{conversation_id}"
+
+    @staticmethod
+    def _uids(members: list[bytes]) -> set[int]:
+        return {int(m.split(b"|", 1)[0]) for m in members}
+
+    async def _write(self, conversation_id: int, op: str, user_id: int, channel: str):
+        now = time.time()
+        key = self._key(conversation_id)
+        member = f"{user_id}|{channel}"
+        pipe = self._client(conversation_id).pipeline(transaction=False)
+        if op == "add":
+            pipe.zadd(key, {member: now + _ttl()})
+        else:
+            pipe.zrem(key, member)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.expire(key, _ttl() * 2)
+        pipe.zrange(key, 0, -1)
+        pipe.get(f"parley:seq:{conversation_id}")
+        result = await pipe.execute()
+        return self._uids(result[3]), int(result[4] or 0)
+
+    async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
+        return (await self._write(conversation_id, "add", user_id, channel))[0]
+
+    async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
+        return (await self._write(conversation_id, "rem", user_id, channel))[0]
+
+    async def heartbeat(self, conversation_id: int, user_id: int, channel: str):
+        return await self._write(conversation_id, "add", user_id, channel)
+
+    async def note_seq(self, conversation_id: int, seq: int) -> None:
+        await self._client(conversation_id).eval(
+            _NOTE_SEQ, 1, f"parley:seq:{conversation_id}", seq, 86400
+        )
+
+
+_store: PresenceStore | None = None
+
+
+def presence_store() -> PresenceStore:
+    global _store
+    if _store is None:
+        urls = settings.REDIS_URLS
+        _store = RedisPresence(urls) if urls else LocalPresence()
+    return _store
+
+
+def reset_presence_store() -> None:
+    """For tests that point REDIS_URL elsewhere."""
+    global _store
+    _store = None

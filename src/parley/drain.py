@@ -1,0 +1,74 @@
+"""Graceful drain for websocket processes.
+
+On SIGTERM the daphne runner (parley.serve_ws) calls `begin_drain()`: /readyz answers 503 at
+once, new websocket handshakes are refused, and every open socket is closed with 1012
+(Service Restart), a code the HTMX extension reconnects after; the client then lands on
+another daphne and replays what it missed from its last sequence number.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+import weakref
+from typing import Any, Protocol
+
+logger = logging.getLogger(__name__)
+
+CLOSE_SERVICE_RESTART = 1012
+
+
+class Drainable(Protocol):
+    async def drain(self, code: int) -> None: ...
+
+
+_state = {"draining": False, "since": 0.0}
+_sockets: weakref.WeakSet[Any] = weakref.WeakSet()
+
+
+def is_draining() -> bool:
+    return _state["draining"]
+
+
+def register(consumer: Drainable) -> None:
+    _sockets.add(consumer)
+
+
+def unregister(consumer: Drainable) -> None:
+    _sockets.discard(consumer)
+
+
+def open_socket_count() -> int:
+    return len(_sockets)
+
+
+async def begin_drain(timeout: float) -> int:
+    """Close every open socket with 1012; returns how many were still open at the deadline."""
+    _state["draining"] = True
+    _state["since"] = time.monotonic()
+    consumers = list(_sockets)
+    logger.info("drain started", extra={"open_sockets": len(consumers)})
+    await asyncio.gather(
+        *(c.drain(CLOSE_SERVICE_RESTART) for c in consumers), return_exceptions=True
+    )
+    deadline = time.monotonic() + timeout
+    while _sockets and time.monotonic() < deadline:
+        await asyncio.sleep(0.05)
+    left = len(_sockets)
+    logger.info("drain finished", extra={"still_open": left})
+    return left
+
+
+class DrainMiddleware:
+    """Refuses new websocket handshakes while the process drains."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] == "websocket" and is_draining():
+            # Not accepted: the browser sees 1006 and the HTMX extension retries elsewhere.
+            await send({"type": "websocket.close", "code": 1013})
+            return
+        await self.app(scope, receive, send)

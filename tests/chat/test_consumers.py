@@ -1,0 +1,258 @@
+"""ChatConsumer against the real Redis channel layer and Postgres."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.test import override_settings
+
+from chat.models import Message
+from tests.factories import communicator, make_conversation, make_user, session_cookie
+from tests.frames import Inbox
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@sync_to_async
+def room(n: int = 2, title: str = ""):
+    users = [make_user() for _ in range(n)]
+    conversation = make_conversation(*users, title=title)
+    return conversation, users, [session_cookie(u) for u in users]
+
+
+async def open_socket(conversation_id: int, cookie: bytes | None, after: int | None = None,
+                      origin: bytes | None = b"http://localhost"):
+    path = f"/ws/chat/{conversation_id}" + (f"?after={after}" if after is not None else "")
+    comm = communicator(path, cookie, origin=origin)
+    connected, _ = await comm.connect(timeout=5)
+    return comm, connected, Inbox(comm)
+
+
+def send(comm, text: str, client_id: str | None = None):
+    payload = {"chat_message": text, "HEADERS": {"HX-Request": "true"}}
+    if client_id:
+        payload["client_id"] = client_id
+    return comm.send_to(text_data=json.dumps(payload))
+
+
+@sync_to_async
+def stored(conversation_id: int) -> list[tuple[int, str]]:
+    return list(
+        Message.objects.filter(conversation_id=conversation_id)
+        .order_by("seq").values_list("seq", "body")
+    )
+
+
+# --- refusals -------------------------------------------------------------------------------
+
+async def test_anonymous_is_closed_with_4401_and_gets_nothing():
+    conversation, _, _ = await room()
+    comm, connected, inbox = await open_socket(conversation.pk, cookie=None)
+    assert connected  # accepted so the browser sees the code, not 1006
+    assert await inbox.wait_close() == 4401
+    assert inbox.frames == []
+
+
+async def test_non_participant_and_missing_conversation_get_4403():
+    conversation, _, _ = await room()
+    outsider = await sync_to_async(make_user)()
+    cookie = await sync_to_async(session_cookie)(outsider)
+    for cid in (conversation.pk, 999_999):
+        comm, connected, inbox = await open_socket(cid, cookie)
+        assert connected
+        assert await inbox.wait_close() == 4403
+        assert inbox.frames == []
+
+
+async def test_outsider_receives_nothing_from_the_conversation():
+    conversation, _, cookies = await room()
+    outsider = await sync_to_async(make_user)()
+    cookie = await sync_to_async(session_cookie)(outsider)
+    member, _, member_inbox = await open_socket(conversation.pk, cookies[0])
+    intruder, _, intruder_inbox = await open_socket(conversation.pk, cookie)
+    assert await intruder_inbox.wait_close() == 4403
+    await send(member, "secret plans")
+    await member_inbox.wait_text("secret plans")
+    assert not any("secret" in f for f in intruder_inbox.frames)
+    await member.disconnect()
+
+
+async def test_foreign_origin_is_refused_at_the_handshake():
+    conversation, _, cookies = await room()
+    comm = communicator(f"/ws/chat/{conversation.pk}", cookies[0], origin=b"https://evil.example")
+    connected, _ = await comm.connect(timeout=5)
+    assert not connected
+
+
+# --- chatting -------------------------------------------------------------------------------
+
+async def test_two_participants_see_each_others_messages_in_order():
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    for i in range(5):
+        await send(alice if i % 2 == 0 else bob, f"hello {i}")
+        # wait for each before the next so the intended order is the sending order
+        await alice_in.wait_seqs(list(range(1, i + 2)))
+    await bob_in.wait_seqs([1, 2, 3, 4, 5])
+    assert alice_in.seqs == [1, 2, 3, 4, 5]
+    assert bob_in.seqs == [1, 2, 3, 4, 5]
+    frame = next(f for f in bob_in.frames if "hello 0" in f)
+    assert f'data-sender-id="{users[0].pk}"' in frame
+    assert 'hx-swap-oob="beforeend:#messages"' in frame
+    assert "<time datetime=" in frame
+    assert [b for _, b in await stored(conversation.pk)] == [f"hello {i}" for i in range(5)]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_every_recipient_gets_the_same_fragment_bytes():
+    conversation, _, cookies = await room(3)
+    socks = [await open_socket(conversation.pk, c) for c in cookies]
+    await send(socks[0][0], "one fragment for all")
+    frames = []
+    for _, _, inbox in socks:
+        frames.append(await inbox.wait_text("one fragment for all"))
+    assert len(set(frames)) == 1
+    for comm, _, _ in socks:
+        await comm.disconnect()
+
+
+async def test_xss_payloads_are_rendered_inert():
+    conversation, _, cookies = await room()
+    alice, _, _ = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    payloads = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>",
+                '"><svg onload=alert(3)>', "</article><div hx-swap-oob='true' id='messages'>x</div>"]
+    for p in payloads:
+        await send(alice, p)
+    await bob_in.wait_seqs([1, 2, 3, 4])
+    text = "".join(bob_in.frames)
+    assert "<img" not in text and "<script" not in text and "<svg" not in text
+    assert "&lt;img src=x onerror=&quot;alert(1)&quot;&gt;" in text
+    assert "hx-swap-oob='true'" not in text
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_bad_frames_get_an_error_and_the_socket_stays_open():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    await alice.send_to(text_data="{not json")
+    assert "Malformed message" in await alice_in.wait_text('id="chat-error"')
+    alice_in.frames.clear()
+    await alice.send_to(text_data=json.dumps({"something": "else"}))
+    assert "chat_message field is missing" in await alice_in.wait_text('id="chat-error"')
+    alice_in.frames.clear()
+    await alice.send_to(bytes_data=b"\x00\x01binary")
+    assert "Binary frames" in await alice_in.wait_text('id="chat-error"')
+    alice_in.frames.clear()
+    await alice.send_to(text_data=json.dumps([1, 2, 3]))
+    assert "expected a JSON object" in await alice_in.wait_text('id="chat-error"')
+    alice_in.frames.clear()
+    await alice.send_to(text_data=json.dumps({"chat_message": "x", "client_id": "nope"}))
+    assert "client_id must be a UUID" in await alice_in.wait_text('id="chat-error"')
+    # still open and working
+    await send(alice, "still here")
+    await alice_in.wait_text("still here")
+    assert await stored(conversation.pk) == [(1, "still here")]
+    await alice.disconnect()
+
+
+async def test_empty_messages_are_ignored():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    await send(alice, "")
+    await send(alice, "   \n\t ")
+    await send(alice, "real")
+    await alice_in.wait_text("real")
+    assert await stored(conversation.pk) == [(1, "real")]
+    assert not any("chat-error" in f for f in alice_in.frames)
+    await alice.disconnect()
+
+
+@override_settings(CHAT_MAX_MESSAGE_LENGTH=100)
+async def test_too_long_message_errors_to_the_sender_only_and_is_not_stored():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    cid = str(uuid.uuid4())
+    await send(alice, "x" * 101, client_id=cid)
+    err = await alice_in.wait_text('id="chat-error"')
+    assert "too long" in err and f'data-client-id="{cid}"' in err
+    await send(alice, "x" * 100)
+    await bob_in.wait_seqs([1])
+    assert not any("chat-error" in f for f in bob_in.frames)
+    assert await stored(conversation.pk) == [(1, "x" * 100)]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+@override_settings(CHAT_RATE_LIMIT=5)
+async def test_flooding_is_throttled_then_closed_and_others_are_unaffected():
+    conversation, _, cookies = await room(3)
+    flood, _, flood_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    carol, _, carol_in = await open_socket(conversation.pk, cookies[2])
+    for i in range(6):
+        await send(flood, f"flood {i}")
+    assert "too fast" in await flood_in.wait_text("too fast")
+    for i in range(10):
+        await send(flood, f"more {i}")
+    assert await flood_in.wait_close() == 4429
+    rows = await stored(conversation.pk)
+    assert len(rows) == 5
+    await send(bob, "bob is fine")
+    await carol_in.wait_text("bob is fine")
+    await bob.disconnect()
+    await carol.disconnect()
+
+
+@pytest.mark.slow
+async def test_idle_socket_still_receives_after_30_seconds():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    await asyncio.sleep(31)  # the idleness itself is what is under test
+    assert not alice.future.done() and not bob.future.done()
+    await send(alice, "after the silence")
+    await bob_in.wait_text("after the silence")
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_logging_out_over_http_ends_that_users_sockets():
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    alice2, _, alice2_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+
+    @sync_to_async
+    def logout():
+        from django.test import Client
+
+        client = Client()
+        name, value = cookies[0].decode().split("=", 1)
+        client.cookies[name] = value
+        assert client.post("/accounts/logout/").status_code == 302
+
+    await logout()
+    assert await alice_in.wait_close() == 4401
+    assert await alice2_in.wait_close() == 4401
+    await send(bob, "after logout")
+    await bob_in.wait_text("after logout")
+    # and the old cookie no longer opens a socket
+    again, _, again_in = await open_socket(conversation.pk, cookies[0])
+    assert await again_in.wait_close() == 4401
+    await bob.disconnect()
+
+
+async def test_server_side_closes_never_use_code_1000(settings):
+    settings.CHAT_SOCKET_MAX_AGE = 1
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    assert await alice_in.wait_close(timeout=5) == 1012
