@@ -83,12 +83,17 @@ class ResilientConsumer(AsyncWebsocketConsumer):
         self.layer_ok = True
         self.accepted = False
         self.closed = False
+        self.tasks: list[asyncio.Task] = []
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         try:
             await await_many_dispatch([receive, self._layer_receive], self.dispatch)
         except StopConsumer:
             pass
+        finally:
+            # Cancelled or crashed, background work dies with the socket.
+            for task in self.tasks:
+                task.cancel()
 
     async def dispatch(self, message: dict) -> None:
         # Channels' default dispatch hops to the DB thread before every handler
@@ -197,7 +202,6 @@ class ChatConsumer(ResilientConsumer):
     """`/ws/chat/<conversation_id>[?after=<seq>]`: one conversation, live."""
 
     async def connect(self) -> None:
-        self.tasks: list[asyncio.Task] = []
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -500,7 +504,6 @@ class InboxConsumer(ResilientConsumer):
     max_conversations = 200
 
     async def connect(self) -> None:
-        self.tasks = []
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")

@@ -1,0 +1,346 @@
+"""Nothing lost: replay, ordering under races, idempotency, gap healing, Redis outages."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+from django.db import connection
+
+from chat import services
+from chat.models import Message
+from chat.presence import presence_store
+from tests.chat.test_consumers import open_socket, room, send, stored
+from tests.redis_server import ThrowawayRedis
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def test_reconnect_with_last_sequence_replays_exactly_the_missed_messages():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    await send(alice, "before")
+    await bob_in.wait_seqs([1])
+    last_seen = bob_in.seqs[-1]
+    await bob.disconnect()
+
+    for i in range(20):
+        await send(alice, f"missed {i}")
+    await alice_in.wait_seqs(list(range(1, 22)))
+
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1], after=last_seen)
+    assert await bob_in.wait_seqs(list(range(2, 22))) == list(range(2, 22))
+    await send(alice, "live again")
+    await bob_in.wait_seqs(list(range(2, 23)))
+    await bob_in.quiet(0.3)
+    assert bob_in.seqs == list(range(2, 23))
+    replayed = "".join(bob_in.frames)
+    assert all(f"missed {i}<" in replayed for i in range(20))
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_two_racing_senders_get_gapless_sequences_in_one_order_for_everyone():
+    conversation, _, cookies = await room(3)
+    a, _, a_in = await open_socket(conversation.pk, cookies[0])
+    b, _, b_in = await open_socket(conversation.pk, cookies[1])
+    c, _, c_in = await open_socket(conversation.pk, cookies[2])
+    n = 25
+
+    async def burst(comm, tag):
+        for i in range(n):
+            await send(comm, f"{tag}{i}")
+
+    await asyncio.gather(burst(a, "a"), burst(b, "b"))
+    expected = list(range(1, 2 * n + 1))
+    for inbox in (a_in, b_in, c_in):
+        assert await inbox.wait_seqs(expected, timeout=15) == expected
+    rows = await stored(conversation.pk)
+    assert [s for s, _ in rows] == expected
+    # every participant saw the same message at the same sequence
+    bodies = {s: b for s, b in rows}
+    for inbox in (a_in, b_in, c_in):
+        text = "".join(inbox.frames)
+        positions = [text.index(f">{bodies[s]}<") for s in expected]
+        assert positions == sorted(positions)
+    # each sender's own messages keep their sending order
+    for tag in ("a", "b"):
+        mine = [int(b[1:]) for _, b in rows if b.startswith(tag)]
+        assert mine == list(range(n))
+    for comm in (a, b, c):
+        await comm.disconnect()
+
+
+async def test_same_client_id_twice_is_stored_once_and_broadcast_once():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    cid = str(uuid.uuid4())
+    await send(alice, "only once", client_id=cid)
+    await send(alice, "only once", client_id=cid)
+    await send(alice, "next")
+    await bob_in.wait_seqs([1, 2])
+    await alice_in.wait_seqs([1, 2])
+    await bob_in.quiet(0.3)
+    await alice_in.quiet(0.1)
+    assert bob_in.seqs == [1, 2] and alice_in.seqs == [1, 2]
+    assert sum(f.count(f'data-client-id="{cid}"') for f in alice_in.frames) == 1
+    assert await stored(conversation.pk) == [(1, "only once"), (2, "next")]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_retry_after_reconnect_is_confirmed_once():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    cid = str(uuid.uuid4())
+    await send(alice, "maybe lost", client_id=cid)
+    await alice_in.wait_seqs([1])
+    await alice.disconnect()
+    # the client never saw the confirmation (say), reconnects from 0 and retries
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0], after=0)
+    await send(alice, "maybe lost", client_id=cid)
+    await alice_in.wait_seqs([1])
+    await alice_in.quiet(0.3)
+    assert alice_in.seqs == [1]
+    assert await stored(conversation.pk) == [(1, "maybe lost")]
+    await alice.disconnect()
+
+
+async def test_a_dropped_broadcast_is_noticed_as_a_gap_and_healed_from_the_database():
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    # stored but never broadcast: exactly what a layer drop looks like to bob
+    await sync_to_async(services.message_create)(
+        conversation_id=conversation.pk, sender=users[0], body="dropped by the layer"
+    )
+    await send(alice, "the next one")
+    assert await bob_in.wait_seqs([1, 2]) == [1, 2]
+    assert "dropped by the layer" in "".join(bob_in.frames)
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_a_dropped_last_broadcast_is_healed_without_a_later_message():
+    conversation, users, cookies = await room()
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    message, _ = await sync_to_async(services.message_create)(
+        conversation_id=conversation.pk, sender=users[0], body="tail"
+    )
+    await presence_store().note_seq(conversation.pk, message.seq)
+    # the heartbeat (CHAT_PRESENCE_TTL=6 in tests: every ~2 s) notices the newer sequence
+    assert await bob_in.wait_seqs([1], timeout=8) == [1]
+    await bob.disconnect()
+
+
+async def test_a_message_the_database_refuses_gets_an_error_never_a_confirmation():
+    conversation, _, cookies = await room()
+
+    @sync_to_async
+    def poison():
+        with connection.cursor() as cur:
+            cur.execute(
+                "CREATE OR REPLACE FUNCTION parley_test_reject() RETURNS trigger AS $$ BEGIN "
+                "IF NEW.body = 'poison' THEN RAISE EXCEPTION 'disk full (simulated)'; END IF; "
+                "RETURN NEW; END $$ LANGUAGE plpgsql"
+            )
+            cur.execute(
+                "CREATE TRIGGER parley_test_reject BEFORE INSERT ON chat_message "
+                "FOR EACH ROW EXECUTE FUNCTION parley_test_reject()"
+            )
+
+    await poison()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    cid = str(uuid.uuid4())
+    await send(alice, "poison", client_id=cid)
+    err = await alice_in.wait_text('id="chat-error"')
+    assert "could not be saved" in err and cid in err
+    assert alice_in.seqs == []
+    # the failed transaction gave its sequence number back: no gap
+    await send(alice, "fine")
+    assert await bob_in.wait_seqs([1]) == [1]
+    assert await stored(conversation.pk) == [(1, "fine")]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+@pytest.fixture
+def throwaway_redis(settings):
+    """A Redis of our own on another port, as the channel layer and presence store."""
+    from channels.layers import channel_layers
+
+    from chat.presence import reset_presence_store
+
+    server = ThrowawayRedis()
+    server.start()
+    url = f"redis://127.0.0.1:{server.port}/0"
+    settings.REDIS_URLS = [url]
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {"hosts": [{"address": url}], "capacity": 1000,
+                       "group_expiry": settings.CHAT_SOCKET_MAX_AGE + 300},
+        }
+    }
+    channel_layers.backends.clear()
+    reset_presence_store()
+    yield server
+    server.stop()
+    channel_layers.backends.clear()
+    reset_presence_store()
+
+
+async def test_redis_outage_loses_nothing_and_sockets_stay_open(throwaway_redis):
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    await send(alice, "before the outage")
+    await bob_in.wait_seqs([1])
+
+    throwaway_redis.stop()
+    await send(alice, "during the outage")
+    # stored and confirmed to the sender although the layer is down
+    await alice_in.wait_seqs([1, 2])
+    assert await stored(conversation.pk) == [(1, "before the outage"), (2, "during the outage")]
+    await bob_in.quiet(1.0)
+    assert bob_in.seqs == [1]
+    assert not alice.future.done() and not bob.future.done()  # no flapping: still open
+
+    throwaway_redis.start()  # same port, empty: group memberships are gone
+    assert await bob_in.wait_seqs([1, 2], timeout=15) == [1, 2]
+    await alice_in.quiet(0.5)
+    await send(bob, "after recovery")
+    assert await alice_in.wait_seqs([1, 2, 3], timeout=10) == [1, 2, 3]
+    assert await bob_in.wait_seqs([1, 2, 3]) == [1, 2, 3]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_crashed_consumer_presence_expires(settings):
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    bob_id = users[1].pk
+    await alice_in.wait_text(f'id="presence-{bob_id}" hx-swap-oob="true" class="presence" '
+                             f'data-user-id="{bob_id}" data-online="true"')
+    # a crash: the process dies, disconnect() never runs, nothing says goodbye
+    bob.future.cancel()
+    await alice_in.wait_text(
+        f'data-user-id="{bob_id}" data-online="false"', timeout=settings.CHAT_PRESENCE_TTL * 3
+    )
+    await alice.disconnect()
+
+
+async def test_two_tabs_of_one_user_count_once_and_closing_one_keeps_them_online():
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob_id = users[1].pk
+    online = f'data-user-id="{bob_id}" data-online="true"'
+    bob1, _, bob1_in = await open_socket(conversation.pk, cookies[1])
+    await bob1_in.wait_text(online)  # its presence snapshot: the tab has joined
+    bob2, _, bob2_in = await open_socket(conversation.pk, cookies[1])
+    await bob2_in.wait_text(online)
+    await alice_in.wait_text(online)
+    await bob1.disconnect()
+    await alice_in.quiet(0.5)
+    assert not any(f'data-user-id="{bob_id}" data-online="false"' in f for f in alice_in.frames)
+    assert sum(f.count(online) for f in alice_in.frames) == 1
+    await bob2.disconnect()
+    await alice_in.wait_text(f'data-user-id="{bob_id}" data-online="false"')
+    await alice.disconnect()
+
+
+async def test_typing_is_throttled_and_not_echoed_to_the_typist():
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    for _ in range(10):
+        await alice.send_to(text_data=json.dumps({"type": "typing"}))
+    await bob_in.wait_text("is typing")
+    await bob_in.quiet(0.5)
+    await alice_in.quiet(0.1)
+    assert sum("is typing" in f for f in bob_in.frames) == 1
+    assert not any("is typing" in f for f in alice_in.frames)
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_stale_group_entries_of_crashed_consumers_expire(settings):
+    """A consumer that dies without disconnect() leaves its group entry; the layer drops it
+    after group_expiry, which is bounded by the socket lifetime (live sockets reconnect
+    before it)."""
+    import redis.asyncio as aioredis
+    from channels.layers import get_channel_layer
+
+    layer_conf = settings.CHANNEL_LAYERS["default"]["CONFIG"]
+    assert layer_conf["group_expiry"] > settings.CHAT_SOCKET_MAX_AGE
+    conversation, _, cookies = await room()
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    await bob_in.quiet(0.2)
+    bob.future.cancel()  # crash
+    layer = get_channel_layer()
+    key = layer._group_key(f"chat.{conversation.pk}")
+    client = aioredis.Redis.from_url(settings.REDIS_URLS[0])
+    assert await client.zcard(key) == 1
+    # age the entry past group_expiry, as time would
+    old = (await client.zrange(key, 0, -1))[0]
+    await client.zadd(key, {old: 1.0})
+    await layer.group_send(f"chat.{conversation.pk}", {"type": "noop"})
+    assert await client.zcard(key) == 0
+    await client.aclose()
+
+
+async def test_unread_counts_follow_messages_and_read_markers():
+    from chat import selectors
+
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    for i in range(3):
+        await send(alice, f"m{i}")
+    await alice_in.wait_seqs([1, 2, 3])
+
+    @sync_to_async
+    def unread(user):
+        return {r.conversation.pk: r.unread for r in selectors.conversation_list(user)}
+
+    assert (await unread(users[1]))[conversation.pk] == 3
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1], after=0)
+    await bob_in.wait_seqs([1, 2, 3])
+    await bob.send_to(text_data=json.dumps({"type": "read", "seq": 2}))
+    for _ in range(50):
+        if (await unread(users[1]))[conversation.pk] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await unread(users[1]))[conversation.pk] == 1
+    # a read marker beyond what the socket was sent is clamped
+    await bob.send_to(text_data=json.dumps({"type": "read", "seq": 999}))
+    await bob_in.quiet(0.3)
+    assert (await unread(users[1]))[conversation.pk] == 0
+    assert await sync_to_async(Message.objects.count)() == 3
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_inbox_updates_live_with_unread_counts():
+    from tests.factories import communicator
+    from tests.frames import Inbox
+
+    conversation, users, cookies = await room()
+    inbox_comm = communicator("/ws/inbox", cookies[1])
+    assert (await inbox_comm.connect(timeout=5))[0]
+    inbox = Inbox(inbox_comm)
+    alice, _, _ = await open_socket(conversation.pk, cookies[0])
+    await send(alice, "ping")
+    row = await inbox.wait_text(f'id="conv-{conversation.pk}"')
+    assert 'data-unread="1"' in row and "ping" in row
+    assert 'hx-swap-oob="afterbegin:#conversation-list"' in row
+    await send(alice, "pong")
+    await inbox.wait_text('data-unread="2"')
+    await alice.disconnect()
+    await inbox_comm.disconnect()
