@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import contextlib
 import os
 
 import pytest
@@ -14,7 +15,5 @@ def _clean_test_redis_db():
         redis.Redis.from_url(url).flushdb()
     yield
     for url in urls:
-        try:
+        with contextlib.suppress(redis.exceptions.ConnectionError):
             redis.Redis.from_url(url).flushdb()
-        except redis.exceptions.ConnectionError:
-            pass

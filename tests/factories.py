@@ -34,8 +34,8 @@ def logged_in_client(user) -> Client:
 
 
 def session_cookie(user) -> bytes:
-    client = logged_in_client(user)
-    return f"{settings.SESSION_COOKIE_NAME}={client.cookies[settings.SESSION_COOKIE_NAME].value}".encode()
+    name = settings.SESSION_COOKIE_NAME
+    return f"{name}={logged_in_client(user).cookies[name].value}".encode()
 
 
 def communicator(path: str, cookie: bytes | None = None, origin: bytes | None = ORIGIN):

@@ -28,7 +28,7 @@ class Inbox:
     async def _next(self, timeout: float) -> dict:
         if self.comm.future.done() and self.comm.output_queue.empty():
             self.comm.future.result()  # raise the application's exception, if any
-            raise asyncio.TimeoutError
+            raise TimeoutError
         return await asyncio.wait_for(self.comm.output_queue.get(), timeout)
 
     @property
@@ -43,7 +43,7 @@ class Inbox:
                 raise AssertionError(f"timed out waiting for {what}; frames: {self.frames[-5:]}")
             try:
                 out = await self._next(left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 continue
             if out["type"] == "websocket.close":
                 raise AssertionError(f"socket closed ({out.get('code')}) waiting for {what}")
@@ -52,8 +52,9 @@ class Inbox:
         return self
 
     async def wait_seqs(self, expected: list[int], timeout: float = 5.0):
-        await self.wait_for(lambda ib: len(ib.seqs) >= len(expected), timeout,
-                            f"sequences {expected}")
+        await self.wait_for(
+            lambda ib: len(ib.seqs) >= len(expected), timeout, f"sequences {expected}"
+        )
         return self.seqs
 
     async def wait_text(self, needle: str, timeout: float = 5.0) -> str:
@@ -66,7 +67,7 @@ class Inbox:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 out = await self._next(left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 return
             if out["type"] == "websocket.send":
                 self.frames.append(out.get("text") or "")
@@ -76,7 +77,7 @@ class Inbox:
         while (left := deadline - time.monotonic()) > 0:
             try:
                 out = await self._next(left)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 break
             if out["type"] == "websocket.close":
                 return out.get("code", 1000)

@@ -10,6 +10,7 @@ client reconnects with `?after=<last sequence it rendered>` and gets the backlog
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import random
@@ -163,8 +164,10 @@ class ResilientConsumer(AsyncWebsocketConsumer):
     async def refuse(self, code: int, reason: str) -> None:
         """Accept, then close with a 4xxx code the browser sees (a pre-accept refusal reaches
         it as 1006, which the HTMX extension retries forever). Nothing else is sent."""
-        logger.info("websocket refused", extra={"code": code, "reason": reason,
-                                                 "path": self.scope.get("path")})
+        logger.info(
+            "websocket refused",
+            extra={"code": code, "reason": reason, "path": self.scope.get("path")},
+        )
         await super().accept()
         await self.close(code=code)
 
@@ -287,9 +290,14 @@ class ChatConsumer(ResilientConsumer):
         if seq <= self.last_sent:
             return  # already sent (echo of our own send, replay overlap, duplicate)
         if seq > self.last_sent + 1:
-            logger.info("sequence gap; healing from the database",
-                        extra={"conversation": self.conversation_id,
-                               "expected": self.last_sent + 1, "got": seq})
+            logger.info(
+                "sequence gap; healing from the database",
+                extra={
+                    "conversation": self.conversation_id,
+                    "expected": self.last_sent + 1,
+                    "got": seq,
+                },
+            )
             try:
                 await self.send_backlog(upto=seq - 1)
             except DatabaseError:
@@ -394,23 +402,29 @@ class ChatConsumer(ResilientConsumer):
         # Confirm to the sender straight away, whether or not the layer is up.
         await self.deliver(seq, frame)
         if created:
-            event = {"type": "chat.message", "seq": seq, "frame": frame,
-                     "conversation_id": self.conversation_id}
+            event = {
+                "type": "chat.message",
+                "seq": seq,
+                "frame": frame,
+                "conversation_id": self.conversation_id,
+            }
             if await self.group_send(self.group, event):
-                try:
+                with contextlib.suppress(*LAYER_ERRORS):
                     await presence_store().note_seq(self.conversation_id, seq)
-                except LAYER_ERRORS:
-                    pass
 
     async def receive_typing(self) -> None:
         now = time.monotonic()
         if now - self.last_typing < TYPING_THROTTLE_SECONDS:
             return
         self.last_typing = now
-        await self.group_send(self.group, {
-            "type": "chat.typing", "user_id": self.user_id,
-            "frame": rendering.typing_html(self.user_id, self.username),
-        })
+        await self.group_send(
+            self.group,
+            {
+                "type": "chat.typing",
+                "user_id": self.user_id,
+                "frame": rendering.typing_html(self.user_id, self.username),
+            },
+        )
 
     async def chat_typing(self, event: dict) -> None:
         if event["user_id"] != self.user_id:
@@ -432,9 +446,14 @@ class ChatConsumer(ResilientConsumer):
         except DatabaseError:
             logger.exception("read marker not stored")
             return
-        await self.group_send(user_group(self.user_id), {
-            "type": "inbox.read", "conversation_id": self.conversation_id, "seq": seq,
-        })
+        await self.group_send(
+            user_group(self.user_id),
+            {
+                "type": "inbox.read",
+                "conversation_id": self.conversation_id,
+                "seq": seq,
+            },
+        )
 
     async def inbox_read(self, event: dict) -> None:
         pass  # for the conversation list; a chat page ignores it
@@ -455,23 +474,36 @@ class ChatConsumer(ResilientConsumer):
             return
         if op == "join":
             await self._show_presence(online)
-            await self.group_send(self.group, {
-                "type": "chat.presence", "user_id": self.user_id, "online": True,
-                "frame": rendering.presence_html(self.user_id, self.username, True),
-            })
+            await self.group_send(
+                self.group,
+                {
+                    "type": "chat.presence",
+                    "user_id": self.user_id,
+                    "online": True,
+                    "frame": rendering.presence_html(self.user_id, self.username, True),
+                },
+            )
         elif self.user_id not in online:
-            await self.group_send(self.group, {
-                "type": "chat.presence", "user_id": self.user_id, "online": False,
-                "frame": rendering.presence_html(self.user_id, self.username, False),
-            })
+            await self.group_send(
+                self.group,
+                {
+                    "type": "chat.presence",
+                    "user_id": self.user_id,
+                    "online": False,
+                    "frame": rendering.presence_html(self.user_id, self.username, False),
+                },
+            )
 
     async def _show_presence(self, online: set[int]) -> None:
         changed = [uid for uid in self.members if (uid in online) != (uid in self.online)]
         self.online = set(online)
         if changed and not self.closed:
-            await self.send(text_data="".join(
-                rendering.presence_html(uid, self.members[uid], uid in online) for uid in changed
-            ))
+            await self.send(
+                text_data="".join(
+                    rendering.presence_html(uid, self.members[uid], uid in online)
+                    for uid in changed
+                )
+            )
 
     async def chat_presence(self, event: dict) -> None:
         online = event["online"]

@@ -33,7 +33,10 @@ def presence_html(user_id: int, username: str, online: bool) -> str:
         '<li id="presence-{}" hx-swap-oob="true" class="presence" data-user-id="{}" '
         'data-online="{}"><span class="dot" aria-hidden="true"></span>{}'
         '<span class="sr-only">{}</span></li>',
-        user_id, user_id, "true" if online else "false", username,
+        user_id,
+        user_id,
+        "true" if online else "false",
+        username,
         " (online)" if online else " (offline)",
     )
 
@@ -42,7 +45,9 @@ def typing_html(user_id: int, username: str) -> str:
     return format_html(
         '<span id="typing-{}" hx-swap-oob="true" class="typing active" data-user-id="{}">'
         "{} is typing…</span>",
-        user_id, user_id, username,
+        user_id,
+        user_id,
+        username,
     )
 
 

@@ -81,10 +81,7 @@ def conversation_row(user_id: int, username: str, conversation_id: int) -> Conve
 
 
 def conversation_for_participant(user_id: int, conversation_id: int) -> Conversation | None:
-    return (
-        Conversation.objects.filter(id=conversation_id, participant__user_id=user_id)
-        .first()
-    )
+    return Conversation.objects.filter(id=conversation_id, participant__user_id=user_id).first()
 
 
 def is_participant(user_id: int, conversation_id: int) -> bool:
@@ -111,8 +108,9 @@ def conversation_history(
     return list(reversed(qs.order_by("-seq")[:limit]))
 
 
-def messages_after(conversation_id: int, after_seq: int, *, upto: int | None = None,
-                   limit: int = 500) -> list[Message]:
+def messages_after(
+    conversation_id: int, after_seq: int, *, upto: int | None = None, limit: int = 500
+) -> list[Message]:
     """Stored messages with after_seq < seq (<= upto), oldest first: replay and gap healing."""
     qs = Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq)
     if upto is not None:
@@ -121,13 +119,17 @@ def messages_after(conversation_id: int, after_seq: int, *, upto: int | None = N
 
 
 def conversation_last_seq(conversation_id: int) -> int:
-    value = Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).first()
+    value = (
+        Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).first()
+    )
     return value or 0
 
 
 def participant_user_ids(conversation_id: int) -> list[int]:
     return list(
-        Participant.objects.filter(conversation_id=conversation_id).values_list("user_id", flat=True)
+        Participant.objects.filter(conversation_id=conversation_id).values_list(
+            "user_id", flat=True
+        )
     )
 
 
@@ -146,8 +148,10 @@ def rendered_messages_after(
     """(seq, fragment) pairs for replay and gap healing, oldest first."""
     from chat.rendering import message_html
 
-    return [(m.seq, message_html(m)) for m in messages_after(conversation_id, after_seq,
-                                                             upto=upto, limit=limit)]
+    return [
+        (m.seq, message_html(m))
+        for m in messages_after(conversation_id, after_seq, upto=upto, limit=limit)
+    ]
 
 
 def recent_conversation_ids(user_id: int, limit: int) -> list[int]:

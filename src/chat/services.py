@@ -34,9 +34,7 @@ def normalise_body(body: object) -> str:
     body = body.strip()
     limit = settings.CHAT_MAX_MESSAGE_LENGTH
     if len(body) > limit:
-        raise MessageRejected(
-            f"Message too long: {len(body)} characters, the limit is {limit}."
-        )
+        raise MessageRejected(f"Message too long: {len(body)} characters, the limit is {limit}.")
     return body
 
 
@@ -64,9 +62,7 @@ def message_create(
             # The UPDATE takes the conversation's row lock: concurrent senders queue here,
             # and a rolled-back transaction gives its number back, so there are no gaps.
             with connection.cursor() as cursor:
-                cursor.execute(
-                    _BUMP_SQL, [now, body[:140], sender.get_username(), conversation_id]
-                )
+                cursor.execute(_BUMP_SQL, [now, body[:140], sender.get_username(), conversation_id])
                 row = cursor.fetchone()
             if row is None:
                 raise Conversation.DoesNotExist(conversation_id)
@@ -111,14 +107,21 @@ def conversation_start(
         raise UnknownUsers(missing)
     if len(users) == 1 and not title:
         other = users[0]
-        shared = Participant.objects.filter(user=other).values("conversation_id")
-        existing = (
-            Conversation.objects.filter(title="", participant__user=creator, id__in=shared)
-            .annotate(n_participants=Count("participant"))
-            .filter(n_participants=2)
-            .order_by("id")
+        shared = Participant.objects.filter(
+            user=other,
+            conversation__title="",
+            conversation__in=Participant.objects.filter(user=creator).values("conversation"),
+        ).values("conversation")
+        pair = (
+            Participant.objects.filter(conversation__in=shared)
+            .values("conversation")
+            .annotate(n=Count("id"))
+            .filter(n=2)
+            .order_by("conversation")
+            .values_list("conversation", flat=True)
             .first()
         )
+        existing = Conversation.objects.filter(pk=pair).first() if pair else None
         if existing is not None:
             return existing
     conversation = Conversation.objects.create(title=title[:200])

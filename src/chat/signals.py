@@ -19,8 +19,6 @@ def end_user_sockets(sender, request, user, **kwargs) -> None:
     from chat.consumers import user_group
 
     try:
-        async_to_sync(get_channel_layer().group_send)(
-            user_group(user.pk), {"type": "session.end"}
-        )
+        async_to_sync(get_channel_layer().group_send)(user_group(user.pk), {"type": "session.end"})
     except Exception:  # the layer being down must not break logging out
         logger.exception("could not end the user's sockets", extra={"user": user.pk})

@@ -53,8 +53,9 @@ def readyz(request: HttpRequest) -> HttpResponse:
         checks["channel_layer"] = f"error: {type(exc).__name__}"
     failed = sorted(k for k, v in checks.items() if v != "ok")
     body = {"status": "ok" if not failed else "unavailable", "checks": checks, "failed": failed}
-    return HttpResponse(json.dumps(body), status=503 if failed else 200,
-                        content_type="application/json")
+    return HttpResponse(
+        json.dumps(body), status=503 if failed else 200, content_type="application/json"
+    )
 
 
 async def _layer_round_trip() -> None:
@@ -79,17 +80,22 @@ def signup(request: HttpRequest) -> HttpResponse:
         user = form.save()
         login(request, user, backend="django.contrib.auth.backends.ModelBackend")
         return redirect("chat:conversation_list")
-    return render(request, "registration/signup.html", {"form": form},
-                  status=400 if form.errors else 200)
+    return render(
+        request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200
+    )
 
 
 @login_required
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
-    return render(request, "chat/conversation_list.html", {
-        "rows": selectors.conversation_list(request.user),
-        "form": ConversationStartForm(),
-    })
+    return render(
+        request,
+        "chat/conversation_list.html",
+        {
+            "rows": selectors.conversation_list(request.user),
+            "form": ConversationStartForm(),
+        },
+    )
 
 
 @login_required
@@ -112,9 +118,15 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
             user_ids = selectors.participant_user_ids(conversation.pk)
             transaction.on_commit(lambda: _announce(conversation.pk, user_ids))
             return redirect("chat:conversation_detail", conversation_id=conversation.pk)
-    return render(request, "chat/conversation_list.html", {
-        "rows": selectors.conversation_list(request.user), "form": form,
-    }, status=400)
+    return render(
+        request,
+        "chat/conversation_list.html",
+        {
+            "rows": selectors.conversation_list(request.user),
+            "form": form,
+        },
+        status=400,
+    )
 
 
 def _announce(conversation_id: int, user_ids: list[int]) -> None:
@@ -147,19 +159,23 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
     )
     names = selectors.participant_names(conversation.pk)
     participants = selectors.conversation_participants(conversation.pk)
-    return render(request, "chat/conversation_detail.html", {
-        "conversation": conversation,
-        "title": selectors.conversation_title(
-            conversation, list(names.values()), request.user.get_username()
-        ),
-        "participants": participants,
-        "messages": messages,
-        # The page has rendered everything up to the conversation's sequence as read now.
-        "last_seq": messages[-1].seq if messages else 0,
-        "first_seq": messages[0].seq if messages else 0,
-        "has_older": bool(messages) and messages[0].seq > 1,
-        "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
-    })
+    return render(
+        request,
+        "chat/conversation_detail.html",
+        {
+            "conversation": conversation,
+            "title": selectors.conversation_title(
+                conversation, list(names.values()), request.user.get_username()
+            ),
+            "participants": participants,
+            "messages": messages,
+            # The page has rendered everything up to the conversation's sequence as read now.
+            "last_seq": messages[-1].seq if messages else 0,
+            "first_seq": messages[0].seq if messages else 0,
+            "has_older": bool(messages) and messages[0].seq > 1,
+            "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
+        },
+    )
 
 
 @login_required
@@ -171,9 +187,13 @@ def conversation_history(request: HttpRequest, conversation_id: int) -> HttpResp
     except (KeyError, ValueError):
         return HttpResponse("before must be a sequence number", status=400)
     messages = selectors.conversation_history(conversation.pk, before_seq=before)
-    return render(request, "chat/partials/history.html", {
-        "conversation": conversation,
-        "messages": messages,
-        "first_seq": messages[0].seq if messages else 0,
-        "has_older": bool(messages) and messages[0].seq > 1,
-    })
+    return render(
+        request,
+        "chat/partials/history.html",
+        {
+            "conversation": conversation,
+            "messages": messages,
+            "first_seq": messages[0].seq if messages else 0,
+            "has_older": bool(messages) and messages[0].seq > 1,
+        },
+    )

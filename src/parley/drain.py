@@ -9,6 +9,7 @@ another daphne and replays what it missed from its last sequence number.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 import weakref
@@ -25,6 +26,7 @@ class Drainable(Protocol):
 
 _state = {"draining": False, "since": 0.0}
 _sockets: weakref.WeakSet[Any] = weakref.WeakSet()
+_all_closed: asyncio.Event | None = None
 
 
 def is_draining() -> bool:
@@ -37,24 +39,28 @@ def register(consumer: Drainable) -> None:
 
 def unregister(consumer: Drainable) -> None:
     _sockets.discard(consumer)
+    if not _sockets and _all_closed is not None:
+        _all_closed.set()
 
 
 def open_socket_count() -> int:
     return len(_sockets)
 
 
-async def begin_drain(timeout: float) -> int:
-    """Close every open socket with 1012; returns how many were still open at the deadline."""
+async def begin_drain(grace: float) -> int:
+    """Close every open socket with 1012; returns how many were still open after `grace`."""
+    global _all_closed
     _state["draining"] = True
     _state["since"] = time.monotonic()
+    _all_closed = asyncio.Event()
     consumers = list(_sockets)
     logger.info("drain started", extra={"open_sockets": len(consumers)})
     await asyncio.gather(
         *(c.drain(CLOSE_SERVICE_RESTART) for c in consumers), return_exceptions=True
     )
-    deadline = time.monotonic() + timeout
-    while _sockets and time.monotonic() < deadline:
-        await asyncio.sleep(0.05)
+    if _sockets:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(_all_closed.wait(), grace)
     left = len(_sockets)
     logger.info("drain finished", extra={"still_open": left})
     return left

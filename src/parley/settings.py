@@ -27,7 +27,9 @@ if not SECRET_KEY:
             "and export SECRET_KEY, or set DEBUG=1 for local development."
         )
     SECRET_KEY = "dev-only-insecure-key-do-not-use-in-production"  # noqa: S105 (DEBUG only)
-elif not DEBUG and (len(SECRET_KEY) < 50 or SECRET_KEY.startswith(("change-me", "django-insecure"))):
+elif not DEBUG and (
+    len(SECRET_KEY) < 50 or SECRET_KEY.startswith(("change-me", "django-insecure"))
+):
     raise ImproperlyConfigured(
         "SECRET_KEY looks like a placeholder or is shorter than 50 characters; "
         "set a freshly generated value in production."
@@ -100,7 +102,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         # Fail a request after this long rather than queue forever behind a dead database.
         "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
     }
-    DATABASES["default"]["OPTIONS"].setdefault("connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5))
+    DATABASES["default"]["OPTIONS"].setdefault(
+        "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
+    )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 
 # --- Channel layer ------------------------------------------------------------------------

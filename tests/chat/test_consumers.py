@@ -24,8 +24,12 @@ def room(n: int = 2, title: str = ""):
     return conversation, users, [session_cookie(u) for u in users]
 
 
-async def open_socket(conversation_id: int, cookie: bytes | None, after: int | None = None,
-                      origin: bytes | None = b"http://localhost"):
+async def open_socket(
+    conversation_id: int,
+    cookie: bytes | None,
+    after: int | None = None,
+    origin: bytes | None = b"http://localhost",
+):
     path = f"/ws/chat/{conversation_id}" + (f"?after={after}" if after is not None else "")
     comm = communicator(path, cookie, origin=origin)
     connected, _ = await comm.connect(timeout=5)
@@ -43,11 +47,13 @@ def send(comm, text: str, client_id: str | None = None):
 def stored(conversation_id: int) -> list[tuple[int, str]]:
     return list(
         Message.objects.filter(conversation_id=conversation_id)
-        .order_by("seq").values_list("seq", "body")
+        .order_by("seq")
+        .values_list("seq", "body")
     )
 
 
 # --- refusals -------------------------------------------------------------------------------
+
 
 async def test_anonymous_is_closed_with_4401_and_gets_nothing():
     conversation, _, _ = await room()
@@ -90,6 +96,7 @@ async def test_foreign_origin_is_refused_at_the_handshake():
 
 # --- chatting -------------------------------------------------------------------------------
 
+
 async def test_two_participants_see_each_others_messages_in_order():
     conversation, users, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
@@ -126,8 +133,12 @@ async def test_xss_payloads_are_rendered_inert():
     conversation, _, cookies = await room()
     alice, _, _ = await open_socket(conversation.pk, cookies[0])
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
-    payloads = ['<img src=x onerror="alert(1)">', "<script>alert(2)</script>",
-                '"><svg onload=alert(3)>', "</article><div hx-swap-oob='true' id='messages'>x</div>"]
+    payloads = [
+        '<img src=x onerror="alert(1)">',
+        "<script>alert(2)</script>",
+        '"><svg onload=alert(3)>',
+        "</article><div hx-swap-oob='true' id='messages'>x</div>",
+    ]
     for p in payloads:
         await send(alice, p)
     await bob_in.wait_seqs([1, 2, 3, 4])

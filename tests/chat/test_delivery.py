@@ -184,8 +184,11 @@ def throwaway_redis(settings):
     settings.CHANNEL_LAYERS = {
         "default": {
             "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {"hosts": [{"address": url}], "capacity": 1000,
-                       "group_expiry": settings.CHAT_SOCKET_MAX_AGE + 300},
+            "CONFIG": {
+                "hosts": [{"address": url}],
+                "capacity": 1000,
+                "group_expiry": settings.CHAT_SOCKET_MAX_AGE + 300,
+            },
         }
     }
     channel_layers.backends.clear()
@@ -227,8 +230,10 @@ async def test_crashed_consumer_presence_expires(settings):
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
     bob_id = users[1].pk
-    await alice_in.wait_text(f'id="presence-{bob_id}" hx-swap-oob="true" class="presence" '
-                             f'data-user-id="{bob_id}" data-online="true"')
+    await alice_in.wait_text(
+        f'id="presence-{bob_id}" hx-swap-oob="true" class="presence" '
+        f'data-user-id="{bob_id}" data-online="true"'
+    )
     # a crash: the process dies, disconnect() never runs, nothing says goodbye
     bob.future.cancel()
     await alice_in.wait_text(

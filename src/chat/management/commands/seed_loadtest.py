@@ -29,8 +29,9 @@ class Command(BaseCommand):
         parser.add_argument("--out", required=True, help="JSON file to write ('-' for stdout)")
         parser.add_argument("--prefix", default="lt", help="username prefix (default: lt)")
 
-    def handle(self, *args, rooms: int, members: int, password: str, out: str, prefix: str,
-               **options) -> None:
+    def handle(
+        self, *args, rooms: int, members: int, password: str, out: str, prefix: str, **options
+    ) -> None:
         if rooms < 1 or members < 2:
             raise CommandError("--rooms must be at least 1 and --members at least 2")
         User = get_user_model()
@@ -45,8 +46,13 @@ class Command(BaseCommand):
                         username=username, defaults={"password": hashed, "is_active": True}
                     )
                     Participant.objects.get_or_create(conversation=conversation, user=user)
-                    records.append({"username": username, "password": password,
-                                    "conversation": conversation.pk})
+                    records.append(
+                        {
+                            "username": username,
+                            "password": password,
+                            "conversation": conversation.pk,
+                        }
+                    )
         text = json.dumps(records, indent=1)
         if out == "-":
             self.stdout.write(text)

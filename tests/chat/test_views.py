@@ -1,0 +1,217 @@
+"""Pages over HTTP: auth, conversation list, starting conversations, history, health."""
+
+from __future__ import annotations
+
+import json
+import re
+
+import pytest
+from django.test import Client
+from django.urls import reverse
+
+from chat import services
+from chat.models import Conversation, Message
+from tests.factories import PASSWORD, logged_in_client, make_conversation, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def test_signup_logs_in_and_redirects_to_the_list():
+    client = Client(enforce_csrf_checks=True)
+    page = client.get("/accounts/signup/")
+    token = page.cookies["csrftoken"].value
+    response = client.post(
+        "/accounts/signup/",
+        {
+            "username": "newbie",
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+            "csrfmiddlewaretoken": token,
+        },
+    )
+    assert response.status_code == 302 and response["Location"] == "/"
+    assert client.get("/").status_code == 200
+
+
+def test_login_form_with_csrf_and_logout():
+    make_user("carol")
+    client = Client(enforce_csrf_checks=True)
+    page = client.get("/accounts/login/")
+    assert page.status_code == 200
+    html = page.content.decode()
+    assert 'name="username"' in html and 'name="password"' in html
+    token = re.search(r'name="csrfmiddlewaretoken" value="([^"]+)"', html).group(1)
+    assert (
+        client.post(
+            "/accounts/login/",
+            {"username": "carol", "password": "wrong", "csrfmiddlewaretoken": token},
+        ).status_code
+        == 200
+    )
+    response = client.post(
+        "/accounts/login/",
+        {"username": "carol", "password": PASSWORD, "csrfmiddlewaretoken": token},
+    )
+    assert response.status_code == 302
+    assert client.get("/").status_code == 200
+    assert (
+        client.post(
+            "/accounts/logout/", {"csrfmiddlewaretoken": client.cookies["csrftoken"].value}
+        ).status_code
+        == 302
+    )
+    assert client.get("/").status_code == 302
+
+
+def test_login_without_csrf_is_refused():
+    make_user("dave")
+    client = Client(enforce_csrf_checks=True)
+    response = client.post("/accounts/login/", {"username": "dave", "password": PASSWORD})
+    assert response.status_code == 403
+
+
+def test_pages_need_login():
+    assert Client().get("/").status_code == 302
+    assert Client().get("/c/1").status_code == 302
+
+
+def test_conversation_list_newest_activity_first_with_preview_and_unread():
+    me, a, b = make_user("me"), make_user("anna"), make_user("ben")
+    old = make_conversation(me, a)
+    new = make_conversation(me, b)
+    services.message_create(conversation_id=old.pk, sender=a, body="older news")
+    services.message_create(conversation_id=new.pk, sender=b, body="fresh <b>news</b>")
+    services.message_create(conversation_id=new.pk, sender=b, body="more news")
+    html = logged_in_client(me).get("/").content.decode()
+    assert html.index(f'id="conv-{new.pk}"') < html.index(f'id="conv-{old.pk}"')
+    assert "more news" in html and "older news" in html
+    assert 'data-unread="2"' in html and 'data-unread="1"' in html
+    assert 'ws-connect="/ws/inbox"' in html
+    services.message_create(conversation_id=old.pk, sender=a, body="bump")
+    html = logged_in_client(me).get("/").content.decode()
+    assert html.index(f'id="conv-{old.pk}"') < html.index(f'id="conv-{new.pk}"')
+
+
+def test_start_one_to_one_and_group_conversations():
+    me, a, b = make_user("me"), make_user("anna"), make_user("ben")
+    client = logged_in_client(me)
+    r = client.post("/c/new", {"usernames": "anna"})
+    assert r.status_code == 302
+    one = Conversation.objects.get(pk=int(r["Location"].rsplit("/", 1)[1]))
+    assert set(one.participants.values_list("username", flat=True)) == {"me", "anna"}
+    # the same 1:1 again is reused, not duplicated
+    assert client.post("/c/new", {"usernames": "anna"})["Location"] == r["Location"]
+    r = client.post("/c/new", {"usernames": "anna, ben", "title": "Team"})
+    group = Conversation.objects.get(pk=int(r["Location"].rsplit("/", 1)[1]))
+    assert group.title == "Team" and group.participants.count() == 3
+    assert {a, b} <= set(group.participants.all())
+
+
+def test_unknown_username_is_refused_with_a_form_error():
+    me = make_user("me")
+    make_user("anna")
+    r = logged_in_client(me).post("/c/new", {"usernames": "anna, ghost"})
+    assert r.status_code == 400
+    assert "No such user: ghost." in r.content.decode()
+    assert Conversation.objects.count() == 0
+    r = logged_in_client(me).post("/c/new", {"usernames": "me"})
+    assert r.status_code == 400 and "at least one other user" in r.content.decode()
+
+
+def test_conversation_page_has_latest_50_and_the_websocket_form():
+    me, other = make_user("me"), make_user("other")
+    conv = make_conversation(me, other)
+    for i in range(60):
+        services.message_create(conversation_id=conv.pk, sender=other, body=f"msg {i}")
+    r = logged_in_client(me).get(f"/c/{conv.pk}")
+    html = r.content.decode()
+    seqs = [int(s) for s in re.findall(r'data-seq="(\d+)"', html)]
+    assert seqs == list(range(11, 61))
+    assert f'ws-connect="/ws/chat/{conv.pk}"' in html and 'hx-ext="ws,parley"' in html
+    assert "ws-send" in html and 'name="chat_message"' in html
+    assert 'data-last-seq="60"' in html
+    assert "load-older" in html and "?before=11" in html
+    assert "cdn" not in html.lower()
+    assert "/static/chat/vendor/htmx-2.0.11.min.js" in html
+    # opening it marked everything read
+    assert logged_in_client(me).get("/").content.decode().count('data-unread="0"') == 1
+
+
+def test_history_pages_back_without_gaps_or_duplicates(django_assert_max_num_queries):
+    me, other = make_user("me"), make_user("other")
+    conv = make_conversation(me, other)
+    for i in range(120):
+        services.message_create(conversation_id=conv.pk, sender=other, body=f"msg {i}")
+    client = logged_in_client(me)
+    html = client.get(f"/c/{conv.pk}").content.decode()
+    seen = [int(s) for s in re.findall(r'data-seq="(\d+)"', html)]
+    before = re.search(r"\?before=(\d+)", html).group(1)
+    while True:
+        with django_assert_max_num_queries(8):
+            page = client.get(f"/c/{conv.pk}/history?before={before}").content.decode()
+        seen = [int(s) for s in re.findall(r'data-seq="(\d+)"', page)] + seen
+        m = re.search(r"\?before=(\d+)", page)
+        if not m:
+            break
+        before = m.group(1)
+    assert seen == list(range(1, 121))
+    assert client.get(f"/c/{conv.pk}/history?before=abc").status_code == 400
+
+
+def test_non_participant_gets_404_for_page_and_history():
+    a, b, outsider = make_user(), make_user(), make_user()
+    conv = make_conversation(a, b)
+    client = logged_in_client(outsider)
+    r = client.get(f"/c/{conv.pk}")
+    assert r.status_code == 404 and "Not found" in r.content.decode()
+    assert client.get(f"/c/{conv.pk}/history?before=10").status_code == 404
+    assert client.get("/c/999999").status_code == 404
+
+
+def test_message_create_is_one_transaction_with_two_statements():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    with CaptureQueriesContext(connection) as ctx:
+        message, created = services.message_create(conversation_id=conv.pk, sender=a, body="x")
+    # inside the test's transaction, atomic() adds SAVEPOINT/RELEASE instead of BEGIN/COMMIT
+    statements = [
+        q["sql"].split()[0]
+        for q in ctx.captured_queries
+        if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+    assert statements == ["UPDATE", "INSERT"]
+    assert created and message.seq == 1
+
+
+def test_admin_lists_users_conversations_and_messages():
+    admin = make_user("root")
+    admin.is_staff = admin.is_superuser = True
+    admin.save()
+    conv = make_conversation(admin, make_user())
+    services.message_create(conversation_id=conv.pk, sender=admin, body="hello admin")
+    client = logged_in_client(admin)
+    for url in (
+        "/admin/auth/user/",
+        "/admin/chat/conversation/",
+        "/admin/chat/message/",
+        f"/admin/chat/conversation/{conv.pk}/change/",
+    ):
+        assert client.get(url).status_code == 200, url
+    assert Message.objects.count() == 1
+
+
+def test_healthz_is_cheap_and_readyz_checks_dependencies():
+    r = Client().get("/healthz")
+    assert r.status_code == 200 and r.json() == {"status": "ok"}
+    r = Client().get("/readyz")
+    assert r.status_code == 200, r.content
+    body = json.loads(r.content)
+    assert body["checks"] == {"database": "ok", "channel_layer": "ok"}
+
+
+def test_signup_page_and_reverse_urls():
+    assert reverse("login") == "/accounts/login/"
+    assert Client().get("/accounts/signup/").status_code == 200

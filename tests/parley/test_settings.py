@@ -1,0 +1,113 @@
+"""Settings and health checks, run in fresh processes with a chosen environment."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.redis_server import free_port
+
+REPO = Path(__file__).resolve().parents[2]
+PROBE_READYZ = (
+    "import django, json; django.setup();"
+    "from django.test import Client;"
+    "r = Client().get('/readyz');"
+    "print(json.dumps({'status': r.status_code, 'body': json.loads(r.content)}))"
+)
+
+
+def run_python(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
+    env.update({"PYTHONPATH": str(REPO / "src"), "DJANGO_SETTINGS_MODULE": "parley.settings"})
+    for key, value in env_overrides.items():
+        if value is None:
+            env.pop(key, None)
+        else:
+            env[key] = value
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=60, cwd=REPO
+    )
+
+
+def readyz(**env) -> dict:
+    result = run_python(PROBE_READYZ, **env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def test_production_refuses_to_start_without_secret_key():
+    result = run_python("import django; django.setup()", DEBUG="0", SECRET_KEY=None)
+    assert result.returncode != 0
+    assert "SECRET_KEY is not set" in result.stderr
+
+
+def test_production_refuses_a_placeholder_secret_key():
+    result = run_python("import django; django.setup()", DEBUG="0", SECRET_KEY="change-me")
+    assert result.returncode != 0 and "placeholder" in result.stderr
+
+
+def test_embedded_default_needs_nothing_but_debug(tmp_path):
+    code = (
+        "import django; django.setup(); from django.conf import settings as s;"
+        "print(s.DATABASES['default']['ENGINE'], s.CHANNEL_LAYERS['default']['BACKEND'])"
+    )
+    result = run_python(code, DEBUG="1", SECRET_KEY=None, DATABASE_URL=None, REDIS_URL=None)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == [
+        "django.db.backends.sqlite3",
+        "channels.layers.InMemoryChannelLayer",
+    ]
+
+
+def test_check_deploy_is_clean_in_production():
+    result = subprocess.run(
+        [sys.executable, "src/manage.py", "check", "--deploy", "--fail-level", "WARNING"],
+        env={
+            **os.environ,
+            "DEBUG": "0",
+            "HTTPS": "1",
+            "STATIC_MANIFEST": "1",
+            "SECRET_KEY": "k" * 20 + "Zq9!x" * 8,
+            "ALLOWED_HOSTS": "chat.example.com",
+        },
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=REPO,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "no issues" in result.stdout
+
+
+def live_database_url() -> str:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/postgres"
+
+
+def test_readyz_is_503_naming_redis_when_the_layer_is_unreachable():
+    out = readyz(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", DATABASE_URL=live_database_url())
+    assert out["status"] == 503
+    assert out["body"]["failed"] == ["channel_layer"]
+    assert out["body"]["checks"]["database"] == "ok"
+
+
+@pytest.mark.django_db
+def test_readyz_is_503_naming_postgres_when_the_database_is_unreachable():
+    out = readyz(
+        DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/parley", DB_POOL_TIMEOUT="2"
+    )
+    assert out["status"] == 503
+    assert out["body"]["failed"] == ["database"]
+    assert out["body"]["checks"]["channel_layer"] == "ok"
+
+
+def test_readyz_is_200_when_both_are_up():
+    out = readyz(DATABASE_URL=live_database_url())
+    assert out["status"] == 200, out
