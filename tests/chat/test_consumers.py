@@ -267,3 +267,15 @@ async def test_server_side_closes_never_use_code_1000(settings):
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     assert await alice_in.wait_close(timeout=5) == 1012
+
+
+async def test_oversized_frame_is_refused_with_an_error(settings):
+    settings.CHAT_MAX_FRAME_BYTES = 1000
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    await alice.send_to(text_data=json.dumps({"chat_message": "y" * 2000}))
+    assert "Frame too large" in await alice_in.wait_text('id="chat-error"')
+    assert await stored(conversation.pk) == []
+    await send(alice, "small")
+    await alice_in.wait_seqs([1])
+    await alice.disconnect()
