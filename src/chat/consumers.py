@@ -30,7 +30,7 @@ from django.db import DatabaseError
 from chat import rendering, selectors, services
 from chat.models import Conversation
 from chat.presence import presence_store
-from parley import drain
+from parley import drain, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -66,6 +66,25 @@ def _db(fn):
     return database_sync_to_async(fn)
 
 
+_sockets_per_conversation: dict[int, int] = {}
+
+
+def _conversation_opened(conversation_id: int) -> None:
+    _sockets_per_conversation[conversation_id] = (
+        _sockets_per_conversation.get(conversation_id, 0) + 1
+    )
+    metrics.CONVERSATIONS_ACTIVE.set(len(_sockets_per_conversation))
+
+
+def _conversation_closed(conversation_id: int) -> None:
+    left = _sockets_per_conversation.get(conversation_id, 1) - 1
+    if left > 0:
+        _sockets_per_conversation[conversation_id] = left
+    else:
+        _sockets_per_conversation.pop(conversation_id, None)
+    metrics.CONVERSATIONS_ACTIVE.set(len(_sockets_per_conversation))
+
+
 class ResilientConsumer(AsyncWebsocketConsumer):
     """A websocket consumer that outlives channel-layer outages.
 
@@ -76,6 +95,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
     """
 
     groups_wanted: list[str]
+    kind = "chat"
 
     async def __call__(self, scope, receive, send):  # noqa: D102 (ASGI entry)
         self.scope = scope
@@ -85,6 +105,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
         self.accepted = False
         self.closed = False
         self.tasks: list[asyncio.Task] = []
+        self.tracked = False
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         try:
@@ -95,6 +116,20 @@ class ResilientConsumer(AsyncWebsocketConsumer):
             # Cancelled or crashed, background work dies with the socket.
             for task in self.tasks:
                 task.cancel()
+            self.untrack()
+
+    def track(self) -> None:
+        """The socket is open and live: count it, and let a drain close it."""
+        self.tracked = True
+        drain.register(self)
+        metrics.WEBSOCKET_CONNECTS.labels(kind=self.kind).inc()
+        metrics.WEBSOCKETS_OPEN.labels(kind=self.kind).inc()
+
+    def untrack(self) -> None:
+        if self.tracked:
+            self.tracked = False
+            drain.unregister(self)
+            metrics.WEBSOCKETS_OPEN.labels(kind=self.kind).dec()
 
     async def dispatch(self, message: dict) -> None:
         # Channels' default dispatch hops to the DB thread before every handler
@@ -147,6 +182,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
             await self.channel_layer.group_send(group, event)
             return True
         except LAYER_ERRORS as exc:
+            metrics.BROADCAST_FAILURES.inc()
             logger.warning("group_send failed", extra={"group": group, "error": repr(exc)})
             return False
 
@@ -168,6 +204,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
             "websocket refused",
             extra={"code": code, "reason": reason, "path": self.scope.get("path")},
         )
+        metrics.WEBSOCKET_REFUSALS.labels(reason=reason).inc()
         await super().accept()
         await self.close(code=code)
 
@@ -218,7 +255,7 @@ class ChatConsumer(ResilientConsumer):
             await self.close(code=CLOSE_TRY_AGAIN_LATER)
             return
         if user.pk not in members:
-            await self.refuse(CLOSE_FORBIDDEN, "not a participant")
+            await self.refuse(CLOSE_FORBIDDEN, "forbidden")
             return
         self.user_id: int = user.pk
         self.username: str = user.get_username()
@@ -235,14 +272,16 @@ class ChatConsumer(ResilientConsumer):
         # and the sequence check drops the second copy.
         await self.join_groups([self.group, user_group(self.user_id)])
         await self.accept()
-        drain.register(self)
+        self.track()
+        _conversation_opened(self.conversation_id)
         after = self._after_param()
         try:
             if after is None:
                 self.last_sent = await _db(selectors.conversation_last_seq)(self.conversation_id)
             else:
                 self.last_sent = after
-                await self.send_backlog()
+                metrics.REPLAYS.inc()
+                metrics.MESSAGES_REPLAYED.inc(await self.send_backlog())
         except DatabaseError:
             logger.exception("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
@@ -259,10 +298,14 @@ class ChatConsumer(ResilientConsumer):
             return None
         return value if value >= 0 else None
 
+    def untrack(self) -> None:
+        if self.tracked:
+            _conversation_closed(self.conversation_id)
+        super().untrack()
+
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "members") or not self.accepted:
             return
-        drain.unregister(self)
         for task in self.tasks:
             task.cancel()
         await self.leave_groups()
@@ -283,6 +326,7 @@ class ChatConsumer(ResilientConsumer):
                 await self.send(text_data=rendering.ws_messages(html for _, html in rows))
                 self.last_sent = rows[-1][0]
                 sent += len(rows)
+                metrics.DELIVERIES.inc(len(rows))
                 if len(rows) < BACKLOG_BATCH:
                     return sent
 
@@ -298,8 +342,9 @@ class ChatConsumer(ResilientConsumer):
                     "got": seq,
                 },
             )
+            metrics.GAPS_DETECTED.labels(how="live").inc()
             try:
-                await self.send_backlog(upto=seq - 1)
+                metrics.GAP_MESSAGES_HEALED.inc(await self.send_backlog(upto=seq - 1))
             except DatabaseError:
                 logger.exception("gap heal failed")
                 await self.close(code=CLOSE_SERVICE_RESTART)  # client reconnects and replays
@@ -309,13 +354,17 @@ class ChatConsumer(ResilientConsumer):
                 return
             await self.send(text_data=frame)
             self.last_sent = seq
+            metrics.DELIVERIES.inc()
 
     async def chat_message(self, event: dict) -> None:
         await self.deliver(event["seq"], event["frame"])
 
     async def layer_recovered(self, event: dict) -> None:
         # Whatever was broadcast while we were not listening is in the database.
-        await self.send_backlog()
+        healed = await self.send_backlog()
+        if healed:
+            metrics.GAPS_DETECTED.labels(how="recovery").inc()
+            metrics.GAP_MESSAGES_HEALED.inc(healed)
         await self._presence("join")
 
     # --- client frames --------------------------------------------------------------------
@@ -380,8 +429,10 @@ class ChatConsumer(ResilientConsumer):
         if not body:
             return  # empty or whitespace-only: ignored
         if not self._rate_ok():
+            metrics.RATE_LIMITED.inc()
             if self.strikes > settings.CHAT_RATE_LIMIT:
                 logger.warning("closing flooding socket", extra={"user": self.user_id})
+                metrics.WEBSOCKET_REFUSALS.labels(reason="rate_limit").inc()
                 await self.close(code=CLOSE_RATE_LIMITED)
                 return
             await self.send_error(
@@ -399,9 +450,11 @@ class ChatConsumer(ResilientConsumer):
             logger.exception("message not stored")
             await self.send_error("Your message could not be saved. Please try again.", cid)
             return
+        stored_at = time.perf_counter()
         # Confirm to the sender straight away, whether or not the layer is up.
         await self.deliver(seq, frame)
         if created:
+            metrics.MESSAGES_STORED.inc()
             event = {
                 "type": "chat.message",
                 "seq": seq,
@@ -409,6 +462,7 @@ class ChatConsumer(ResilientConsumer):
                 "conversation_id": self.conversation_id,
             }
             if await self.group_send(self.group, event):
+                metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
                 with contextlib.suppress(*LAYER_ERRORS):
                     await presence_store().note_seq(self.conversation_id, seq)
 
@@ -525,13 +579,19 @@ class ChatConsumer(ResilientConsumer):
             await self._show_presence(online)
             if newest > self.last_sent:
                 try:
-                    await self.send_backlog(upto=newest)
+                    healed = await self.send_backlog(upto=newest)
                 except DatabaseError:
                     logger.warning("tail-gap heal failed; will retry")
+                    continue
+                if healed:
+                    metrics.GAPS_DETECTED.labels(how="tail").inc()
+                    metrics.GAP_MESSAGES_HEALED.inc(healed)
 
 
 class InboxConsumer(ResilientConsumer):
     """`/ws/inbox`: the conversation list, with unread counts, updated live."""
+
+    kind = "inbox"
 
     max_conversations = 200
 
@@ -549,13 +609,12 @@ class InboxConsumer(ResilientConsumer):
             return
         await self.join_groups([user_group(self.user_id), *map(conversation_group, ids)])
         await self.accept()
-        drain.register(self)
+        self.track()
         self.tasks.append(self.start_lifetime_timer())
 
     async def disconnect(self, code: int) -> None:
         if not self.accepted or not hasattr(self, "user_id"):
             return
-        drain.unregister(self)
         for task in self.tasks:
             task.cancel()
         await self.leave_groups()

@@ -18,7 +18,7 @@ from django.views.decorators.http import require_GET, require_http_methods, requ
 from chat import selectors, services
 from chat.consumers import user_group
 from chat.forms import ConversationStartForm, SignupForm
-from parley import drain
+from parley import drain, metrics
 
 logger = logging.getLogger(__name__)
 
@@ -52,6 +52,8 @@ def readyz(request: HttpRequest) -> HttpResponse:
         logger.warning("readiness: channel layer down", extra={"error": repr(exc)})
         checks["channel_layer"] = f"error: {type(exc).__name__}"
     failed = sorted(k for k, v in checks.items() if v != "ok")
+    for dependency in failed:
+        metrics.READINESS_FAILURES.labels(dependency=dependency).inc()
     body = {"status": "ok" if not failed else "unavailable", "checks": checks, "failed": failed}
     return HttpResponse(
         json.dumps(body), status=503 if failed else 200, content_type="application/json"

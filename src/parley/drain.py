@@ -74,6 +74,9 @@ class DrainMiddleware:
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
         if scope["type"] == "websocket" and is_draining():
+            from parley import metrics
+
+            metrics.WEBSOCKET_REFUSALS.labels(reason="draining").inc()
             # Not accepted: the browser sees 1006 and the HTMX extension retries elsewhere.
             await send({"type": "websocket.close", "code": 1013})
             return

@@ -1,0 +1,126 @@
+"""Prometheus metrics.
+
+gunicorn workers and daphne processes are separate processes, so metrics use
+prometheus-client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (each process
+writes its own files; one exporter per host or container sums them). The exporter listens on
+METRICS_PORT, an internal port that nginx never proxies.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    start_http_server,
+)
+
+logger = logging.getLogger(__name__)
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+
+WEBSOCKETS_OPEN = Gauge(
+    "parley_websockets_open",
+    "Open websockets in this process",
+    ["kind"],
+    multiprocess_mode="livesum",
+)
+CONVERSATIONS_ACTIVE = Gauge(
+    "parley_conversations_active",
+    "Conversations with at least one open socket in this process",
+    multiprocess_mode="livesum",
+)
+WEBSOCKET_CONNECTS = Counter("parley_websocket_connects_total", "Websockets accepted", ["kind"])
+WEBSOCKET_REFUSALS = Counter(
+    "parley_websocket_refusals_total",
+    "Websockets refused or closed by policy, by reason",
+    ["reason"],  # unauthenticated, forbidden, origin, rate_limit, draining
+)
+MESSAGES_STORED = Counter("parley_messages_stored_total", "Chat messages stored")
+BROADCAST_SECONDS = Histogram(
+    "parley_broadcast_seconds",
+    "From the message being stored to group_send returning",
+    buckets=LATENCY_BUCKETS,
+)
+BROADCAST_FAILURES = Counter(
+    "parley_broadcast_failures_total", "group_send calls that failed (layer down)"
+)
+DELIVERIES = Counter(
+    "parley_deliveries_total", "Messages sent to sockets (live, healed and replayed)"
+)
+REPLAYS = Counter("parley_replays_total", "Reconnects served a backlog (?after=)")
+MESSAGES_REPLAYED = Counter("parley_messages_replayed_total", "Messages sent from backlogs")
+GAPS_DETECTED = Counter(
+    "parley_sequence_gaps_total",
+    "Sequence gaps noticed by consumers (a broadcast the layer dropped)",
+    ["how"],  # live (a later message revealed it), tail (heartbeat), recovery (layer back)
+)
+GAP_MESSAGES_HEALED = Counter(
+    "parley_gap_messages_healed_total", "Messages sent from the database to fill gaps"
+)
+RATE_LIMITED = Counter("parley_rate_limited_total", "Sends refused by the per-socket rate limit")
+HTTP_REQUEST_SECONDS = Histogram(
+    "parley_http_request_duration_seconds",
+    "HTTP request latency by route",
+    ["route", "method", "status"],
+    buckets=LATENCY_BUCKETS,
+)
+READINESS_FAILURES = Counter(
+    "parley_readiness_failures_total", "Failed /readyz checks by dependency", ["dependency"]
+)
+
+
+def multiprocess_dir() -> Path | None:
+    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    return Path(value) if value else None
+
+
+def reset_multiprocess_dir() -> None:
+    """Called once per host/container before any worker starts: stale files from a previous
+    run would otherwise be summed into the new one."""
+    directory = multiprocess_dir()
+    if directory is None:
+        return
+    if directory.exists():
+        for child in directory.iterdir():
+            if child.is_file():
+                child.unlink()
+            else:
+                shutil.rmtree(child)
+    directory.mkdir(parents=True, exist_ok=True)
+
+
+def mark_process_dead(pid: int) -> None:
+    if multiprocess_dir() is not None:
+        from prometheus_client import multiprocess
+
+        multiprocess.mark_process_dead(pid)
+
+
+def exposition_registry() -> CollectorRegistry:
+    if multiprocess_dir() is None:
+        from prometheus_client import REGISTRY
+
+        return REGISTRY
+    from prometheus_client import multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    return registry
+
+
+def serve(port: int | None = None, addr: str | None = None) -> bool:
+    """Starts the exporter on METRICS_PORT (0 or unset: no exporter). Returns True if started."""
+    port = port if port is not None else int(os.environ.get("METRICS_PORT", "0") or 0)
+    if not port:
+        return False
+    addr = addr or os.environ.get("METRICS_ADDR", "0.0.0.0")  # noqa: S104 (internal port)
+    start_http_server(port, addr=addr, registry=exposition_registry())
+    logger.info("metrics exporter listening", extra={"port": port, "addr": addr})
+    return True
