@@ -34,7 +34,7 @@ dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PO
 
 .PHONY: test
 test: install ## Run the test suite against the local Postgres and Redis
-	$(PY) -m pytest $(PYTEST_ARGS)
+	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: lint
 lint: install ## ruff check and format check
@@ -49,3 +49,16 @@ fmt: install ## ruff fix and format
 .PHONY: seed
 seed: install ## Create load-test users: ROOMS, MEMBERS, PASSWORD, OUT (uses DATABASE_URL)
 	$(PY) src/manage.py seed_loadtest --rooms $${ROOMS:-10} --members $${MEMBERS:-10} --password $${PASSWORD:-loadtest-pass} --out $${OUT:-results/users.json}
+
+TOOLS := .tools/bin
+$(TOOLS)/promtool:
+	mkdir -p .tools/deb $(TOOLS)
+	# Debian's prometheus package carries promtool; extract it rather than install the
+	# package, which would start a Prometheus server.
+	cd .tools/deb && apt-get download prometheus && dpkg-deb -x prometheus_*.deb x
+	cp .tools/deb/x/usr/bin/promtool $@
+
+.PHONY: observability-check
+observability-check: install $(TOOLS)/promtool ## Validate the Grafana dashboard and Prometheus alert rules
+	$(TOOLS)/promtool check rules deploy/observability/alerts.yml
+	PATH=$(CURDIR)/$(TOOLS):$$PATH $(PY) -m pytest -q tests/parley/test_observability_files.py
