@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterable
+from contextlib import nullcontext
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
@@ -39,9 +40,39 @@ def normalise_body(body: object) -> str:
 
 
 _BUMP_SQL = (
-    "UPDATE chat_conversation SET last_seq = last_seq + 1, last_message_at = %s, "
-    "last_message_preview = %s, last_message_sender = %s WHERE id = %s RETURNING last_seq"
+    "UPDATE chat_conversation SET last_seq = last_seq + 1, last_message_at = %(now)s, "
+    "last_message_preview = %(preview)s, last_message_sender = %(sender_name)s "
+    "WHERE id = %(conversation)s RETURNING last_seq"
 )
+# Postgres: bump the counter and insert in ONE statement (one round trip). A statement is
+# its own transaction, so the sequence and the row commit or fail together; the UPDATE's
+# row lock makes concurrent senders queue, and a failed insert gives the number back.
+_STORE_SQL_POSTGRES = (
+    "WITH bumped AS (" + _BUMP_SQL + ") "
+    "INSERT INTO chat_message (conversation_id, sender_id, seq, client_id, body, created_at) "
+    "SELECT %(conversation)s, %(sender)s, last_seq, %(client_id)s, %(body)s, %(now)s "
+    "FROM bumped RETURNING id, seq"
+)
+_INSERT_SQL = (
+    "INSERT INTO chat_message (conversation_id, sender_id, seq, client_id, body, created_at) "
+    "VALUES (%(conversation)s, %(sender)s, %(seq)s, %(client_id)s, %(body)s, %(now)s) "
+    "RETURNING id"
+)
+
+
+def _store(params: dict) -> tuple[int, int] | None:
+    """Returns (message id, seq), or None if the conversation does not exist."""
+    with connection.cursor() as cursor:
+        if connection.vendor == "postgresql":
+            cursor.execute(_STORE_SQL_POSTGRES, params)
+            return cursor.fetchone()
+        # SQLite (the embedded default) has no data-modifying CTEs: two statements.
+        cursor.execute(_BUMP_SQL, params)
+        bumped = cursor.fetchone()
+        if bumped is None:
+            return None
+        cursor.execute(_INSERT_SQL, {**params, "seq": bumped[0]})
+        return cursor.fetchone()[0], bumped[0]
 
 
 def message_create(
@@ -57,23 +88,20 @@ def message_create(
     message with created=False, so it is stored and broadcast once.
     """
     now = timezone.now()
+    params = {
+        "now": now,
+        "preview": body[:140],
+        "sender_name": sender.get_username(),
+        "conversation": conversation_id,
+        "sender": sender.pk,
+        "client_id": client_id,
+        "body": body,
+    }
+    one_statement = connection.vendor == "postgresql" and not connection.in_atomic_block
     try:
-        with transaction.atomic():
-            # The UPDATE takes the conversation's row lock: concurrent senders queue here,
-            # and a rolled-back transaction gives its number back, so there are no gaps.
-            with connection.cursor() as cursor:
-                cursor.execute(_BUMP_SQL, [now, body[:140], sender.get_username(), conversation_id])
-                row = cursor.fetchone()
-            if row is None:
-                raise Conversation.DoesNotExist(conversation_id)
-            message = Message.objects.create(
-                conversation_id=conversation_id,
-                sender=sender,
-                seq=row[0],
-                client_id=client_id,
-                body=body,
-                created_at=now,
-            )
+        # Inside an outer transaction a savepoint keeps a duplicate from poisoning it.
+        with nullcontext() if one_statement else transaction.atomic():
+            row = _store(params)
     except IntegrityError:
         if client_id is None:
             raise
@@ -85,7 +113,19 @@ def message_create(
         if existing is None:
             raise
         return existing, False
-    message.sender = sender  # already loaded: rendering needs no extra query
+    if row is None:
+        raise Conversation.DoesNotExist(conversation_id)
+    message = Message(
+        id=row[0],
+        conversation_id=conversation_id,
+        sender=sender,
+        seq=row[1],
+        client_id=client_id,
+        body=body,
+        created_at=now,
+    )
+    message._state.adding = False
+    message._state.db = connection.alias
     return message, True
 
 
