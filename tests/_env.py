@@ -1,9 +1,14 @@
 """Test environment defaults, loaded as a plugin (-p tests._env) before pytest-django reads
 the settings. Real Postgres and Redis on this machine; our own Redis db index."""
 
+import hashlib
 import os
+from pathlib import Path
 
 TEST_REDIS_DB = os.environ.get("TEST_REDIS_DB", "9")
+# Several checkouts may run their suites at once on one machine: each gets its own test
+# database and its own Redis key prefixes.
+RUN_TAG = hashlib.sha256(str(Path(__file__).resolve().parent.parent).encode()).hexdigest()[:8]
 
 defaults = {
     "DEBUG": "0",
@@ -12,7 +17,9 @@ defaults = {
     "CSRF_TRUSTED_ORIGINS": "http://localhost,http://127.0.0.1",
     "HTTPS": "0",
     "STATIC_MANIFEST": "0",
-    "DATABASE_URL": "postgres://postgres@127.0.0.1:5432/parley",
+    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/parley_{RUN_TAG}",
+    "CHANNEL_LAYER_PREFIX": f"asgi{RUN_TAG}",
+    "REDIS_KEY_PREFIX": f"parley{RUN_TAG}",
     "REDIS_URL": f"redis://127.0.0.1:6379/{TEST_REDIS_DB}",
     "PASSWORD_HASHERS": "django.contrib.auth.hashers.MD5PasswordHasher",
     "LOG_LEVEL": "WARNING",

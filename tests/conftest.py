@@ -7,13 +7,34 @@ import pytest
 import redis
 
 
-@pytest.fixture(scope="session", autouse=True)
-def _clean_test_redis_db():
-    """Our own Redis db index: start from empty, leave it empty."""
-    urls = [u for u in os.environ.get("REDIS_URL", "").split(",") if u]
-    for url in urls:
-        redis.Redis.from_url(url).flushdb()
-    yield
-    for url in urls:
+def _delete_our_keys() -> None:
+    prefixes = [os.environ["CHANNEL_LAYER_PREFIX"], os.environ["REDIS_KEY_PREFIX"]]
+    for url in [u for u in os.environ.get("REDIS_URL", "").split(",") if u]:
         with contextlib.suppress(redis.exceptions.ConnectionError):
-            redis.Redis.from_url(url).flushdb()
+            client = redis.Redis.from_url(url)
+            for prefix in prefixes:
+                for key in client.scan_iter(match=f"{prefix}*", count=500):
+                    client.delete(key)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _clean_test_redis_keys():
+    """Our own db index and key prefixes: start from empty, leave nothing behind."""
+    _delete_our_keys()
+    yield
+    _delete_our_keys()
+
+
+@pytest.fixture(autouse=True)
+def _fresh_channel_layer():
+    """Each async test runs in its own event loop; channels-redis binds its receive lock
+    to the loop that first used it, so every test gets a fresh layer instance."""
+    from channels.layers import channel_layers
+
+    from chat.presence import reset_presence_store
+
+    channel_layers.backends.clear()
+    reset_presence_store()
+    yield
+    channel_layers.backends.clear()
+    reset_presence_store()

@@ -44,6 +44,7 @@ CLOSE_RATE_LIMITED = 4429
 
 RATE_WINDOW_SECONDS = 10.0
 TYPING_THROTTLE_SECONDS = 2.5
+FRAME_RATE_FACTOR = 5  # frames of any kind per window, as a multiple of CHAT_RATE_LIMIT
 BACKLOG_BATCH = 200
 
 try:  # channels-redis raises redis-py errors; the in-memory layer raises none of these.
@@ -248,7 +249,7 @@ class ChatConsumer(ResilientConsumer):
             await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return
         try:
-            members = await _db(selectors.participant_names)(self.conversation_id)
+            members, newest = await _db(selectors.connect_info)(self.conversation_id)
         except DatabaseError:
             logger.exception("database unavailable at connect")
             # Not accepted: the browser sees 1006 and retries with growing backoff.
@@ -262,6 +263,7 @@ class ChatConsumer(ResilientConsumer):
         self.members: dict[int, str] = members
         self.group = conversation_group(self.conversation_id)
         self.recent_sends: deque[float] = deque()
+        self.recent_frames: deque[float] = deque()
         self.strikes = 0
         self.last_typing = 0.0
         self.read_seq = 0
@@ -275,13 +277,14 @@ class ChatConsumer(ResilientConsumer):
         self.track()
         _conversation_opened(self.conversation_id)
         after = self._after_param()
+        # A client claiming more than exists (or nothing) starts from the newest sequence.
+        self.last_sent = newest if after is None else min(after, newest)
         try:
-            if after is None:
-                self.last_sent = await _db(selectors.conversation_last_seq)(self.conversation_id)
-            else:
-                self.last_sent = after
+            # Read after joining: whatever was stored meanwhile comes from here or live.
+            sent = await self.send_backlog()
+            if after is not None and after < newest:
                 metrics.REPLAYS.inc()
-                metrics.MESSAGES_REPLAYED.inc(await self.send_backlog())
+                metrics.MESSAGES_REPLAYED.inc(sent)
         except DatabaseError:
             logger.exception("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
@@ -376,9 +379,14 @@ class ChatConsumer(ResilientConsumer):
         if len(text_data) > settings.CHAT_MAX_FRAME_BYTES:
             await self.send_error("Frame too large.")
             return
+        if not self._frame_rate_ok():
+            logger.warning("closing socket flooding frames", extra={"user": self.user_id})
+            metrics.WEBSOCKET_REFUSALS.labels(reason="rate_limit").inc()
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
         try:
             data = json.loads(text_data)
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
             await self.send_error("Malformed message: expected a JSON object.")
             return
         if not isinstance(data, dict):
@@ -396,6 +404,15 @@ class ChatConsumer(ResilientConsumer):
 
     async def send_error(self, text: str, client_id: str | None = None) -> None:
         await self.send(text_data=rendering.error_html(text, client_id=client_id))
+
+    def _frame_rate_ok(self) -> bool:
+        """Any frame counts (typing, read, malformed): a bound on work per socket."""
+        now = time.monotonic()
+        frames = self.recent_frames
+        while frames and now - frames[0] > RATE_WINDOW_SECONDS:
+            frames.popleft()
+        frames.append(now)
+        return len(frames) <= settings.CHAT_RATE_LIMIT * FRAME_RATE_FACTOR
 
     def _rate_ok(self) -> bool:
         now = time.monotonic()
@@ -487,7 +504,7 @@ class ChatConsumer(ResilientConsumer):
     async def receive_read(self, data: dict) -> None:
         try:
             seq = min(int(data.get("seq")), self.last_sent)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             await self.send_error("Malformed message: seq must be an integer.")
             return
         if seq <= self.read_seq:

@@ -87,7 +87,11 @@ class RedisPresence:
 
     @staticmethod
     def _key(conversation_id: int) -> str:
-        return f"parley:presence:{conversation_id}"
+        return f"{settings.REDIS_KEY_PREFIX}:presence:{conversation_id}"
+
+    @staticmethod
+    def _seq_key(conversation_id: int) -> str:
+        return f"{settings.REDIS_KEY_PREFIX}:seq:{conversation_id}"
 
     @staticmethod
     def _uids(members: list[bytes]) -> set[int]:
@@ -105,7 +109,7 @@ class RedisPresence:
         pipe.zremrangebyscore(key, "-inf", now)
         pipe.expire(key, _ttl() * 2)
         pipe.zrange(key, 0, -1)
-        pipe.get(f"parley:seq:{conversation_id}")
+        pipe.get(self._seq_key(conversation_id))
         result = await pipe.execute()
         return self._uids(result[3]), int(result[4] or 0)
 
@@ -120,7 +124,7 @@ class RedisPresence:
 
     async def note_seq(self, conversation_id: int, seq: int) -> None:
         await self._client(conversation_id).eval(
-            _NOTE_SEQ, 1, f"parley:seq:{conversation_id}", seq, 86400
+            _NOTE_SEQ, 1, self._seq_key(conversation_id), seq, 86400
         )
 
 

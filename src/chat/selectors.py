@@ -160,3 +160,8 @@ def recent_conversation_ids(user_id: int, limit: int) -> list[int]:
         .order_by(F("conversation__last_message_at").desc(nulls_last=True), "-conversation_id")
         .values_list("conversation_id", flat=True)[:limit]
     )
+
+
+def connect_info(conversation_id: int) -> tuple[dict[int, str], int]:
+    """Participants (id -> username) and the newest sequence, for a connecting socket."""
+    return participant_names(conversation_id), conversation_last_seq(conversation_id)

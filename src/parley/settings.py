@@ -117,12 +117,18 @@ CHANNEL_LAYER_BACKEND: str = env.str("CHANNEL_LAYER_BACKEND", default="core")  #
 # which the HTMX extension retries, replaying what it missed). It bounds how long a member
 # of a group can outlive a crashed process: group entries expire a little after it.
 CHAT_SOCKET_MAX_AGE: int = env.int("CHAT_SOCKET_MAX_AGE", default=3600)
+# Key prefixes, so several deployments (or test runs) can share one Redis.
+CHANNEL_LAYER_PREFIX: str = env.str("CHANNEL_LAYER_PREFIX", default="asgi")
+REDIS_KEY_PREFIX: str = env.str("REDIS_KEY_PREFIX", default="parley")
 if REDIS_URLS:
     if CHANNEL_LAYER_BACKEND == "pubsub":
         CHANNEL_LAYERS = {
             "default": {
                 "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
-                "CONFIG": {"hosts": [{"address": url} for url in REDIS_URLS]},
+                "CONFIG": {
+                    "hosts": [{"address": url} for url in REDIS_URLS],
+                    "prefix": CHANNEL_LAYER_PREFIX,
+                },
             }
         }
     else:
@@ -131,6 +137,7 @@ if REDIS_URLS:
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
                 "CONFIG": {
                     "hosts": [{"address": url} for url in REDIS_URLS],
+                    "prefix": CHANNEL_LAYER_PREFIX,
                     "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=1000),
                     "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=60),
                     "group_expiry": CHAT_SOCKET_MAX_AGE + 300,

@@ -279,3 +279,40 @@ async def test_oversized_frame_is_refused_with_an_error(settings):
     await send(alice, "small")
     await alice_in.wait_seqs([1])
     await alice.disconnect()
+
+
+async def test_hostile_frames_get_errors_and_the_socket_survives():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    await alice.send_to(text_data="[" * 30_000 + "]" * 30_000)  # nesting bomb under the cap
+    assert "Malformed message" in await alice_in.wait_text('id="chat-error"')
+    alice_in.frames.clear()
+    await alice.send_to(text_data='{"type": "read", "seq": Infinity}')
+    assert "seq must be an integer" in await alice_in.wait_text('id="chat-error"')
+    alice_in.frames.clear()
+    for payload in ({"chat_message": ["a list"]}, {"chat_message": {"x": 1}}, {"type": ["x"]}):
+        await alice.send_to(text_data=json.dumps(payload))
+        await alice_in.wait_text('id="chat-error"')
+        alice_in.frames.clear()
+    await send(alice, "survived")
+    assert await alice_in.wait_seqs([1]) == [1]
+    await alice.disconnect()
+
+
+async def test_an_absurd_after_is_clamped_and_live_messages_still_arrive():
+    conversation, _, cookies = await room()
+    alice, _, _ = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1], after=10**30)
+    await send(alice, "hello")
+    assert await bob_in.wait_seqs([1]) == [1]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+@override_settings(CHAT_RATE_LIMIT=4)
+async def test_flooding_with_non_message_frames_is_closed_too():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    for _ in range(30):
+        await alice.send_to(text_data=json.dumps({"type": "typing"}))
+    assert await alice_in.wait_close() == 4429

@@ -292,6 +292,7 @@ async def test_stale_group_entries_of_crashed_consumers_expire(settings):
     layer = get_channel_layer()
     key = layer._group_key(f"chat.{conversation.pk}")
     client = aioredis.Redis.from_url(settings.REDIS_URLS[0])
+    assert key.startswith(settings.CHANNEL_LAYER_PREFIX.encode())
     assert await client.zcard(key) == 1
     # age the entry past group_expiry, as time would
     old = (await client.zrange(key, 0, -1))[0]
