@@ -678,12 +678,27 @@ class InboxConsumer(ResilientConsumer):
 def store_and_render(
     conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
 ) -> tuple[int, str, bool]:
-    """Runs in the DB thread: store, then render the one fragment every recipient gets."""
+    """Runs in the DB thread: store, then render the one fragment every recipient gets.
+
+    A connection that died with its server (say Postgres restarted) fails once; with an
+    idempotency key the send is retried on a fresh connection, since a retry cannot store
+    it twice.
+    """
     from django.contrib.auth import get_user_model
+    from django.db import OperationalError, connection
 
     User = get_user_model()
     sender = User(pk=user_id, **{User.USERNAME_FIELD: username})
-    message, created = services.message_create(
-        conversation_id=conversation_id, sender=sender, body=body, client_id=client_id
-    )
+    attempts = 2 if client_id is not None else 1
+    for attempt in range(attempts):
+        try:
+            message, created = services.message_create(
+                conversation_id=conversation_id, sender=sender, body=body, client_id=client_id
+            )
+            break
+        except OperationalError:
+            if attempt + 1 == attempts:
+                raise
+            logger.warning("store failed on a dead connection; retrying once")
+            connection.close()
     return message.seq, rendering.ws_messages([rendering.message_html(message)]), created

@@ -316,3 +316,17 @@ async def test_flooding_with_non_message_frames_is_closed_too():
     for _ in range(30):
         await alice.send_to(text_data=json.dumps({"type": "typing"}))
     assert await alice_in.wait_close() == 4429
+
+
+async def test_readyz_stays_ready_in_a_process_with_open_sockets():
+    """Regression: a round-trip channel with a non-default prefix waited behind the open
+    sockets' 5 s blocking pop and timed out, so readiness flapped under load."""
+    from django.test import Client
+
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    await alice_in.quiet(0.2)  # its receive loop now holds the layer's receive lock
+    for _ in range(3):
+        response = await sync_to_async(Client().get)("/readyz")
+        assert response.status_code == 200, response.content
+    await alice.disconnect()
