@@ -62,3 +62,7 @@ $(TOOLS)/promtool:
 observability-check: install $(TOOLS)/promtool ## Validate the Grafana dashboard and Prometheus alert rules
 	$(TOOLS)/promtool check rules deploy/observability/alerts.yml
 	PATH=$(CURDIR)/$(TOOLS):$$PATH $(PY) -m pytest -q tests/parley/test_observability_files.py
+
+.PHONY: certs
+certs: ## Self-signed TLS certificate for HOST (default localhost) into certs/ (git-ignored)
+	deploy/tls/make-certs.sh $${HOST:-localhost} certs
