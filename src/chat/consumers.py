@@ -46,6 +46,7 @@ RATE_WINDOW_SECONDS = 10.0
 TYPING_THROTTLE_SECONDS = 2.5
 FRAME_RATE_FACTOR = 5  # frames of any kind per window, as a multiple of CHAT_RATE_LIMIT
 BACKLOG_BATCH = 200
+UNBROADCAST_LIMIT = 500
 
 try:  # channels-redis raises redis-py errors; the in-memory layer raises none of these.
     from redis.exceptions import RedisError
@@ -264,6 +265,8 @@ class ChatConsumer(ResilientConsumer):
         self.group = conversation_group(self.conversation_id)
         self.recent_sends: deque[float] = deque()
         self.recent_frames: deque[float] = deque()
+        self.unbroadcast: list[dict] = []
+        self.broadcast_lock = asyncio.Lock()
         self.strikes = 0
         self.last_typing = 0.0
         self.read_seq = 0
@@ -368,6 +371,7 @@ class ChatConsumer(ResilientConsumer):
         if healed:
             metrics.GAPS_DETECTED.labels(how="recovery").inc()
             metrics.GAP_MESSAGES_HEALED.inc(healed)
+        await self.flush_broadcasts()
         await self._presence("join")
 
     # --- client frames --------------------------------------------------------------------
@@ -478,10 +482,26 @@ class ChatConsumer(ResilientConsumer):
                 "frame": frame,
                 "conversation_id": self.conversation_id,
             }
-            if await self.group_send(self.group, event):
+            self.unbroadcast.append(event)
+            # Bounded: past this, peers still heal from the database by sequence number.
+            del self.unbroadcast[:-UNBROADCAST_LIMIT]
+            if await self.flush_broadcasts():
                 metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
-                with contextlib.suppress(*LAYER_ERRORS):
-                    await presence_store().note_seq(self.conversation_id, seq)
+
+    async def flush_broadcasts(self) -> bool:
+        """Broadcasts our stored messages in order; those the layer refused stay queued
+        until it answers again (recovery, the next heartbeat or the next send), so peers
+        hear of them even when their own layer never noticed the outage (pub/sub)."""
+        if not self.unbroadcast:
+            return True
+        async with self.broadcast_lock:  # the heartbeat and the send path both flush
+            while self.unbroadcast:
+                if not await self.group_send(self.group, self.unbroadcast[0]):
+                    return False
+                sent = self.unbroadcast.pop(0)
+            with contextlib.suppress(*LAYER_ERRORS):
+                await presence_store().note_seq(self.conversation_id, sent["seq"])
+            return True
 
     async def receive_typing(self) -> None:
         now = time.monotonic()
@@ -583,8 +603,14 @@ class ChatConsumer(ResilientConsumer):
             await self.send(text_data=event["frame"])
 
     async def _heartbeat(self) -> None:
-        """Refreshes presence; notices expired peers and broadcasts the layer dropped."""
+        """Refreshes presence; notices expired peers and broadcasts the layer dropped.
+
+        After a heartbeat that could not reach Redis, the next one also reads the database
+        backlog: the pub/sub layer reconnects on its own and never tells its consumers what
+        was published while it was away.
+        """
         interval = max(settings.CHAT_PRESENCE_TTL / 3, 1.0)
+        missed = False
         while True:
             await asyncio.sleep(interval * random.uniform(0.8, 1.2))
             try:
@@ -592,17 +618,20 @@ class ChatConsumer(ResilientConsumer):
                     self.conversation_id, self.user_id, self.channel_name
                 )
             except LAYER_ERRORS:
+                missed = True
                 continue
             await self._show_presence(online)
-            if newest > self.last_sent:
+            await self.flush_broadcasts()
+            if newest > self.last_sent or missed:
                 try:
-                    healed = await self.send_backlog(upto=newest)
+                    healed = await self.send_backlog(upto=None if missed else newest)
                 except DatabaseError:
                     logger.warning("tail-gap heal failed; will retry")
                     continue
                 if healed:
-                    metrics.GAPS_DETECTED.labels(how="tail").inc()
+                    metrics.GAPS_DETECTED.labels(how="recovery" if missed else "tail").inc()
                     metrics.GAP_MESSAGES_HEALED.inc(healed)
+                missed = False
 
 
 class InboxConsumer(ResilientConsumer):

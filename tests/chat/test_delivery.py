@@ -170,9 +170,10 @@ async def test_a_message_the_database_refuses_gets_an_error_never_a_confirmation
     await bob.disconnect()
 
 
-@pytest.fixture
-def throwaway_redis(settings):
-    """A Redis of our own on another port, as the channel layer and presence store."""
+@pytest.fixture(params=["core", "pubsub"])
+def throwaway_redis(settings, request):
+    """A Redis of our own on another port, as the channel layer and presence store, with
+    each channel-layer backend."""
     from channels.layers import channel_layers
 
     from chat.presence import reset_presence_store
@@ -181,16 +182,13 @@ def throwaway_redis(settings):
     server.start()
     url = f"redis://127.0.0.1:{server.port}/0"
     settings.REDIS_URLS = [url]
-    settings.CHANNEL_LAYERS = {
-        "default": {
-            "BACKEND": "channels_redis.core.RedisChannelLayer",
-            "CONFIG": {
-                "hosts": [{"address": url}],
-                "capacity": 1000,
-                "group_expiry": settings.CHAT_SOCKET_MAX_AGE + 300,
-            },
-        }
-    }
+    config = {"hosts": [{"address": url}], "prefix": settings.CHANNEL_LAYER_PREFIX}
+    if request.param == "core":
+        backend = "channels_redis.core.RedisChannelLayer"
+        config.update(capacity=1000, group_expiry=settings.CHAT_SOCKET_MAX_AGE + 300)
+    else:
+        backend = "channels_redis.pubsub.RedisPubSubChannelLayer"
+    settings.CHANNEL_LAYERS = {"default": {"BACKEND": backend, "CONFIG": config}}
     channel_layers.backends.clear()
     reset_presence_store()
     yield server
