@@ -108,6 +108,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
         self.closed = False
         self.tasks: list[asyncio.Task] = []
         self.tracked = False
+        self.rejoin_needed = False
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
         try:
@@ -160,17 +161,22 @@ class ResilientConsumer(AsyncWebsocketConsumer):
                 delay = min(delay * 2, 5.0)
                 continue
             self.layer_ok = True
+            self.rejoin_needed = False
             logger.info("channel layer recovered")
             return {"type": "layer.recovered"}
 
-    async def join_groups(self, groups: list[str]) -> None:
+    async def join_groups(self, groups: list[str]) -> bool:
+        """Joins the groups; on failure, the layer's recovery or the heartbeat retries."""
         self.groups_wanted = list(groups)
         try:
             for group in groups:
                 await self.channel_layer.group_add(group, self.channel_name)
         except LAYER_ERRORS as exc:
             logger.warning("group join failed; will retry", extra={"error": repr(exc)})
-            self.layer_ok = False
+            self.rejoin_needed = True
+            return False
+        self.rejoin_needed = False
+        return True
 
     async def leave_groups(self) -> None:
         for group in self.groups_wanted:
@@ -621,6 +627,8 @@ class ChatConsumer(ResilientConsumer):
                 missed = True
                 continue
             await self._show_presence(online)
+            if self.rejoin_needed and await self.join_groups(self.groups_wanted):
+                missed = True  # not in the group until now: read what was missed
             await self.flush_broadcasts()
             if newest > self.last_sent or missed:
                 try:
@@ -688,7 +696,7 @@ class InboxConsumer(ResilientConsumer):
             try:
                 await self.channel_layer.group_add(group, self.channel_name)
             except LAYER_ERRORS:
-                self.layer_ok = False
+                self.rejoin_needed = True
         await self._send_row(event["conversation_id"])
 
     async def chat_typing(self, event: dict) -> None:

@@ -179,6 +179,7 @@ def throwaway_redis(settings, request):
     from chat.presence import reset_presence_store
 
     server = ThrowawayRedis()
+    server.backend = request.param
     server.start()
     url = f"redis://127.0.0.1:{server.port}/0"
     settings.REDIS_URLS = [url]
@@ -348,3 +349,18 @@ async def test_inbox_updates_live_with_unread_counts():
     await inbox.wait_text('data-unread="2"')
     await alice.disconnect()
     await inbox_comm.disconnect()
+
+
+async def test_a_socket_opened_while_redis_is_down_goes_live_when_it_returns(throwaway_redis):
+    if throwaway_redis.backend == "pubsub":
+        pytest.skip("the pub/sub layer needs Redis to create a channel: the handshake fails")
+    conversation, _, cookies = await room()
+    throwaway_redis.stop()
+    bob, connected, bob_in = await open_socket(conversation.pk, cookies[1])
+    assert connected  # Postgres is enough to open and replay
+    throwaway_redis.start()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    await send(alice, "are you there?")
+    assert await bob_in.wait_seqs([1], timeout=15) == [1]
+    await alice.disconnect()
+    await bob.disconnect()
