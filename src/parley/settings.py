@@ -6,6 +6,7 @@ in-memory channel layer. Production (DEBUG off) refuses to start without a SECRE
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import environ
@@ -208,6 +209,9 @@ CHAT_DRAIN_SECONDS: float = env.float("CHAT_DRAIN_SECONDS", default=10.0)
 
 # --- Logging: one JSON object per line on stdout ------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+# Python warnings (e.g. Django's about sync iterators under ASGI) become log records too,
+# instead of bare lines on stderr.
+logging.captureWarnings(True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
