@@ -201,3 +201,38 @@ def test_nginx_reload_keeps_open_sockets_and_accepts_new_ones(stack, room, cooki
     finally:
         a.close()
         b.close()
+
+
+def test_socket_lifetime_closes_with_1012_through_daphne(stack, room, cookies):
+    """The app's own 1012 (CHAT_SOCKET_MAX_AGE) reaches the client as 1012 (stock daphne
+    cannot send it), and the client resumes without loss."""
+    conversation_id, (alice, bob, _) = room
+    stack.restart_ws(1, env={"CHAT_SOCKET_MAX_AGE": "2"})
+    try:
+        direct = ChatSocket(
+            f"ws://127.0.0.1:{stack.ws_port(1)}", stack.url, conversation_id, cookies(alice)
+        ).connect()
+        b = connect(stack, conversation_id, cookies(bob))
+        b.send("before the lifetime ends")
+        direct.wait_seq(1)
+        assert direct.wait_close(timeout=10) == 1012
+        b.send("while reconnecting")
+        direct.reconnect()
+        direct.wait_seq(2)
+        assert direct.seqs == [1, 2]
+        direct.close()
+        b.close()
+    finally:
+        stack.restart_ws(1)
+
+
+def test_an_oversized_frame_is_refused_by_daphne(stack, room, cookies):
+    conversation_id, (alice, _, _) = room
+    a = connect(stack, conversation_id, cookies(alice))
+    try:
+        a.ws.send("x" * (64 * 1024 + 1))  # CHAT_MAX_FRAME_BYTES
+        # autobahn fails the connection (failByDrop): cut, or 1009 "message too big".
+        assert a.wait_close() in (CLOSE_ABNORMAL, 1009)
+    finally:
+        a.close()
+    assert stored(stack, conversation_id) == []
