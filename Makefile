@@ -44,6 +44,10 @@ stack: install ## Start the production layout on loopback (nginx :8080 or STACK_
 stack-down: install ## Stop `make stack` (every process it started, workers included)
 	$(PY) deploy/stack/stackctl.py down
 
+.PHONY: stack-reload
+stack-reload: install ## Reload the stack's nginx config (nginx -s reload; websockets reconnect and replay)
+	$(PY) deploy/stack/stackctl.py reload
+
 .PHONY: stack-status
 stack-status: install ## Show which `make stack` processes are running
 	$(PY) deploy/stack/stackctl.py status

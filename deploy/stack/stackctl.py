@@ -1,6 +1,6 @@
 """The native production stack on loopback: nginx -> gunicorn (HTTP) + two daphne (websockets).
 
-    python deploy/stack/stackctl.py up | down | status      (`make stack`, `make stack-down`)
+    python deploy/stack/stackctl.py up | down | status | reload   (`make stack`, `make stack-down`)
 
 Environment: STACK_DIR (./run/stack), STACK_PORT (8080, nginx), STACK_WEB_PORT (8000),
 STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/parley_stack),
@@ -496,6 +496,11 @@ def main(argv: list[str]) -> int:
         elif command == "down":
             stack.down()
             print("stack: stopped")
+        elif command == "reload":
+            if not stack.alive("nginx"):
+                raise StackError("nginx is not running; start the stack with `make stack`")
+            stack.reload_nginx()
+            print("stack: nginx reloaded (old workers keep websockets up to 30 s)")
         elif command == "status":
             state = stack.status()
             for name, alive in state.items():
