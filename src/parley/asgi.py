@@ -16,6 +16,7 @@ from django.conf import settings  # noqa: E402
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from parley import metrics  # noqa: E402
 from parley.drain import DrainMiddleware  # noqa: E402
+from parley.logging import AccessLogMiddleware  # noqa: E402
 
 
 class CountingOriginValidator(OriginValidator):
@@ -36,13 +37,15 @@ def allowed_hosts_origin_validator(app):
     return CountingOriginValidator(app, allowed)
 
 
-application = DrainMiddleware(
-    ProtocolTypeRouter(
-        {
-            "http": django_asgi_app,
-            "websocket": allowed_hosts_origin_validator(
-                AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
-            ),
-        }
+application = AccessLogMiddleware(
+    DrainMiddleware(
+        ProtocolTypeRouter(
+            {
+                "http": django_asgi_app,
+                "websocket": allowed_hosts_origin_validator(
+                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                ),
+            }
+        )
     )
 )

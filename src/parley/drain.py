@@ -47,11 +47,17 @@ def open_socket_count() -> int:
     return len(_sockets)
 
 
+def mark_draining() -> None:
+    """/readyz answers 503 and new handshakes are refused from now on (idempotent)."""
+    if not _state["draining"]:
+        _state["draining"] = True
+        _state["since"] = time.monotonic()
+
+
 async def begin_drain(grace: float) -> int:
     """Close every open socket with 1012; returns how many were still open after `grace`."""
     global _all_closed
-    _state["draining"] = True
-    _state["since"] = time.monotonic()
+    mark_draining()
     _all_closed = asyncio.Event()
     consumers = list(_sockets)
     logger.info("drain started", extra={"open_sockets": len(consumers)})
