@@ -66,3 +66,18 @@ logconfig_dict = {
         "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
     },
 }
+
+
+# --- Prometheus (multiprocess: every worker writes to PROMETHEUS_MULTIPROC_DIR) -------------
+def when_ready(server) -> None:
+    # The master serves the summed metrics of all workers on METRICS_PORT (internal only).
+    from parley.metrics_export import serve
+
+    serve()
+
+
+def child_exit(server, worker) -> None:
+    # A dead worker's live gauges (open sockets) must stop counting.
+    from parley.metrics_export import mark_process_dead
+
+    mark_process_dead(worker.pid)

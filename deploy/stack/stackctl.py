@@ -45,6 +45,9 @@ class StackConfig:
     database_url: str = "postgres://postgres@127.0.0.1:5432/parley_stack"
     redis_url: str = "redis://127.0.0.1:6379/3"
     web_workers: int = 2
+    # gunicorn's master exports the metrics of every process of the stack (one shared
+    # multiprocess directory) here; nginx does not proxy it.
+    metrics_port: int = 9100
     # App settings for every process (on top of the inherited environment).
     env: dict[str, str] = field(default_factory=dict)
 
@@ -62,6 +65,7 @@ class StackConfig:
             database_url=env.get("DATABASE_URL", cls.database_url),
             redis_url=env.get("REDIS_URL", cls.redis_url),
             web_workers=int(env.get("WEB_WORKERS", "2")),
+            metrics_port=int(env.get("STACK_METRICS_PORT", "9100")),
         )
 
     @property
@@ -193,6 +197,7 @@ class Stack:
             "REDIS_URL": c.redis_url,
             "WEB_WORKERS": str(c.web_workers),
             "FORWARDED_ALLOW_IPS": "127.0.0.1",
+            "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
             "PYTHONPATH": str(REPO / "src"),
             "PYTHONUNBUFFERED": "1",
             "DJANGO_SETTINGS_MODULE": "parley.settings",
@@ -302,6 +307,8 @@ class Stack:
         c, env, py = self.config, self.app_env(), sys.executable
         if name == "web":
             env["WEB_BIND"] = f"127.0.0.1:{c.web_port}"
+            env["METRICS_PORT"] = str(c.metrics_port)
+            env["METRICS_ADDR"] = "127.0.0.1"
             return [
                 py,
                 "-m",
@@ -313,6 +320,7 @@ class Stack:
         if name in self.ws_names:
             env["WS_BIND"] = "127.0.0.1"
             env["WS_PORT"] = str(c.ws_ports[self.ws_names.index(name)])
+            env.pop("METRICS_PORT", None)  # gunicorn's master exports the shared directory
             return [py, "-m", "parley.serve_ws"], env
         if name == "nginx":
             return self.nginx_argv(), env
@@ -420,6 +428,9 @@ class Stack:
             raise StackError(f"ports already in use on 127.0.0.1: {busy}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
         shutil.rmtree(self.log_dir, ignore_errors=True)  # this run's logs only
+        # last run's metric files would be summed into this one's
+        shutil.rmtree(self.run_dir / "metrics", ignore_errors=True)
+        (self.run_dir / "metrics").mkdir()
         self.procs = {}
         self._save_state()
         result = self.nginx_test()

@@ -3,25 +3,12 @@
 gunicorn workers and daphne processes are separate processes, so metrics use
 prometheus-client's multiprocess mode when PROMETHEUS_MULTIPROC_DIR is set (each process
 writes its own files; one exporter per host or container sums them). The exporter listens on
-METRICS_PORT, an internal port that nginx never proxies.
+METRICS_PORT, an internal port that nginx never proxies (parley.metrics_export).
 """
 
 from __future__ import annotations
 
-import logging
-import os
-import shutil
-from pathlib import Path
-
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    start_http_server,
-)
-
-logger = logging.getLogger(__name__)
+from prometheus_client import Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 
@@ -74,53 +61,3 @@ HTTP_REQUEST_SECONDS = Histogram(
 READINESS_FAILURES = Counter(
     "parley_readiness_failures_total", "Failed /readyz checks by dependency", ["dependency"]
 )
-
-
-def multiprocess_dir() -> Path | None:
-    value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    return Path(value) if value else None
-
-
-def reset_multiprocess_dir() -> None:
-    """Called once per host/container before any worker starts: stale files from a previous
-    run would otherwise be summed into the new one."""
-    directory = multiprocess_dir()
-    if directory is None:
-        return
-    if directory.exists():
-        for child in directory.iterdir():
-            if child.is_file():
-                child.unlink()
-            else:
-                shutil.rmtree(child)
-    directory.mkdir(parents=True, exist_ok=True)
-
-
-def mark_process_dead(pid: int) -> None:
-    if multiprocess_dir() is not None:
-        from prometheus_client import multiprocess
-
-        multiprocess.mark_process_dead(pid)
-
-
-def exposition_registry() -> CollectorRegistry:
-    if multiprocess_dir() is None:
-        from prometheus_client import REGISTRY
-
-        return REGISTRY
-    from prometheus_client import multiprocess
-
-    registry = CollectorRegistry()
-    multiprocess.MultiProcessCollector(registry)
-    return registry
-
-
-def serve(port: int | None = None, addr: str | None = None) -> bool:
-    """Starts the exporter on METRICS_PORT (0 or unset: no exporter). Returns True if started."""
-    port = port if port is not None else int(os.environ.get("METRICS_PORT", "0") or 0)
-    if not port:
-        return False
-    addr = addr or os.environ.get("METRICS_ADDR", "0.0.0.0")  # noqa: S104 (internal port)
-    start_http_server(port, addr=addr, registry=exposition_registry())
-    logger.info("metrics exporter listening", extra={"port": port, "addr": addr})
-    return True

@@ -167,6 +167,9 @@ def main() -> None:
     )
     from twisted.internet import reactor
 
+    from parley.metrics_export import serve as serve_metrics
+
+    serve_metrics()  # METRICS_PORT unset: another process on this host exports the shared dir
     reactor.callWhenRunning(server.install_signal_handlers)
     logger.info("websocket server starting", extra={"bind": host, "port": port})
     server.run()

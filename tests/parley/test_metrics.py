@@ -10,7 +10,7 @@ from django.test import Client
 from prometheus_client import REGISTRY
 
 from chat import services
-from parley import metrics
+from parley import metrics_export
 from tests.chat.test_consumers import open_socket, room, send
 from tests.factories import communicator, make_user, session_cookie
 from tests.redis_server import free_port
@@ -112,7 +112,7 @@ def test_http_latency_is_recorded_by_route_and_readiness_failures_by_dependency(
 
 def test_exporter_serves_the_exposition_format_on_its_own_port():
     port = free_port()
-    assert metrics.serve(port=port, addr="127.0.0.1")
+    assert metrics_export.serve(port=port, addr="127.0.0.1")
     body = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
     for name in (
         "parley_messages_stored_total",

@@ -73,6 +73,7 @@ class Stack(_Stack):
         redis_db: int = 4,
         env: dict[str, str] | None = None,
         web_workers: int = 2,
+        metrics_port: int | None = None,
     ) -> None:
         self.db_name = f"parley_stacktest_{name}"
         self.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
@@ -96,9 +97,14 @@ class Stack(_Stack):
                 database_url=f"postgres://postgres@127.0.0.1:5432/{self.db_name}",
                 redis_url=self.redis_url,
                 web_workers=web_workers,
+                metrics_port=metrics_port or web_port + 1000,
                 env={**defaults, **(env or {})},
             )
         )
+
+    @property
+    def metrics_url(self) -> str:
+        return f"http://127.0.0.1:{self.config.metrics_port}/metrics"
 
     @property
     def processes(self) -> int:
