@@ -141,7 +141,12 @@
       if (form) { form.reset(); }
     });
 
+    document.body.addEventListener("htmx:wsConnecting", function () {
+      if (document.body.dataset.socket !== "refused") { document.body.dataset.socket = "connecting"; }
+    });
+
     document.body.addEventListener("htmx:wsOpen", function (evt) {
+      document.body.dataset.socket = "open";
       setStatus("", "");
       var sock = evt.detail.socketWrapper;
       /* Sends that never got their confirmation are retried; the server stores them once. */
@@ -153,6 +158,7 @@
 
     document.body.addEventListener("htmx:wsClose", function (evt) {
       var code = evt.detail.event.code;
+      document.body.dataset.socket = code >= 4000 ? "refused" : "closed";
       if (code === 4401) {
         setStatus("Your session has ended. Please log in again.", "fatal");
       } else if (code === 4403) {

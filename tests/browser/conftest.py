@@ -1,0 +1,239 @@
+"""Browser end-to-end fixtures: Debian's Chromium driven by Playwright against a running site.
+
+Every page is watched: a console error or an uncaught exception fails the test unless the
+test declares it expected (`pages.expect_console(pattern)`).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM_ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-component-update",
+    "--disable-sync",
+]
+ARTIFACTS = Path(os.environ.get("TEST_ARTIFACTS_DIR", REPO / "test-artifacts")) / "browser"
+SESSION_COOKIE = "sessionid"
+
+
+def pytest_terminal_summary(terminalreporter):
+    if ARTIFACTS.is_dir() and any(ARTIFACTS.iterdir()):
+        terminalreporter.write_line(f"browser screenshots: {ARTIFACTS}")
+
+
+def _ensure_chromium() -> None:
+    """Installs Debian's chromium when it is missing (CI runs on a fresh machine as root)."""
+    if Path(CHROMIUM).exists():
+        return
+    if os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env)
+    if not Path(CHROMIUM).exists():
+        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (Debian) first")
+
+
+# --- the site under test ------------------------------------------------------------------
+
+
+@dataclass
+class Site:
+    base_url: str
+    env: dict[str, str]
+    procs: list[subprocess.Popen] = field(default_factory=list)
+
+    def manage(self, request: dict):
+        """Runs tests/browser/seed.py against the site's database; returns its JSON answer."""
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("seed.py"))],
+            input=json.dumps(request), capture_output=True, text=True, env=self.env,
+            cwd=REPO, timeout=60,
+        )
+        if out.returncode:
+            raise RuntimeError(f"seed {request.get('op')} failed:\n{out.stderr[-3000:]}")
+        return json.loads(out.stdout)
+
+    def users(self, *names: str) -> dict[str, dict]:
+        return self.manage({"op": "users", "names": list(names)})
+
+    def conversation(self, *names: str, messages: int = 0, title: str = "") -> int:
+        return self.manage(
+            {"op": "conversation", "names": list(names), "messages": messages, "title": title}
+        )["id"]
+
+    def messages(self, conversation: int) -> list[tuple[int, str, str]]:
+        return [tuple(m) for m in self.manage({"op": "messages", "conversation": conversation})]
+
+
+def _wait_http(url: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback)
+                if resp.status == 200:
+                    return
+        except OSError:
+            pass
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
+        time.sleep(0.1)
+
+
+class DevServer:
+    """One daphne serving HTTP and websockets (used until the stack harness is wired in)."""
+
+    port = 18600
+
+    def __init__(self, env: dict[str, str], log: Path) -> None:
+        self.env = env
+        self.log = log
+        self.proc: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        with self.log.open("ab") as log:
+            self.proc = subprocess.Popen(
+                [str(REPO / ".venv/bin/daphne"), "-b", "127.0.0.1", "-p", str(self.port),
+                 "parley.asgi:application"],
+                env=self.env, cwd=REPO, stdout=log, stderr=subprocess.STDOUT,
+            )
+        _wait_http(f"http://127.0.0.1:{self.port}/healthz", 30)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@pytest.fixture(scope="session")
+def site(tmp_path_factory) -> Iterator[Site]:
+    db = "parley_browser"
+    env = {
+        **os.environ,
+        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
+        "REDIS_URL": "redis://127.0.0.1:6379/6",
+        "SECRET_KEY": "browser-tests-" + "k" * 50,
+        "HTTPS": "0",
+        "DEBUG": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "CSRF_TRUSTED_ORIGINS": "http://127.0.0.1:18600",
+        "STATIC_ROOT": str(tmp_path_factory.mktemp("static")),
+        "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO),
+        "LOG_LEVEL": "WARNING",
+        "CHAT_PRESENCE_TTL": "6",
+    }
+    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", db], check=True)
+    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", db], check=True)
+    for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
+        subprocess.run([sys.executable, "src/manage.py", *command, "-v0"],
+                       env=env, cwd=REPO, check=True)
+    server = DevServer(env, tmp_path_factory.mktemp("site") / "daphne.log")
+    server.start()
+    s = Site(base_url=f"http://127.0.0.1:{server.port}", env=env)
+    s.restart_ws = lambda: (server.stop(), server.start())  # type: ignore[attr-defined]
+    s.stop_ws = server.stop  # type: ignore[attr-defined]
+    s.start_ws = server.start  # type: ignore[attr-defined]
+    try:
+        yield s
+    finally:
+        server.stop()
+        subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", db],
+                       check=False)
+
+
+# --- the browser --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def browser():
+    _ensure_chromium()
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        b = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        yield b
+        b.close()
+
+
+class Pages:
+    """Browser contexts (one per person) for one test, each page watched for errors."""
+
+    def __init__(self, browser, site: Site, test_name: str) -> None:
+        self.browser = browser
+        self.site = site
+        self.test_name = re.sub(r"[^\w.-]+", "_", test_name)
+        self.contexts: list = []
+        self.errors: list[str] = []
+        self.expected: list[re.Pattern[str]] = []
+
+    def expect_console(self, pattern: str) -> None:
+        """Declares a console error this test provokes on purpose."""
+        self.expected.append(re.compile(pattern))
+
+    def _watch(self, page, who: str) -> None:
+        def on_console(msg) -> None:
+            if msg.type == "error":
+                self.errors.append(f"[{who}] console: {msg.text} ({msg.location.get('url')})")
+
+        page.on("console", on_console)
+        page.on("pageerror", lambda exc: self.errors.append(f"[{who}] pageerror: {exc}"))
+
+    def new_page(self, who: str, session: str | None = None):
+        context = self.browser.new_context(
+            base_url=self.site.base_url, viewport={"width": 900, "height": 700}
+        )
+        context.set_default_timeout(10_000)
+        if session:
+            context.add_cookies(
+                [{"name": SESSION_COOKIE, "value": session, "url": self.site.base_url}]
+            )
+        self.contexts.append(context)
+        page = context.new_page()
+        self._watch(page, who)
+        return page
+
+    def shot(self, page, name: str) -> Path:
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        path = ARTIFACTS / f"{self.test_name}--{name}.png"
+        page.screenshot(path=str(path))
+        return path
+
+    def unexpected_errors(self) -> list[str]:
+        return [e for e in self.errors if not any(p.search(e) for p in self.expected)]
+
+    def close(self) -> None:
+        for context in self.contexts:
+            context.close()
+
+
+@pytest.fixture
+def pages(browser, site, request) -> Iterator[Pages]:
+    p = Pages(browser, site, request.node.name)
+    try:
+        yield p
+    finally:
+        p.close()
+    errors = p.unexpected_errors()
+    assert not errors, "errors in the page:\n" + "\n".join(errors)
