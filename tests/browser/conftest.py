@@ -192,7 +192,7 @@ class Pages:
         """Declares a console error this test provokes on purpose."""
         self.expected.append(re.compile(pattern))
 
-    def _watch(self, page, who: str) -> None:
+    def watch(self, page, who: str) -> None:
         def on_console(msg) -> None:
             if msg.type == "error":
                 self.errors.append(f"[{who}] console: {msg.text} ({msg.location.get('url')})")
@@ -211,7 +211,7 @@ class Pages:
             )
         self.contexts.append(context)
         page = context.new_page()
-        self._watch(page, who)
+        self.watch(page, who)
         return page
 
     def shot(self, page, name: str) -> Path:

@@ -63,3 +63,12 @@ def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.05)
+
+
+def side(message) -> str:
+    """Where a message bubble sits in the message list: left, right or center."""
+    return message.evaluate("""m => {
+        const b = m.getBoundingClientRect(), c = m.parentElement.getBoundingClientRect();
+        const left = b.left - c.left, right = c.right - b.right;
+        return Math.abs(left - right) < 4 ? 'center' : (left < right ? 'left' : 'right');
+    }""")

@@ -11,6 +11,7 @@ from tests.browser.helpers import (
     bodies,
     conversation_id,
     send,
+    side,
     unique,
     wait_online,
     wait_socket,
@@ -79,15 +80,102 @@ def test_sign_up_and_first_conversation(pages, site):
     assert latency_ms < 1000
     expect(theirs).to_have_attribute("data-sender-id", str(ann_id))
     expect(theirs).to_have_css("background-color", THEIRS_BG)
+    assert side(theirs) == "left"
     assert theirs.evaluate(
         "m => getComputedStyle(m.querySelector('.author'), '::after').content") == "none"
 
     mine = ann.locator("#messages article.msg[data-seq]", has_text="Hello Bob! First message.")
     expect(mine).to_have_count(1)
     expect(mine).to_have_css("background-color", MINE_BG)
+    assert side(mine) == "right"
     expect(ann.locator("#messages .msg.pending")).to_have_count(0)
     expect(ann.locator("#chat_message")).to_have_value("")
     assert bodies(bob) == bodies(ann) == ["Hello Bob! First message."]
     assert site.messages(cid) == [(1, ann_name, "Hello Bob! First message.")]
     pages.shot(ann, "sender")
     pages.shot(bob, "recipient")
+
+
+def test_typing_and_presence_appear_and_clear(pages, site):
+    ann_name, bob_name = unique("ann"), unique("bob")
+    people = site.users(ann_name, bob_name)
+    ann_id, bob_id = people[ann_name]["id"], people[bob_name]["id"]
+    cid = site.conversation(ann_name, bob_name)
+    ann = pages.new_page("ann", people[ann_name]["session"])
+    bob = pages.new_page("bob", people[bob_name]["session"])
+    for page in (ann, bob):
+        page.goto(f"/c/{cid}")
+        wait_socket(page)
+    wait_online(bob, ann_id)
+    wait_online(ann, bob_id)
+
+    typing = bob.locator(f"#typing-{ann_id}")
+    expect(typing).to_be_hidden()
+    ann.locator("#chat_message").press_sequentially("Are you th")
+    expect(typing).to_be_visible()
+    expect(typing).to_have_text(f"{ann_name} is typing…")
+    expect(ann.locator(f"#typing-{ann_id}")).to_be_hidden()  # nobody is told they type
+    pages.shot(bob, "typing")
+
+    # She pauses: the indicator goes away by itself.
+    expect(typing).to_be_hidden(timeout=7000)
+    # She types on and sends: the indicator goes as her message arrives.
+    ann.locator("#chat_message").press_sequentially("ere?")
+    expect(typing).to_be_visible()
+    ann.locator("#chat_message").press("Enter")
+    expect(bob.locator("#messages article.msg", has_text="Are you there?")).to_have_count(1)
+    expect(typing).to_be_hidden(timeout=1000)
+
+    # She leaves: Bob sees her go offline.
+    ann.close()
+    wait_online(bob, ann_id, online=False)
+    expect(bob.locator(f"#presence-{ann_id}")).to_contain_text("(offline)")
+    pages.shot(bob, "offline")
+
+
+def test_unread_counts_update_live_on_the_conversation_list(pages, site):
+    ann_name, bob_name, cat_name = unique("ann"), unique("bob"), unique("cat")
+    people = site.users(ann_name, bob_name, cat_name)
+    with_ann = site.conversation(ann_name, bob_name, messages=1)
+    with_cat = site.conversation(bob_name, cat_name, messages=1)
+
+    bob = pages.new_page("bob", people[bob_name]["session"])
+    bob.goto("/")
+    wait_socket(bob)
+    rows = bob.locator("#conversation-list > li")
+    expect(rows.first).to_have_id(f"conv-{with_cat}")  # newest activity first
+    ann_row = bob.locator(f"#conv-{with_ann}")
+    expect(ann_row.locator(".unread")).to_have_text("")
+
+    ann = pages.new_page("ann", people[ann_name]["session"])
+    ann.goto(f"/c/{with_ann}")
+    wait_socket(ann)
+    for n in (1, 2, 3):
+        send(ann, f"news {n}")
+        expect(ann_row.locator(".unread")).to_have_text(str(n))
+        expect(ann_row.locator(".preview")).to_contain_text(f"news {n}")
+        expect(rows.first).to_have_id(f"conv-{with_ann}")
+    expect(rows).to_have_count(2)
+    pages.shot(bob, "unread")
+
+    cat = pages.new_page("cat", people[cat_name]["session"])
+    cat.goto(f"/c/{with_cat}")
+    wait_socket(cat)
+    send(cat, "from cat")
+    cat_row = bob.locator(f"#conv-{with_cat}")
+    expect(cat_row.locator(".unread")).to_have_text("1")
+    expect(rows.first).to_have_id(f"conv-{with_cat}")
+
+    # Bob reads Ann's conversation in another tab: the list clears that count live.
+    reader = bob.context.new_page()
+    pages.watch(reader, "bob-tab2")
+    reader.goto(f"/c/{with_ann}")
+    expect(reader.locator("#messages article.msg[data-seq]")).to_have_count(4)
+    expect(ann_row.locator(".unread")).to_have_text("")
+    expect(ann_row).not_to_have_class("conv-row has-unread")
+    expect(cat_row.locator(".unread")).to_have_text("1")
+    # While he has it open, new messages are read as they arrive.
+    send(ann, "news 4")
+    expect(reader.locator("#messages article.msg", has_text="news 4")).to_have_count(1)
+    expect(ann_row.locator(".preview")).to_contain_text("news 4")
+    expect(ann_row.locator(".unread")).to_have_text("")
