@@ -13,7 +13,7 @@
 
   var state = {
     lastSeq: 0, pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
-    lastSock: null, open: false, stick: true
+    lastSock: null, open: false, stick: true, keepFromBottom: null
   };
   var TYPING_VISIBLE_MS = 4000;
   var RECONNECT_CAP_MS = 8000;
@@ -232,6 +232,22 @@
         el._clear = setTimeout(function () { el._clear = null; clearTyping(el); }, TYPING_VISIBLE_MS);
       });
       scheduleRead(evt.detail.socketWrapper);
+    });
+
+    /* Older messages go in above what the reader is looking at: keep it where it is (the
+       browser's scroll anchoring does nothing when the list is scrolled to the very top). */
+    document.body.addEventListener("htmx:beforeSwap", function (evt) {
+      var box = document.getElementById("messages");
+      if (box && evt.detail.elt && evt.detail.elt.id === "load-older") {
+        state.keepFromBottom = box.scrollHeight - box.scrollTop;
+      }
+    });
+    document.body.addEventListener("htmx:afterSwap", function () {
+      var box = document.getElementById("messages");
+      if (box && state.keepFromBottom != null) {
+        box.scrollTop = box.scrollHeight - state.keepFromBottom;
+        state.keepFromBottom = null;
+      }
     });
 
     document.addEventListener("visibilitychange", function () {
