@@ -49,9 +49,12 @@ def bodies(page: Page) -> list[str]:
 
 
 def seqs(page: Page) -> list[int]:
-    return [int(s) for s in page.eval_on_selector_all(
-        "#messages article.msg[data-seq]", "els => els.map(e => e.dataset.seq)"
-    )]
+    return [
+        int(s)
+        for s in page.eval_on_selector_all(
+            "#messages article.msg[data-seq]", "els => els.map(e => e.dataset.seq)"
+        )
+    ]
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):

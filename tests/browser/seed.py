@@ -1,7 +1,8 @@
 """Seeds and inspects the stack's database for the browser tests.
 
 Runs in its own process with the stack's environment (the pytest process is configured for
-the unit-test database), reads one JSON request on stdin and writes one JSON answer:
+the unit-test database) for the whole test session, so Django starts once. It reads one JSON
+request per line on stdin and answers each with one JSON line on stdout:
 
     {"op": "users", "names": ["ann", "bob"]}         -> {"ann": {"id": 1, "session": "..."}}
     {"op": "conversation", "names": [...], "messages": 200}  -> {"id": 7}
@@ -11,7 +12,9 @@ the unit-test database), reads one JSON request on stdin and writes one JSON ans
 from __future__ import annotations
 
 import json
+import os
 import sys
+import traceback
 from datetime import timedelta
 
 import django
@@ -19,8 +22,12 @@ import django
 
 def users(names: list[str]) -> dict:
     from django.conf import settings
-    from django.contrib.auth import BACKEND_SESSION_KEY, HASH_SESSION_KEY, SESSION_KEY
-    from django.contrib.auth import get_user_model
+    from django.contrib.auth import (
+        BACKEND_SESSION_KEY,
+        HASH_SESSION_KEY,
+        SESSION_KEY,
+        get_user_model,
+    )
     from django.contrib.sessions.backends.db import SessionStore
 
     assert settings.SESSION_ENGINE == "django.contrib.sessions.backends.db"
@@ -82,12 +89,20 @@ def messages(conversation: int) -> list:
     ]
 
 
+OPS = {"users": users, "conversation": conversation, "messages": messages}
+
+
 def main() -> None:
-    request = json.load(sys.stdin)
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
     django.setup()
-    op = request.pop("op")
-    result = {"users": users, "conversation": conversation, "messages": messages}[op](**request)
-    json.dump(result, sys.stdout)
+    for line in sys.stdin:
+        request = json.loads(line)
+        try:
+            answer = {"ok": OPS[request.pop("op")](**request)}
+        except Exception:
+            answer = {"error": traceback.format_exc()}
+        sys.stdout.write(json.dumps(answer) + "\n")
+        sys.stdout.flush()
 
 
 if __name__ == "__main__":

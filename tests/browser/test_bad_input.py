@@ -20,7 +20,7 @@ def open_pair(pages, site):
     ann = pages.new_page("ann", people[ann_name]["session"])
     bob = pages.new_page("bob", people[bob_name]["session"])
     for page in (ann, bob):
-        page.goto(f"/c/{cid}")
+        pages.goto(page, f"/c/{cid}")
         wait_socket(page)
     wait_online(ann, people[bob_name]["id"])
     return cid, ann, bob, people
@@ -64,7 +64,7 @@ def test_html_in_a_message_renders_as_text(pages, site):
         expect(page.locator("#messages img, #messages script")).to_have_count(0)
         assert page.evaluate("() => window.pwned") is None
     # The conversation list's preview is text too.
-    bob.goto("/")
+    pages.goto(bob, "/")
     expect(bob.locator(f"#conv-{cid} .preview")).to_contain_text(XSS[:40])
     expect(bob.locator("#conversation-list img")).to_have_count(0)
     assert bob.evaluate("() => window.pwned") is None
@@ -79,7 +79,7 @@ def test_non_participant_gets_a_404_page_and_a_refused_socket(pages, site):
     eve = pages.new_page("eve", site.users(eve_name)[eve_name]["session"])
     pages.expect_console(rf"\[eve\] console: Failed to load resource: .* 404 .*/c/{cid}\)")
 
-    response = eve.goto(f"/c/{cid}")
+    response = pages.goto(eve, f"/c/{cid}")
     assert response.status == 404
     expect(eve.locator("h1")).to_have_text("Not found")
     expect(eve.locator("body")).not_to_contain_text("private")
@@ -97,3 +97,22 @@ def test_non_participant_gets_a_404_page_and_a_refused_socket(pages, site):
         cid,
     )
     assert outcome == {"code": 4403, "frames": []}
+
+
+def test_composer_enter_sends_shift_enter_breaks_line_blank_is_ignored(pages, site):
+    cid, ann, bob, _ = open_pair(pages, site)
+    ann.evaluate("() => { window.sameDocument = true; }")
+    box = ann.locator("#chat_message")
+    box.fill("   ")
+    box.press("Enter")
+    box.fill("first line")
+    box.press("Shift+Enter")
+    box.press_sequentially("second line")
+    expect(box).to_have_value("first line\nsecond line")
+    box.press("Enter")
+    message = bob.locator("#messages article.msg[data-seq]")
+    expect(message).to_have_count(1)
+    assert message.locator(".body").inner_text() == "first line\nsecond line"
+    expect(box).to_have_value("")
+    assert ann.evaluate("() => window.sameDocument") is True  # no form navigation
+    assert [body for _, _, body in site.messages(cid)] == ["first line\nsecond line"]

@@ -34,14 +34,14 @@ def test_sign_up_and_first_conversation(pages, site):
     seeded = site.users(bob_name)[bob_name]
     bob_id = seeded["id"]
     bob = pages.new_page("bob", seeded["session"])
-    bob.goto("/")
+    pages.goto(bob, "/")
     expect(bob.locator("#conversation-list li.empty")).to_be_visible()
     wait_socket(bob)
 
     # Ann signs up, logs out and in again, and starts a conversation with Bob.
     ann = pages.new_page("ann")
     password = "A-strong pass phrase 42"
-    ann.goto("/accounts/signup/")
+    pages.goto(ann, "/accounts/signup/")
     ann.fill("#id_username", ann_name)
     ann.fill("#id_password1", password)
     ann.fill("#id_password2", password)
@@ -81,8 +81,10 @@ def test_sign_up_and_first_conversation(pages, site):
     expect(theirs).to_have_attribute("data-sender-id", str(ann_id))
     expect(theirs).to_have_css("background-color", THEIRS_BG)
     assert side(theirs) == "left"
-    assert theirs.evaluate(
-        "m => getComputedStyle(m.querySelector('.author'), '::after').content") == "none"
+    assert (
+        theirs.evaluate("m => getComputedStyle(m.querySelector('.author'), '::after').content")
+        == "none"
+    )
 
     mine = ann.locator("#messages article.msg[data-seq]", has_text="Hello Bob! First message.")
     expect(mine).to_have_count(1)
@@ -104,7 +106,7 @@ def test_typing_and_presence_appear_and_clear(pages, site):
     ann = pages.new_page("ann", people[ann_name]["session"])
     bob = pages.new_page("bob", people[bob_name]["session"])
     for page in (ann, bob):
-        page.goto(f"/c/{cid}")
+        pages.goto(page, f"/c/{cid}")
         wait_socket(page)
     wait_online(bob, ann_id)
     wait_online(ann, bob_id)
@@ -140,7 +142,7 @@ def test_unread_counts_update_live_on_the_conversation_list(pages, site):
     with_cat = site.conversation(bob_name, cat_name, messages=1)
 
     bob = pages.new_page("bob", people[bob_name]["session"])
-    bob.goto("/")
+    pages.goto(bob, "/")
     wait_socket(bob)
     rows = bob.locator("#conversation-list > li")
     expect(rows.first).to_have_id(f"conv-{with_cat}")  # newest activity first
@@ -148,7 +150,7 @@ def test_unread_counts_update_live_on_the_conversation_list(pages, site):
     expect(ann_row.locator(".unread")).to_have_text("")
 
     ann = pages.new_page("ann", people[ann_name]["session"])
-    ann.goto(f"/c/{with_ann}")
+    pages.goto(ann, f"/c/{with_ann}")
     wait_socket(ann)
     for n in (1, 2, 3):
         send(ann, f"news {n}")
@@ -159,7 +161,7 @@ def test_unread_counts_update_live_on_the_conversation_list(pages, site):
     pages.shot(bob, "unread")
 
     cat = pages.new_page("cat", people[cat_name]["session"])
-    cat.goto(f"/c/{with_cat}")
+    pages.goto(cat, f"/c/{with_cat}")
     wait_socket(cat)
     send(cat, "from cat")
     cat_row = bob.locator(f"#conv-{with_cat}")
@@ -169,7 +171,7 @@ def test_unread_counts_update_live_on_the_conversation_list(pages, site):
     # Bob reads Ann's conversation in another tab: the list clears that count live.
     reader = bob.context.new_page()
     pages.watch(reader, "bob-tab2")
-    reader.goto(f"/c/{with_ann}")
+    pages.goto(reader, f"/c/{with_ann}")
     expect(reader.locator("#messages article.msg[data-seq]")).to_have_count(4)
     expect(ann_row.locator(".unread")).to_have_text("")
     expect(ann_row).not_to_have_class("conv-row has-unread")

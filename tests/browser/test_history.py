@@ -20,7 +20,7 @@ def test_scroll_back_through_200_messages_without_duplicates_or_gaps(pages, site
     people = site.users(ann_name, bob_name)
     cid = site.conversation(ann_name, bob_name, messages=TOTAL)
     ann = pages.new_page("ann", people[ann_name]["session"])
-    ann.goto(f"/c/{cid}")
+    pages.goto(ann, f"/c/{cid}")
     wait_socket(ann)
     box = ann.locator("#messages")
     expect(box.locator("article.msg[data-seq]")).to_have_count(PAGE)
@@ -48,12 +48,10 @@ def test_scroll_back_through_200_messages_without_duplicates_or_gaps(pages, site
 
     # A live message while reading old ones lands at the end without yanking the view.
     bob = pages.new_page("bob", people[bob_name]["session"])
-    bob.goto(f"/c/{cid}")
+    pages.goto(bob, f"/c/{cid}")
     wait_socket(bob)
     scroll_before = box.evaluate("el => el.scrollTop")
     send(bob, "meanwhile, now")
-    expect(box.locator("article.msg[data-seq]").last).to_have_attribute(
-        "data-seq", str(TOTAL + 1)
-    )
+    expect(box.locator("article.msg[data-seq]").last).to_have_attribute("data-seq", str(TOTAL + 1))
     assert box.evaluate("el => el.scrollTop") == scroll_before
     assert seqs(ann) == list(range(1, TOTAL + 2))

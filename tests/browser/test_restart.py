@@ -19,7 +19,7 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
     ann = pages.new_page("ann", people[ann_name]["session"])
     bob = pages.new_page("bob", people[bob_name]["session"])
     for page in (ann, bob):
-        page.goto(f"/c/{cid}")
+        pages.goto(page, f"/c/{cid}")
         wait_socket(page)
         # Survives only if the page is never reloaded.
         page.evaluate("() => { window.sameDocument = true; }")
@@ -29,9 +29,13 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
 
     # Each failed reconnect attempt is a console error, from Chromium and from htmx (its
     # htmx:wsError event); during this outage they are expected, and only these.
-    pages.expect_console(rf"console: WebSocket connection to 'ws://[^/]+/ws/chat/{cid}\?after=\d+'"
-                         r" failed: ")
-    pages.expect_console(r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-[\d.]+\.min\.js\)")
+    pages.expect_console(
+        rf"console: WebSocket connection to 'ws://[^/]+/ws/chat/{cid}\?after=\d+'"
+        r" failed: "
+    )
+    pages.expect_console(
+        r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-[\d.]+\.min\.js\)"
+    )
 
     # Bob's browser cannot reach the server until we say so: his socket stays down after
     # the restart while Ann writes.
@@ -47,8 +51,9 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
     pages.shot(ann, "outage-pending")
 
     site.start_ws()
-    expect(ann.locator("body")).to_have_attribute("data-socket", "open",
-                                                  timeout=RECONNECT_TIMEOUT_MS)
+    expect(ann.locator("body")).to_have_attribute(
+        "data-socket", "open", timeout=RECONNECT_TIMEOUT_MS
+    )
     expect(ann.locator("#conn-status")).to_have_text("")
     expect(ann.locator("#messages .msg.pending")).to_have_count(0)
     send(ann, "written while Bob was away")
@@ -57,10 +62,14 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
     pages.shot(bob, "bob-still-down")
 
     bob.context.set_offline(False)
-    expect(bob.locator("body")).to_have_attribute("data-socket", "open",
-                                                  timeout=RECONNECT_TIMEOUT_MS)
-    expected = ["before the restart", "written while the server was down",
-                "written while Bob was away"]
+    expect(bob.locator("body")).to_have_attribute(
+        "data-socket", "open", timeout=RECONNECT_TIMEOUT_MS
+    )
+    expected = [
+        "before the restart",
+        "written while the server was down",
+        "written while Bob was away",
+    ]
     expect(bob.locator("#messages article.msg[data-seq]")).to_have_count(3)
     for page in (ann, bob):
         assert bodies(page) == expected
