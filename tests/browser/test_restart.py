@@ -29,13 +29,8 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
 
     # Each failed reconnect attempt is a console error, from Chromium and from htmx (its
     # htmx:wsError event); during this outage they are expected, and only these.
-    pages.expect_console(
-        rf"console: WebSocket connection to 'ws://[^/]+/ws/chat/{cid}\?after=\d+'"
-        r" failed: "
-    )
-    pages.expect_console(
-        r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-[\d.]+\.min\.js\)"
-    )
+    pages.expect_console(rf"console: WebSocket connection to '\S+/ws/chat/{cid}\?after=\d+' failed")
+    pages.expect_console(r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-\S+\.js\)")
 
     # Bob's browser cannot reach the server until we say so: his socket stays down after
     # the restart while Ann writes.
