@@ -10,14 +10,12 @@ import json
 import os
 import re
 import shutil
-import signal
 import subprocess
 import sys
-import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -69,6 +67,7 @@ def _ensure_chromium() -> None:
 class Site:
     base_url: str
     env: dict[str, str]
+    stack: Any = field(repr=False)
     seeder: subprocess.Popen | None = field(default=None, repr=False)
 
     def manage(self, request: dict):
@@ -98,6 +97,22 @@ class Site:
             self.seeder.wait(10)
             self.seeder = None
 
+    def stop_ws(self) -> None:
+        """SIGTERM to every daphne at once; returns when all have drained and exited."""
+        for i in range(len(self.stack.ws_names)):
+            self.stack.kill_ws(i, wait=False)
+        for i in range(len(self.stack.ws_names)):
+            self.stack.wait_ws_exit(i)
+
+    def start_ws(self) -> None:
+        for name in self.stack.ws_names:
+            self.stack.spawn(name)
+        self.stack.wait_healthy(self.stack.ws_names)
+
+    def restart_ws(self, i: int) -> None:
+        """Restarts daphne #i alone (drain, exit, start), as a rolling deploy does."""
+        self.stack.restart_ws(i)
+
     def users(self, *names: str) -> dict[str, dict]:
         return self.manage({"op": "users", "names": list(names)})
 
@@ -110,95 +125,28 @@ class Site:
         return [tuple(m) for m in self.manage({"op": "messages", "conversation": conversation})]
 
 
-def _wait_http(url: str, timeout: float) -> None:
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback)
-                if resp.status == 200:
-                    return
-        except OSError:
-            pass
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{url} did not answer 200 within {timeout}s")
-        time.sleep(0.1)
-
-
-class DevServer:
-    """One daphne serving HTTP and websockets (used until the stack harness is wired in)."""
-
-    port = 18600
-
-    def __init__(self, env: dict[str, str], log: Path) -> None:
-        self.env = env
-        self.log = log
-        self.proc: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        with self.log.open("ab") as log:
-            self.proc = subprocess.Popen(
-                [
-                    str(REPO / ".venv/bin/daphne"),
-                    "-b",
-                    "127.0.0.1",
-                    "-p",
-                    str(self.port),
-                    "parley.asgi:application",
-                ],
-                env=self.env,
-                cwd=REPO,
-                stdout=log,
-                stderr=subprocess.STDOUT,
-            )
-        _wait_http(f"http://127.0.0.1:{self.port}/healthz", 30)
-
-    def stop(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-
-
 @pytest.fixture(scope="session")
-def site(tmp_path_factory) -> Iterator[Site]:
-    db = "parley_browser"
-    env = {
-        **os.environ,
-        "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/{db}",
-        "REDIS_URL": "redis://127.0.0.1:6379/6",
-        "SECRET_KEY": "browser-tests-" + "k" * 50,
-        "HTTPS": "0",
-        "DEBUG": "0",
-        "ALLOWED_HOSTS": "127.0.0.1,localhost",
-        "CSRF_TRUSTED_ORIGINS": "http://127.0.0.1:18600",
-        "STATIC_ROOT": str(tmp_path_factory.mktemp("static")),
-        "PYTHONPATH": str(REPO / "src") + os.pathsep + str(REPO),
-        "LOG_LEVEL": "WARNING",
-        "CHAT_PRESENCE_TTL": "6",
-    }
-    subprocess.run(["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", db], check=True)
-    subprocess.run(["createdb", "-h", "127.0.0.1", "-U", "postgres", db], check=True)
-    for command in (["migrate", "--noinput"], ["collectstatic", "--noinput"]):
-        subprocess.run(
-            [sys.executable, "src/manage.py", *command, "-v0"], env=env, cwd=REPO, check=True
-        )
-    server = DevServer(env, tmp_path_factory.mktemp("site") / "daphne.log")
-    server.start()
-    s = Site(base_url=f"http://127.0.0.1:{server.port}", env=env)
-    s.restart_ws = lambda: (server.stop(), server.start())  # type: ignore[attr-defined]
-    s.stop_ws = server.stop  # type: ignore[attr-defined]
-    s.start_ws = server.start  # type: ignore[attr-defined]
+def site() -> Iterator[Site]:
+    """A private `make stack` (nginx, gunicorn, two daphne) on its own ports, database
+    parley_stacktest_browser and Redis db 6."""
+    from tests.stack.harness import Stack
+
+    stack = Stack(
+        name="browser",
+        nginx_port=18680,
+        web_port=18600,
+        ws_ports=(18601, 18602),
+        redis_db=6,
+        # Production's drain: stop listening at once, then close every socket with 1012.
+        env={"WS_DRAIN_DELAY": "0", "CHAT_PRESENCE_TTL": "6"},
+    )
+    stack.start()
+    s = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
     try:
         yield s
     finally:
         s.close()
-        server.stop()
-        subprocess.run(
-            ["dropdb", "-h", "127.0.0.1", "-U", "postgres", "--if-exists", db], check=False
-        )
+        stack.stop()
 
 
 # --- the browser --------------------------------------------------------------------------
