@@ -231,6 +231,9 @@ class Pages:
                 return response
         raise AssertionError("host network kept changing: " + "; ".join(self.host_network_changes))
 
+    def open_pages(self) -> list:
+        return [page for context in self.contexts for page in context.pages]
+
     def shot(self, page, name: str) -> Path:
         ARTIFACTS.mkdir(parents=True, exist_ok=True)
         path = ARTIFACTS / f"{self.test_name}--{name}.png"

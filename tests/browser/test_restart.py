@@ -11,8 +11,20 @@ pytestmark = pytest.mark.browser
 
 RECONNECT_TIMEOUT_MS = 20_000  # capped backoff (8 s) plus process start-up
 
+# Every status line a page shows, recorded as it changes: a restart may say "Reconnecting…",
+# never "Reload the page".
+RECORD_STATUS = """() => { window.sameDocument = true; window.statuses = []; window.gaps = [];
+    let closedAt = null;
+    document.body.addEventListener('htmx:wsClose', () => { closedAt = closedAt || Date.now(); });
+    document.body.addEventListener('htmx:wsOpen', () => {
+        if (closedAt) { window.gaps.push(Date.now() - closedAt); closedAt = null; } });
+    new MutationObserver(() => window.statuses.push(
+        document.getElementById('conn-status').textContent)
+    ).observe(document.getElementById('conn-status'), { childList: true, subtree: true,
+                                                         characterData: true }); }"""
 
-def test_restart_every_websocket_process_mid_conversation(pages, site):
+
+def open_pair(pages, site):
     ann_name, bob_name = unique("ann"), unique("bob")
     people = site.users(ann_name, bob_name)
     cid = site.conversation(ann_name, bob_name)
@@ -21,16 +33,36 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
     for page in (ann, bob):
         pages.goto(page, f"/c/{cid}")
         wait_socket(page)
-        # Survives only if the page is never reloaded.
-        page.evaluate("() => { window.sameDocument = true; }")
+        page.evaluate(RECORD_STATUS)  # sameDocument survives only if the page never reloads
     wait_online(ann, people[bob_name]["id"])
-    send(ann, "before the restart")
-    expect(bob.locator("#messages article.msg", has_text="before the restart")).to_have_count(1)
-
     # Each failed reconnect attempt is a console error, from Chromium and from htmx (its
-    # htmx:wsError event); during this outage they are expected, and only these.
+    # htmx:wsError event); while processes restart they are expected, and only these.
     pages.expect_console(rf"console: WebSocket connection to '\S+/ws/chat/{cid}\?after=\d+' failed")
     pages.expect_console(r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-\S+\.js\)")
+    return cid, ann, bob
+
+
+def assert_intact(pages, site, cid, expected: list[str]) -> None:
+    """Both pages show every expected message once, in the order the server stored them,
+    in the page they started with."""
+    for page in (ann_and_bob := pages.open_pages()):
+        expect(page.locator("#messages article.msg[data-seq]")).to_have_count(
+            len(expected), timeout=RECONNECT_TIMEOUT_MS
+        )
+    stored = [body for _, _, body in site.messages(cid)]
+    assert sorted(stored) == sorted(expected)
+    for page in ann_and_bob:
+        assert bodies(page) == stored
+        assert seqs(page) == list(range(1, len(expected) + 1))
+        assert page.evaluate("() => window.sameDocument") is True
+        expect(page.locator("#messages .msg.pending")).to_have_count(0)
+        assert set(page.evaluate("() => window.statuses")) <= {"", "Reconnecting…"}
+
+
+def test_restart_every_websocket_process_mid_conversation(pages, site):
+    cid, ann, bob = open_pair(pages, site)
+    send(ann, "before the restart")
+    expect(bob.locator("#messages article.msg", has_text="before the restart")).to_have_count(1)
 
     # Bob's browser cannot reach the server until we say so: his socket stays down after
     # the restart while Ann writes.
@@ -65,15 +97,32 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
         "written while the server was down",
         "written while Bob was away",
     ]
-    expect(bob.locator("#messages article.msg[data-seq]")).to_have_count(3)
-    for page in (ann, bob):
-        assert bodies(page) == expected
-        assert seqs(page) == [1, 2, 3]
-        assert page.evaluate("() => window.sameDocument") is True
-        expect(page.locator("#messages .msg.pending")).to_have_count(0)
-    assert [body for _, _, body in site.messages(cid)] == expected
+    assert_intact(pages, site, cid, expected)
 
     # And the conversation simply goes on.
     send(bob, "all good here")
-    expect(ann.locator("#messages article.msg", has_text="all good here")).to_have_count(1)
+    assert_intact(pages, site, cid, [*expected, "all good here"])
     pages.shot(bob, "after-restart")
+
+
+def test_rolling_restart_moves_pages_to_the_other_process(pages, site):
+    """A deploy restarts one daphne at a time: its pages move to the other one at once."""
+    cid, ann, bob = open_pair(pages, site)
+    expected = []
+    for i, name in enumerate(site.stack.ws_names):
+        site.stack.kill_ws(i, wait=False)  # drain: its sockets get 1012 and reconnect
+        for who, page in (("ann", ann), ("bob", bob)):
+            text = f"{who} during the restart of {name}"
+            send(page, text)
+            expected.append(text)
+        site.stack.wait_ws_exit(i)  # every socket it had is closed by now
+        for page in (ann, bob):
+            expect(page.locator("body")).to_have_attribute(
+                "data-socket", "open", timeout=RECONNECT_TIMEOUT_MS
+            )
+        site.stack.spawn(name)
+        site.stack.wait_healthy([name])
+        assert_intact(pages, site, cid, expected)
+    gaps = {who: page.evaluate("() => window.gaps") for who, page in (("ann", ann), ("bob", bob))}
+    print(f"\nrolling restart, socket down (ms) per page: {gaps}")
+    assert sum(len(g) for g in gaps.values()) >= 2  # each restart moved at least one page
