@@ -36,6 +36,19 @@ dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PO
 test: install ## Run the test suite against the local Postgres and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: test-browser
+test-browser: install browser-deps ## Browser end-to-end tests: Chromium drives the UI on a private stack (screenshots in test-artifacts/)
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+.PHONY: docs-screenshot
+docs-screenshot: install browser-deps ## Regenerate docs/screenshot-conversation.png from the real UI
+	$(PY) -m tests.browser.docs_screenshot
+
+.PHONY: browser-deps
+browser-deps: ## Install Debian's chromium for the browser tests (Playwright never downloads one)
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 || { echo "run: sudo apt-get install -y chromium" >&2; exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 .PHONY: lint
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check src tests
