@@ -55,7 +55,10 @@ def _ensure_chromium() -> None:
         return
     if os.geteuid() == 0 and shutil.which("apt-get"):
         env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], check=False, env=env)
+        install = ["apt-get", "install", "-y", "-qq", "chromium"]
+        if subprocess.run(install, check=False, env=env).returncode != 0:
+            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
+            subprocess.run(install, check=False, env=env)
     if not Path(CHROMIUM).exists():
         pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (Debian) first")
 
