@@ -124,6 +124,11 @@ class Site:
             {"op": "conversation", "names": list(names), "messages": messages, "title": title}
         )["id"]
 
+    def read_marker(self, conversation: int, username: str) -> int:
+        return self.manage(
+            {"op": "read_marker", "conversation": conversation, "username": username}
+        )
+
     def messages(self, conversation: int) -> list[tuple[int, str, str]]:
         return [tuple(m) for m in self.manage({"op": "messages", "conversation": conversation})]
 

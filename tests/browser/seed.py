@@ -7,6 +7,7 @@ request per line on stdin and answers each with one JSON line on stdout:
     {"op": "users", "names": ["ann", "bob"]}         -> {"ann": {"id": 1, "session": "..."}}
     {"op": "conversation", "names": [...], "messages": 200}  -> {"id": 7}
     {"op": "messages", "conversation": 7}             -> [[seq, sender, body], ...]
+    {"op": "read_marker", "conversation": 7, "username": "ann"}  -> 12
 """
 
 from __future__ import annotations
@@ -89,7 +90,20 @@ def messages(conversation: int) -> list:
     ]
 
 
-OPS = {"users": users, "conversation": conversation, "messages": messages}
+def read_marker(conversation: int, username: str) -> int:
+    from chat.models import Participant
+
+    return Participant.objects.get(
+        conversation_id=conversation, user__username=username
+    ).last_read_seq
+
+
+OPS = {
+    "users": users,
+    "conversation": conversation,
+    "messages": messages,
+    "read_marker": read_marker,
+}
 
 
 def main() -> None:

@@ -13,7 +13,7 @@
 
   var state = {
     lastSeq: 0, pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
-    lastSock: null, open: false, stick: true, keepFromBottom: null
+    lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null
   };
   var TYPING_VISIBLE_MS = 4000;
   var RECONNECT_CAP_MS = 8000;
@@ -193,10 +193,16 @@
 
     document.body.addEventListener("htmx:wsOpen", function (evt) {
       var sock = evt.detail.socketWrapper;
+      var reconnected = state.opened;
+      state.opened = true;
       state.lastSock = sock;
       state.open = true;
       document.body.dataset.socket = "open";
       setStatus("", "");
+      /* The list socket replays nothing: after a reconnect, fetch the rows afresh. */
+      if (reconnected && document.getElementById("conversation-list")) {
+        refreshConversationList();
+      }
       /* Sends that never got their confirmation are retried; the server stores them once. */
       Object.keys(state.pending).forEach(function (cid) {
         var queued = sock.queue.some(function (q) { return q.message.indexOf(cid) >= 0; });
@@ -208,6 +214,13 @@
       var code = evt.detail.event.code;
       state.open = false;
       document.body.dataset.socket = code >= 4000 ? "refused" : "closed";
+      /* Who is online or typing is unknown until the server says again on reconnect. */
+      document.querySelectorAll(".presence[data-online='true']").forEach(function (el) {
+        el.dataset.online = "false";
+        var sr = el.querySelector(".sr-only");
+        if (sr) { sr.textContent = " (offline)"; }
+      });
+      document.querySelectorAll(".typing.active").forEach(clearTyping);
       if (code === 4401) {
         setStatus("Your session has ended. Please log in again.", "fatal");
       } else if (code === 4403) {
@@ -276,6 +289,12 @@
         state.lastSock.send(JSON.stringify({ type: "typing" }));
       });
     }
+  }
+
+  function refreshConversationList() {
+    htmx.ajax("GET", window.location.pathname, {
+      target: "#conversation-list", select: "#conversation-list", swap: "outerHTML"
+    });
   }
 
   /* Opening the page marks it read on the server; new messages are marked as they arrive. */
