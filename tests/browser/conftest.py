@@ -112,10 +112,6 @@ class Site:
             self.stack.spawn(name)
         self.stack.wait_healthy(self.stack.ws_names)
 
-    def restart_ws(self, i: int) -> None:
-        """Restarts daphne #i alone (drain, exit, start), as a rolling deploy does."""
-        self.stack.restart_ws(i)
-
     def users(self, *names: str) -> dict[str, dict]:
         return self.manage({"op": "users", "names": list(names)})
 
@@ -133,21 +129,25 @@ class Site:
         return [tuple(m) for m in self.manage({"op": "messages", "conversation": conversation})]
 
 
-@pytest.fixture(scope="session")
-def site() -> Iterator[Site]:
+def browser_stack():
     """A private `make stack` (nginx, gunicorn, two daphne) on its own ports, database
     parley_stacktest_browser and Redis db 6."""
     from tests.stack.harness import Stack
 
-    stack = Stack(
+    return Stack(
         name="browser",
         nginx_port=18680,
         web_port=18600,
         ws_ports=(18601, 18602),
         redis_db=6,
         # Production's drain: stop listening at once, then close every socket with 1012.
-        env={"WS_DRAIN_DELAY": "0", "CHAT_PRESENCE_TTL": "6"},
+        env={"WS_DRAIN_DELAY": "0"},
     )
+
+
+@pytest.fixture(scope="session")
+def site() -> Iterator[Site]:
+    stack = browser_stack()
     stack.start()
     s = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
     try:

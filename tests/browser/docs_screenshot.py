@@ -10,9 +10,15 @@ import sys
 
 from playwright.sync_api import expect, sync_playwright
 
-from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS, REPO, SESSION_COOKIE, Site
+from tests.browser.conftest import (
+    CHROMIUM,
+    CHROMIUM_ARGS,
+    REPO,
+    SESSION_COOKIE,
+    Site,
+    browser_stack,
+)
 from tests.browser.helpers import send, wait_online, wait_socket
-from tests.stack.harness import Stack
 
 OUT = REPO / "docs" / "screenshot-conversation.png"
 SCRIPT = [
@@ -25,9 +31,7 @@ SCRIPT = [
 
 
 def main() -> int:
-    stack = Stack(
-        name="browser", nginx_port=18680, web_port=18600, ws_ports=(18601, 18602), redis_db=6
-    )
+    stack = browser_stack()
     stack.start()
     site = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
     try:
