@@ -56,6 +56,19 @@ stack-status: install ## Show which `make stack` processes are running
 test-stack: install ## Run only the native-stack tests (tests/stack: nginx, gunicorn, two daphne)
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
 
+.PHONY: test-browser
+test-browser: install browser-deps ## Browser end-to-end tests: Chromium drives the UI on a private stack (screenshots in test-artifacts/)
+	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
+
+.PHONY: docs-screenshot
+docs-screenshot: install browser-deps ## Regenerate docs/screenshot-conversation.png from the real UI
+	$(PY) -m tests.browser.docs_screenshot
+
+.PHONY: browser-deps
+browser-deps: ## Install Debian's chromium for the browser tests (Playwright never downloads one)
+	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 || { echo "run: sudo apt-get install -y chromium" >&2; exit 1; }; \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+
 .PHONY: lint
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check src tests deploy

@@ -5,11 +5,18 @@
  *   reconnect and the server stores them once.
  * - A message already on the page (same id, or an older sequence) is never shown twice.
  * - 4xxx close codes are final: we say why instead of retrying.
+ * - <body data-socket> mirrors the socket (connecting, open, closed, refused) for styling
+ *   and for the browser tests.
  */
 (function () {
   "use strict";
 
-  var state = { lastSeq: 0, pending: {}, typingSentAt: 0, readTimer: null, readSent: 0 };
+  var state = {
+    lastSeq: 0, pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
+    lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null
+  };
+  var TYPING_VISIBLE_MS = 4000;
+  var RECONNECT_CAP_MS = 8000;
 
   function chatRoot() { return document.getElementById("chat"); }
 
@@ -29,6 +36,11 @@
     el.dataset.kind = kind || "";
   }
 
+  function showError(text) {
+    var err = document.getElementById("chat-error");
+    if (err) { err.textContent = text || ""; }
+  }
+
   /* Mine/theirs: one rule for this user, so every recipient gets the same fragment. */
   function installPerUserStyles() {
     var uid = document.body.dataset.userId;
@@ -36,18 +48,30 @@
     var sheet = new CSSStyleSheet();
     var sel = '[data-sender-id="' + uid + '"]';
     sheet.replaceSync(
-      ".msg" + sel + "{margin-left:auto;background:var(--mine-bg);border-color:var(--mine-border)}" +
+      ".msg" + sel + "{margin-left:auto;margin-right:0;background:var(--mine-bg);border-color:var(--mine-border)}" +
       ".msg" + sel + " .author::after{content:' (you)';font-weight:normal}" +
       '.typing[data-user-id="' + uid + '"]{display:none}');
     document.adoptedStyleSheets = document.adoptedStyleSheets.concat([sheet]);
   }
 
-  function scrollToBottom(force) {
+  function nearBottom() {
     var box = document.getElementById("messages");
-    if (!box) { return; }
-    var near = box.scrollHeight - box.scrollTop - box.clientHeight < 120;
-    if (force || near) { box.scrollTop = box.scrollHeight; }
+    return !box || box.scrollHeight - box.scrollTop - box.clientHeight < 80;
   }
+
+  function scrollToBottom() {
+    var box = document.getElementById("messages");
+    if (box) { box.scrollTop = box.scrollHeight; }
+  }
+
+  function clearTyping(el) {
+    clearTimeout(el._clear);
+    el.classList.remove("active");
+    el.textContent = "";
+  }
+
+  /* Characters as the server counts them (code points, surrounding whitespace ignored). */
+  function charCount(text) { return Array.from(text.trim()).length; }
 
   /* Drop what the page already shows; remember the newest sequence; settle pending sends. */
   function filterFragment(text) {
@@ -66,12 +90,19 @@
         var p = document.getElementById("pending-" + cid);
         if (p) { p.remove(); }
       }
+      /* Their message is here: they are no longer typing it. */
+      var typing = document.getElementById("typing-" + m.dataset.senderId);
+      if (typing) { clearTyping(typing); }
     });
     tpl.content.querySelectorAll(".chat-error[data-client-id]").forEach(function (e) {
       var cid = e.dataset.clientId;
+      var payload = state.pending[cid];
       delete state.pending[cid];
       var p = document.getElementById("pending-" + cid);
       if (p) { p.classList.add("failed"); p.title = e.textContent; }
+      /* Refused by the server: give the text back so nothing is lost. */
+      var input = document.getElementById("chat_message");
+      if (payload && input && !input.value) { input.value = payload.chat_message; }
     });
     /* A conversation-list row moves to the top: drop the old copy first. */
     tpl.content.querySelectorAll("li.conv-row[id]").forEach(function (row) {
@@ -90,11 +121,32 @@
     return out.join("");
   }
 
+  function addPendingBubble(cid, text) {
+    var box = document.getElementById("messages");
+    if (!box) { return; }
+    var p = document.createElement("article");
+    p.id = "pending-" + cid;
+    p.className = "msg pending";
+    p.dataset.senderId = document.body.dataset.userId || "";
+    var body = document.createElement("p");
+    body.className = "body";
+    body.textContent = text;
+    p.appendChild(body);
+    box.appendChild(p);
+    scrollToBottom();
+  }
+
   function onReady() {
     installPerUserStyles();
     var root = chatRoot();
     if (root) { state.lastSeq = parseInt(root.dataset.lastSeq || "0", 10); }
-    scrollToBottom(true);
+    scrollToBottom();
+
+    /* The extension's default backoff grows to 64 s; a chat should be back within seconds
+       of the server. Full jitter still spreads a restart's reconnects out. */
+    htmx.config.wsReconnectDelay = function (retry) {
+      return Math.random() * Math.min(RECONNECT_CAP_MS, 500 * Math.pow(2, retry));
+    };
 
     htmx.defineExtension("parley", {
       transformResponse: function (text, xhr) {
@@ -115,35 +167,42 @@
       if (!("chat_message" in params)) { return; }
       var text = String(params.chat_message || "");
       if (!text.trim()) { evt.preventDefault(); return; }
+      var input = document.getElementById("chat_message");
+      var limit = input ? parseInt(input.dataset.maxLength || "0", 10) : 0;
+      if (limit && charCount(text) > limit) {
+        /* Refused here and kept in the box for editing; the server would refuse it too. */
+        evt.preventDefault();
+        showError("Message too long: " + charCount(text) + " characters, the limit is " +
+                  limit + ". Shorten it and send again.");
+        return;
+      }
       var cid = uuid4();
       params.client_id = cid;
-      var payload = { chat_message: text, client_id: cid };
-      state.pending[cid] = payload;
-      var box = document.getElementById("messages");
-      if (box) {
-        var p = document.createElement("article");
-        p.id = "pending-" + cid;
-        p.className = "msg pending";
-        p.dataset.senderId = document.body.dataset.userId || "";
-        var body = document.createElement("p");
-        body.className = "body";
-        body.textContent = text;
-        p.appendChild(body);
-        box.appendChild(p);
-        scrollToBottom(true);
-      }
-      var err = document.getElementById("chat-error");
-      if (err) { err.textContent = ""; }
-    });
-
-    document.body.addEventListener("htmx:wsAfterSend", function (evt) {
+      state.pending[cid] = { chat_message: text, client_id: cid };
+      addPendingBubble(cid, text);
+      showError("");
+      /* Cleared now, not after the send: while the socket is down the send waits in the
+         queue, and the box must not be wiped later, under whatever is typed meanwhile. */
       var form = evt.target.closest ? evt.target.closest("form") : null;
       if (form) { form.reset(); }
     });
 
+    document.body.addEventListener("htmx:wsConnecting", function () {
+      if (document.body.dataset.socket !== "refused") { document.body.dataset.socket = "connecting"; }
+    });
+
     document.body.addEventListener("htmx:wsOpen", function (evt) {
-      setStatus("", "");
       var sock = evt.detail.socketWrapper;
+      var reconnected = state.opened;
+      state.opened = true;
+      state.lastSock = sock;
+      state.open = true;
+      document.body.dataset.socket = "open";
+      setStatus("", "");
+      /* The list socket replays nothing: after a reconnect, fetch the rows afresh. */
+      if (reconnected && document.getElementById("conversation-list")) {
+        refreshConversationList();
+      }
       /* Sends that never got their confirmation are retried; the server stores them once. */
       Object.keys(state.pending).forEach(function (cid) {
         var queued = sock.queue.some(function (q) { return q.message.indexOf(cid) >= 0; });
@@ -153,6 +212,15 @@
 
     document.body.addEventListener("htmx:wsClose", function (evt) {
       var code = evt.detail.event.code;
+      state.open = false;
+      document.body.dataset.socket = code >= 4000 ? "refused" : "closed";
+      /* Who is online or typing is unknown until the server says again on reconnect. */
+      document.querySelectorAll(".presence[data-online='true']").forEach(function (el) {
+        el.dataset.online = "false";
+        var sr = el.querySelector(".sr-only");
+        if (sr) { sr.textContent = " (offline)"; }
+      });
+      document.querySelectorAll(".typing.active").forEach(clearTyping);
       if (code === 4401) {
         setStatus("Your session has ended. Please log in again.", "fatal");
       } else if (code === 4403) {
@@ -166,13 +234,33 @@
       }
     });
 
+    /* Follow new messages only if the reader was already at the bottom (decided before the
+       swap: a tall message would otherwise look like the reader had scrolled away). */
+    document.body.addEventListener("htmx:wsBeforeMessage", function () { state.stick = nearBottom(); });
+
     document.body.addEventListener("htmx:wsAfterMessage", function (evt) {
-      scrollToBottom(false);
+      if (state.stick) { scrollToBottom(); }
       document.querySelectorAll(".typing.active").forEach(function (el) {
-        clearTimeout(el._clear);
-        el._clear = setTimeout(function () { el.classList.remove("active"); el.textContent = ""; }, 4000);
+        if (el._clear) { return; }
+        el._clear = setTimeout(function () { el._clear = null; clearTyping(el); }, TYPING_VISIBLE_MS);
       });
       scheduleRead(evt.detail.socketWrapper);
+    });
+
+    /* Older messages go in above what the reader is looking at: keep it where it is (the
+       browser's scroll anchoring does nothing when the list is scrolled to the very top). */
+    document.body.addEventListener("htmx:beforeSwap", function (evt) {
+      var box = document.getElementById("messages");
+      if (box && evt.detail.elt && evt.detail.elt.id === "load-older") {
+        state.keepFromBottom = box.scrollHeight - box.scrollTop;
+      }
+    });
+    document.body.addEventListener("htmx:afterSwap", function () {
+      var box = document.getElementById("messages");
+      if (box && state.keepFromBottom != null) {
+        box.scrollTop = box.scrollHeight - state.keepFromBottom;
+        state.keepFromBottom = null;
+      }
     });
 
     document.addEventListener("visibilitychange", function () {
@@ -189,14 +277,24 @@
         }
       });
       input.addEventListener("input", function () {
+        var limit = parseInt(input.dataset.maxLength || "0", 10);
+        var err = document.getElementById("chat-error");
+        if (err && err.textContent.indexOf("Message too long") === 0 && charCount(input.value) <= limit) {
+          showError("");
+        }
         var now = Date.now();
-        if (now - state.typingSentAt < 3000 || !state.lastSock) { return; }
+        /* Typing is only worth sending live: a queued one would arrive stale. */
+        if (now - state.typingSentAt < 3000 || !state.open || !input.value.trim()) { return; }
         state.typingSentAt = now;
         state.lastSock.send(JSON.stringify({ type: "typing" }));
       });
     }
+  }
 
-    document.body.addEventListener("htmx:wsOpen", function (evt) { state.lastSock = evt.detail.socketWrapper; });
+  function refreshConversationList() {
+    htmx.ajax("GET", window.location.pathname, {
+      target: "#conversation-list", select: "#conversation-list", swap: "outerHTML"
+    });
   }
 
   /* Opening the page marks it read on the server; new messages are marked as they arrive. */
