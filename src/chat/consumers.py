@@ -664,6 +664,28 @@ class InboxConsumer(ResilientConsumer):
         await self.accept()
         self.track()
         self.tasks.append(self.start_lifetime_timer())
+        # Joined first, then caught up: rows that changed after the page was rendered.
+        since = self._since_param()
+        if since is not None:
+            try:
+                changed = await _db(selectors.conversations_changed_since)(
+                    self.user_id, since, self.max_conversations
+                )
+            except DatabaseError:
+                return
+            for cid in changed:
+                await self._send_row(cid)
+
+    def _since_param(self):
+        """`?since=<epoch ms>` from the page, as an aware datetime (None if absent or bad)."""
+        import datetime
+
+        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
+        try:
+            millis = int(query.get("since", [""])[0])
+            return datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.UTC)
+        except (ValueError, OverflowError, OSError):
+            return None
 
     async def disconnect(self, code: int) -> None:
         if not self.accepted or not hasattr(self, "user_id"):

@@ -165,3 +165,12 @@ def recent_conversation_ids(user_id: int, limit: int) -> list[int]:
 def connect_info(conversation_id: int) -> tuple[dict[int, str], int]:
     """Participants (id -> username) and the newest sequence, for a connecting socket."""
     return participant_names(conversation_id), conversation_last_seq(conversation_id)
+
+
+def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:
+    """Ids of the user's conversations with a message after `since`, oldest change first."""
+    return list(
+        Participant.objects.filter(user_id=user_id, conversation__last_message_at__gt=since)
+        .order_by("conversation__last_message_at")
+        .values_list("conversation_id", flat=True)[:limit]
+    )

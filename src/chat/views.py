@@ -2,6 +2,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 import uuid
 
 from asgiref.sync import async_to_sync
@@ -92,12 +93,16 @@ def signup(request: HttpRequest) -> HttpResponse:
 @login_required
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
+    # Taken before the rows are read: the list socket sends whatever changed after it, so an
+    # update between this render and the socket joining its groups is not missed.
+    rendered_at = int(time.time() * 1000)
     return render(
         request,
         "chat/conversation_list.html",
         {
             "rows": selectors.conversation_list(request.user),
             "form": ConversationStartForm(),
+            "rendered_at": rendered_at,
         },
     )
 

@@ -364,3 +364,28 @@ async def test_a_socket_opened_while_redis_is_down_goes_live_when_it_returns(thr
     assert await bob_in.wait_seqs([1], timeout=15) == [1]
     await alice.disconnect()
     await bob.disconnect()
+
+
+async def test_inbox_catches_up_on_what_changed_between_render_and_connect():
+    import time as _time
+
+    from tests.factories import communicator
+    from tests.frames import Inbox
+
+    conversation, users, cookies = await room()
+    rendered_at = int(_time.time() * 1000)
+    # stored after the page was rendered, before its socket joined anything
+    await sync_to_async(services.message_create)(
+        conversation_id=conversation.pk, sender=users[0], body="in between"
+    )
+    inbox_comm = communicator(f"/ws/inbox?since={rendered_at}", cookies[1])
+    assert (await inbox_comm.connect(timeout=5))[0]
+    inbox = Inbox(inbox_comm)
+    row = await inbox.wait_text(f'id="conv-{conversation.pk}"')
+    assert "in between" in row and 'data-unread="1"' in row
+    await inbox_comm.disconnect()
+    # and a bad or absent `since` just means no catch-up
+    for path in ("/ws/inbox?since=abc", "/ws/inbox?since=99999999999999999999"):
+        comm = communicator(path, cookies[1])
+        assert (await comm.connect(timeout=5))[0]
+        await comm.disconnect()
