@@ -86,7 +86,7 @@ def test_conversation_list_newest_activity_first_with_preview_and_unread():
     assert html.index(f'id="conv-{new.pk}"') < html.index(f'id="conv-{old.pk}"')
     assert "more news" in html and "older news" in html
     assert 'data-unread="2"' in html and 'data-unread="1"' in html
-    assert 'ws-connect="/ws/inbox"' in html
+    assert 'ws-connect="/ws/inbox?since=' in html
     services.message_create(conversation_id=old.pk, sender=a, body="bump")
     html = logged_in_client(me).get("/").content.decode()
     assert html.index(f'id="conv-{old.pk}"') < html.index(f'id="conv-{new.pk}"')
