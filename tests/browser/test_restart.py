@@ -46,7 +46,8 @@ def open_pair(pages, site):
     # Each failed reconnect attempt is a console error, from Chromium and from htmx (its
     # htmx:wsError event); while processes restart they are expected, and only these.
     pages.expect_console(
-        rf"console: WebSocket connection to '\S+/ws/(chat/{cid}\?after=\d+|inbox)' failed"
+        r"console: WebSocket connection to "
+        rf"'\S+/ws/(chat/{cid}\?after=\d+|inbox\?since=\d+)' failed"
     )
     pages.expect_console(r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-\S+\.js\)")
     return (

@@ -25,8 +25,8 @@ def stack():
 
 @pytest.fixture(scope="session")
 def rooms(stack) -> dict[int, list[str]]:
-    """Conversation id -> its members' usernames (8 rooms of 3), for tests to take from."""
-    users = stack.seed(rooms=8, members=3, password=PASSWORD, prefix="st")
+    """Conversation id -> its members' usernames (16 rooms of 3), for tests to take from."""
+    users = stack.seed(rooms=16, members=3, password=PASSWORD, prefix="st")
     out: dict[int, list[str]] = {}
     for user in users:
         out.setdefault(user["conversation"], []).append(user["username"])
