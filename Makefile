@@ -24,8 +24,10 @@ install: $(VENV)/.installed ## Create .venv and install the locked dependencies 
 
 .PHONY: lock
 lock: ## Re-resolve requirements*.lock from pyproject.toml
-	$(VENV)/bin/uv pip compile -q pyproject.toml -o requirements.lock
-	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev -o requirements-dev.lock
+	@# --universal: markers instead of this interpreter's answers, so the same lock installs on
+	@# any Python 3.11.x (Debian's 3.11.2 needs async-timeout for redis-py, 3.11.3+ does not).
+	$(VENV)/bin/uv pip compile -q --universal pyproject.toml -o requirements.lock
+	$(VENV)/bin/uv pip compile -q --universal pyproject.toml --extra dev -o requirements-dev.lock
 
 .PHONY: dev
 dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PORT) (no services needed)
@@ -40,6 +42,7 @@ test: install ## Run the test suite against the local Postgres and Redis
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(MAKE) --no-print-directory lint-docker
 
 .PHONY: fmt
 fmt: install ## ruff fix and format
@@ -125,6 +128,10 @@ createsuperuser: ## Create a Django admin user in the running stack
 .PHONY: shell
 shell: ## Django shell in the running stack
 	$(DC) exec web parley-entrypoint manage shell
+
+.PHONY: lint-docker
+lint-docker: install ## hadolint the Dockerfile and the stand-in Dockerfiles
+	$(VENV)/bin/hadolint Dockerfile deploy/standins/*/Dockerfile
 
 .PHONY: standins
 standins: ## Build stand-in base images from Debian packages (for machines without a registry)
