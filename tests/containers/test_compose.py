@@ -109,12 +109,13 @@ def images(engine: eng.Engine) -> str:
 
 def build_ca_bundle() -> str:
     """The trust store this machine's pip uses (it may include a TLS-intercepting proxy's
-    CA): handed to the build stage only."""
+    CA), else the system's: handed to the build stage only, added to its trust store."""
     for var in ("PARLEY_BUILD_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
         path = os.environ.get(var, "")
         if path and Path(path).is_file():
             return path
-    return ""
+    system = Path("/etc/ssl/certs/ca-certificates.crt")
+    return str(system) if system.is_file() else ""
 
 
 # --- the stack ---------------------------------------------------------------------------------
@@ -335,7 +336,14 @@ def check_non_root(stack: Stack) -> None:
     services = stack.containers()
     for name in ("web", "ws", "nginx"):
         for info in services[name]:
-            status = docker("exec", info["Id"], "sh", "-c", "cat /proc/[0-9]*/status")
+            status = docker(
+                "exec",
+                info["Id"],
+                "sh",
+                "-c",
+                # A process may end between the glob and the read (a healthcheck probe).
+                "for f in /proc/[0-9]*/status; do cat $f 2>/dev/null; done; true",
+            )
             uids = {int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")}
             assert uids and 0 not in uids, (name, uids)
             if name != "nginx":
