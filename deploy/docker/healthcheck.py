@@ -1,7 +1,9 @@
 """Container HEALTHCHECK: GET /readyz on the server this container runs.
 
-The role is read from PID 1's command line (the entrypoint execs the server, so PID 1 is
-gunicorn or parley.serve_ws, or docker-init with one of them as its child). One-shot roles
+The role is read from the processes' command lines: docker-init (compose `init: true`)
+keeps `parley-entrypoint <role>` as PID 1's; without it the entrypoint's shell shows the role
+until it execs gunicorn or parley.serve_ws. A web or ws container is unhealthy until its
+server answers, including while it still waits for Postgres and Redis. One-shot roles
 (migrate, manage) have nothing to probe and report healthy. The Host header is one of
 ALLOWED_HOSTS, since Django refuses any other.
 """
@@ -13,9 +15,11 @@ import os
 import sys
 from pathlib import Path
 
+WAITING = -1  # web/ws role whose server has not started yet
+
 
 def cmdlines() -> list[str]:
-    """Command lines of every process we can see (PID 1 may be docker-init)."""
+    """Command lines of every process we can see."""
     lines = []
     for proc in Path("/proc").iterdir():
         if proc.name.isdigit():
@@ -26,12 +30,14 @@ def cmdlines() -> list[str]:
     return lines
 
 
-def target_port() -> int | None:
-    procs = " ".join(cmdlines())
-    if "gunicorn" in procs:
-        return int(os.environ.get("WEB_BIND", "0.0.0.0:8000").rsplit(":", 1)[1])
-    if "parley.serve_ws" in procs:
-        return int(os.environ.get("WS_PORT", "8001"))
+def target_port(procs: str, env: dict[str, str]) -> int | None:
+    """The port to probe, WAITING, or None for a one-shot role."""
+    if "gunicorn" in procs or "parley-entrypoint web" in procs:
+        return int(env.get("WEB_BIND", "0.0.0.0:8000").rsplit(":", 1)[1])
+    if "parley.serve_ws" in procs or "parley-entrypoint ws" in procs:
+        return int(env.get("WS_PORT", "8001"))
+    if "wait_for_deps" in procs:  # the default command (web) before its server starts
+        return WAITING
     return None
 
 
@@ -44,9 +50,12 @@ def host_header() -> str:
 
 
 def main() -> int:
-    port = target_port()
+    port = target_port(" ".join(cmdlines()), dict(os.environ))
     if port is None:
         return 0
+    if port == WAITING:
+        print("still waiting for Postgres and Redis", file=sys.stderr)
+        return 1
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=4)
     try:
         conn.request("GET", "/readyz", headers={"Host": host_header()})

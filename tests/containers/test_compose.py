@@ -127,6 +127,7 @@ class Stack:
     make_args: list[str]
     env: dict[str, str]
     port: int
+    env_file: Path
 
     @property
     def base(self) -> str:
@@ -185,6 +186,7 @@ def stack(request, images: str, tmp_path: Path) -> Iterator[Stack]:
         project=project,
         env=extra_env,
         port=port,
+        env_file=env_file,
         make_args=[
             f"COMPOSE={' '.join(command)}",
             f"COMPOSE_PROJECT={project}",
@@ -433,6 +435,51 @@ def test_stack_end_to_end(stack: Stack, images: str) -> None:
     page = alice.get(f"{stack.base}/c/{conversation}", timeout=10).text
     stored = [int(s) for s in re.findall(r'class="msg" data-seq="(\d+)"', page)]
     assert stored == sorted(b.seen) == list(range(1, len(stored) + 1))
+
+    check_redeploy(stack, alice, conversation, ws_base, len(stored))
+
+
+def addresses(stack: Stack) -> dict[str, list[str]]:
+    """Container addresses per service, and what nginx resolves (for failure messages)."""
+    found = {
+        name: [
+            ",".join(n["IPAddress"] for n in i["NetworkSettings"]["Networks"].values())
+            for i in infos
+        ]
+        for name, infos in stack.containers().items()
+    }
+    nginx = stack.containers()["nginx"][0]["Id"]
+    found["nginx sees"] = [
+        docker("exec", nginx, "getent", "ahostsv4", svc, check=False) for svc in ("web", "ws")
+    ]
+    return found
+
+
+def check_redeploy(
+    stack: Stack, session: requests.Session, conversation: int, ws_base: str, messages: int
+) -> None:
+    """A changed .env and `make up` again: web and ws are recreated (new addresses), nginx is
+    reloaded to find them, the data is still there."""
+    before = {i["Id"] for svc in ("web", "ws") for i in stack.containers()[svc]}
+    set_env_values(stack.env_file, {"LOG_LEVEL": "WARNING"})
+    started = time.monotonic()
+    stack.make("up", timeout=600)
+    TIMINGS.record(f"{stack.project}_redeploy", started)
+    after = {i["Id"] for svc in ("web", "ws") for i in stack.containers()[svc]}
+    assert not before & after, "web/ws were not recreated"
+    check_services(stack)
+    page = session.get(f"{stack.base}/c/{conversation}", timeout=10)
+    assert page.status_code == 200, addresses(stack)
+    assert len(re.findall(r'class="msg" data-seq="\d+"', page.text)) == messages
+    client = ChatClient(
+        ws_base, stack.base, f"sessionid={session.cookies['sessionid']}", conversation
+    )
+    try:
+        client.connect()
+        client.wait_client_ids({client.send("after the redeploy")})
+        assert sorted(client.seen) == [messages + 1]
+    finally:
+        client.close()
 
 
 def restart_conversation(

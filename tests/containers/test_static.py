@@ -3,6 +3,7 @@ documentation of every setting, the env-file generator and the entrypoint's refu
 
 from __future__ import annotations
 
+import importlib.util
 import re
 import shutil
 import subprocess
@@ -158,3 +159,39 @@ def test_entrypoint_refuses_unknown_roles(args: list[str], message: str) -> None
     )
     assert result.returncode == 64
     assert message in result.stderr
+
+
+def _healthcheck():
+    spec = importlib.util.spec_from_file_location(
+        "healthcheck", REPO / "deploy/docker/healthcheck.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize(
+    ("procs", "env", "expected"),
+    [
+        # compose (init: true) while web still waits for its dependencies: probe, and fail.
+        (
+            "/sbin/docker-init -- parley-entrypoint web /bin/sh /usr/local/bin/parley-entrypoint"
+            " web python src/manage.py wait_for_deps",
+            {},
+            8000,
+        ),
+        (
+            "/opt/venv/bin/python /opt/venv/bin/gunicorn -c deploy/gunicorn.conf.py"
+            " parley.asgi:application",
+            {"WEB_BIND": "0.0.0.0:9000"},
+            9000,
+        ),
+        ("/sbin/docker-init -- parley-entrypoint ws python -m parley.serve_ws", {}, 8001),
+        ("python -m parley.serve_ws", {"WS_PORT": "8002"}, 8002),
+        # `docker run IMAGE` (default command, no init) before the server starts.
+        ("/bin/sh /usr/local/bin/parley-entrypoint python src/manage.py wait_for_deps", {}, -1),
+        ("/sbin/docker-init -- parley-entrypoint migrate python src/manage.py migrate", {}, None),
+    ],
+)
+def test_healthcheck_probes_the_role_server(procs: str, env: dict, expected: int | None) -> None:
+    assert _healthcheck().target_port(procs, env) == expected
