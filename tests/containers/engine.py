@@ -79,6 +79,7 @@ def ensure_engine(log_dir: Path) -> Engine:
         _apt_install("docker.io")
     if os.geteuid() != 0:
         raise EngineUnavailable("no Docker engine answers and dockerd needs root to start")
+    log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dockerd.log"
     handle = log.open("ab")
     proc = subprocess.Popen(

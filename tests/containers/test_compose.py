@@ -78,7 +78,6 @@ def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
 
 @pytest.fixture(scope="module")
 def engine() -> Iterator[eng.Engine]:
-    ARTIFACTS.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     try:
         engine = eng.ensure_engine(ARTIFACTS)
