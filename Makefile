@@ -131,8 +131,9 @@ shell: ## Django shell in the running stack
 	$(DC) exec web parley-entrypoint manage shell
 
 .PHONY: lint-docker
-lint-docker: install ## hadolint the Dockerfile and the stand-in Dockerfiles
+lint-docker: install ## hadolint the Dockerfiles, shellcheck the container scripts
 	$(VENV)/bin/hadolint Dockerfile deploy/standins/*/Dockerfile
+	$(VENV)/bin/shellcheck deploy/docker/*.sh deploy/standins/build.sh deploy/standins/*/*.sh
 
 .PHONY: standins
 standins: ## Build stand-in base images from Debian packages (for machines without a registry)

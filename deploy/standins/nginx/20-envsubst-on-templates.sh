@@ -7,6 +7,8 @@ suffix="${NGINX_ENVSUBST_TEMPLATE_SUFFIX:-.template}"
 output_dir="${NGINX_ENVSUBST_OUTPUT_DIR:-/etc/nginx/conf.d}"
 filter="${NGINX_ENVSUBST_FILTER:-}"
 [ -d "$template_dir" ] || exit 0
+# A literal '${NAME} ' per variable set, for envsubst's SHELL-FORMAT argument.
+# shellcheck disable=SC2016,SC2046
 defined_envs=$(printf '${%s} ' $(env | cut -d= -f1 | grep -E "${filter:-.}"))
 find "$template_dir" -follow -type f -name "*$suffix" -print | while read -r template; do
   relative_path="${template#"$template_dir/"}"

@@ -24,6 +24,7 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   pwfile=$(mktemp)
   printf '%s\n' "$POSTGRES_PASSWORD" > "$pwfile"
+  # shellcheck disable=SC2086  # POSTGRES_INITDB_ARGS holds several arguments
   initdb --username="$POSTGRES_USER" --pwfile="$pwfile" --auth-local=trust \
     --auth-host=scram-sha-256 --encoding=UTF8 ${POSTGRES_INITDB_ARGS:-} -D "$PGDATA"
   rm -f "$pwfile"
@@ -36,7 +37,11 @@ if [ "$1" = postgres ] && [ ! -s "$PGDATA/PG_VERSION" ]; then
   fi
   for f in /docker-entrypoint-initdb.d/*; do
     case "$f" in
-      *.sh) echo "running $f"; . "$f" ;;
+      *.sh)
+        echo "running $f"
+        # shellcheck source=/dev/null  # init scripts are the user's
+        . "$f"
+        ;;
       *.sql) echo "running $f"; psql -v ON_ERROR_STOP=1 --username "$POSTGRES_USER" --dbname "$POSTGRES_DB" -f "$f" ;;
       *) ;;
     esac
