@@ -1,6 +1,6 @@
 """The native production stack on loopback: nginx -> gunicorn (HTTP) + two daphne (websockets).
 
-    python deploy/stack/stackctl.py up | down | status      (`make stack`, `make stack-down`)
+    python deploy/stack/stackctl.py up | down | status | reload   (`make stack`, `make stack-down`)
 
 Environment: STACK_DIR (./run/stack), STACK_PORT (8080, nginx), STACK_WEB_PORT (8000),
 STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/parley_stack),
@@ -22,6 +22,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -200,35 +202,41 @@ class Stack:
 
     # --- database -------------------------------------------------------------------------
 
+    def _admin_url(self) -> str:
+        """The same server's maintenance database (to create/drop ours)."""
+        return urlunsplit(urlsplit(self.config.database_url)._replace(path="/postgres"))
+
+    def _admin(self, query: object, params: list | None = None) -> list[tuple]:
+        """Runs one statement on the maintenance database; rows if it returns any."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self._admin_url(), autocommit=True, connect_timeout=5) as conn:
+                cursor = conn.execute(query, params)
+                return cursor.fetchall() if cursor.description else []
+        except psycopg.Error as exc:
+            raise StackError(f"Postgres at {self._admin_url()}: {exc}") from exc
+
+    def _db_name(self) -> str:
+        return urlsplit(self.config.database_url).path.lstrip("/")
+
     def ensure_database(self, fresh: bool = False) -> None:
         """Creates the stack's database if missing (dropping it first when `fresh`)."""
-        import psycopg
         from psycopg import sql
 
-        parts = urlsplit(self.config.database_url)
-        name = parts.path.lstrip("/")
-        admin_url = urlunsplit(parts._replace(path="/postgres"))
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            if fresh:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if fresh:
+            self.drop_database()
+        if not self._admin("SELECT 1 FROM pg_database WHERE datname = %s", [self._db_name()]):
+            self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self._db_name())))
 
     def drop_database(self) -> None:
-        import psycopg
         from psycopg import sql
 
-        parts = urlsplit(self.config.database_url)
-        admin_url = urlunsplit(parts._replace(path="/postgres"))
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(parts.path.lstrip("/"))
-                )
+        self._admin(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(self._db_name())
             )
+        )
 
     # --- nginx prefix ---------------------------------------------------------------------
 
@@ -329,38 +337,42 @@ class Stack:
         self._save_state()
         return popen.pid
 
-    def manage(self, *commands: list[str], timeout: float = 120) -> None:
-        """Runs manage.py commands concurrently (each one a list of arguments)."""
+    def run_manage(
+        self, args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+    ) -> None:
+        """One manage.py command with the stack's environment; output to logs/setup-*.log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        running = []
-        for args in commands:
-            log = open(self.log_path(f"setup-{args[0]}"), "ab")  # noqa: SIM115 (closed below)
-            running.append(
-                (
-                    args,
-                    log,
-                    subprocess.Popen(  # noqa: S603
-                        [sys.executable, str(REPO / "src" / "manage.py"), *args],
-                        env=self.app_env(),
-                        cwd=REPO,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    ),
-                )
-            )
-        failed = []
-        for args, log, popen in running:
+        with open(self.log_path(f"setup-{args[0]}"), "ab") as log:
             try:
-                code = popen.wait(timeout=timeout)
+                code = subprocess.run(  # noqa: S603
+                    [sys.executable, str(REPO / "src" / "manage.py"), *args],
+                    env={**self.app_env(), **(env or {})},
+                    cwd=REPO,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                ).returncode
             except subprocess.TimeoutExpired:
-                popen.kill()
-                code = popen.wait()
-            log.close()
-            if code != 0:
-                failed.append(
-                    f"manage.py {' '.join(args)} failed:\n{self.tail(f'setup-{args[0]}')}"
-                )
+                code = -1
+        if code != 0:
+            raise StackError(f"manage.py {' '.join(args)} failed:\n{self.tail('setup-' + args[0])}")
+
+    def manage(self, *chains: list[list[str] | Callable[[], None]]) -> None:
+        """Runs chains of steps concurrently, each chain's steps in order (e.g. collectstatic
+        alongside wait_for_deps-then-migrate). A step is manage.py arguments or a function."""
+
+        def run_chain(chain: list[list[str] | Callable[[], None]]) -> str | None:
+            try:
+                for step in chain:
+                    step() if callable(step) else self.run_manage(step)
+            except StackError as exc:
+                return str(exc)
+            return None
+
+        with ThreadPoolExecutor(len(chains)) as pool:
+            failed = [f for f in pool.map(run_chain, chains) if f]
         if failed:
             raise StackError("\n".join(failed))
 
@@ -407,15 +419,23 @@ class Stack:
         if busy:
             raise StackError(f"ports already in use on 127.0.0.1: {busy}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.log_dir, ignore_errors=True)  # this run's logs only
         self.procs = {}
         self._save_state()
         result = self.nginx_test()
         if result.returncode != 0:
             raise StackError(f"nginx -t failed:\n{result.stderr}")
         try:
-            self.ensure_database(fresh=fresh_db)
-            self.manage(["wait_for_deps", "--timeout", "30"])
-            self.manage(["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"])
+            # wait_for_deps on the server's maintenance database: ours may not exist yet.
+            wait_args = ["wait_for_deps"]  # WAIT_FOR_DEPS_TIMEOUT (60 s)
+            self.manage(
+                [
+                    lambda: self.run_manage(wait_args, env={"DATABASE_URL": self._admin_url()}),
+                    lambda: self.ensure_database(fresh=fresh_db),
+                    ["migrate", "--noinput"],
+                ],
+                [["collectstatic", "--noinput", "-v", "0"]],
+            )
             for name in ("web", *self.ws_names, "nginx"):
                 self.spawn(name)
             self.wait_healthy(["web", *self.ws_names, "nginx"], timeout=timeout)
@@ -497,6 +517,11 @@ def main(argv: list[str]) -> int:
         elif command == "down":
             stack.down()
             print("stack: stopped")
+        elif command == "reload":
+            if not stack.alive("nginx"):
+                raise StackError("nginx is not running; start the stack with `make stack`")
+            stack.reload_nginx()
+            print("stack: nginx reloaded (old workers keep websockets up to 30 s)")
         elif command == "status":
             state = stack.status()
             for name, alive in state.items():

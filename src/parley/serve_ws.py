@@ -24,9 +24,39 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
+from daphne.ws_protocol import WebSocketProtocol
+
 logger = logging.getLogger("parley.serve_ws")
+
+# Registered close codes a server sends (RFC 6455 7.4, IANA registry) that autobahn's
+# sendClose() refuses (it allows only 1000 and 3000-4999). The HTMX extension reconnects only
+# after 1006, 1011, 1012 and 1013, so the app's 1012/1013 must reach the browser as sent.
+SERVER_CLOSE_CODES = frozenset({1011, 1012, 1013})
+
+
+class ParleyWebSocketProtocol(WebSocketProtocol):
+    """daphne's websocket protocol with two fixes for how Parley closes sockets."""
+
+    def serverClose(self, code: int | None = None) -> None:  # noqa: N802 (daphne's name)
+        # Stock daphne raises inside the application's close() for 1011/1012/1013: the
+        # socket stays open and the consumer never hears of its own close (a drain would
+        # hang until its deadline, then the client sees 1006 instead of 1012).
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+    def serverSend(self, content: str | bytes, binary: bool = False) -> None:  # noqa: N802
+        # The client has started closing (e.g. it left during a replay). daphne drops sends
+        # after the disconnect; autobahn raises in this short window before it, which would
+        # crash the consumer and skip its clean-up (groups, presence). Drop them too: the
+        # consumer gets websocket.disconnect next.
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            return
+        super().serverSend(content, binary)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -50,6 +80,16 @@ class DrainingServer(daphne.server.Server):
         self.grace = grace
         self.drain_task: asyncio.Task | None = None
 
+    @property
+    def ws_factory(self) -> Any:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: Any) -> None:
+        # daphne.server.Server.run() builds the factory itself; this is where it is set.
+        factory.protocol = ParleyWebSocketProtocol
+        self._ws_factory = factory
+
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)
         super().listen_success(port)
@@ -64,10 +104,13 @@ class DrainingServer(daphne.server.Server):
             logger.warning("second signal during drain; exiting now", extra={"signal": sig})
             os._exit(1)
         logger.info("signal received; draining", extra={"signal": signal.Signals(sig).name})
-        loop = asyncio.get_event_loop()
-        deadline = self.drain_delay + self.drain_seconds + self.grace
-        loop.call_later(deadline, self.force_exit, deadline)
-        self.drain_task = loop.create_task(self.drain())
+        # A thread, not the event loop: it must also fire if the loop has stopped but the
+        # interpreter hangs on exit (e.g. joining a worker thread stuck on the database).
+        budget = self.drain_delay + self.drain_seconds + self.grace
+        watchdog = threading.Timer(budget, self.force_exit, args=(budget,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.drain_task = asyncio.get_event_loop().create_task(self.drain())
 
     def force_exit(self, deadline: float) -> None:
         logger.error("drain overran its budget; exiting", extra={"budget_s": deadline})
@@ -78,15 +121,19 @@ class DrainingServer(daphne.server.Server):
         from parley import drain
 
         drain.mark_draining()  # /readyz 503 and no new sockets, from this moment
-        if self.drain_delay > 0:
-            await asyncio.sleep(self.drain_delay)
-        for port in self.ports:
-            port.stopListening()
-        logger.info("stopped listening", extra={"open_sockets": drain.open_socket_count()})
-        left = await drain.begin_drain(timeout=self.drain_seconds)
-        if left:
-            logger.warning("sockets still open at the drain deadline", extra={"still_open": left})
-        self.stop()
+        try:
+            if self.drain_delay > 0:
+                await asyncio.sleep(self.drain_delay)
+            for port in self.ports:
+                port.stopListening()
+            logger.info("stopped listening", extra={"open_sockets": drain.open_socket_count()})
+            left = await drain.begin_drain(timeout=self.drain_seconds)
+            if left:
+                logger.warning(
+                    "sockets still open at the drain deadline", extra={"still_open": left}
+                )
+        finally:
+            self.stop()
 
 
 def main() -> None:
