@@ -92,19 +92,13 @@ REDIS_IMAGE ?= parley-standin/redis:7
 NGINX_IMAGE ?= parley-standin/nginx:1.22
 endif
 PYTHON_IMAGE ?= python:3.11-slim-bookworm
-# Exported only when set, so values in $(ENV_FILE) still apply otherwise.
-ifdef POSTGRES_IMAGE
-export POSTGRES_IMAGE
-endif
-ifdef REDIS_IMAGE
-export REDIS_IMAGE
-endif
-ifdef NGINX_IMAGE
-export NGINX_IMAGE
-endif
-export PARLEY_IMAGE PYTHON_IMAGE
-export PARLEY_ENV_FILE := $(ENV_FILE)
-DC := $(COMPOSE) -p $(COMPOSE_PROJECT) -f docker-compose.prod.yml --env-file $(ENV_FILE)
+# Handed to compose commands only (never exported: `make test` must not pass them on).
+# The postgres/redis/nginx images only when set, so values in $(ENV_FILE) still apply.
+COMPOSE_ENV = PARLEY_IMAGE=$(PARLEY_IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) PARLEY_ENV_FILE=$(ENV_FILE) \
+	$(if $(POSTGRES_IMAGE),POSTGRES_IMAGE=$(POSTGRES_IMAGE)) \
+	$(if $(REDIS_IMAGE),REDIS_IMAGE=$(REDIS_IMAGE)) \
+	$(if $(NGINX_IMAGE),NGINX_IMAGE=$(NGINX_IMAGE))
+DC = env $(COMPOSE_ENV) $(COMPOSE) -p $(COMPOSE_PROJECT) -f docker-compose.prod.yml --env-file $(ENV_FILE)
 
 $(ENV_FILE):
 	deploy/docker/make-env.sh .env.example $@

@@ -53,13 +53,37 @@ class Timings:
 TIMINGS = Timings()
 
 
+# Settings of an enclosing `make test` (or the caller's shell) that would steer the stack
+# this test builds; it sets its own on the command line.
+NOT_INHERITED = {
+    "MAKEFLAGS",
+    "MFLAGS",
+    "MAKELEVEL",
+    "COMPOSE",
+    "COMPOSE_PROJECT",
+    "ENV_FILE",
+    "STANDINS",
+    "PARLEY_IMAGE",
+    "PYTHON_IMAGE",
+    "POSTGRES_IMAGE",
+    "REDIS_IMAGE",
+    "NGINX_IMAGE",
+    "PARLEY_ENV_FILE",
+    "EXTRA_CA_BUNDLE",
+    "COMPOSE_PROJECT_NAME",
+    "COMPOSE_FILE",
+    "DOCKER_HOST",
+}
+
+
 def make(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    base = {k: v for k, v in os.environ.items() if k not in NOT_INHERITED}
     result = eng.run(
         ["make", "--no-print-directory", *args],
         cwd=REPO,
         timeout=timeout,
         check=False,
-        env={**os.environ, **(env or {})},
+        env={**base, **(env or {})},
     )
     if result.returncode != 0:
         raise AssertionError(
