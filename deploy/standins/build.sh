@@ -31,7 +31,11 @@ build_base() {
   if have_image "$BASE"; then log "$BASE present"; return; fi
   command -v debootstrap >/dev/null || {
     log "installing debootstrap"
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+    # A fresh machine may not have read the package lists yet.
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null 2>&1 || {
+      apt-get update -q >/dev/null
+      DEBIAN_FRONTEND=noninteractive apt-get install -y -q debootstrap >/dev/null
+    }
   }
   local mirror rootfs
   mirror=$(debian_mirror)

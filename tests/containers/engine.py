@@ -41,7 +41,11 @@ def _apt_install(*packages: str) -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         raise EngineUnavailable(f"{' '.join(packages)} missing and not root on Debian to install")
     env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    result = run(["apt-get", "install", "-y", "-q", *packages], timeout=600, check=False, env=env)
+    install = ["apt-get", "install", "-y", "-q", *packages]
+    result = run(install, timeout=600, check=False, env=env)
+    if result.returncode != 0:  # a fresh machine may not have read the package lists yet
+        run(["apt-get", "update", "-q"], timeout=600, check=False, env=env)
+        result = run(install, timeout=600, check=False, env=env)
     if result.returncode != 0:
         raise EngineUnavailable(
             f"apt-get install {' '.join(packages)} failed: {result.stderr.strip()[-500:]}"
