@@ -58,13 +58,24 @@ def engine_answers() -> bool:
     return run(["docker", "info"], timeout=20, check=False).returncode == 0
 
 
+def _forward_policy() -> str | None:
+    """The iptables FORWARD policy (dockerd sets DROP and leaves it so when it stops)."""
+    if not shutil.which("iptables"):
+        return None
+    result = run(["iptables", "-S", "FORWARD"], timeout=30, check=False)
+    first = result.stdout.splitlines()[:1]
+    return first[0].split()[-1] if result.returncode == 0 and first else None
+
+
 @dataclass
 class Engine:
     started: subprocess.Popen | None = None  # the dockerd we started, stopped at the end
     log: Path | None = None
+    forward_policy: str | None = None  # as it was before that dockerd
 
     def stop(self) -> None:
-        """Stops the dockerd this session started; its image store (the cache) stays."""
+        """Stops the dockerd this session started; its image store (the cache) stays, and
+        the machine's FORWARD policy is put back for whoever else uses it."""
         if self.started is None:
             return
         self.started.terminate()
@@ -74,6 +85,8 @@ class Engine:
             self.started.kill()
             self.started.wait(timeout=10)
         self.started = None
+        if self.forward_policy and _forward_policy() != self.forward_policy:
+            run(["iptables", "-P", "FORWARD", self.forward_policy], timeout=30, check=False)
 
 
 def ensure_engine(log_dir: Path) -> Engine:
@@ -86,10 +99,11 @@ def ensure_engine(log_dir: Path) -> Engine:
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dockerd.log"
     handle = log.open("ab")
+    policy = _forward_policy()
     proc = subprocess.Popen(
         ["dockerd"], stdout=handle, stderr=subprocess.STDOUT, start_new_session=True
     )
-    engine = Engine(started=proc, log=log)
+    engine = Engine(started=proc, log=log, forward_policy=policy)
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if proc.poll() is not None:
