@@ -14,6 +14,8 @@ ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
 COPY deploy/docker/build-ca/ /tmp/build-ca/
 COPY requirements.lock /tmp/requirements.lock
 # --no-deps: the lock is complete, so nothing unpinned can slip in; `pip check` proves it.
+# --only-binary: every locked package ships CPython 3.11 manylinux wheels, so this stage
+# needs no compiler; a package that only had an sdist would fail here, loudly.
 RUN set -eu; \
     if [ -s /tmp/build-ca/extra-ca.pem ]; then \
       cat /etc/ssl/certs/ca-certificates.crt /tmp/build-ca/extra-ca.pem > /tmp/build-ca/trust.pem; \
