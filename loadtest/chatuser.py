@@ -8,6 +8,7 @@ frame and records every delivery in the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import random
 import re
@@ -37,8 +38,10 @@ class ChatUser(HttpUser):
     def on_start(self) -> None:
         record = coordinator.claim()
         if record is None:
-            logger.error("more Locust users than seeded users (%d): this one stays idle",
-                         coordinator.expected_users or 0)
+            logger.error(
+                "more Locust users than seeded users (%d): this one stays idle",
+                coordinator.expected_users or 0,
+            )
             raise StopUser()
         self.username: str = record["username"]
         self.room: int = int(record["conversation"])
@@ -62,12 +65,21 @@ class ChatUser(HttpUser):
         self.reader = gevent.spawn(self.receive_loop)
         knobs = coordinator.knobs
         if not self.room_online.wait(knobs.ready_timeout):
-            logger.error("%s: room %d not fully online after %gs (%d of %d)", self.username,
-                         self.room, knobs.ready_timeout, len(self.online), self.room_size)
+            logger.error(
+                "%s: room %d not fully online after %gs (%d of %d)",
+                self.username,
+                self.room,
+                knobs.ready_timeout,
+                len(self.online),
+                self.room_size,
+            )
             coordinator.ledger.barrier_timeouts.append(self.username)
         if not coordinator.ready():
-            logger.error("%s: not every user was online after %gs; sending anyway",
-                         self.username, knobs.ready_timeout)
+            logger.error(
+                "%s: not every user was online after %gs; sending anyway",
+                self.username,
+                knobs.ready_timeout,
+            )
             if self.username not in coordinator.ledger.barrier_timeouts:
                 coordinator.ledger.barrier_timeouts.append(self.username)
         self.interval = self.room_size / knobs.send_rate
@@ -85,10 +97,11 @@ class ChatUser(HttpUser):
             raise StopUser(f"{self.username}: no CSRF token on the login page ({page.status_code})")
         with self.client.post(
             "/accounts/login/",
-            data={"username": self.username, "password": password,
-                  "csrfmiddlewaretoken": match[1]},
+            data={"username": self.username, "password": password, "csrfmiddlewaretoken": match[1]},
             headers={"Origin": self.origin, "Referer": f"{self.origin}/accounts/login/"},
-            allow_redirects=False, name="login", catch_response=True,
+            allow_redirects=False,
+            name="login",
+            catch_response=True,
         ) as response:
             if response.status_code != 302 or "sessionid" not in self.client.cookies:
                 response.failure(f"login refused for {self.username} ({response.status_code})")
@@ -104,8 +117,12 @@ class ChatUser(HttpUser):
         started = time.perf_counter()
         try:
             ws = websocket.create_connection(
-                url, cookie=cookie, origin=self.origin, timeout=30,
-                enable_multithread=True, skip_utf8_validation=True,
+                url,
+                cookie=cookie,
+                origin=self.origin,
+                timeout=30,
+                enable_multithread=True,
+                skip_utf8_validation=True,
             )
         except Exception as exc:
             self.fire("connect", started, exc)
@@ -115,13 +132,23 @@ class ChatUser(HttpUser):
         self.fire("connect", started)
         self.open.set()
 
-    def fire(self, name: str, started: float | None, exc: Exception | None = None,
-             response_time: float | None = None, length: int = 0) -> None:
+    def fire(
+        self,
+        name: str,
+        started: float | None,
+        exc: Exception | None = None,
+        response_time: float | None = None,
+        length: int = 0,
+    ) -> None:
         if response_time is None:
             response_time = (time.perf_counter() - started) * 1000 if started else 0.0
         self.environment.events.request.fire(
-            request_type="WS", name=name, response_time=response_time,
-            response_length=length, exception=exc, context={"user": self.username},
+            request_type="WS",
+            name=name,
+            response_time=response_time,
+            response_length=length,
+            exception=exc,
+            context={"user": self.username},
         )
 
     def receive_loop(self) -> None:
@@ -158,8 +185,9 @@ class ChatUser(HttpUser):
         frame = protocol.parse_frame(text)
         for delivery in frame.deliveries:
             self.high_seq = max(self.high_seq, delivery.seq)
-            coordinator.ledger.record_delivery(self.username, delivery.message_id,
-                                               delivery.seq, recv_ns)
+            coordinator.ledger.record_delivery(
+                self.username, delivery.message_id, delivery.seq, recv_ns
+            )
             coordinator.note_delivery()
             if delivery.message_id is None:
                 continue
@@ -167,8 +195,12 @@ class ChatUser(HttpUser):
             if started is not None:
                 self.fire("send", started, length=len(delivery.body))
             elif delivery.sent_ns is not None:
-                self.fire("fanout", None, response_time=(recv_ns - delivery.sent_ns) / 1e6,
-                          length=len(delivery.body))
+                self.fire(
+                    "fanout",
+                    None,
+                    response_time=(recv_ns - delivery.sent_ns) / 1e6,
+                    length=len(delivery.body),
+                )
         for client_id, text_ in frame.errors:
             message_id = protocol.client_id_hex(client_id)
             started = self.pending.pop(message_id, None) if message_id else None
@@ -208,9 +240,7 @@ class ChatUser(HttpUser):
     def on_stop(self) -> None:
         self.stopping = True
         if getattr(self, "ws", None) is not None:
-            try:
+            with contextlib.suppress(websocket.WebSocketException, OSError):
                 self.ws.close(timeout=1)
-            except (websocket.WebSocketException, OSError):
-                pass
         if getattr(self, "reader", None) is not None:
             self.reader.kill(block=False)

@@ -40,9 +40,13 @@ class Knobs:
     @classmethod
     def from_options(cls, options: Any) -> Knobs:
         return cls(
-            users_file=options.users_file, rooms=options.rooms, members=options.members,
-            send_rate=options.send_rate, p99_threshold_ms=options.p99_threshold_ms,
-            drain_seconds=options.drain_seconds, ready_timeout=options.ready_timeout,
+            users_file=options.users_file,
+            rooms=options.rooms,
+            members=options.members,
+            send_rate=options.send_rate,
+            p99_threshold_ms=options.p99_threshold_ms,
+            drain_seconds=options.drain_seconds,
+            ready_timeout=options.ready_timeout,
             summary_json=options.summary_json,
         )
 
@@ -50,22 +54,60 @@ class Knobs:
 def add_arguments(parser: Any) -> None:
     """The load test's knobs: command line, LOCUST_* environment variables or locust.conf."""
     group = parser.add_argument_group("Parley load test")
-    group.add_argument("--users-file", env_var="LOCUST_USERS_FILE", default="results/users.json",
-                       help="JSON written by `manage.py seed_loadtest`")
-    group.add_argument("--rooms", env_var="LOCUST_ROOMS", type=int, default=0,
-                       help="rooms to use from the users file (0: all)")
-    group.add_argument("--members", env_var="LOCUST_MEMBERS", type=int, default=0,
-                       help="members per room to use (0: all seeded)")
-    group.add_argument("--send-rate", env_var="LOCUST_SEND_RATE", type=float, default=1.0,
-                       help="messages per second per room, spread over its members")
-    group.add_argument("--p99-threshold-ms", env_var="LOCUST_P99_THRESHOLD_MS", type=float,
-                       default=100.0, help="fail the run when p99 fan-out latency is above this")
-    group.add_argument("--drain-seconds", env_var="LOCUST_DRAIN_SECONDS", type=float,
-                       default=10.0, help="at most this long to wait for in-flight deliveries")
-    group.add_argument("--ready-timeout", env_var="LOCUST_READY_TIMEOUT", type=float,
-                       default=120.0, help="at most this long to wait for a room to be online")
-    group.add_argument("--summary-json", env_var="LOCUST_SUMMARY_JSON", default="",
-                       help="also write the completeness summary to this JSON file")
+    group.add_argument(
+        "--users-file",
+        env_var="LOCUST_USERS_FILE",
+        default="results/users.json",
+        help="JSON written by `manage.py seed_loadtest`",
+    )
+    group.add_argument(
+        "--rooms",
+        env_var="LOCUST_ROOMS",
+        type=int,
+        default=0,
+        help="rooms to use from the users file (0: all)",
+    )
+    group.add_argument(
+        "--members",
+        env_var="LOCUST_MEMBERS",
+        type=int,
+        default=0,
+        help="members per room to use (0: all seeded)",
+    )
+    group.add_argument(
+        "--send-rate",
+        env_var="LOCUST_SEND_RATE",
+        type=float,
+        default=1.0,
+        help="messages per second per room, spread over its members",
+    )
+    group.add_argument(
+        "--p99-threshold-ms",
+        env_var="LOCUST_P99_THRESHOLD_MS",
+        type=float,
+        default=100.0,
+        help="fail the run when p99 fan-out latency is above this",
+    )
+    group.add_argument(
+        "--drain-seconds",
+        env_var="LOCUST_DRAIN_SECONDS",
+        type=float,
+        default=10.0,
+        help="at most this long to wait for in-flight deliveries",
+    )
+    group.add_argument(
+        "--ready-timeout",
+        env_var="LOCUST_READY_TIMEOUT",
+        type=float,
+        default=120.0,
+        help="at most this long to wait for a room to be online",
+    )
+    group.add_argument(
+        "--summary-json",
+        env_var="LOCUST_SUMMARY_JSON",
+        default="",
+        help="also write the completeness summary to this JSON file",
+    )
 
 
 def select_users(records: list[dict], rooms: int, members: int) -> list[dict]:
@@ -118,13 +160,19 @@ class Coordinator:
             records = json.loads(Path(self.knobs.users_file).read_text())
             self.selected = select_users(records, self.knobs.rooms, self.knobs.members)
             per_member = max(self.knobs.send_rate / r["room_size"] for r in self.selected)
-            logger.info("load test: %d users in %d rooms, %.2f msg/s per room (%.2f per socket)",
-                        len(self.selected), len({r["conversation"] for r in self.selected}),
-                        self.knobs.send_rate, per_member)
+            logger.info(
+                "load test: %d users in %d rooms, %.2f msg/s per room (%.2f per socket)",
+                len(self.selected),
+                len({r["conversation"] for r in self.selected}),
+                self.knobs.send_rate,
+                per_member,
+            )
             if per_member > 2.5:
-                logger.warning("%.2f msg/s per socket is close to the server's default rate "
-                               "limit (CHAT_RATE_LIMIT=30 per 10 s): raise it or add members",
-                               per_member)
+                logger.warning(
+                    "%.2f msg/s per socket is close to the server's default rate "
+                    "limit (CHAT_RATE_LIMIT=30 per 10 s): raise it or add members",
+                    per_member,
+                )
             runner.register_message("lt_claim", self._on_claim)
             runner.register_message("lt_ledger", self._on_ledger)
             runner.register_message("lt_ready", self._on_ready)
@@ -163,7 +211,8 @@ class Coordinator:
         record = self.selected[self._next] if self._next < len(self.selected) else None
         self._next += 1
         environment.runner.send_message(
-            "lt_assign", {"request": msg.data["request"], "record": record},
+            "lt_assign",
+            {"request": msg.data["request"], "record": record},
             client_id=msg.node_id if isinstance(environment.runner, MasterRunner) else None,
         )
 
@@ -226,8 +275,11 @@ class Coordinator:
             self._expected_reports = len(runner.clients)
             runner.send_message("lt_stop", None)
             if not self._reported.wait(self.knobs.drain_seconds + 30):
-                logger.error("only %d of %d workers reported their ledger",
-                             len(self._reports), self._expected_reports)
+                logger.error(
+                    "only %d of %d workers reported their ledger",
+                    len(self._reports),
+                    self._expected_reports,
+                )
             merged = Ledger()
             for data in self._reports.values():
                 merged.merge(data)
@@ -240,8 +292,10 @@ class Coordinator:
         report = check(ledger, self.knobs.p99_threshold_ms)
         summary = report.summary()
         if len(ledger.recipients) != self.expected_users:
-            msg = (f"{len(ledger.recipients)} of {self.expected_users} seeded users took part "
-                   f"(run exactly as many Locust users, -u {self.expected_users})")
+            msg = (
+                f"{len(ledger.recipients)} of {self.expected_users} seeded users took part "
+                f"(run exactly as many Locust users, -u {self.expected_users})"
+            )
             report.failures.append(msg)
             summary = report.summary()
         print("\n=== Parley load test: delivery completeness ===\n" + report.table(), flush=True)

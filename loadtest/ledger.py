@@ -38,8 +38,9 @@ class Ledger:
         room, sender, _ = self.sent.pop(message_id)
         self.rejected[message_id] = (room, sender, text)
 
-    def record_delivery(self, recipient: str, message_id: str | None, seq: int,
-                        recv_ns: int) -> None:
+    def record_delivery(
+        self, recipient: str, message_id: str | None, seq: int, recv_ns: int
+    ) -> None:
         self.deliveries[recipient].append((message_id, seq, recv_ns))
 
     def locally_complete(self) -> bool:
@@ -136,7 +137,8 @@ class Report:
             "unexpected": self.total("unexpected"),
             "offered_msgs_per_s": self.sent / self.send_window_s if self.send_window_s else 0.0,
             "deliveries_per_s": delivered / self.delivery_window_s
-            if self.delivery_window_s else 0.0,
+            if self.delivery_window_s
+            else 0.0,
             "fanout_p50_ms": self.fanout(50),
             "fanout_p95_ms": self.fanout(95),
             "fanout_p99_ms": self.fanout(99),
@@ -148,8 +150,10 @@ class Report:
 
     def table(self) -> str:
         """A per-room table, the recipients with problems, and the totals."""
-        lines = [f"{'room':>8} {'recipients':>10} {'expected':>9} {'received':>9} {'lost':>6} "
-                 f"{'dup':>5} {'reorder':>7} {'unexp':>6}"]
+        lines = [
+            f"{'room':>8} {'recipients':>10} {'expected':>9} {'received':>9} {'lost':>6} "
+            f"{'dup':>5} {'reorder':>7} {'unexp':>6}"
+        ]
         by_room: dict[int, list[RecipientResult]] = {}
         for row in self.rows:
             by_room.setdefault(row.room, []).append(row)
@@ -163,9 +167,11 @@ class Report:
             )
         bad = [r for r in self.rows if not r.ok]
         for r in bad[:20]:
-            lines.append(f"  ! {r.recipient} (room {r.room}): expected {r.expected}, "
-                         f"received {r.received}, lost {r.lost}, dup {r.duplicates}, "
-                         f"reordered {r.reordered}")
+            lines.append(
+                f"  ! {r.recipient} (room {r.room}): expected {r.expected}, "
+                f"received {r.received}, lost {r.lost}, dup {r.duplicates}, "
+                f"reordered {r.reordered}"
+            )
         if len(bad) > 20:
             lines.append(f"  ! ... and {len(bad) - 20} more recipients with problems")
         s = self.summary()
@@ -219,18 +225,30 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
                 if sender != recipient:  # the sender's own echo is its "send" ack, not fan-out
                     fanout.append((recv_ns - sent_ns) / 1e6)
         received = sum(1 for m in expected if seen_ids[m])
-        rows.append(RecipientResult(
-            recipient=recipient, room=room, expected=len(expected), received=received,
-            lost=len(expected) - received, duplicates=duplicates, reordered=reordered,
-            unexpected=sum(1 for m in seen_ids if m not in known),
-        ))
+        rows.append(
+            RecipientResult(
+                recipient=recipient,
+                room=room,
+                expected=len(expected),
+                received=received,
+                lost=len(expected) - received,
+                duplicates=duplicates,
+                reordered=reordered,
+                unexpected=sum(1 for m in seen_ids if m not in known),
+            )
+        )
     sent_times = [t for _, _, t in ledger.sent.values()]
     send_window = (max(sent_times) - min(sent_times)) / 1e9 if len(sent_times) > 1 else 0.0
     delivery_window = (last_recv - min(sent_times)) / 1e9 if sent_times and last_recv else 0.0
     report = Report(
-        rows=rows, sent=len(ledger.sent), rejected=len(ledger.rejected), fanout_ms=fanout,
-        send_window_s=send_window, delivery_window_s=delivery_window,
-        barrier_timeouts=ledger.barrier_timeouts, reconnects=ledger.reconnects,
+        rows=rows,
+        sent=len(ledger.sent),
+        rejected=len(ledger.rejected),
+        fanout_ms=fanout,
+        send_window_s=send_window,
+        delivery_window_s=delivery_window,
+        barrier_timeouts=ledger.barrier_timeouts,
+        reconnects=ledger.reconnects,
         p99_threshold_ms=p99_threshold_ms,
     )
     report.failures = _failures(report)
@@ -243,8 +261,11 @@ def _failures(report: Report) -> list[str]:
         failures.append("no recipient connected")
     if report.sent == 0:
         failures.append("no message was sent")
-    for attr, label in (("lost", "lost"), ("duplicates", "duplicated"),
-                        ("reordered", "out of order")):
+    for attr, label in (
+        ("lost", "lost"),
+        ("duplicates", "duplicated"),
+        ("reordered", "out of order"),
+    ):
         if n := report.total(attr):
             failures.append(f"{n} deliveries {label}")
     if report.rejected:

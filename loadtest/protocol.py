@@ -61,17 +61,19 @@ def new_message(now_ns: int | None = None) -> tuple[str, str, int]:
 
 def send_payload(body: str, message_id: str, conversation: int) -> str:
     """The frame htmx-ext-ws sends for the chat form: form values plus HEADERS."""
-    return json.dumps({
-        "chat_message": body,
-        "client_id": str(uuid.UUID(hex=message_id)),
-        "HEADERS": {
-            "HX-Request": "true",
-            "HX-Trigger": "chat-form",
-            "HX-Trigger-Name": None,
-            "HX-Target": "chat-form",
-            "HX-Current-URL": f"/c/{conversation}",
-        },
-    })
+    return json.dumps(
+        {
+            "chat_message": body,
+            "client_id": str(uuid.UUID(hex=message_id)),
+            "HEADERS": {
+                "HX-Request": "true",
+                "HX-Trigger": "chat-form",
+                "HX-Trigger-Name": None,
+                "HX-Target": "chat-form",
+                "HX-Current-URL": f"/c/{conversation}",
+            },
+        }
+    )
 
 
 def parse_frame(text: str) -> Frame:
@@ -80,14 +82,16 @@ def parse_frame(text: str) -> Frame:
         # linebreaksbr and autoescape: our bodies have no newlines, so unescaping is exact.
         body = html.unescape(m["body"])
         parsed = BODY_RE.match(body)
-        deliveries.append(Delivery(
-            seq=int(m["seq"]),
-            sender_id=int(m["sender"]),
-            client_id=m["cid"] or None,
-            body=body,
-            message_id=parsed["id"] if parsed else None,
-            sent_ns=int(parsed["t_ns"]) if parsed else None,
-        ))
+        deliveries.append(
+            Delivery(
+                seq=int(m["seq"]),
+                sender_id=int(m["sender"]),
+                client_id=m["cid"] or None,
+                body=body,
+                message_id=parsed["id"] if parsed else None,
+                sent_ns=int(parsed["t_ns"]) if parsed else None,
+            )
+        )
     errors = [(m["cid"] or None, html.unescape(m["text"]).strip()) for m in ERROR_RE.finditer(text)]
     presence = [(int(m["uid"]), m["online"] == "true") for m in PRESENCE_RE.finditer(text)]
     return Frame(deliveries, errors, presence)
