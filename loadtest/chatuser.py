@@ -29,7 +29,7 @@ logger = logging.getLogger("loadtest")
 
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 RECONNECT_CODES = {1006, 1011, 1012, 1013}  # what htmx-ext-ws retries
-RECONNECT_LIMIT = 5
+RECONNECT_ATTEMPTS = 8  # about 20 s of backoff
 
 
 class ChatUser(HttpUser):
@@ -61,7 +61,8 @@ class ChatUser(HttpUser):
 
         self.login(record["password"])
         coordinator.ledger.add_recipient(self.username, self.room)
-        self.connect(after=None)
+        if not self.connect(after=None):
+            raise StopUser()
         self.reader = gevent.spawn(self.receive_loop)
         knobs = coordinator.knobs
         if not self.room_online.wait(knobs.ready_timeout):
@@ -104,12 +105,13 @@ class ChatUser(HttpUser):
             catch_response=True,
         ) as response:
             if response.status_code != 302 or "sessionid" not in self.client.cookies:
-                response.failure(f"login refused for {self.username} ({response.status_code})")
+                why = response.error or f"HTTP {response.status_code}"
+                response.failure(f"login failed for {self.username}: {why}")
                 raise StopUser()
 
     # --- websocket ------------------------------------------------------------------------
 
-    def connect(self, after: int | None) -> None:
+    def connect(self, after: int | None) -> bool:
         url = f"{self.ws_base}/ws/chat/{self.room}"
         if after is not None:
             url += f"?after={after}"
@@ -126,11 +128,12 @@ class ChatUser(HttpUser):
             )
         except Exception as exc:
             self.fire("connect", started, exc)
-            raise StopUser() from exc
+            return False
         ws.settimeout(None)
         self.ws = ws
         self.fire("connect", started)
         self.open.set()
+        return True
 
     def fire(
         self,
@@ -152,7 +155,6 @@ class ChatUser(HttpUser):
         )
 
     def receive_loop(self) -> None:
-        reconnects = 0
         while True:
             try:
                 opcode, data = self.ws.recv_data()
@@ -169,17 +171,21 @@ class ChatUser(HttpUser):
                 return
             code = struct.unpack("!H", data[:2])[0] if len(data) >= 2 else 1006
             self.open.clear()
-            if code not in RECONNECT_CODES or reconnects >= RECONNECT_LIMIT:
+            if code not in RECONNECT_CODES or not self.reconnect():
                 self.fire("closed", None, RuntimeError(f"socket closed with {code}"))
                 return
-            # Like the browser: reconnect and replay everything after what we rendered.
-            reconnects += 1
-            coordinator.ledger.reconnects += 1
-            gevent.sleep(min(0.5 * 2**reconnects, 5.0) * random.uniform(0.5, 1.0))
-            try:
-                self.connect(after=self.high_seq)
-            except StopUser:
-                return
+
+    def reconnect(self) -> bool:
+        """Like the browser: reconnect with backoff, replaying everything after the last
+        message received."""
+        coordinator.ledger.reconnects += 1
+        for attempt in range(RECONNECT_ATTEMPTS):
+            gevent.sleep(min(0.25 * 2**attempt, 5.0) * random.uniform(0.5, 1.0))
+            if self.stopping:
+                return False
+            if self.connect(after=self.high_seq):
+                return True
+        return False
 
     def handle(self, text: str, recv_ns: int) -> None:
         frame = protocol.parse_frame(text)
