@@ -29,6 +29,7 @@ logger = logging.getLogger("loadtest")
 
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 RECONNECT_CODES = {1006, 1011, 1012, 1013}  # what htmx-ext-ws retries
+LOGIN_ATTEMPTS = 8
 RECONNECT_ATTEMPTS = 8  # about 20 s of backoff
 
 
@@ -92,19 +93,34 @@ class ChatUser(HttpUser):
     # --- HTTP login -----------------------------------------------------------------------
 
     def login(self, password: str) -> None:
-        page = self.client.get("/accounts/login/", name="login page")
-        match = CSRF_RE.search(page.text)
-        if not match:
-            raise StopUser(f"{self.username}: no CSRF token on the login page ({page.status_code})")
-        with self.client.post(
-            "/accounts/login/",
-            data={"username": self.username, "password": password, "csrfmiddlewaretoken": match[1]},
-            headers={"Origin": self.origin, "Referer": f"{self.origin}/accounts/login/"},
-            allow_redirects=False,
-            name="login",
-            catch_response=True,
-        ) as response:
-            if response.status_code != 302 or "sessionid" not in self.client.cookies:
+        """GET the form (CSRF cookie and field), POST it. nginx limits login POSTs per client
+        address (429); like a person, retry after a pause."""
+        base = coordinator.knobs.login_host.rstrip("/") or self.origin
+        for attempt in range(LOGIN_ATTEMPTS):
+            page = self.client.get(f"{base}/accounts/login/", name="login page")
+            match = CSRF_RE.search(page.text)
+            if not match:
+                raise StopUser(
+                    f"{self.username}: no CSRF token on the login page ({page.status_code})"
+                )
+            with self.client.post(
+                f"{base}/accounts/login/",
+                data={
+                    "username": self.username,
+                    "password": password,
+                    "csrfmiddlewaretoken": match[1],
+                },
+                headers={"Origin": base, "Referer": f"{base}/accounts/login/"},
+                allow_redirects=False,
+                name="login",
+                catch_response=True,
+            ) as response:
+                if response.status_code == 302 and "sessionid" in self.client.cookies:
+                    return
+                if response.status_code == 429 and attempt + 1 < LOGIN_ATTEMPTS:
+                    response.success()  # the limiter doing its job, not a failure
+                    gevent.sleep(min(2.0 * 2**attempt, 30.0) * random.uniform(0.5, 1.0))
+                    continue
                 why = response.error or f"HTTP {response.status_code}"
                 response.failure(f"login failed for {self.username}: {why}")
                 raise StopUser()

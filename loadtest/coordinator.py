@@ -29,6 +29,7 @@ logger = logging.getLogger("loadtest")
 @dataclass(frozen=True)
 class Knobs:
     users_file: str
+    login_host: str
     rooms: int
     members: int
     send_rate: float
@@ -41,6 +42,7 @@ class Knobs:
     def from_options(cls, options: Any) -> Knobs:
         return cls(
             users_file=options.users_file,
+            login_host=options.login_host,
             rooms=options.rooms,
             members=options.members,
             send_rate=options.send_rate,
@@ -59,6 +61,12 @@ def add_arguments(parser: Any) -> None:
         env_var="LOCUST_USERS_FILE",
         default="results/users.json",
         help="JSON written by `manage.py seed_loadtest`",
+    )
+    group.add_argument(
+        "--login-host",
+        env_var="LOCUST_LOGIN_HOST",
+        default="",
+        help="log in here instead of --host, e.g. gunicorn directly, past nginx's login limit",
     )
     group.add_argument(
         "--rooms",
