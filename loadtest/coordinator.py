@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import sys
 import time
 import uuid
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from locust.env import Environment
 from locust.runners import MasterRunner, WorkerRunner
 
 from loadtest.ledger import Ledger, check
+from loadtest.users import select_users
 
 logger = logging.getLogger("loadtest")
 
@@ -118,29 +120,6 @@ def add_arguments(parser: Any) -> None:
     )
 
 
-def select_users(records: list[dict], rooms: int, members: int) -> list[dict]:
-    """The first `rooms` rooms and the first `members` of each, in file order; each record
-    gains `room_size`, the number of its room's members taking part."""
-    by_room: dict[int, list[dict]] = {}
-    for record in records:
-        missing = {"username", "password", "conversation"} - set(record)
-        if missing:
-            raise ValueError(f"users file record {record!r} lacks {sorted(missing)}")
-        by_room.setdefault(int(record["conversation"]), []).append(record)
-    chosen = list(by_room.items())[: rooms or None]
-    if rooms and len(chosen) < rooms:
-        raise ValueError(f"--rooms {rooms}, but the users file has only {len(chosen)} rooms")
-    selected = []
-    for room, people in chosen:
-        if members and len(people) < members:
-            raise ValueError(f"--members {members}, but room {room} has only {len(people)}")
-        people = people[: members or None]
-        if len(people) < 2:
-            raise ValueError(f"room {room} needs at least 2 members to test fan-out")
-        selected += [{**p, "conversation": room, "room_size": len(people)} for p in people]
-    return selected
-
-
 class Coordinator:
     def __init__(self) -> None:
         self.environment: Environment | None = None
@@ -165,8 +144,17 @@ class Coordinator:
         self.knobs = Knobs.from_options(environment.parsed_options)
         runner = environment.runner
         if not isinstance(runner, WorkerRunner):
-            records = json.loads(Path(self.knobs.users_file).read_text())
-            self.selected = select_users(records, self.knobs.rooms, self.knobs.members)
+            try:
+                records = json.loads(Path(self.knobs.users_file).read_text())
+                self.selected = select_users(records, self.knobs.rooms, self.knobs.members)
+            except (OSError, ValueError, TypeError) as exc:
+                logger.error(
+                    "cannot use --users-file %s: %s (write it with `manage.py "
+                    "seed_loadtest`, or `make seed`)",
+                    self.knobs.users_file,
+                    exc,
+                )
+                sys.exit(2)
             per_member = max(self.knobs.send_rate / r["room_size"] for r in self.selected)
             logger.info(
                 "load test: %d users in %d rooms, %.2f msg/s per room (%.2f per socket)",
