@@ -257,12 +257,12 @@ def idle_sockets(max_idle: int, step: int) -> list[tuple[int, int]]:
                     f"{report['closed']} closed): daphne RSS {points[-1][1] / 1024:.1f} MiB",
                     flush=True,
                 )
+                if report["failed"] or report["closed"] or report["open"] >= max_idle:
+                    break
                 idler.stdin.write("\n")
                 idler.stdin.flush()
-                if report["failed"] or report["closed"]:
-                    break
         finally:
-            idler.stdin.close()
+            idler.stdin.close()  # the idler closes its sockets and exits
             idler.wait(timeout=60)
     finally:
         stack.down()

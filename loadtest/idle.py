@@ -4,9 +4,9 @@
         --sessions sessions.json --max 10000 --step 1000
 
 `sessions.json` is [{"cookie": "sessionid=...", "conversation": N}, ...]; sockets are spread
-over them round robin. After each step it prints one JSON line ({"open": N, "failed": F})
-and waits for a line on stdin before the next step; it stops at --max or at the first step
-where sockets fail to open, and closes everything on EOF.
+over them round robin. It opens --step sockets, prints one JSON line
+({"open": N, "failed": F, "closed": C}) and waits: a line on stdin opens the next step, the
+end of stdin closes everything and exits.
 """
 
 from __future__ import annotations
@@ -88,8 +88,8 @@ def main() -> int:
         )
         return 2
     idler = Idler(args.url, args.origin, json.loads(Path(args.sessions).read_text()))
-    while len(idler.sockets) < args.max:
-        failed = idler.step(min(args.step, args.max - len(idler.sockets)))
+    while True:
+        failed = idler.step(args.step)
         print(
             json.dumps(
                 {
@@ -100,9 +100,8 @@ def main() -> int:
             ),
             flush=True,
         )
-        if failed or idler.closed or not sys.stdin.readline():
+        if not sys.stdin.readline():  # end of input: the benchmark is done measuring
             break
-    sys.stdin.readline()  # hold the sockets until the benchmark has measured
     for ws in idler.sockets:
         ws.abort()
     return 0
