@@ -73,7 +73,8 @@ seed: install ## Create load-test users: ROOMS, MEMBERS, PASSWORD, OUT (uses DAT
 # --- load test (loadtest/README.md) -------------------------------------------------------
 LOADTEST_URL ?= http://127.0.0.1:$(STACK_PORT)
 # Logins go to gunicorn directly: nginx allows 20 login POSTs a minute per client address.
-LOADTEST_LOGIN_URL ?= http://127.0.0.1:8000
+STACK_WEB_PORT ?= 8000
+LOADTEST_LOGIN_URL ?= http://127.0.0.1:$(STACK_WEB_PORT)
 LOADTEST_DB ?= postgres://postgres@127.0.0.1:5432/parley_stack
 ROOMS ?= 10
 MEMBERS ?= 10
