@@ -26,6 +26,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import requests
+
 from deploy.stack.stackctl import REPO, Stack, StackConfig
 
 RESULTS = REPO / "loadtest" / "RESULTS.md"
@@ -80,22 +81,46 @@ def flush_redis(url: str) -> None:
 
 def seed(stack: Stack, rooms: int, members: int, prefix: str) -> Path:
     out = stack.run_dir / f"users-{prefix}.json"
-    stack.manage(
-        [
-            "seed_loadtest",
-            "--rooms",
-            str(rooms),
-            "--members",
-            str(members),
-            "--password",
-            PASSWORD,
-            "--out",
-            str(out),
-            "--prefix",
-            prefix,
-        ]
-    )
+    args = [
+        "seed_loadtest",
+        "--rooms",
+        str(rooms),
+        "--members",
+        str(members),
+        "--password",
+        PASSWORD,
+        "--out",
+        str(out),
+        "--prefix",
+        prefix,
+    ]
+    stack.manage([args])  # one chain of one command
     return out
+
+
+def _tree_cpu_seconds(root: int, children: dict[int, list[int]]) -> float:
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        todo += children.get(pid, [])
+    return total
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each stack process and its workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return {name: _tree_cpu_seconds(info["pid"], children) for name, info in stack.procs.items()}
 
 
 def run_step(
@@ -142,10 +167,25 @@ def run_step(
         "--summary-json",
         str(out / "summary.json"),
     ]
+    cpu_before, started = stack_cpu(stack), time.monotonic()
+    locust_before = resource.getrusage(resource.RUSAGE_CHILDREN)
     with open(out / "locust.log", "w") as log:
         subprocess.run(
             argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=seconds + 180
         )
+    wall = time.monotonic() - started
+    cpu_after, locust_after = stack_cpu(stack), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) / wall * 100 for name in cpu_after}
+    cpu["locust"] = (
+        (
+            locust_after.ru_utime
+            + locust_after.ru_stime
+            - locust_before.ru_utime
+            - locust_before.ru_stime
+        )
+        / wall
+        * 100
+    )
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
@@ -157,6 +197,7 @@ def run_step(
             "rejected": 0,
             "error": f"no summary; see {out / 'locust.log'}",
         }
+    summary["cpu_percent"] = cpu
     return Step(backend, rate, summary)
 
 
@@ -276,7 +317,8 @@ def ms(v: float | None) -> str:
 
 HEADER = (
     "| layer | offered msg/s | deliveries/s | p50 ms | p95 ms | p99 ms | lost | dup "
-    "| sustainable |\n|---|---|---|---|---|---|---|---|---|"
+    "| sustainable | CPU % daphne / gunicorn / nginx / locust |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
@@ -286,7 +328,15 @@ def row(step: Step) -> str:
         f"| {step.backend} | {s.get('offered_msgs_per_s', 0):.1f} (target {step.rate:g}) "
         f"| {s.get('deliveries_per_s', 0):.0f} | {ms(s.get('fanout_p50_ms'))} "
         f"| {ms(s.get('fanout_p95_ms'))} | {ms(s.get('fanout_p99_ms'))} | {s['lost']} "
-        f"| {s['duplicates']} | {'yes' if step.sustainable else 'no'} |"
+        f"| {s['duplicates']} | {'yes' if step.sustainable else 'no'} | {cpu_cell(s)} |"
+    )
+
+
+def cpu_cell(summary: dict) -> str:
+    cpu = summary.get("cpu_percent", {})
+    daphne = sum(v for k, v in cpu.items() if k.startswith("ws"))
+    return " / ".join(
+        f"{v:.0f}" for v in (daphne, cpu.get("web", 0), cpu.get("nginx", 0), cpu.get("locust", 0))
     )
 
 
@@ -330,7 +380,9 @@ def write_results(
         f"the Locust load generator all on this one machine. {args.rooms} rooms of "
         f"{args.members} members; each rate ran for {args.step_seconds} s (sending starts "
         f"once every member is online). Sustainable: p99 fan-out <= "
-        f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected.",
+        f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected. "
+        "CPU % is per process group (100 = one core; the two daphne together), averaged "
+        "over the whole step including its logins.",
         "",
         "## Message rate sweep",
         "",
