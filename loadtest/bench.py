@@ -8,7 +8,7 @@
 2. On the "core" stack it opens idle chat sockets to ONE daphne process in steps of 1,000
    (up to --max-idle) and reads that process's resident memory after each step.
 
-    python -m loadtest.bench [--rates 25,50,100,200,400] [--step-seconds 20] [--max-idle 10000]
+    python -m loadtest.bench [--rates 10,20,40,80] [--step-seconds 20] [--max-idle 10000]
 """
 
 from __future__ import annotations
@@ -442,7 +442,9 @@ def write_results(
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
-        "--rates", default="25,50,100,200,400", help="offered msg/s (all rooms together), ascending"
+        "--rates",
+        default="10,20,40,60,80,120,160,240,320",
+        help="offered msg/s (all rooms together), ascending",
     )
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--members", type=int, default=10)

@@ -243,6 +243,11 @@ class ChatUser(HttpUser):
 
     @task
     def send_message(self) -> None:
+        # Locust runs the first task straight after on_start: keep to the schedule (each
+        # member has a random phase), or every user would send at the same instant.
+        early = self.next_send - time.monotonic()
+        if early > 0:
+            gevent.sleep(early)
         if not coordinator.sending.is_set() or not self.open.wait(10):
             self.next_send = time.monotonic() + self.interval
             return

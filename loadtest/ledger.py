@@ -238,7 +238,12 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
             )
         )
     sent_times = [t for _, _, t in ledger.sent.values()]
-    send_window = (max(sent_times) - min(sent_times)) / 1e9 if len(sent_times) > 1 else 0.0
+    # n sends span n - 1 intervals: the window is stretched by one mean interval.
+    send_window = (
+        (max(sent_times) - min(sent_times)) / 1e9 * len(sent_times) / (len(sent_times) - 1)
+        if len(sent_times) > 1
+        else 0.0
+    )
     delivery_window = (last_recv - min(sent_times)) / 1e9 if sent_times and last_recv else 0.0
     report = Report(
         rows=rows,
