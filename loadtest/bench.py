@@ -21,6 +21,7 @@ import resource
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -229,32 +230,42 @@ def rss_kib(pid: int) -> int:
 
 
 def login_cookies(base: str, users: list[dict]) -> list[dict]:
-    sessions = []
-    for user in users:
-        s = requests.Session()
-        page = s.get(f"{base}/accounts/login/", timeout=10)
-        token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
-        r = s.post(
-            f"{base}/accounts/login/",
-            allow_redirects=False,
-            timeout=10,
-            data={"username": user["username"], "password": PASSWORD, "csrfmiddlewaretoken": token},
-            headers={"Origin": base, "Referer": f"{base}/accounts/login/"},
-        )
-        if r.status_code != 302:
-            raise RuntimeError(f"login of {user['username']} failed: {r.status_code}")
-        cookie = "; ".join(f"{k}={v}" for k, v in s.cookies.get_dict().items())
-        sessions.append({"cookie": cookie, "conversation": user["conversation"]})
-    return sessions
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda user: _login_cookie(base, user), users))
 
 
-def idle_sockets(max_idle: int, step: int) -> list[tuple[int, int]]:
-    """[(open sockets, daphne RSS KiB)], from 0 up to max_idle or the first failure."""
+def _login_cookie(base: str, user: dict) -> dict:
+    s = requests.Session()
+    page = s.get(f"{base}/accounts/login/", timeout=10)
+    token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    r = s.post(
+        f"{base}/accounts/login/",
+        allow_redirects=False,
+        timeout=10,
+        data={"username": user["username"], "password": PASSWORD, "csrfmiddlewaretoken": token},
+        headers={"Origin": base, "Referer": f"{base}/accounts/login/"},
+    )
+    if r.status_code != 302:
+        raise RuntimeError(f"login of {user['username']} failed: {r.status_code}")
+    cookie = "; ".join(f"{k}={v}" for k, v in s.cookies.get_dict().items())
+    return {"cookie": cookie, "conversation": user["conversation"]}
+
+
+@dataclass
+class Idle:
+    points: list[tuple[int, int]]  # (open sockets, daphne RSS KiB), from 0 sockets
+    cpu_percent: float | None = None  # daphne's CPU while holding the most sockets
+    errors: dict[str, int] | None = None  # why the last step's handshakes failed
+
+
+def idle_sockets(max_idle: int, step: int) -> Idle:
+    """Steps of idle sockets up to max_idle or the first failure."""
     stack = bench_stack("core")
     stack.down()
     flush_redis(stack.config.redis_url)
     stack.up(fresh_db=True)
-    points: list[tuple[int, int]] = []
+    result = Idle(points=[])
+    points = result.points
     try:
         # 500 rooms of 2: 20 sockets per room at 10k, so presence joins stay cheap.
         users = json.loads(seed(stack, 500, 2, "idle").read_text())
@@ -298,7 +309,16 @@ def idle_sockets(max_idle: int, step: int) -> list[tuple[int, int]]:
                     f"{report['closed']} closed): daphne RSS {points[-1][1] / 1024:.1f} MiB",
                     flush=True,
                 )
+                if report.get("errors"):
+                    print(f"idle: handshake failures: {report['errors']}", flush=True)
+                    result.errors = report["errors"]
                 if report["failed"] or report["closed"] or report["open"] >= max_idle:
+                    # Idle is not free: presence heartbeats and pings. Measure over 15 s.
+                    before, t0 = _tree_cpu_seconds(pid, {}), time.monotonic()
+                    time.sleep(15)
+                    result.cpu_percent = (
+                        (_tree_cpu_seconds(pid, {}) - before) / (time.monotonic() - t0) * 100
+                    )
                     break
                 idler.stdin.write("\n")
                 idler.stdin.flush()
@@ -308,7 +328,7 @@ def idle_sockets(max_idle: int, step: int) -> list[tuple[int, int]]:
     finally:
         stack.down()
         flush_redis(stack.config.redis_url)
-    return points
+    return result
 
 
 def ms(v: float | None) -> str:
@@ -366,7 +386,7 @@ def machine() -> str:
 def write_results(
     args: argparse.Namespace,
     steps: dict[str, list[Step]],
-    idle: list[tuple[int, int]],
+    idle: Idle,
     notes: list[str],
 ) -> str:
     lines = [
@@ -413,10 +433,10 @@ def write_results(
     if core and pubsub:
         lines += ["", f"Ratio pubsub / core (highest sustainable rate): {pubsub / core:.2f}"]
     lines += ["", "## Idle sockets on one daphne process", ""]
-    if len(idle) > 1:
+    if len(idle.points) > 1:
         lines += ["| open sockets | daphne RSS MiB |", "|---|---|"]
-        lines += [f"| {n} | {kib / 1024:.1f} |" for n, kib in idle]
-        (n0, r0), (n1, r1) = idle[0], idle[-1]
+        lines += [f"| {n} | {kib / 1024:.1f} |" for n, kib in idle.points]
+        (n0, r0), (n1, r1) = idle.points[0], idle.points[-1]
         per_k = (r1 - r0) / (n1 - n0) * 1000 / 1024
         lines += [
             "",
@@ -426,10 +446,17 @@ def write_results(
             + (
                 "(the benchmark's bound; it did not fail)"
                 if n1 >= args.max_idle
-                else "(the next step failed)"
+                else "(sockets failed to open or were closed beyond this)"
             )
             + ".",
         ]
+        if idle.errors:
+            lines.append(f"Handshake failures in the last step: {idle.errors}.")
+        if idle.cpu_percent is not None:
+            lines.append(
+                f"CPU of that daphne while holding {n1} idle sockets: {idle.cpu_percent:.0f}% "
+                "of a core (websocket pings and presence heartbeats), over 15 s."
+            )
     else:
         lines.append("Not measured.")
     if notes:
@@ -465,8 +492,14 @@ def main() -> int:
     steps = {
         b: sweep(b, rates, args.rooms, args.members, args.step_seconds)
         for b in args.backends.split(",")
+        if b
     }
-    idle = idle_sockets(args.max_idle, args.idle_step) if args.max_idle else []
+    idle = Idle(points=[])
+    if args.max_idle:
+        try:
+            idle = idle_sockets(args.max_idle, args.idle_step)
+        except Exception as exc:  # keep the sweep's results
+            notes.append(f"idle-socket measurement failed: {exc!r}")
     print("\n" + write_results(args, steps, idle, notes))
     return 0
 

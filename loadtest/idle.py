@@ -38,19 +38,29 @@ class Idler:
         self.url, self.origin, self.sessions = url, origin, sessions
         self.sockets: list[websocket.WebSocket] = []
         self.closed = 0
+        self.errors: dict[str, int] = {}  # why handshakes failed
 
     def open_one(self, i: int) -> bool:
+        """Opens socket i; one retry, since the question is how many sockets a process
+        holds, not how it copes with a burst of handshakes."""
         session = self.sessions[i % len(self.sessions)]
-        try:
-            ws = websocket.create_connection(
-                f"{self.url}/ws/chat/{session['conversation']}",
-                cookie=session["cookie"],
-                origin=self.origin,
-                timeout=30,
-                skip_utf8_validation=True,
-            )
-        except (websocket.WebSocketException, OSError):
-            return False
+        for attempt in range(2):
+            try:
+                ws = websocket.create_connection(
+                    f"{self.url}/ws/chat/{session['conversation']}",
+                    cookie=session["cookie"],
+                    origin=self.origin,
+                    timeout=30,
+                    skip_utf8_validation=True,
+                )
+                break
+            except (websocket.WebSocketException, OSError) as exc:
+                if attempt == 0:
+                    gevent.sleep(1.0)
+                    continue
+                reason = f"{type(exc).__name__}: {exc}"[:120]
+                self.errors[reason] = self.errors.get(reason, 0) + 1
+                return False
         ws.settimeout(None)
         self.sockets.append(ws)
         gevent.spawn(self.read, ws)  # reading answers the server's pings
@@ -68,7 +78,7 @@ class Idler:
 
     def step(self, count: int) -> int:
         start = len(self.sockets) + self.closed
-        pool = Pool(100)  # concurrent handshakes
+        pool = Pool(50)  # concurrent handshakes
         results = pool.map(self.open_one, range(start, start + count))
         return results.count(False)
 
@@ -96,6 +106,7 @@ def main() -> int:
                     "open": len(idler.sockets) - idler.closed,
                     "failed": failed,
                     "closed": idler.closed,
+                    "errors": idler.errors,
                 }
             ),
             flush=True,
