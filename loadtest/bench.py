@@ -2,7 +2,8 @@
 
 1. For each channel layer (RedisChannelLayer "core", RedisPubSubChannelLayer "pubsub") it
    starts a private native stack (nginx, gunicorn, two daphne; its own ports, database
-   parley_bench and Redis db 7), then sweeps the offered message rate with the Locust load
+   parley_bench and Redis db 5, the load tests' index: not while the CI smoke test runs),
+   then sweeps the offered message rate with the Locust load
    test, one short headless run per rate, until a rate is no longer sustainable (p99 fan-out
    above 100 ms, or any loss). The stack is restarted between the layers.
 2. On the "core" stack it opens idle chat sockets to ONE daphne process in steps of 1,000
@@ -60,7 +61,7 @@ def bench_stack(backend: str) -> Stack:
         StackConfig(
             run_dir=REPO / "run" / f"bench-{backend}",
             database_url="postgres://postgres@127.0.0.1:5432/parley_bench",
-            redis_url="redis://127.0.0.1:6379/7",
+            redis_url="redis://127.0.0.1:6379/5",
             env={
                 "CHANNEL_LAYER_BACKEND": backend,
                 # The sweep measures the layer, not the per-socket flood limit.
@@ -218,6 +219,7 @@ def sweep(backend: str, rates: list[float], rooms: int, members: int, seconds: i
                 break
     finally:
         stack.down()
+        stack.drop_database()
         flush_redis(stack.config.redis_url)
     return steps
 
@@ -327,6 +329,7 @@ def idle_sockets(max_idle: int, step: int) -> Idle:
             idler.wait(timeout=60)
     finally:
         stack.down()
+        stack.drop_database()
         flush_redis(stack.config.redis_url)
     return result
 
@@ -363,6 +366,22 @@ def cpu_cell(summary: dict) -> str:
 def best(steps: list[Step]) -> float | None:
     ok = [s.summary["offered_msgs_per_s"] for s in steps if s.sustainable]
     return max(ok) if ok else None
+
+
+def latency_ratio(steps: dict[str, list[Step]]) -> list[str]:
+    """p99 fan-out of pubsub over core at the highest rate both sustained (the sweep's steps
+    are coarse, so equal ceilings can hide a difference in headroom)."""
+    core = {s.rate: s for s in steps.get("core", []) if s.sustainable}
+    pubsub = {s.rate: s for s in steps.get("pubsub", []) if s.sustainable}
+    common = sorted(set(core) & set(pubsub))
+    if not common:
+        return []
+    rate = common[-1]
+    c, p = core[rate].summary["fanout_p99_ms"], pubsub[rate].summary["fanout_p99_ms"]
+    return [
+        f"At {rate:g} msg/s, p99 fan-out: core {c:.1f} ms, pubsub {p:.1f} ms "
+        f"(pubsub / core {p / c:.2f})."
+    ]
 
 
 def machine() -> str:
@@ -432,6 +451,7 @@ def write_results(
     core, pubsub = best(steps.get("core", [])), best(steps.get("pubsub", []))
     if core and pubsub:
         lines += ["", f"Ratio pubsub / core (highest sustainable rate): {pubsub / core:.2f}"]
+        lines += latency_ratio(steps)
     lines += ["", "## Idle sockets on one daphne process", ""]
     if len(idle.points) > 1:
         lines += ["| open sockets | daphne RSS MiB |", "|---|---|"]
