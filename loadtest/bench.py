@@ -482,7 +482,7 @@ def write_results(
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     text = "\n".join(lines) + "\n"
-    RESULTS.write_text(text)
+    Path(args.results).write_text(text)
     return text
 
 
@@ -493,6 +493,7 @@ def main() -> int:
         default="10,20,40,60,80,120,160,240,320",
         help="offered msg/s (all rooms together), ascending",
     )
+    parser.add_argument("--results", default=str(RESULTS), help="markdown file to write")
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--step-seconds", type=int, default=20)
