@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -201,35 +202,41 @@ class Stack:
 
     # --- database -------------------------------------------------------------------------
 
+    def _admin_url(self) -> str:
+        """The same server's maintenance database (to create/drop ours)."""
+        return urlunsplit(urlsplit(self.config.database_url)._replace(path="/postgres"))
+
+    def _admin(self, query: object, params: list | None = None) -> list[tuple]:
+        """Runs one statement on the maintenance database; rows if it returns any."""
+        import psycopg
+
+        try:
+            with psycopg.connect(self._admin_url(), autocommit=True, connect_timeout=5) as conn:
+                cursor = conn.execute(query, params)
+                return cursor.fetchall() if cursor.description else []
+        except psycopg.Error as exc:
+            raise StackError(f"Postgres at {self._admin_url()}: {exc}") from exc
+
+    def _db_name(self) -> str:
+        return urlsplit(self.config.database_url).path.lstrip("/")
+
     def ensure_database(self, fresh: bool = False) -> None:
         """Creates the stack's database if missing (dropping it first when `fresh`)."""
-        import psycopg
         from psycopg import sql
 
-        parts = urlsplit(self.config.database_url)
-        name = parts.path.lstrip("/")
-        admin_url = urlunsplit(parts._replace(path="/postgres"))
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            if fresh:
-                conn.execute(
-                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
-                )
-            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
-            if not exists:
-                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+        if fresh:
+            self.drop_database()
+        if not self._admin("SELECT 1 FROM pg_database WHERE datname = %s", [self._db_name()]):
+            self._admin(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(self._db_name())))
 
     def drop_database(self) -> None:
-        import psycopg
         from psycopg import sql
 
-        parts = urlsplit(self.config.database_url)
-        admin_url = urlunsplit(parts._replace(path="/postgres"))
-        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
-            conn.execute(
-                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
-                    sql.Identifier(parts.path.lstrip("/"))
-                )
+        self._admin(
+            sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                sql.Identifier(self._db_name())
             )
+        )
 
     # --- nginx prefix ---------------------------------------------------------------------
 
@@ -330,29 +337,38 @@ class Stack:
         self._save_state()
         return popen.pid
 
-    def manage(self, *chains: list[list[str]], timeout: float = 120) -> None:
-        """Runs manage.py commands: the chains concurrently, each chain's commands in order
-        (e.g. collectstatic alongside wait_for_deps-then-migrate)."""
+    def run_manage(
+        self, args: list[str], env: dict[str, str] | None = None, timeout: float = 120
+    ) -> None:
+        """One manage.py command with the stack's environment; output to logs/setup-*.log."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path(f"setup-{args[0]}"), "ab") as log:
+            try:
+                code = subprocess.run(  # noqa: S603
+                    [sys.executable, str(REPO / "src" / "manage.py"), *args],
+                    env={**self.app_env(), **(env or {})},
+                    cwd=REPO,
+                    stdin=subprocess.DEVNULL,
+                    stdout=log,
+                    stderr=subprocess.STDOUT,
+                    timeout=timeout,
+                    check=False,
+                ).returncode
+            except subprocess.TimeoutExpired:
+                code = -1
+        if code != 0:
+            raise StackError(f"manage.py {' '.join(args)} failed:\n{self.tail('setup-' + args[0])}")
 
-        def run_chain(chain: list[list[str]]) -> str | None:
-            for args in chain:
-                with open(self.log_path(f"setup-{args[0]}"), "ab") as log:
-                    try:
-                        code = subprocess.run(  # noqa: S603
-                            [sys.executable, str(REPO / "src" / "manage.py"), *args],
-                            env=self.app_env(),
-                            cwd=REPO,
-                            stdin=subprocess.DEVNULL,
-                            stdout=log,
-                            stderr=subprocess.STDOUT,
-                            timeout=timeout,
-                            check=False,
-                        ).returncode
-                    except subprocess.TimeoutExpired:
-                        code = -1
-                if code != 0:
-                    return f"manage.py {' '.join(args)} failed:\n{self.tail('setup-' + args[0])}"
+    def manage(self, *chains: list[list[str] | Callable[[], None]]) -> None:
+        """Runs chains of steps concurrently, each chain's steps in order (e.g. collectstatic
+        alongside wait_for_deps-then-migrate). A step is manage.py arguments or a function."""
+
+        def run_chain(chain: list[list[str] | Callable[[], None]]) -> str | None:
+            try:
+                for step in chain:
+                    step() if callable(step) else self.run_manage(step)
+            except StackError as exc:
+                return str(exc)
             return None
 
         with ThreadPoolExecutor(len(chains)) as pool:
@@ -410,9 +426,14 @@ class Stack:
         if result.returncode != 0:
             raise StackError(f"nginx -t failed:\n{result.stderr}")
         try:
-            self.ensure_database(fresh=fresh_db)
+            # wait_for_deps on the server's maintenance database: ours may not exist yet.
+            wait_args = ["wait_for_deps"]  # WAIT_FOR_DEPS_TIMEOUT (60 s)
             self.manage(
-                [["wait_for_deps", "--timeout", "30"], ["migrate", "--noinput"]],
+                [
+                    lambda: self.run_manage(wait_args, env={"DATABASE_URL": self._admin_url()}),
+                    lambda: self.ensure_database(fresh=fresh_db),
+                    ["migrate", "--noinput"],
+                ],
                 [["collectstatic", "--noinput", "-v", "0"]],
             )
             for name in ("web", *self.ws_names, "nginx"):

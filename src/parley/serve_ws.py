@@ -24,6 +24,7 @@ import logging
 import os
 import signal
 import sys
+import threading
 from typing import Any
 
 from daphne.ws_protocol import WebSocketProtocol
@@ -103,10 +104,13 @@ class DrainingServer(daphne.server.Server):
             logger.warning("second signal during drain; exiting now", extra={"signal": sig})
             os._exit(1)
         logger.info("signal received; draining", extra={"signal": signal.Signals(sig).name})
-        loop = asyncio.get_event_loop()
-        deadline = self.drain_delay + self.drain_seconds + self.grace
-        loop.call_later(deadline, self.force_exit, deadline)
-        self.drain_task = loop.create_task(self.drain())
+        # A thread, not the event loop: it must also fire if the loop has stopped but the
+        # interpreter hangs on exit (e.g. joining a worker thread stuck on the database).
+        budget = self.drain_delay + self.drain_seconds + self.grace
+        watchdog = threading.Timer(budget, self.force_exit, args=(budget,))
+        watchdog.daemon = True
+        watchdog.start()
+        self.drain_task = asyncio.get_event_loop().create_task(self.drain())
 
     def force_exit(self, deadline: float) -> None:
         logger.error("drain overran its budget; exiting", extra={"budget_s": deadline})
@@ -117,15 +121,19 @@ class DrainingServer(daphne.server.Server):
         from parley import drain
 
         drain.mark_draining()  # /readyz 503 and no new sockets, from this moment
-        if self.drain_delay > 0:
-            await asyncio.sleep(self.drain_delay)
-        for port in self.ports:
-            port.stopListening()
-        logger.info("stopped listening", extra={"open_sockets": drain.open_socket_count()})
-        left = await drain.begin_drain(timeout=self.drain_seconds)
-        if left:
-            logger.warning("sockets still open at the drain deadline", extra={"still_open": left})
-        self.stop()
+        try:
+            if self.drain_delay > 0:
+                await asyncio.sleep(self.drain_delay)
+            for port in self.ports:
+                port.stopListening()
+            logger.info("stopped listening", extra={"open_sockets": drain.open_socket_count()})
+            left = await drain.begin_drain(timeout=self.drain_seconds)
+            if left:
+                logger.warning(
+                    "sockets still open at the drain deadline", extra={"still_open": left}
+                )
+        finally:
+            self.stop()
 
 
 def main() -> None:

@@ -200,3 +200,16 @@ def test_forwarded_headers_are_trusted_from_the_proxy_address_only(stack):
     other = access_line(_direct_get(stack, "127.0.0.2", {**forged, "X-Request-ID": "t2"}))
     assert other["scheme"] == "http"
     assert other["client"].startswith("127.0.0.2:")
+
+
+def test_pages_need_nothing_the_csp_forbids(stack, room, cookies):
+    """No inline script, style element or style attribute: the CSP (script-src/style-src
+    'self', no 'unsafe-inline') would block them in the browser."""
+    conversation_id, (alice, _, _) = room
+    session = requests.Session()
+    session.cookies.update(cookies(alice))
+    for path in ("/accounts/login/", "/accounts/signup/", "/", f"/c/{conversation_id}"):
+        html = session.get(f"{stack.url}{path}", timeout=10).text
+        assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [], path
+        assert "<style" not in html and " style=" not in html, path
+        assert not re.search(r"\son[a-z]+=", html), path  # inline event handlers
