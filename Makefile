@@ -73,14 +73,14 @@ browser-deps: ## Install Debian's chromium for the browser tests (Playwright nev
 
 .PHONY: lint
 lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check src tests deploy
-	$(VENV)/bin/ruff format --check src tests deploy
+	$(VENV)/bin/ruff check src tests deploy loadtest
+	$(VENV)/bin/ruff format --check src tests deploy loadtest
 	$(MAKE) --no-print-directory lint-docker
 
 .PHONY: fmt
 fmt: install ## ruff fix and format
-	$(VENV)/bin/ruff check --fix src tests
-	$(VENV)/bin/ruff format src tests
+	$(VENV)/bin/ruff check --fix src tests deploy loadtest
+	$(VENV)/bin/ruff format src tests deploy loadtest
 
 .PHONY: seed
 seed: install ## Create load-test users: ROOMS, MEMBERS, PASSWORD, OUT (uses DATABASE_URL)
@@ -182,3 +182,43 @@ lint-docker: install ## hadolint the Dockerfiles, shellcheck the container scrip
 .PHONY: standins
 standins: ## Build stand-in base images from Debian packages (for machines without a registry)
 	deploy/standins/build.sh
+
+# --- load test (loadtest/README.md) -------------------------------------------------------
+LOADTEST_URL ?= http://127.0.0.1:$(STACK_PORT)
+# Logins go to gunicorn directly: nginx allows 20 login POSTs a minute per client address.
+STACK_WEB_PORT ?= 8000
+LOADTEST_LOGIN_URL ?= http://127.0.0.1:$(STACK_WEB_PORT)
+LOADTEST_DB ?= postgres://postgres@127.0.0.1:5432/parley_stack
+ROOMS ?= 10
+MEMBERS ?= 10
+SEND_RATE ?= 1
+DURATION ?= 60s
+P99_MS ?= 100
+LOCUST := $(VENV)/bin/locust --config loadtest/locust.conf
+LOADTEST_KNOBS = --host $(LOADTEST_URL) --login-host $(LOADTEST_LOGIN_URL) --rooms $(ROOMS) \
+	--members $(MEMBERS) --users $$(($(ROOMS) * $(MEMBERS))) --spawn-rate 20 \
+	--send-rate $(SEND_RATE) --p99-threshold-ms $(P99_MS)
+
+# Seeding is a database-only command, so it runs in DEBUG mode (no SECRET_KEY needed).
+define loadtest_seed
+	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(LOADTEST_DB)} $(PY) src/manage.py seed_loadtest \
+		--rooms $(ROOMS) --members $(MEMBERS) --password loadtest-pass --out $(1)
+endef
+
+.PHONY: loadtest
+loadtest: install ## Headless load test against a running stack (LOADTEST_URL); report in results/<time>/
+	@out=results/$$(date -u +%Y%m%dT%H%M%SZ); mkdir -p $$out; \
+	$(call loadtest_seed,$$out/users.json) && \
+	$(LOCUST) --headless $(LOADTEST_KNOBS) --users-file $$out/users.json --run-time $(DURATION) \
+		--html $$out/report.html --csv $$out/stats --summary-json $$out/summary.json \
+		2>&1 | tee $$out/locust.log; code=$${PIPESTATUS[0]}; \
+	echo "loadtest: report, CSVs and summary in $$out (exit $$code)"; exit $$code
+
+.PHONY: loadtest-ui
+loadtest-ui: install ## Locust web UI on http://127.0.0.1:8089 against a running stack (LOADTEST_URL)
+	$(call loadtest_seed,results/users.json)
+	$(LOCUST) $(LOADTEST_KNOBS) --users-file results/users.json --web-host 127.0.0.1
+
+.PHONY: bench
+bench: install ## Benchmark on the native stack: rate sweep for both channel layers, idle sockets -> loadtest/RESULTS.md
+	$(PY) -m loadtest.bench $(BENCH_ARGS)

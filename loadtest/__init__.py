@@ -1,0 +1,1 @@
+"""Locust websocket load test and benchmark for Parley (see loadtest/README.md)."""

@@ -1,0 +1,529 @@
+"""The benchmark behind loadtest/RESULTS.md (`make bench`). Not a test: it prints numbers.
+
+1. For each channel layer (RedisChannelLayer "core", RedisPubSubChannelLayer "pubsub") it
+   starts a private native stack (nginx, gunicorn, two daphne; its own ports, database
+   parley_bench and Redis db 5, the load tests' index: not while the CI smoke test runs),
+   then sweeps the offered message rate with the Locust load
+   test, one short headless run per rate, until a rate is no longer sustainable (p99 fan-out
+   above 100 ms, or any loss). The stack is restarted between the layers.
+2. On the "core" stack it opens idle chat sockets to ONE daphne process in steps of 1,000
+   (up to --max-idle) and reads that process's resident memory after each step.
+
+    python -m loadtest.bench [--rates 10,20,40,80] [--step-seconds 20] [--max-idle 10000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import requests
+
+from deploy.stack.stackctl import REPO, Stack, StackConfig
+
+RESULTS = REPO / "loadtest" / "RESULTS.md"
+OUT = REPO / "results" / "bench"
+PASSWORD = "bench-pass"  # noqa: S105
+SUSTAINABLE_P99_MS = 100.0
+PORTS = {"nginx_port": 28080, "web_port": 28000, "ws_ports": (28001, 28002)}
+
+
+@dataclass
+class Step:
+    backend: str
+    rate: float
+    summary: dict
+
+    @property
+    def sustainable(self) -> bool:
+        s = self.summary
+        p99 = s.get("fanout_p99_ms")
+        return (
+            s.get("sent", 0) > 0
+            and p99 is not None
+            and p99 <= SUSTAINABLE_P99_MS
+            and not (s["lost"] or s["duplicates"] or s["reordered"] or s["rejected"])
+        )
+
+
+def bench_stack(backend: str) -> Stack:
+    return Stack(
+        StackConfig(
+            run_dir=REPO / "run" / f"bench-{backend}",
+            database_url="postgres://postgres@127.0.0.1:5432/parley_bench",
+            redis_url="redis://127.0.0.1:6379/5",
+            env={
+                "CHANNEL_LAYER_BACKEND": backend,
+                # The sweep measures the layer, not the per-socket flood limit.
+                "CHAT_RATE_LIMIT": "100000",
+                # Logins are set-up here, not what is measured.
+                "PASSWORD_HASHERS": "django.contrib.auth.hashers.MD5PasswordHasher",
+                "LOG_LEVEL": "WARNING",
+            },
+            **PORTS,
+        )
+    )
+
+
+def flush_redis(url: str) -> None:
+    import redis
+
+    redis.Redis.from_url(url).flushdb()
+
+
+def seed(stack: Stack, rooms: int, members: int, prefix: str) -> Path:
+    out = stack.run_dir / f"users-{prefix}.json"
+    args = [
+        "seed_loadtest",
+        "--rooms",
+        str(rooms),
+        "--members",
+        str(members),
+        "--password",
+        PASSWORD,
+        "--out",
+        str(out),
+        "--prefix",
+        prefix,
+    ]
+    stack.manage([args])  # one chain of one command
+    return out
+
+
+def _tree_cpu_seconds(root: int, children: dict[int, list[int]]) -> float:
+    total, todo = 0.0, [root]
+    while todo:
+        pid = todo.pop()
+        try:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        todo += children.get(pid, [])
+    return total
+
+
+def stack_cpu(stack: Stack) -> dict[str, float]:
+    """CPU seconds used so far by each stack process and its workers."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
+            continue
+        children.setdefault(ppid, []).append(int(stat.parent.name))
+    return {name: _tree_cpu_seconds(info["pid"], children) for name, info in stack.procs.items()}
+
+
+def run_step(
+    stack: Stack,
+    users_file: Path,
+    backend: str,
+    rate: float,
+    rooms: int,
+    members: int,
+    seconds: int,
+) -> Step:
+    out = OUT / backend / f"rate-{rate:g}"
+    out.mkdir(parents=True, exist_ok=True)
+    argv = [
+        str(Path(sys.executable).with_name("locust")),
+        "--config",
+        "loadtest/locust.conf",
+        "--headless",
+        "--only-summary",
+        "--host",
+        stack.config.url,
+        "--login-host",
+        f"http://127.0.0.1:{stack.config.web_port}",
+        "--users-file",
+        str(users_file),
+        "--rooms",
+        str(rooms),
+        "--members",
+        str(members),
+        "--users",
+        str(rooms * members),
+        "--spawn-rate",
+        str(rooms * members),
+        "--send-rate",
+        str(rate / rooms),
+        "--run-time",
+        f"{seconds}s",
+        "--p99-threshold-ms",
+        str(SUSTAINABLE_P99_MS),
+        "--drain-seconds",
+        "5",
+        "--csv",
+        str(out / "stats"),
+        "--summary-json",
+        str(out / "summary.json"),
+    ]
+    cpu_before, started = stack_cpu(stack), time.monotonic()
+    locust_before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    with open(out / "locust.log", "w") as log:
+        subprocess.run(
+            argv, cwd=REPO, stdout=log, stderr=subprocess.STDOUT, check=False, timeout=seconds + 180
+        )
+    wall = time.monotonic() - started
+    cpu_after, locust_after = stack_cpu(stack), resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = {name: (cpu_after[name] - cpu_before.get(name, 0.0)) / wall * 100 for name in cpu_after}
+    cpu["locust"] = (
+        (
+            locust_after.ru_utime
+            + locust_after.ru_stime
+            - locust_before.ru_utime
+            - locust_before.ru_stime
+        )
+        / wall
+        * 100
+    )
+    try:
+        summary = json.loads((out / "summary.json").read_text())
+    except (OSError, ValueError):
+        summary = {
+            "sent": 0,
+            "lost": 0,
+            "duplicates": 0,
+            "reordered": 0,
+            "rejected": 0,
+            "error": f"no summary; see {out / 'locust.log'}",
+        }
+    summary["cpu_percent"] = cpu
+    return Step(backend, rate, summary)
+
+
+def sweep(backend: str, rates: list[float], rooms: int, members: int, seconds: int) -> list[Step]:
+    stack = bench_stack(backend)
+    stack.down()
+    flush_redis(stack.config.redis_url)
+    stack.up(fresh_db=True)
+    steps: list[Step] = []
+    try:
+        users_file = seed(stack, rooms, members, "bench")
+        for rate in rates:
+            step = run_step(stack, users_file, backend, rate, rooms, members, seconds)
+            steps.append(step)
+            print(row(step), flush=True)
+            if not step.sustainable:
+                break
+    finally:
+        stack.down()
+        stack.drop_database()
+        flush_redis(stack.config.redis_url)
+    return steps
+
+
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    raise RuntimeError(f"no VmRSS for pid {pid}")
+
+
+def login_cookies(base: str, users: list[dict]) -> list[dict]:
+    with ThreadPoolExecutor(8) as pool:
+        return list(pool.map(lambda user: _login_cookie(base, user), users))
+
+
+def _login_cookie(base: str, user: dict) -> dict:
+    s = requests.Session()
+    page = s.get(f"{base}/accounts/login/", timeout=10)
+    token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    r = s.post(
+        f"{base}/accounts/login/",
+        allow_redirects=False,
+        timeout=10,
+        data={"username": user["username"], "password": PASSWORD, "csrfmiddlewaretoken": token},
+        headers={"Origin": base, "Referer": f"{base}/accounts/login/"},
+    )
+    if r.status_code != 302:
+        raise RuntimeError(f"login of {user['username']} failed: {r.status_code}")
+    cookie = "; ".join(f"{k}={v}" for k, v in s.cookies.get_dict().items())
+    return {"cookie": cookie, "conversation": user["conversation"]}
+
+
+@dataclass
+class Idle:
+    points: list[tuple[int, int]]  # (open sockets, daphne RSS KiB), from 0 sockets
+    cpu_percent: float | None = None  # daphne's CPU while holding the most sockets
+    errors: dict[str, int] | None = None  # why the last step's handshakes failed
+
+
+def idle_sockets(max_idle: int, step: int) -> Idle:
+    """Steps of idle sockets up to max_idle or the first failure."""
+    stack = bench_stack("core")
+    stack.down()
+    flush_redis(stack.config.redis_url)
+    stack.up(fresh_db=True)
+    result = Idle(points=[])
+    points = result.points
+    try:
+        # 500 rooms of 2: 20 sockets per room at 10k, so presence joins stay cheap.
+        users = json.loads(seed(stack, 500, 2, "idle").read_text())
+        sessions_file = stack.run_dir / "idle-sessions.json"
+        sessions_file.write_text(
+            json.dumps(login_cookies(f"http://127.0.0.1:{stack.config.web_port}", users))
+        )
+        pid = stack.procs[stack.ws_names[0]]["pid"]
+        points.append((0, rss_kib(pid)))
+        idler = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "loadtest.idle",
+                "--url",
+                f"ws://127.0.0.1:{stack.config.ws_ports[0]}",
+                "--origin",
+                stack.config.url,
+                "--sessions",
+                str(sessions_file),
+                "--max",
+                str(max_idle),
+                "--step",
+                str(step),
+            ],
+            cwd=REPO,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            for line in idler.stdout:
+                report = json.loads(line)
+                if "error" in report:
+                    print(f"idle: {report['error']}", flush=True)
+                    break
+                time.sleep(1.0)  # let the handshakes' garbage settle before reading RSS
+                points.append((report["open"], rss_kib(pid)))
+                print(
+                    f"idle: {report['open']:>6} sockets open ({report['failed']} failed, "
+                    f"{report['closed']} closed): daphne RSS {points[-1][1] / 1024:.1f} MiB",
+                    flush=True,
+                )
+                if report.get("errors"):
+                    print(f"idle: handshake failures: {report['errors']}", flush=True)
+                    result.errors = report["errors"]
+                if report["failed"] or report["closed"] or report["open"] >= max_idle:
+                    # Idle is not free: presence heartbeats and pings. Measure over 15 s.
+                    before, t0 = _tree_cpu_seconds(pid, {}), time.monotonic()
+                    time.sleep(15)
+                    result.cpu_percent = (
+                        (_tree_cpu_seconds(pid, {}) - before) / (time.monotonic() - t0) * 100
+                    )
+                    break
+                idler.stdin.write("\n")
+                idler.stdin.flush()
+        finally:
+            idler.stdin.close()  # the idler closes its sockets and exits
+            idler.wait(timeout=60)
+    finally:
+        stack.down()
+        stack.drop_database()
+        flush_redis(stack.config.redis_url)
+    return result
+
+
+def ms(v: float | None) -> str:
+    return "-" if v is None else f"{v:.1f}"
+
+
+HEADER = (
+    "| layer | offered msg/s | deliveries/s | p50 ms | p95 ms | p99 ms | lost | dup "
+    "| sustainable | CPU % daphne / gunicorn / nginx / locust |\n"
+    "|---|---|---|---|---|---|---|---|---|---|"
+)
+
+
+def row(step: Step) -> str:
+    s = step.summary
+    return (
+        f"| {step.backend} | {s.get('offered_msgs_per_s', 0):.1f} (target {step.rate:g}) "
+        f"| {s.get('deliveries_per_s', 0):.0f} | {ms(s.get('fanout_p50_ms'))} "
+        f"| {ms(s.get('fanout_p95_ms'))} | {ms(s.get('fanout_p99_ms'))} | {s['lost']} "
+        f"| {s['duplicates']} | {'yes' if step.sustainable else 'no'} | {cpu_cell(s)} |"
+    )
+
+
+def cpu_cell(summary: dict) -> str:
+    cpu = summary.get("cpu_percent", {})
+    daphne = sum(v for k, v in cpu.items() if k.startswith("ws"))
+    return " / ".join(
+        f"{v:.0f}" for v in (daphne, cpu.get("web", 0), cpu.get("nginx", 0), cpu.get("locust", 0))
+    )
+
+
+def best(steps: list[Step]) -> float | None:
+    ok = [s.summary["offered_msgs_per_s"] for s in steps if s.sustainable]
+    return max(ok) if ok else None
+
+
+def latency_ratio(steps: dict[str, list[Step]]) -> list[str]:
+    """p99 fan-out of pubsub over core at the highest rate both sustained (the sweep's steps
+    are coarse, so equal ceilings can hide a difference in headroom)."""
+    core = {s.rate: s for s in steps.get("core", []) if s.sustainable}
+    pubsub = {s.rate: s for s in steps.get("pubsub", []) if s.sustainable}
+    common = sorted(set(core) & set(pubsub))
+    if not common:
+        return []
+    rate = common[-1]
+    c, p = core[rate].summary["fanout_p99_ms"], pubsub[rate].summary["fanout_p99_ms"]
+    return [
+        f"At {rate:g} msg/s, p99 fan-out: core {c:.1f} ms, pubsub {p:.1f} ms "
+        f"(pubsub / core {p / c:.2f})."
+    ]
+
+
+def machine() -> str:
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    mem_kib = int(Path("/proc/meminfo").read_text().split()[1])
+    load = os.getloadavg()
+    return (
+        f"{os.cpu_count()} CPUs ({cpu}), {mem_kib / 1024 / 1024:.1f} GiB RAM, "
+        f"{platform.system()} {platform.release()}, Python {platform.python_version()}; "
+        f"load average at the end {load[0]:.1f} / {load[1]:.1f} / {load[2]:.1f}"
+    )
+
+
+def write_results(
+    args: argparse.Namespace,
+    steps: dict[str, list[Step]],
+    idle: Idle,
+    notes: list[str],
+) -> str:
+    lines = [
+        "# Benchmark results",
+        "",
+        f"`make bench` on {datetime.now(UTC):%Y-%m-%d %H:%M} UTC.",
+        "",
+        f"Machine: {machine()}.",
+        "",
+        f"Native stack (nginx, gunicorn with 2 workers, two daphne), Redis and Postgres and "
+        f"the Locust load generator all on this one machine. {args.rooms} rooms of "
+        f"{args.members} members; each rate ran for {args.step_seconds} s (sending starts "
+        f"once every member is online). Sustainable: p99 fan-out <= "
+        f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected. "
+        "CPU % is per process group (100 = one core; the two daphne together), averaged "
+        "over the whole step including its logins.",
+        "",
+        "## Message rate sweep",
+        "",
+        HEADER,
+    ]
+    for backend in steps:
+        lines += [row(s) for s in steps[backend]]
+    lines += [
+        "",
+        "| layer | highest sustainable msg/s | deliveries/s at that rate |",
+        "|---|---|---|",
+    ]
+    for backend, ss in steps.items():
+        b = best(ss)
+        at = next(
+            (
+                s.summary["deliveries_per_s"]
+                for s in ss
+                if s.sustainable and s.summary["offered_msgs_per_s"] == b
+            ),
+            None,
+        )
+        lines.append(
+            f"| {backend} | {'none' if b is None else f'{b:.1f}'} "
+            f"| {'-' if at is None else f'{at:.0f}'} |"
+        )
+    core, pubsub = best(steps.get("core", [])), best(steps.get("pubsub", []))
+    if core and pubsub:
+        lines += ["", f"Ratio pubsub / core (highest sustainable rate): {pubsub / core:.2f}"]
+        lines += latency_ratio(steps)
+    lines += ["", "## Idle sockets on one daphne process", ""]
+    if len(idle.points) > 1:
+        lines += ["| open sockets | daphne RSS MiB |", "|---|---|"]
+        lines += [f"| {n} | {kib / 1024:.1f} |" for n, kib in idle.points]
+        (n0, r0), (n1, r1) = idle.points[0], idle.points[-1]
+        per_k = (r1 - r0) / (n1 - n0) * 1000 / 1024
+        lines += [
+            "",
+            f"Resident memory per 1,000 idle sockets: {per_k:.1f} MiB "
+            f"(slope from {n0} to {n1} sockets).",
+            f"Most idle sockets one daphne process held: {n1} "
+            + (
+                "(the benchmark's bound; it did not fail)"
+                if n1 >= args.max_idle
+                else "(sockets failed to open or were closed beyond this)"
+            )
+            + ".",
+        ]
+        if idle.errors:
+            lines.append(f"Handshake failures in the last step: {idle.errors}.")
+        if idle.cpu_percent is not None:
+            lines.append(
+                f"CPU of that daphne while holding {n1} idle sockets: {idle.cpu_percent:.0f}% "
+                "of a core (websocket pings and presence heartbeats), over 15 s."
+            )
+    else:
+        lines.append("Not measured.")
+    if notes:
+        lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
+    text = "\n".join(lines) + "\n"
+    Path(args.results).write_text(text)
+    return text
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument(
+        "--rates",
+        default="10,20,40,60,80,120,160,240,320",
+        help="offered msg/s (all rooms together), ascending",
+    )
+    parser.add_argument("--results", default=str(RESULTS), help="markdown file to write")
+    parser.add_argument("--rooms", type=int, default=10)
+    parser.add_argument("--members", type=int, default=10)
+    parser.add_argument("--step-seconds", type=int, default=20)
+    parser.add_argument("--backends", default="core,pubsub")
+    parser.add_argument("--max-idle", type=int, default=10000)
+    parser.add_argument("--idle-step", type=int, default=1000)
+    parser.add_argument("--note", action="append", default=[], help="add a note to RESULTS.md")
+    args = parser.parse_args()
+    # daphne inherits this: the idle-socket ceiling should be daphne's, not the fd limit's.
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.max_idle + 1000)), hard))
+    notes = list(args.note)
+    if hard < args.max_idle + 1000:
+        notes.append(f"open-files hard limit {hard} caps the idle-socket measurement")
+    rates = [float(r) for r in args.rates.split(",")]
+    print(HEADER, flush=True)
+    steps = {
+        b: sweep(b, rates, args.rooms, args.members, args.step_seconds)
+        for b in args.backends.split(",")
+        if b
+    }
+    idle = Idle(points=[])
+    if args.max_idle:
+        try:
+            idle = idle_sockets(args.max_idle, args.idle_step)
+        except Exception as exc:  # keep the sweep's results
+            notes.append(f"idle-socket measurement failed: {exc!r}")
+    print("\n" + write_results(args, steps, idle, notes))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
