@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+CHECKOV_VENV ?= .venv-checkov
+OVERLAY ?= dev
 STACK_PORT ?= 8080
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -26,6 +28,7 @@ install: $(VENV)/.installed ## Create .venv and install the locked dependencies 
 lock: ## Re-resolve requirements*.lock from pyproject.toml
 	$(VENV)/bin/uv pip compile -q pyproject.toml -o requirements.lock
 	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile -q deploy/k8s/checkov.in -o deploy/k8s/checkov.lock
 
 .PHONY: dev
 dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PORT) (no services needed)
@@ -49,3 +52,17 @@ fmt: install ## ruff fix and format
 .PHONY: seed
 seed: install ## Create load-test users: ROOMS, MEMBERS, PASSWORD, OUT (uses DATABASE_URL)
 	$(PY) src/manage.py seed_loadtest --rooms $${ROOMS:-10} --members $${MEMBERS:-10} --password $${PASSWORD:-loadtest-pass} --out $${OUT:-results/users.json}
+
+# checkov has its own virtualenv: ~200 MB of cloud SDKs whose pins would fight the dev deps.
+$(CHECKOV_VENV)/.installed: deploy/k8s/checkov.lock | $(VENV)/.installed
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r deploy/k8s/checkov.lock
+	touch $@
+
+.PHONY: k8s-validate
+k8s-validate: install $(CHECKOV_VENV)/.installed ## Render every deploy/k8s overlay: strict schemas, checkov scan, invariant tests
+	REDIS_URL= $(PY) -m pytest tests/k8s $(PYTEST_ARGS)
+
+.PHONY: k8s-secrets
+k8s-secrets: ## Write an overlay's git-ignored secrets.env from its example (OVERLAY=dev|production)
+	$(PYTHON) deploy/k8s/gen_secrets.py deploy/k8s/overlays/$(OVERLAY)
