@@ -43,10 +43,16 @@ def open_socket_count() -> int:
     return len(_sockets)
 
 
+def mark_draining() -> None:
+    """/readyz answers 503 and new handshakes are refused from now on (idempotent)."""
+    if not _state["draining"]:
+        _state["draining"] = True
+        _state["since"] = time.monotonic()
+
+
 async def begin_drain(timeout: float) -> int:
     """Close every open socket with 1012; returns how many were still open at the deadline."""
-    _state["draining"] = True
-    _state["since"] = time.monotonic()
+    mark_draining()
     consumers = list(_sockets)
     logger.info("drain started", extra={"open_sockets": len(consumers)})
     await asyncio.gather(

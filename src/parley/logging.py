@@ -9,6 +9,7 @@ import re
 import time
 import uuid
 from collections.abc import Callable
+from typing import Any
 
 from django.http import HttpRequest, HttpResponse
 
@@ -33,7 +34,13 @@ class RequestIdFilter(logging.Filter):
 
 
 class JsonFormatter(logging.Formatter):
-    _skip = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "request_id"}
+    # color_message: uvicorn's ANSI-coloured copy of msg.
+    _skip = set(vars(logging.makeLogRecord({}))) | {
+        "message",
+        "asctime",
+        "request_id",
+        "color_message",
+    }
 
     def format(self, record: logging.LogRecord) -> str:
         entry = {
@@ -46,7 +53,9 @@ class JsonFormatter(logging.Formatter):
         }
         for key, value in vars(record).items():
             if key not in self._skip and not key.startswith("_"):
-                entry[key] = value if isinstance(value, (int, float, bool, type(None))) else str(value)
+                entry[key] = (
+                    value if isinstance(value, (int, float, bool, type(None))) else str(value)
+                )
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
         return json.dumps(entry, ensure_ascii=False)
@@ -59,7 +68,10 @@ class RequestIdMiddleware:
         self.get_response = get_response
 
     def __call__(self, request: HttpRequest) -> HttpResponse:
-        rid = clean_request_id(request.headers.get("X-Request-ID"))
+        # Under ASGI, AccessLogMiddleware has already bound the id for this connection.
+        rid = request_id_var.get()
+        if rid == "-":
+            rid = clean_request_id(request.headers.get("X-Request-ID"))
         token = request_id_var.set(rid)
         try:
             response = self.get_response(request)
@@ -67,3 +79,82 @@ class RequestIdMiddleware:
             request_id_var.reset(token)
         response["X-Request-ID"] = rid
         return response
+
+
+access_logger = logging.getLogger("parley.access")
+
+
+def _header(scope: dict, name: bytes) -> bytes | None:
+    for key, value in scope.get("headers", []):
+        if key == name:
+            return value
+    return None
+
+
+class AccessLogMiddleware:
+    """ASGI access log, one JSON line per HTTP request and per websocket, for gunicorn and
+    daphne alike. It binds the request id (X-Request-ID from nginx, or a fresh one) to the
+    logging context of the whole connection, so the app's own log lines carry it too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        rid = clean_request_id(_header(scope, b"x-request-id"))
+        request_id_var.set(rid)  # this task (one connection) only
+        started = time.monotonic()
+        state: dict[str, Any] = {"status": None, "close_code": None}
+        client = scope.get("client")
+        fields = {
+            "type": scope["type"],
+            "path": scope.get("path", ""),
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+
+        async def send_wrapper(message: dict) -> None:
+            kind = message["type"]
+            if kind == "http.response.start":
+                state["status"] = message["status"]
+            elif kind == "websocket.accept":
+                state["status"] = 101
+                access_logger.info("websocket open", extra=fields)
+            elif kind == "websocket.close" and state["close_code"] is None:
+                state["close_code"] = message.get("code", 1000)
+            await send(message)
+
+        async def receive_wrapper() -> dict:
+            message = await receive()
+            if message["type"] == "websocket.disconnect" and state["close_code"] is None:
+                state["close_code"] = message.get("code", 1006)
+            return message
+
+        try:
+            await self.app(scope, receive_wrapper, send_wrapper)
+        finally:
+            elapsed = round((time.monotonic() - started) * 1000, 1)
+            if scope["type"] == "http":
+                access_logger.info(
+                    "%s %s %s",
+                    scope.get("method"),
+                    fields["path"],
+                    state["status"],
+                    extra={
+                        **fields,
+                        "method": scope.get("method"),
+                        "status": state["status"],
+                        "duration_ms": elapsed,
+                    },
+                )
+            else:
+                access_logger.info(
+                    "websocket closed",
+                    extra={
+                        **fields,
+                        "status": state["status"] or 403,
+                        "close_code": state["close_code"],
+                        "duration_ms": elapsed,
+                    },
+                )

@@ -1,0 +1,517 @@
+"""The native production stack on loopback: nginx -> gunicorn (HTTP) + two daphne (websockets).
+
+    python deploy/stack/stackctl.py up | down | status      (`make stack`, `make stack-down`)
+
+Environment: STACK_DIR (./run/stack), STACK_PORT (8080, nginx), STACK_WEB_PORT (8000),
+STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/parley_stack),
+REDIS_URL (redis://127.0.0.1:6379/3), WEB_WORKERS (2); any other app setting (CHAT_*, ...)
+is passed through. State, pids, logs, the generated secret and the nginx prefix live in
+STACK_DIR. The test harness (tests/stack/harness.py) drives the same class with other ports.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+REPO = Path(__file__).resolve().parents[2]
+NGINX_DIR = REPO / "deploy" / "nginx"
+
+
+class StackError(RuntimeError):
+    pass
+
+
+@dataclass
+class StackConfig:
+    run_dir: Path = REPO / "run" / "stack"
+    nginx_port: int = 8080
+    web_port: int = 8000
+    ws_ports: tuple[int, int] = (8001, 8002)
+    database_url: str = "postgres://postgres@127.0.0.1:5432/parley_stack"
+    redis_url: str = "redis://127.0.0.1:6379/3"
+    web_workers: int = 2
+    # App settings for every process (on top of the inherited environment).
+    env: dict[str, str] = field(default_factory=dict)
+
+    @classmethod
+    def from_env(cls) -> StackConfig:
+        env = os.environ
+        ws_ports = tuple(int(p) for p in env.get("STACK_WS_PORTS", "8001,8002").split(","))
+        if len(ws_ports) != 2:
+            raise StackError("STACK_WS_PORTS must name exactly two ports, e.g. 8001,8002")
+        return cls(
+            run_dir=Path(env.get("STACK_DIR", REPO / "run" / "stack")).resolve(),
+            nginx_port=int(env.get("STACK_PORT", "8080")),
+            web_port=int(env.get("STACK_WEB_PORT", "8000")),
+            ws_ports=ws_ports,  # type: ignore[arg-type]
+            database_url=env.get("DATABASE_URL", cls.database_url),
+            redis_url=env.get("REDIS_URL", cls.redis_url),
+            web_workers=int(env.get("WEB_WORKERS", "2")),
+        )
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.nginx_port}"
+
+
+def nginx_binary() -> str | None:
+    return shutil.which("nginx") or next(
+        (p for p in ("/usr/sbin/nginx", "/usr/local/sbin/nginx") if os.access(p, os.X_OK)), None
+    )
+
+
+def ensure_nginx() -> str:
+    """nginx from Debian's apt if it is missing (CI starts from a bare image)."""
+    found = nginx_binary()
+    if found:
+        return found
+    if os.geteuid() != 0 and not shutil.which("sudo"):
+        raise StackError("nginx is not installed; install it (apt-get install nginx) and retry")
+    sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+    apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    print("stack: installing nginx with apt-get", file=sys.stderr)
+    install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"]
+    if subprocess.run(install, env=apt_env, check=False).returncode != 0:
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], env=apt_env, check=True)
+        subprocess.run(install, env=apt_env, check=True)
+    found = nginx_binary()
+    if not found:
+        raise StackError("apt-get install nginx succeeded but no nginx binary was found")
+    return found
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of a process: tells our process from a recycled pid."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    fields = stat.rsplit(")", 1)[1].split()
+    return None if fields[0] == "Z" else fields[19]
+
+
+def _port_open(port: int) -> bool:
+    with socket.socket() as sock:
+        sock.settimeout(0.5)
+        return sock.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _http_status(url: str, timeout: float = 2.0) -> int | None:
+    try:
+        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+            return response.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except (OSError, ValueError):
+        return None
+
+
+class Stack:
+    def __init__(self, config: StackConfig | None = None) -> None:
+        self.config = config or StackConfig.from_env()
+        self.run_dir = self.config.run_dir
+        self.log_dir = self.run_dir / "logs"
+        self.state_file = self.run_dir / "stack.json"
+        self.popens: dict[str, subprocess.Popen] = {}
+        self.procs: dict[str, dict] = self._load_state()
+
+    # --- state ----------------------------------------------------------------------------
+
+    def _load_state(self) -> dict[str, dict]:
+        try:
+            return json.loads(self.state_file.read_text())["processes"]
+        except (OSError, ValueError, KeyError):
+            return {}
+
+    def _save_state(self) -> None:
+        self.state_file.write_text(
+            json.dumps({"url": self.config.url, "processes": self.procs}, indent=1)
+        )
+
+    @property
+    def url(self) -> str:
+        return self.config.url
+
+    @property
+    def ws_names(self) -> list[str]:
+        return [f"ws{i + 1}" for i in range(len(self.config.ws_ports))]
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
+    def alive(self, name: str) -> bool:
+        info = self.procs.get(name)
+        if not info:
+            return False
+        popen = self.popens.get(name)
+        if popen is not None:
+            return popen.poll() is None
+        return _start_time(info["pid"]) == info["start_time"]
+
+    def running(self) -> list[str]:
+        return [name for name in self.procs if self.alive(name)]
+
+    # --- environment ----------------------------------------------------------------------
+
+    def _secret_key(self) -> str:
+        if os.environ.get("SECRET_KEY"):
+            return os.environ["SECRET_KEY"]
+        path = self.run_dir / "secret_key"
+        if not path.exists():
+            path.write_text(secrets.token_urlsafe(50))
+            path.chmod(0o600)
+        return path.read_text().strip()
+
+    def app_env(self) -> dict[str, str]:
+        c = self.config
+        origins = [f"http://127.0.0.1:{c.nginx_port}", f"http://localhost:{c.nginx_port}"]
+        env = {
+            **os.environ,
+            "DEBUG": "0",
+            "SECRET_KEY": self._secret_key(),
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "CSRF_TRUSTED_ORIGINS": ",".join(origins),
+            "HTTPS": "0",  # plain HTTP on loopback: cookies without the Secure flag
+            "STATIC_MANIFEST": "1",
+            "STATIC_ROOT": str(self.run_dir / "static"),
+            "DATABASE_URL": c.database_url,
+            "REDIS_URL": c.redis_url,
+            "WEB_WORKERS": str(c.web_workers),
+            "FORWARDED_ALLOW_IPS": "127.0.0.1",
+            "PYTHONPATH": str(REPO / "src"),
+            "PYTHONUNBUFFERED": "1",
+            "DJANGO_SETTINGS_MODULE": "parley.settings",
+            **c.env,
+        }
+        return env
+
+    # --- database -------------------------------------------------------------------------
+
+    def ensure_database(self, fresh: bool = False) -> None:
+        """Creates the stack's database if missing (dropping it first when `fresh`)."""
+        import psycopg
+        from psycopg import sql
+
+        parts = urlsplit(self.config.database_url)
+        name = parts.path.lstrip("/")
+        admin_url = urlunsplit(parts._replace(path="/postgres"))
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            if fresh:
+                conn.execute(
+                    sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(name))
+                )
+            exists = conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", [name]).fetchone()
+            if not exists:
+                conn.execute(sql.SQL("CREATE DATABASE {}").format(sql.Identifier(name)))
+
+    def drop_database(self) -> None:
+        import psycopg
+        from psycopg import sql
+
+        parts = urlsplit(self.config.database_url)
+        admin_url = urlunsplit(parts._replace(path="/postgres"))
+        with psycopg.connect(admin_url, autocommit=True, connect_timeout=5) as conn:
+            conn.execute(
+                sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(
+                    sql.Identifier(parts.path.lstrip("/"))
+                )
+            )
+
+    # --- nginx prefix ---------------------------------------------------------------------
+
+    def nginx_prefix(self) -> Path:
+        """The nginx prefix in the run dir: the shared deploy/nginx files (symlinked), plus
+        the two per-environment includes: the loopback listen and the rendered upstreams."""
+        c = self.config
+        prefix = self.run_dir / "nginx"
+        (prefix / "parley").mkdir(parents=True, exist_ok=True)
+        links = {
+            prefix / "nginx.conf": NGINX_DIR / "nginx.conf",
+            prefix / "parley" / "parley.conf": NGINX_DIR / "parley.conf",
+        }
+        for link, target in links.items():
+            if link.is_symlink() or link.exists():
+                link.unlink()
+            link.symlink_to(target)
+        (prefix / "parley" / "listen.conf").write_text(
+            f"# written by deploy/stack/stackctl.py\nlisten 127.0.0.1:{c.nginx_port};\n"
+        )
+        upstreams = (NGINX_DIR / "upstreams" / "stack.conf").read_text()
+        for default, port in (
+            ("8000", c.web_port),
+            ("8001", c.ws_ports[0]),
+            ("8002", c.ws_ports[1]),
+        ):
+            needle = f"127.0.0.1:{default};" if default == "8000" else f"127.0.0.1:{default} "
+            if upstreams.count(needle) != 1:
+                raise StackError(f"deploy/nginx/upstreams/stack.conf: expected one {needle!r}")
+            upstreams = upstreams.replace(needle, needle.replace(default, str(port)))
+        (prefix / "parley" / "upstreams.conf").write_text(upstreams)
+        return prefix
+
+    def nginx_argv(self, *extra: str) -> list[str]:
+        prefix = self.nginx_prefix()
+        directives = "daemon off;"
+        if os.geteuid() == 0 and not all(
+            p.stat().st_mode & 0o001 for p in [prefix, *prefix.parents]
+        ):
+            # Root's workers would run as `nobody`, who cannot reach a run dir under a
+            # private home; this loopback stack then keeps them as root.
+            directives += " user root;"
+        return [
+            ensure_nginx(),
+            "-p",
+            f"{prefix}/",
+            "-c",
+            str(prefix / "nginx.conf"),
+            "-g",
+            directives,
+            *extra,
+        ]
+
+    def nginx_test(self) -> subprocess.CompletedProcess:
+        return subprocess.run(self.nginx_argv("-t"), capture_output=True, text=True, check=False)
+
+    def reload_nginx(self) -> None:
+        subprocess.run(self.nginx_argv("-s", "reload"), check=True, capture_output=True)
+
+    # --- processes ------------------------------------------------------------------------
+
+    def _argv(self, name: str) -> tuple[list[str], dict[str, str]]:
+        c, env, py = self.config, self.app_env(), sys.executable
+        if name == "web":
+            env["WEB_BIND"] = f"127.0.0.1:{c.web_port}"
+            return [
+                py,
+                "-m",
+                "gunicorn",
+                "-c",
+                str(REPO / "deploy" / "gunicorn.conf.py"),
+                "parley.asgi:application",
+            ], env
+        if name in self.ws_names:
+            env["WS_BIND"] = "127.0.0.1"
+            env["WS_PORT"] = str(c.ws_ports[self.ws_names.index(name)])
+            return [py, "-m", "parley.serve_ws"], env
+        if name == "nginx":
+            return self.nginx_argv(), env
+        raise StackError(f"unknown process {name!r}")
+
+    def spawn(self, name: str, env_overrides: dict[str, str] | None = None) -> int:
+        argv, env = self._argv(name)
+        env.update(env_overrides or {})
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        with open(self.log_path(name), "ab") as log:
+            popen = subprocess.Popen(  # noqa: S603
+                argv,
+                env=env,
+                cwd=REPO,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        self.popens[name] = popen
+        self.procs[name] = {"pid": popen.pid, "start_time": _start_time(popen.pid), "argv": argv}
+        self._save_state()
+        return popen.pid
+
+    def manage(self, *commands: list[str], timeout: float = 120) -> None:
+        """Runs manage.py commands concurrently (each one a list of arguments)."""
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        running = []
+        for args in commands:
+            log = open(self.log_path(f"setup-{args[0]}"), "ab")  # noqa: SIM115 (closed below)
+            running.append(
+                (
+                    args,
+                    log,
+                    subprocess.Popen(  # noqa: S603
+                        [sys.executable, str(REPO / "src" / "manage.py"), *args],
+                        env=self.app_env(),
+                        cwd=REPO,
+                        stdin=subprocess.DEVNULL,
+                        stdout=log,
+                        stderr=subprocess.STDOUT,
+                    ),
+                )
+            )
+        failed = []
+        for args, log, popen in running:
+            try:
+                code = popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                popen.kill()
+                code = popen.wait()
+            log.close()
+            if code != 0:
+                failed.append(
+                    f"manage.py {' '.join(args)} failed:\n{self.tail(f'setup-{args[0]}')}"
+                )
+        if failed:
+            raise StackError("\n".join(failed))
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path(name).read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def health_url(self, name: str) -> str:
+        c = self.config
+        if name == "web":
+            return f"http://127.0.0.1:{c.web_port}/healthz"
+        if name == "nginx":
+            return f"{c.url}/nginx-health"
+        return f"http://127.0.0.1:{c.ws_ports[self.ws_names.index(name)]}/healthz"
+
+    def wait_healthy(self, names: list[str], timeout: float = 60.0) -> None:
+        deadline = time.monotonic() + timeout
+        pending = list(names)
+        while pending:
+            for name in list(pending):
+                if not self.alive(name):
+                    raise StackError(f"{name} exited during start-up:\n{self.tail(name)}")
+                if _http_status(self.health_url(name)) == 200:
+                    pending.remove(name)
+            if pending and time.monotonic() > deadline:
+                tails = "\n".join(f"--- {n}\n{self.tail(n)}" for n in pending)
+                raise StackError(f"not healthy after {timeout:g}s: {pending}\n{tails}")
+            if pending:
+                time.sleep(0.1)
+
+    # --- lifecycle ------------------------------------------------------------------------
+
+    def up(self, fresh_db: bool = False, timeout: float = 90.0) -> None:
+        if self.running():
+            raise StackError(
+                f"stack already running in {self.run_dir} ({self.running()}); "
+                "stop it with `make stack-down`"
+            )
+        c = self.config
+        ensure_nginx()
+        busy = [p for p in (c.nginx_port, c.web_port, *c.ws_ports) if _port_open(p)]
+        if busy:
+            raise StackError(f"ports already in use on 127.0.0.1: {busy}")
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.procs = {}
+        self._save_state()
+        result = self.nginx_test()
+        if result.returncode != 0:
+            raise StackError(f"nginx -t failed:\n{result.stderr}")
+        try:
+            self.ensure_database(fresh=fresh_db)
+            self.manage(["wait_for_deps", "--timeout", "30"])
+            self.manage(["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"])
+            for name in ("web", *self.ws_names, "nginx"):
+                self.spawn(name)
+            self.wait_healthy(["web", *self.ws_names, "nginx"], timeout=timeout)
+            if _http_status(f"{c.url}/readyz", timeout=5) != 200:
+                raise StackError(f"{c.url}/readyz is not 200:\n{self.tail('web')}")
+        except BaseException:
+            self.down()
+            raise
+
+    def send_signal(self, name: str, sig: int) -> None:
+        if self.alive(name):
+            os.kill(self.procs[name]["pid"], sig)
+
+    def wait_exit(self, name: str, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self.alive(name):
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.05)
+        return True
+
+    def stop_process(
+        self, name: str, sig: int | None = signal.SIGTERM, timeout: float = 20.0
+    ) -> None:
+        """Signals the process (unless sig is None: already signalled), waits, then kills
+        whatever is left of its process group (its workers)."""
+        info = self.procs.get(name)
+        if not info:
+            return
+        if sig is not None:
+            self.send_signal(name, sig)
+        if not self.wait_exit(name, timeout):
+            print(f"stack: {name} did not stop in {timeout:g}s; killing it", file=sys.stderr)
+        self._kill_group(info["pid"])
+        popen = self.popens.pop(name, None)
+        if popen is not None:
+            popen.wait(timeout=5)
+
+    def _kill_group(self, pgid: int) -> None:
+        # Each process leads its own session (start_new_session), so its group holds exactly
+        # it and its workers; the group id is the recorded pid.
+        deadline = time.monotonic() + 5
+        while True:
+            try:
+                os.killpg(pgid, signal.SIGKILL)
+            except ProcessLookupError:
+                return
+            except PermissionError:
+                return  # pid recycled by another user's process group: not ours
+            if time.monotonic() > deadline:
+                raise StackError(f"process group {pgid} survived SIGKILL")
+            time.sleep(0.05)
+
+    def down(self, timeout: float = 20.0) -> None:
+        names = [n for n in ("nginx", *self.ws_names, "web") if n in self.procs]
+        for name in names:
+            self.send_signal(name, signal.SIGTERM)
+        for name in names:
+            self.stop_process(name, sig=None, timeout=timeout)
+        self.procs = {}
+        if self.run_dir.exists():
+            self._save_state()
+
+    def status(self) -> dict[str, bool]:
+        return {name: self.alive(name) for name in self.procs}
+
+
+def main(argv: list[str]) -> int:
+    command = argv[1] if len(argv) > 1 else "status"
+    stack = Stack()
+    try:
+        if command == "up":
+            stack.up()
+            c = stack.config
+            print(
+                f"stack: up at {c.url}  (gunicorn :{c.web_port}, daphne "
+                f":{c.ws_ports[0]} :{c.ws_ports[1]}; logs in {stack.log_dir})"
+            )
+        elif command == "down":
+            stack.down()
+            print("stack: stopped")
+        elif command == "status":
+            state = stack.status()
+            for name, alive in state.items():
+                word = "running" if alive else "stopped"
+                print(f"{name:6} {word}  pid {stack.procs[name]['pid']}")
+            if not state:
+                print("stack: not running")
+        else:
+            print(__doc__, file=sys.stderr)
+            return 2
+    except StackError as exc:
+        print(f"stack: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv))

@@ -1,0 +1,207 @@
+"""A private native stack for tests: nginx, gunicorn and two daphne as real processes.
+
+Reusable by any test suite: give it its own ports, database and Redis db index.
+
+    stack = Stack(name="serving", nginx_port=18080, web_port=18000, ws_ports=(18001, 18002),
+                  redis_db=4)
+    stack.start()            # fresh database, migrations, processes up and healthy
+    stack.url                # http://127.0.0.1:18080 (nginx)
+    stack.kill_ws(0, signal.SIGTERM)   # daphne #0 (ws_ports[0]); waits for it to exit
+    stack.restart_ws(0)
+    stack.stop()             # processes gone, database dropped, Redis db flushed
+
+Process management lives in deploy/stack/stackctl.py, the same code `make stack` runs.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import psycopg
+import redis
+import requests
+
+from deploy.stack.stackctl import REPO, StackConfig, StackError
+from deploy.stack.stackctl import Stack as _Stack
+
+__all__ = ["Stack", "StackError", "login", "wait_until"]
+
+
+def wait_until(
+    predicate: Callable[[], object], timeout: float, what: str, interval: float = 0.05
+) -> object:
+    """Polls `predicate` until it returns something truthy; fails after `timeout`."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}")
+        time.sleep(interval)
+
+
+def login(base_url: str, username: str, password: str) -> requests.Session:
+    """Logs in the way a browser does: GET the form (CSRF cookie + field), POST it."""
+    session = requests.Session()
+    page = session.get(f"{base_url}/accounts/login/", timeout=10)
+    page.raise_for_status()
+    token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
+    response = session.post(
+        f"{base_url}/accounts/login/",
+        data={"username": username, "password": password, "csrfmiddlewaretoken": token},
+        headers={"Referer": f"{base_url}/accounts/login/", "Origin": base_url},
+        allow_redirects=False,
+        timeout=10,
+    )
+    if response.status_code != 302 or "sessionid" not in session.cookies:
+        raise AssertionError(f"login of {username} failed: {response.status_code}")
+    return session
+
+
+class Stack(_Stack):
+    def __init__(
+        self,
+        name: str = "serving",
+        nginx_port: int = 18080,
+        web_port: int = 18000,
+        ws_ports: tuple[int, int] = (18001, 18002),
+        redis_db: int = 4,
+        env: dict[str, str] | None = None,
+        web_workers: int = 2,
+    ) -> None:
+        self.db_name = f"parley_stacktest_{name}"
+        self.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+        defaults = {
+            # Fast logins (the stack is a test fixture), INFO so access lines are logged.
+            "PASSWORD_HASHERS": "django.contrib.auth.hashers.MD5PasswordHasher",
+            "LOG_LEVEL": "INFO",
+            # Long enough to observe /readyz 503 on a draining daphne before it stops
+            # listening; production default is 0.
+            "WS_DRAIN_DELAY": "1.5",
+            "CHAT_DRAIN_SECONDS": "5",
+            "DB_POOL_MAX_SIZE": "4",
+            "WAIT_FOR_DEPS_TIMEOUT": "30",
+        }
+        super().__init__(
+            StackConfig(
+                run_dir=REPO / "run" / f"stacktest-{name}",
+                nginx_port=nginx_port,
+                web_port=web_port,
+                ws_ports=ws_ports,
+                database_url=f"postgres://postgres@127.0.0.1:5432/{self.db_name}",
+                redis_url=self.redis_url,
+                web_workers=web_workers,
+                env={**defaults, **(env or {})},
+            )
+        )
+
+    @property
+    def processes(self) -> int:
+        """Processes that hold database pools: gunicorn workers plus the daphnes."""
+        return self.config.web_workers + len(self.config.ws_ports)
+
+    @property
+    def pool_size(self) -> int:
+        return int(self.config.env["DB_POOL_MAX_SIZE"])
+
+    def start(self) -> None:
+        self.down()  # a previous run's leftovers (recorded pids only)
+        redis.Redis.from_url(self.redis_url).flushdb()
+        self.up(fresh_db=True)
+
+    def stop(self) -> None:
+        self.down()
+        try:
+            self.drop_database()
+        finally:
+            redis.Redis.from_url(self.redis_url).flushdb()
+
+    # --- addresses ------------------------------------------------------------------------
+
+    @property
+    def ws_base(self) -> str:
+        return self.url.replace("http://", "ws://")
+
+    def ws_port(self, i: int) -> int:
+        return self.config.ws_ports[i]
+
+    def web_url(self) -> str:
+        """gunicorn directly (not through nginx): for test set-up such as many logins,
+        which nginx would rate limit."""
+        return f"http://127.0.0.1:{self.config.web_port}"
+
+    # --- websocket processes --------------------------------------------------------------
+
+    def kill_ws(
+        self, i: int, sig: int = signal.SIGTERM, wait: bool = True, timeout: float = 15.0
+    ) -> int | None:
+        """Signals daphne #i (0-based); with `wait`, returns its exit code once it exited."""
+        self.send_signal(self.ws_names[i], sig)
+        return self.wait_ws_exit(i, timeout) if wait else None
+
+    def wait_ws_exit(self, i: int, timeout: float = 15.0) -> int | None:
+        """Waits for daphne #i to exit; its exit code (-N for signal N)."""
+        name = self.ws_names[i]
+        if not self.wait_exit(name, timeout):
+            raise AssertionError(f"{name} still running after {timeout:g}s")
+        popen = self.popens.get(name)
+        return popen.wait(timeout=1) if popen else None
+
+    def restart_ws(self, i: int, env: dict[str, str] | None = None) -> None:
+        name = self.ws_names[i]
+        if self.alive(name):
+            self.stop_process(name)
+        self.spawn(name, env)
+        self.wait_healthy([name], timeout=60)
+
+    # --- logs and database ----------------------------------------------------------------
+
+    def log_records(self, name: str) -> list[dict]:
+        records = []
+        for line in self.log_path(name).read_text(errors="replace").splitlines():
+            try:
+                records.append(json.loads(line))
+            except ValueError:
+                continue  # a non-JSON line (e.g. a traceback from the interpreter itself)
+        return records
+
+    def find_log(self, name: str, predicate: Callable[[dict], bool]) -> dict | None:
+        return next((r for r in self.log_records(name) if predicate(r)), None)
+
+    def sql(self, query: str, params: list | None = None) -> list[tuple]:
+        with psycopg.connect(self.config.database_url, connect_timeout=5) as conn:
+            return conn.execute(query, params).fetchall()
+
+    def app_connections(self) -> int:
+        """The app's rows in pg_stat_activity (from another database, so this probe does
+        not count itself)."""
+        admin = self.config.database_url.rsplit("/", 1)[0] + "/postgres"
+        with psycopg.connect(admin, connect_timeout=5) as conn:
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE datname = %s", [self.db_name]
+            ).fetchone()
+        return int(row[0])
+
+    def seed(self, rooms: int, members: int, password: str, prefix: str) -> list[dict]:
+        out = Path(self.run_dir) / f"users-{prefix}.json"
+        self.manage(
+            [
+                "seed_loadtest",
+                "--rooms",
+                str(rooms),
+                "--members",
+                str(members),
+                "--password",
+                password,
+                "--out",
+                str(out),
+                "--prefix",
+                prefix,
+            ]
+        )
+        return json.loads(out.read_text())

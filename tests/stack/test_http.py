@@ -1,0 +1,165 @@
+"""HTTP through nginx: the config, pages and login, headers, static files, limits, request ids."""
+
+from __future__ import annotations
+
+import http.client
+import re
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.stack.conftest import PASSWORD
+from tests.stack.harness import REPO, login, wait_until
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+CSP = (
+    "default-src 'self'; script-src 'self'; style-src 'self'; connect-src 'self'; "
+    "img-src 'self' data:"
+)
+
+
+def test_nginx_config_passes_nginx_t(stack):
+    result = stack.nginx_test()
+    assert result.returncode == 0, result.stderr
+    assert "test is successful" in result.stderr
+
+
+@pytest.mark.parametrize("env", ["stack", "compose", "k8s"])
+def test_every_upstream_file_defines_both_upstreams_and_nothing_else(env):
+    text = (REPO / "deploy" / "nginx" / "upstreams" / f"{env}.conf").read_text()
+    code = re.sub(r"#.*", "", text)
+    assert sorted(re.findall(r"^\s*(\w+)\s+(\w+)\s*\{", code, re.M)) == [
+        ("upstream", "parley_web"),
+        ("upstream", "parley_ws"),
+    ]
+    assert "keepalive" in code.split("parley_ws")[0]  # keepalive on the web upstream
+
+
+def test_nginx_health(stack):
+    response = requests.get(f"{stack.url}/nginx-health", timeout=5)
+    assert response.status_code == 200
+    assert response.text == "ok\n"
+
+
+def test_pages_and_login_through_nginx(stack, rooms):
+    username = next(iter(rooms.values()))[0]
+    anonymous = requests.get(f"{stack.url}/", allow_redirects=False, timeout=10)
+    assert anonymous.status_code == 302
+    assert anonymous.headers["Location"].startswith("/accounts/login/")
+
+    session = login(stack.url, username, PASSWORD)
+    home = session.get(f"{stack.url}/", timeout=10)
+    assert home.status_code == 200
+    assert f"Signed in as <strong>{username}</strong>" in home.text
+    assert requests.get(f"{stack.url}/readyz", timeout=10).json()["status"] == "ok"
+
+
+def test_security_headers_on_pages_errors_and_health(stack):
+    for path in ("/accounts/login/", "/no-such-page", "/nginx-health"):
+        response = requests.get(f"{stack.url}{path}", timeout=10)
+        headers = response.headers
+        assert headers["Content-Security-Policy"].startswith(CSP), path
+        assert "frame-ancestors 'none'" in headers["Content-Security-Policy"]
+        assert headers["X-Frame-Options"] == "DENY"
+        assert headers["X-Content-Type-Options"] == "nosniff"
+        assert headers["Referrer-Policy"] == "same-origin"
+        assert "Server" not in headers or headers["Server"] == "nginx"  # no version
+        # Sent once: the app's copies are hidden behind nginx's.
+        raw = response.raw.headers
+        assert len(raw.getlist("X-Frame-Options")) == 1
+        assert len(raw.getlist("X-Request-ID")) == 1
+
+
+def test_hashed_static_files_are_cached_long_and_gzipped(stack):
+    page = requests.get(f"{stack.url}/accounts/login/", timeout=10).text
+    script = re.search(r'src="(/static/chat/vendor/htmx-[^"]+\.[0-9a-f]{12}\.js)"', page)
+    assert script, "expected a hashed static URL (manifest storage)"
+    response = requests.get(
+        f"{stack.url}{script.group(1)}", headers={"Accept-Encoding": "gzip"}, timeout=10
+    )
+    assert response.status_code == 200
+    assert "max-age=31536000" in response.headers["Cache-Control"]
+    assert "immutable" in response.headers["Cache-Control"]
+    assert response.headers["Content-Encoding"] == "gzip"
+    assert response.headers["Content-Security-Policy"].startswith(CSP)
+
+
+def test_html_is_gzipped(stack):
+    response = requests.get(
+        f"{stack.url}/accounts/login/", headers={"Accept-Encoding": "gzip"}, timeout=10
+    )
+    assert response.headers.get("Content-Encoding") == "gzip"
+
+
+def _post_login(source_ip: str, port: int) -> int:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source_ip, 0))
+    try:
+        conn.request(
+            "POST",
+            "/accounts/login/",
+            body="username=x&password=y",
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        )
+        response = conn.getresponse()
+        body = response.read().decode()
+        if response.status == 429:
+            assert "Too many attempts" in body
+            assert response.getheader("Retry-After") == "60"
+        return response.status
+    finally:
+        conn.close()
+
+
+def test_login_and_signup_posts_are_rate_limited_per_client_with_a_429_page(stack):
+    port = stack.config.nginx_port
+    # Its own loopback source address: its own bucket, so other tests' logins are not hit.
+    statuses = [_post_login("127.0.0.2", port) for _ in range(20)]
+    assert statuses[0] == 403  # reached Django (no CSRF token), not limited
+    assert 429 in statuses
+    first = statuses.index(429)
+    assert all(s == 429 for s in statuses[first:])
+    # Another client is unaffected, and GETs of the form are never limited.
+    assert _post_login("127.0.0.3", port) == 403
+    for _ in range(3):
+        conn = http.client.HTTPConnection(
+            "127.0.0.1", port, timeout=10, source_address=("127.0.0.2", 0)
+        )
+        conn.request("GET", "/accounts/signup/")
+        assert conn.getresponse().status == 200
+        conn.close()
+
+
+def test_request_id_reaches_the_app_log_and_comes_back(stack):
+    response = requests.get(
+        f"{stack.url}/healthz",
+        timeout=10,
+        headers={"X-Request-ID": "client-chosen", "X-Forwarded-For": "6.6.6.6"},
+    )
+    rid = response.headers["X-Request-ID"]
+    assert re.fullmatch(r"[0-9a-f]{32}", rid)  # nginx's own id, not the client's
+    record = wait_until(
+        lambda: stack.find_log(
+            "web", lambda r: r.get("request_id") == rid and r.get("logger") == "parley.access"
+        ),
+        timeout=10,
+        what="the web access line with the request id",
+    )
+    assert record["path"] == "/healthz" and record["status"] == 200
+    # nginx overwrote the forged X-Forwarded-For; gunicorn trusted nginx's value.
+    assert record["client"].startswith("127.0.0.1:")
+    nginx_line = wait_until(
+        lambda: stack.find_log("nginx", lambda r: r.get("request_id") == rid),
+        timeout=10,
+        what="the nginx access line",
+    )
+    assert nginx_line["upstream"] == f"127.0.0.1:{stack.config.web_port}"
+
+
+def test_every_app_log_line_is_json(stack):
+    for name in ("web", *stack.ws_names):
+        lines = [line for line in Path(stack.log_path(name)).read_text().splitlines() if line]
+        assert lines
+        bad = [line for line in lines if not line.startswith("{")]
+        assert not bad, f"{name}: {bad[:3]}"

@@ -1,0 +1,189 @@
+"""Websockets through nginx across two daphne processes: broadcast over Redis, drain on SIGTERM,
+recovery after SIGKILL, nginx reload. After every recovery each client holds every message
+exactly once, in order, and the database agrees."""
+
+from __future__ import annotations
+
+import signal
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.stack.harness import wait_until
+from tests.stack.wsclient import CLOSE_ABNORMAL, ChatSocket
+
+pytestmark = [pytest.mark.stack, pytest.mark.slow]
+
+
+def connect(stack, conversation_id: int, cookies: dict, after: int | None = None) -> ChatSocket:
+    return ChatSocket(stack.ws_base, stack.url, conversation_id, cookies).connect(after=after)
+
+
+def daphne_of(stack, sock: ChatSocket) -> int:
+    """Which daphne serves this socket: the one whose log has its handshake's request id."""
+    assert sock.request_id, "nginx returns X-Request-ID on the websocket handshake"
+
+    def find():
+        for i, name in enumerate(stack.ws_names):
+            if stack.find_log(
+                name,
+                lambda r: (
+                    r.get("request_id") == sock.request_id and r.get("msg") == "websocket open"
+                ),
+            ):
+                return str(i)
+        return None
+
+    return int(wait_until(find, timeout=10, what=f"websocket {sock.request_id} in a daphne log"))
+
+
+def pair_on_two_daphnes(stack, conversation_id, cookies_a, cookies_b):
+    a = connect(stack, conversation_id, cookies_a)
+    b = connect(stack, conversation_id, cookies_b)
+    for _ in range(10):  # least_conn puts the second socket on the idle daphne; make sure
+        if daphne_of(stack, a) != daphne_of(stack, b):
+            break
+        b.close()
+        b = connect(stack, conversation_id, cookies_b)
+    else:
+        raise AssertionError("nginx never spread two sockets over the two daphnes")
+    return a, b, daphne_of(stack, a), daphne_of(stack, b)
+
+
+def stored(stack, conversation_id: int) -> list[tuple[int, str]]:
+    return [
+        (seq, body)
+        for seq, body in stack.sql(
+            "SELECT seq, body FROM chat_message WHERE conversation_id = %s ORDER BY seq",
+            [conversation_id],
+        )
+    ]
+
+
+def converse(a: ChatSocket, b: ChatSocket, label: str, rounds: int = 3) -> None:
+    for n in range(rounds):
+        a.send(f"{label} a{n}")
+        b.send(f"{label} b{n}")
+
+
+def assert_complete(stack, conversation_id: int, *clients: ChatSocket, sent: list[str]) -> None:
+    rows = stored(stack, conversation_id)
+    last = rows[-1][0]
+    assert [seq for seq, _ in rows] == list(range(1, last + 1))
+    assert sorted(body for _, body in rows) == sorted(sent)  # each send stored exactly once
+    for client in clients:
+        client.wait_seq(last)
+        assert client.seqs == list(range(1, last + 1)), "missing, duplicated or out of order"
+
+
+def readyz(port: int) -> int | None:
+    try:
+        return requests.get(f"http://127.0.0.1:{port}/readyz", timeout=2).status_code
+    except requests.ConnectionError:
+        return None
+
+
+def test_users_on_different_daphnes_chat_through_redis(stack, room, cookies):
+    conversation_id, (alice, bob, _) = room
+    a, b, _, _ = pair_on_two_daphnes(stack, conversation_id, cookies(alice), cookies(bob))
+    try:
+        a.send("hello from the first daphne")
+        b.wait_text("hello from the first daphne")
+        b.send("hello back from the second")
+        a.wait_text("hello back from the second")
+        assert_complete(
+            stack,
+            conversation_id,
+            a,
+            b,
+            sent=["hello from the first daphne", "hello back from the second"],
+        )
+    finally:
+        a.close()
+        b.close()
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGKILL], ids=["SIGTERM", "SIGKILL"])
+def test_killing_a_daphne_mid_conversation_loses_and_duplicates_nothing(stack, room, cookies, sig):
+    conversation_id, (alice, bob, _) = room
+    a, b, ia, _ = pair_on_two_daphnes(stack, conversation_id, cookies(alice), cookies(bob))
+    sent: list[str] = []
+    try:
+        converse(a, b, "before")
+        sent += [f"before {w}{n}" for n in range(3) for w in "ab"]
+        a.wait_seq(6)
+        b.wait_seq(6)
+
+        stack.send_signal(stack.ws_names[ia], sig)
+        b.send("while a's daphne goes down")
+        sent.append("while a's daphne goes down")
+        if sig == signal.SIGTERM:
+            # Draining: readiness fails at once, while the process still listens.
+            port = stack.ws_port(ia)
+            assert (
+                wait_until(lambda: readyz(port) in (503, None), timeout=5, what="readyz to fail")
+                == 503
+            )
+            assert a.wait_close() == 1012
+        else:
+            assert a.wait_close() == CLOSE_ABNORMAL
+        exit_code = stack.wait_ws_exit(ia, timeout=15)
+        assert exit_code == (0 if sig == signal.SIGTERM else -signal.SIGKILL)
+
+        b.send("while a is away")
+        sent.append("while a is away")
+        b.wait_seq(8)
+        a.reconnect()  # ?after=<last seq a rendered>; lands on the surviving daphne
+        assert daphne_of(stack, a) != ia
+        converse(a, b, "after")
+        sent += [f"after {w}{n}" for n in range(3) for w in "ab"]
+        assert_complete(stack, conversation_id, a, b, sent=sent)
+    finally:
+        a.close()
+        b.close()
+        stack.restart_ws(ia)
+
+
+def _workers(master_pid: int) -> set[int]:
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == master_pid:
+            children.add(int(stat.parent.name))
+    return children
+
+
+def test_nginx_reload_keeps_open_sockets_and_accepts_new_ones(stack, room, cookies):
+    conversation_id, (alice, bob, carol) = room
+    master = stack.procs["nginx"]["pid"]
+    old_workers = _workers(master)
+    a, b, _, _ = pair_on_two_daphnes(stack, conversation_id, cookies(alice), cookies(bob))
+    try:
+        a.send("before reload")
+        b.wait_seq(1)
+        stack.reload_nginx()
+        wait_until(lambda: _workers(master) - old_workers, timeout=10, what="new nginx workers")
+        # The old workers keep serving these sockets (until worker_shutdown_timeout).
+        b.send("after reload")
+        a.wait_seq(2)
+        c = connect(stack, conversation_id, cookies(carol), after=0)
+        try:
+            c.wait_seq(2)  # replay through a new worker
+            c.send("from a new worker")
+            assert_complete(
+                stack,
+                conversation_id,
+                a,
+                b,
+                c,
+                sent=["before reload", "after reload", "from a new worker"],
+            )
+        finally:
+            c.close()
+    finally:
+        a.close()
+        b.close()
