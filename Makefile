@@ -26,9 +26,11 @@ install: $(VENV)/.installed ## Create .venv and install the locked dependencies 
 
 .PHONY: lock
 lock: ## Re-resolve requirements*.lock from pyproject.toml
-	$(VENV)/bin/uv pip compile -q pyproject.toml -o requirements.lock
-	$(VENV)/bin/uv pip compile -q pyproject.toml --extra dev -o requirements-dev.lock
-	$(VENV)/bin/uv pip compile -q deploy/k8s/checkov.in -o deploy/k8s/checkov.lock
+	@# --universal: markers instead of this interpreter's answers, so the same lock installs on
+	@# any Python 3.11.x (Debian's 3.11.2 needs async-timeout for redis-py, 3.11.3+ does not).
+	$(VENV)/bin/uv pip compile -q --universal pyproject.toml -o requirements.lock
+	$(VENV)/bin/uv pip compile -q --universal pyproject.toml --extra dev -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile -q --universal deploy/k8s/checkov.in -o deploy/k8s/checkov.lock
 
 .PHONY: dev
 dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PORT) (no services needed)
@@ -43,6 +45,7 @@ test: install ## Run the test suite against the local Postgres and Redis
 lint: install ## ruff check and format check
 	$(VENV)/bin/ruff check src tests
 	$(VENV)/bin/ruff format --check src tests
+	$(MAKE) --no-print-directory lint-docker
 
 .PHONY: fmt
 fmt: install ## ruff fix and format
@@ -66,3 +69,87 @@ k8s-validate: install $(CHECKOV_VENV)/.installed ## Render every deploy/k8s over
 .PHONY: k8s-secrets
 k8s-secrets: ## Write an overlay's git-ignored secrets.env from its example (OVERLAY=dev|production)
 	$(PYTHON) deploy/k8s/gen_secrets.py deploy/k8s/overlays/$(OVERLAY)
+
+# --- Docker Compose (README "Running with Docker Compose") ----------------------------------
+DOCKER ?= docker
+# `docker compose` (v2) when the plugin is there, else Debian's docker-compose 1.29.
+COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo docker-compose)
+# Letters and digits only: docker-compose 1.29 strips anything else from project names.
+COMPOSE_PROJECT ?= parley
+ENV_FILE ?= .env
+PARLEY_IMAGE ?= parley:latest
+# Behind a TLS-intercepting proxy: the proxy's CA bundle, for the image's build stage only.
+EXTRA_CA_BUNDLE ?=
+# STANDINS=1 selects the images deploy/standins/build.sh makes from Debian packages (for
+# machines without a registry); otherwise the official images (or *_IMAGE from the env).
+ifeq ($(STANDINS),1)
+PYTHON_IMAGE ?= parley-standin/python:3.11
+POSTGRES_IMAGE ?= parley-standin/postgres:15
+REDIS_IMAGE ?= parley-standin/redis:7
+NGINX_IMAGE ?= parley-standin/nginx:1.22
+endif
+PYTHON_IMAGE ?= python:3.11-slim-bookworm
+# Exported only when set, so values in $(ENV_FILE) still apply otherwise.
+ifdef POSTGRES_IMAGE
+export POSTGRES_IMAGE
+endif
+ifdef REDIS_IMAGE
+export REDIS_IMAGE
+endif
+ifdef NGINX_IMAGE
+export NGINX_IMAGE
+endif
+export PARLEY_IMAGE PYTHON_IMAGE
+export PARLEY_ENV_FILE := $(ENV_FILE)
+DC := $(COMPOSE) -p $(COMPOSE_PROJECT) -f docker-compose.prod.yml --env-file $(ENV_FILE)
+
+$(ENV_FILE):
+	deploy/docker/make-env.sh .env.example $@
+
+.PHONY: env
+env: $(ENV_FILE) ## Create .env from .env.example with a fresh SECRET_KEY and database password (if missing)
+
+.PHONY: build
+build: ## Build the app image (PYTHON_IMAGE base, EXTRA_CA_BUNDLE for a TLS-intercepting proxy)
+	deploy/docker/build.sh "$(PARLEY_IMAGE)" "$(PYTHON_IMAGE)" "$(EXTRA_CA_BUNDLE)"
+
+.PHONY: up
+up: $(ENV_FILE) build ## Start the production stack with Docker Compose and wait until it is healthy
+	$(DC) up -d --remove-orphans
+	deploy/docker/wait-healthy.sh $(COMPOSE_PROJECT) $${UP_TIMEOUT:-300}
+
+.PHONY: down
+down: ## Stop and remove the stack's containers (volumes, i.e. the database, are kept)
+	$(DC) down --remove-orphans
+
+.PHONY: wipe-volumes
+wipe-volumes: ## DESTROYS DATA: stop the stack and delete its volumes (the Postgres database)
+	$(DC) down --remove-orphans --volumes
+
+.PHONY: logs
+logs: ## Follow the stack's logs (SERVICE=ws for one service)
+	$(DC) logs -f --tail=100 $(SERVICE)
+
+.PHONY: ps
+ps: ## List the stack's containers and their health
+	$(DC) ps
+
+.PHONY: migrate
+migrate: ## Run the migrate one-shot again (after an upgrade)
+	$(DC) run --rm --no-deps migrate
+
+.PHONY: createsuperuser
+createsuperuser: ## Create a Django admin user in the running stack
+	$(DC) exec web parley-entrypoint manage createsuperuser
+
+.PHONY: shell
+shell: ## Django shell in the running stack
+	$(DC) exec web parley-entrypoint manage shell
+
+.PHONY: lint-docker
+lint-docker: install ## hadolint the Dockerfile and the stand-in Dockerfiles
+	$(VENV)/bin/hadolint Dockerfile deploy/standins/*/Dockerfile
+
+.PHONY: standins
+standins: ## Build stand-in base images from Debian packages (for machines without a registry)
+	deploy/standins/build.sh

@@ -39,15 +39,22 @@ def main(argv: list[str]) -> int:
         print(f"gen_secrets: no {example}: is {overlay} an overlay directory?", file=sys.stderr)
         return 2
     if target.exists():
-        print(f"gen_secrets: {target} exists; left as it is (delete it to start over)",
-              file=sys.stderr)
+        print(
+            f"gen_secrets: {target} exists; left as it is (delete it to start over)",
+            file=sys.stderr,
+        )
         return 1
     text = render(example.read_text())
     target.write_text(text)
     target.chmod(0o600)
     print(f"gen_secrets: wrote {target}")
-    todo = sorted({line.split("=", 1)[0] for line in text.splitlines()
-                   if TO_FILL.search(line) and not line.startswith("#")})
+    todo = sorted(
+        {
+            line.split("=", 1)[0]
+            for line in text.splitlines()
+            if TO_FILL.search(line) and not line.startswith("#")
+        }
+    )
     if todo:
         print(f"gen_secrets: now fill in {', '.join(todo)} (change-me-* values) in {target}")
     return 0

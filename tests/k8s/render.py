@@ -45,7 +45,10 @@ def stage(workdir: Path) -> Path:
 def build(kustomization: Path) -> list[Doc]:
     result = subprocess.run(
         [kubectl(), "kustomize", str(kustomization)],
-        capture_output=True, text=True, timeout=60, check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
     )
     if result.returncode != 0:
         raise AssertionError(f"kubectl kustomize {kustomization} failed:\n{result.stderr}")

@@ -18,13 +18,18 @@ from kubernetes_validate.utils import SchemaNotFoundError
 from tests.k8s.render import K8S, K8S_VERSION, OVERLAYS, REPO, Doc, build, stage
 
 APP_ROLES = {"web": 8000, "ws": 8001}
-LABELS = ("app.kubernetes.io/name", "app.kubernetes.io/instance",
-          "app.kubernetes.io/part-of", "app.kubernetes.io/managed-by")
+LABELS = (
+    "app.kubernetes.io/name",
+    "app.kubernetes.io/instance",
+    "app.kubernetes.io/part-of",
+    "app.kubernetes.io/managed-by",
+)
 GATEWAY_API = "gateway.networking.k8s.io/v1"
 COMPOSE = REPO / "docker-compose.prod.yml"
 
 
 # --- rendering ----------------------------------------------------------------------------
+
 
 @pytest.fixture(scope="module")
 def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
@@ -62,8 +67,11 @@ def one(docs: list[Doc], kind: str, name: str) -> Doc:
 
 def generated(docs: list[Doc], kind: str, prefix: str) -> Doc:
     """A generator's output: its name carries a content hash suffix."""
-    found = [d for d in of_kind(docs, kind) if re.fullmatch(
-        rf"{prefix}-[a-z0-9]{{10}}", d["metadata"]["name"])]
+    found = [
+        d
+        for d in of_kind(docs, kind)
+        if re.fullmatch(rf"{prefix}-[a-z0-9]{{10}}", d["metadata"]["name"])
+    ]
     assert len(found) == 1, f"expected one generated {kind} {prefix}-<hash>"
     return found[0]
 
@@ -93,10 +101,17 @@ def app_config(docs: list[Doc]) -> dict[str, str]:
 def test_every_overlay_renders_the_whole_stack(rendered: dict[str, list[Doc]]) -> None:
     for name in OVERLAYS:
         kinds = {(d["kind"], d["metadata"]["name"]) for d in rendered[name]}
-        for kind, obj in [("Namespace", "parley"), ("Deployment", "web"), ("Deployment", "ws"),
-                          ("Deployment", "nginx"), ("Job", "migrate"), ("Service", "web"),
-                          ("Service", "ws"), ("Service", "nginx"),
-                          ("NetworkPolicy", "default-deny-all")]:
+        for kind, obj in [
+            ("Namespace", "parley"),
+            ("Deployment", "web"),
+            ("Deployment", "ws"),
+            ("Deployment", "nginx"),
+            ("Job", "migrate"),
+            ("Service", "web"),
+            ("Service", "ws"),
+            ("Service", "nginx"),
+            ("NetworkPolicy", "default-deny-all"),
+        ]:
             assert (kind, obj) in kinds, f"{name}: no {kind}/{obj}"
         generated(rendered[name], "Secret", "parley-secrets")
         generated(rendered[name], "ConfigMap", "nginx-config")
@@ -126,6 +141,7 @@ def test_production_shards_the_channel_layer_over_several_redis() -> None:
 
 # --- schemas and policy scan --------------------------------------------------------------
 
+
 def test_rendered_output_validates_strictly(docs: list[Doc]) -> None:
     unchecked = set()
     for doc in docs:
@@ -149,8 +165,9 @@ def test_strict_validation_rejects_an_unknown_field(rendered: dict[str, list[Doc
 def test_checkov_finds_nothing(staged: Path, rendered: dict[str, list[Doc]]) -> None:
     checkov = REPO / ".venv-checkov" / "bin" / "checkov"
     if not checkov.exists():
-        subprocess.run(["make", "-s", ".venv-checkov/.installed"], cwd=REPO, check=True,
-                       timeout=600)
+        subprocess.run(
+            ["make", "-s", ".venv-checkov/.installed"], cwd=REPO, check=True, timeout=600
+        )
     files = []
     for name in OVERLAYS:
         out = staged / f"{name}.yaml"
@@ -158,7 +175,10 @@ def test_checkov_finds_nothing(staged: Path, rendered: dict[str, list[Doc]]) -> 
         files += ["-f", str(out)]
     result = subprocess.run(
         [str(checkov), "--config-file", str(K8S / ".checkov.yaml"), *files, "-o", "json"],
-        capture_output=True, text=True, timeout=300, check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     report = json.loads(result.stdout)
     failed = [(c["check_id"], c["resource"]) for c in report["results"]["failed_checks"]]
@@ -168,6 +188,7 @@ def test_checkov_finds_nothing(staged: Path, rendered: dict[str, list[Doc]]) -> 
 
 
 # --- labels -------------------------------------------------------------------------------
+
 
 def test_every_object_and_pod_carries_the_app_labels(docs: list[Doc]) -> None:
     for doc in docs:
@@ -184,6 +205,7 @@ def test_kustomizations_use_labels_not_common_labels() -> None:
 
 
 # --- containers: probes, resources, securityContext ---------------------------------------
+
 
 def test_every_container_has_resources_and_a_locked_down_security_context(
     docs: list[Doc],
@@ -222,7 +244,8 @@ def test_every_long_running_container_has_three_probes(docs: list[Doc]) -> None:
 
 @pytest.mark.parametrize("name", sorted(APP_ROLES))
 def test_app_probes_use_health_endpoints_liveness_never_dependencies(
-    docs: list[Doc], name: str,
+    docs: list[Doc],
+    name: str,
 ) -> None:
     deployment = one(docs, "Deployment", name)
     container = pod(deployment)["containers"][0]
@@ -245,11 +268,15 @@ def test_app_probes_use_health_endpoints_liveness_never_dependencies(
 
 def test_ws_grace_period_covers_prestop_and_drain(docs: list[Doc]) -> None:
     spec = pod(one(docs, "Deployment", "ws"))
-    container = spec["containers"][0]
-    pre_stop = container["lifecycle"]["preStop"]["sleep"]["seconds"]
-    drain = float(app_config(docs)["CHAT_DRAIN_SECONDS"])
-    assert pre_stop >= 1
-    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + 5
+    pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
+    config = app_config(docs)
+    # parley.serve_ws exits at the latest WS_DRAIN_DELAY + CHAT_DRAIN_SECONDS + WS_DRAIN_GRACE
+    # after SIGTERM, which comes after the preStop hook.
+    drain = sum(
+        float(config[k]) for k in ("WS_DRAIN_DELAY", "CHAT_DRAIN_SECONDS", "WS_DRAIN_GRACE")
+    )
+    assert pre_stop >= 1 and float(config["CHAT_DRAIN_SECONDS"]) > 0
+    assert spec["terminationGracePeriodSeconds"] >= pre_stop + drain + 1
 
 
 def test_web_grace_period_covers_graceful_timeout(docs: list[Doc]) -> None:
@@ -268,6 +295,7 @@ def test_rolling_updates_never_take_a_pod_away_first(docs: list[Doc]) -> None:
 
 # --- migrations ---------------------------------------------------------------------------
 
+
 def test_app_pods_wait_for_the_migrate_job(docs: list[Doc]) -> None:
     job = one(docs, "Job", "migrate")
     job_container = pod(job)["containers"][0]
@@ -282,6 +310,7 @@ def test_app_pods_wait_for_the_migrate_job(docs: list[Doc]) -> None:
 
 
 # --- nginx: one source of truth -----------------------------------------------------------
+
 
 def test_nginx_configmap_is_deploy_nginx_verbatim(docs: list[Doc]) -> None:
     nginx_dir = REPO / "deploy" / "nginx"
@@ -314,8 +343,9 @@ def test_nginx_mounts_every_file_where_the_config_expects_it(docs: list[Doc]) ->
 
 def test_nginx_grace_period_covers_its_shutdown_timeout(docs: list[Doc]) -> None:
     spec = pod(one(docs, "Deployment", "nginx"))
-    timeout = re.search(r"worker_shutdown_timeout\s+(\d+)s;",
-                        (REPO / "deploy" / "nginx" / "nginx.conf").read_text())
+    timeout = re.search(
+        r"worker_shutdown_timeout\s+(\d+)s;", (REPO / "deploy" / "nginx" / "nginx.conf").read_text()
+    )
     pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
     bound = int(timeout.group(1)) if timeout else 0
     assert spec["terminationGracePeriodSeconds"] >= pre_stop + bound + 1
@@ -348,14 +378,21 @@ def _mounted_files(container: Doc, volumes: list[Doc]) -> dict[str, str]:
 
 # --- services and exposure ----------------------------------------------------------------
 
+
 def test_every_service_selects_a_workload_and_its_port(docs: list[Doc]) -> None:
     for service in of_kind(docs, "Service"):
         selector = service["spec"]["selector"]
-        matches = [w for w in workloads(docs) if _matches({"matchLabels": selector},
-                                                          w["spec"]["template"]["metadata"]["labels"])]
+        matches = [
+            w
+            for w in workloads(docs)
+            if _matches({"matchLabels": selector}, w["spec"]["template"]["metadata"]["labels"])
+        ]
         assert len(matches) == 1, f"Service {service['metadata']['name']} selects {len(matches)}"
-        ports = {(p.get("name"), p["containerPort"]) for c in pod(matches[0])["containers"]
-                 for p in c.get("ports", [])}
+        ports = {
+            (p.get("name"), p["containerPort"])
+            for c in pod(matches[0])["containers"]
+            for p in c.get("ports", [])
+        }
         for port in service["spec"]["ports"]:
             target = port.get("targetPort", port["port"])
             assert any(target in pair for pair in ports), (service["metadata"]["name"], target)
@@ -363,21 +400,31 @@ def test_every_service_selects_a_workload_and_its_port(docs: list[Doc]) -> None:
 
 def test_workload_selectors_match_their_own_pods(docs: list[Doc]) -> None:
     for workload in of_kind(docs, "Deployment", "StatefulSet"):
-        assert _matches(workload["spec"]["selector"], workload["spec"]["template"]["metadata"]["labels"])
+        assert _matches(
+            workload["spec"]["selector"], workload["spec"]["template"]["metadata"]["labels"]
+        )
     for budget in of_kind(docs, "PodDisruptionBudget"):
-        assert [w for w in workloads(docs) if _matches(
-            budget["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])]
+        assert [
+            w
+            for w in workloads(docs)
+            if _matches(budget["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+        ]
 
 
 def test_autoscalers_own_the_app_replica_counts(rendered: dict[str, list[Doc]]) -> None:
     prod = rendered["production"]
-    targets = {h["spec"]["scaleTargetRef"]["name"] for h in of_kind(prod, "HorizontalPodAutoscaler")}
+    targets = {
+        h["spec"]["scaleTargetRef"]["name"] for h in of_kind(prod, "HorizontalPodAutoscaler")
+    }
     assert targets == set(APP_ROLES)
     for name in APP_ROLES:
         # An applied replicas field would reset the HPA's count on every apply.
         assert "replicas" not in one(prod, "Deployment", name)["spec"]
     assert {b["metadata"]["name"] for b in of_kind(prod, "PodDisruptionBudget")} == {
-        "web", "ws", "nginx"}
+        "web",
+        "ws",
+        "nginx",
+    }
 
 
 def test_gateway_route_reaches_nginx(rendered: dict[str, list[Doc]]) -> None:
@@ -389,7 +436,8 @@ def test_gateway_route_reaches_nginx(rendered: dict[str, list[Doc]]) -> None:
     nginx_port = one(prod, "Service", "nginx")["spec"]["ports"][0]["port"]
     route = one(prod, "HTTPRoute", "parley")
     assert [(p["name"], p["sectionName"]) for p in route["spec"]["parentRefs"]] == [
-        ("parley", "https")]
+        ("parley", "https")
+    ]
     backends = [b for rule in route["spec"]["rules"] for b in rule["backendRefs"]]
     assert backends == [{"name": "nginx", "port": nginx_port}]
     redirect = one(prod, "HTTPRoute", "parley-https-redirect")
@@ -412,28 +460,41 @@ def test_optional_ingress_reaches_nginx(rendered: dict[str, list[Doc]]) -> None:
 
 DNS = ("namespace", "kube-system", "k8s-app=kube-dns")
 IN_CLUSTER = {
-    ("nginx", "web", "TCP", 8000), ("nginx", "ws", "TCP", 8001),
+    ("nginx", "web", "TCP", 8000),
+    ("nginx", "ws", "TCP", 8001),
 }
 DEV_DATASTORES = {
-    ("web", "postgres", "TCP", 5432), ("ws", "postgres", "TCP", 5432),
+    ("web", "postgres", "TCP", 5432),
+    ("ws", "postgres", "TCP", 5432),
     ("migrate", "postgres", "TCP", 5432),
-    ("web", "redis", "TCP", 6379), ("ws", "redis", "TCP", 6379),
+    ("web", "redis", "TCP", 6379),
+    ("ws", "redis", "TCP", 6379),
 }
 MANAGED = ("cidr", "192.0.2.0/24")
 EXPECTED = {
     "dev": {
         "internal": IN_CLUSTER | DEV_DATASTORES,
-        "egress": {(p, DNS, proto, 53) for p in ("nginx", "web", "ws", "migrate")
-                   for proto in ("UDP", "TCP")},
+        "egress": {
+            (p, DNS, proto, 53)
+            for p in ("nginx", "web", "ws", "migrate")
+            for proto in ("UDP", "TCP")
+        },
         "ingress": set(),
     },
     "production": {
         "internal": IN_CLUSTER,
-        "egress": {(p, DNS, proto, 53) for p in ("nginx", "web", "ws", "migrate")
-                   for proto in ("UDP", "TCP")}
-        | {("web", MANAGED, "TCP", 5432), ("ws", MANAGED, "TCP", 5432),
-           ("web", MANAGED, "TCP", 6379), ("ws", MANAGED, "TCP", 6379),
-           ("migrate", MANAGED, "TCP", 5432)},
+        "egress": {
+            (p, DNS, proto, 53)
+            for p in ("nginx", "web", "ws", "migrate")
+            for proto in ("UDP", "TCP")
+        }
+        | {
+            ("web", MANAGED, "TCP", 5432),
+            ("ws", MANAGED, "TCP", 5432),
+            ("web", MANAGED, "TCP", 6379),
+            ("ws", MANAGED, "TCP", 6379),
+            ("migrate", MANAGED, "TCP", 5432),
+        },
         "ingress": {("nginx", ("namespace", "gateway-system"), "TCP", 8080)},
     },
 }
@@ -441,7 +502,8 @@ EXPECTED = {
 
 @pytest.mark.parametrize("overlay", OVERLAYS)
 def test_network_policies_allow_exactly_the_needed_flows(
-    rendered: dict[str, list[Doc]], overlay: str,
+    rendered: dict[str, list[Doc]],
+    overlay: str,
 ) -> None:
     docs = rendered[overlay]
     deny = one(docs, "NetworkPolicy", "default-deny-all")["spec"]
@@ -453,8 +515,9 @@ def test_network_policies_allow_exactly_the_needed_flows(
     # The app's ports line up with the policies: nginx reaches the Services' target ports.
     for src, dst, _, port in flows["internal"]:
         workload = next(w for w in workloads(docs) if role(w) == dst)
-        assert port in {p["containerPort"] for c in pod(workload)["containers"]
-                        for p in c.get("ports", [])}, (src, dst, port)
+        assert port in {
+            p["containerPort"] for c in pod(workload)["containers"] for p in c.get("ports", [])
+        }, (src, dst, port)
 
 
 def _matches(selector: Doc, labels: dict[str, str]) -> bool:
@@ -462,9 +525,12 @@ def _matches(selector: Doc, labels: dict[str, str]) -> bool:
         return False
     for expr in selector.get("matchExpressions", []):
         value, present = labels.get(expr["key"]), expr["key"] in labels
-        ok = {"In": present and value in expr.get("values", []),
-              "NotIn": not present or value not in expr.get("values", []),
-              "Exists": present, "DoesNotExist": not present}[expr["operator"]]
+        ok = {
+            "In": present and value in expr.get("values", []),
+            "NotIn": not present or value not in expr.get("values", []),
+            "Exists": present,
+            "DoesNotExist": not present,
+        }[expr["operator"]]
         if not ok:
             return False
     return True
@@ -478,7 +544,8 @@ def _peers(peer: Doc, pods: dict[str, dict[str, str]]) -> list[tuple]:
     if "namespaceSelector" in peer:
         ns = peer["namespaceSelector"]
         assert set(ns) == {"matchLabels"} and set(ns["matchLabels"]) == {
-            "kubernetes.io/metadata.name"}, f"namespace peer must name one namespace: {ns}"
+            "kubernetes.io/metadata.name"
+        }, f"namespace peer must name one namespace: {ns}"
         pod_sel = peer.get("podSelector", {}).get("matchLabels", {})
         key = ("namespace", ns["matchLabels"]["kubernetes.io/metadata.name"])
         return [key + tuple(f"{k}={v}" for k, v in sorted(pod_sel.items()))]
@@ -504,11 +571,16 @@ def _flows(docs: list[Doc]) -> dict[str, set]:
                         for port in rule["ports"]:
                             for target in targets:
                                 allowed[direction].add(
-                                    (target, key, port.get("protocol", "TCP"), port["port"]))
-    internal = {(src, dst[1], proto, port) for src, dst, proto, port in allowed["Egress"]
-                if dst[0] == "pod" and (dst[1], ("pod", src), proto, port) in allowed["Ingress"]}
-    one_sided = ({(s, d[1], pr, po) for s, d, pr, po in allowed["Egress"] if d[0] == "pod"}
-                 | {(s[1], d, pr, po) for d, s, pr, po in allowed["Ingress"] if s[0] == "pod"})
+                                    (target, key, port.get("protocol", "TCP"), port["port"])
+                                )
+    internal = {
+        (src, dst[1], proto, port)
+        for src, dst, proto, port in allowed["Egress"]
+        if dst[0] == "pod" and (dst[1], ("pod", src), proto, port) in allowed["Ingress"]
+    }
+    one_sided = {(s, d[1], pr, po) for s, d, pr, po in allowed["Egress"] if d[0] == "pod"} | {
+        (s[1], d, pr, po) for d, s, pr, po in allowed["Ingress"] if s[0] == "pod"
+    }
     assert one_sided == internal, f"half-open flows: {one_sided - internal}"
     return {
         "internal": internal,
@@ -519,27 +591,38 @@ def _flows(docs: list[Doc]) -> dict[str, set]:
 
 # --- images and roles: the compose file's ---------------------------------------------------
 
-def test_app_image_and_roles_match_compose(rendered: dict[str, list[Doc]]) -> None:
+
+def test_images_and_roles_match_compose(rendered: dict[str, list[Doc]]) -> None:
     if not COMPOSE.exists():
         pytest.skip("docker-compose.prod.yml is not in this tree yet")
-    compose = yaml.safe_load(COMPOSE.read_text())["services"]
-    base_image = _base_image_name()
-    compose_roles: dict[str, str] = {}
-    for service in compose.values():
-        image = _interpolate(service.get("image", ""))
-        if _repository(image) != base_image:
-            continue
-        command = service.get("command", ["web"])
-        command = command.split() if isinstance(command, str) else command
-        compose_roles[command[0]] = image
-    k8s_roles = {}
-    for workload in workloads(rendered["dev"]):
-        container = pod(workload)["containers"][0]
-        if _repository(container["image"]) == base_image:
-            k8s_roles[container["args"][0]] = container["image"]
-    assert set(k8s_roles) == set(compose_roles) & {"web", "ws", "migrate"}
-    # The dev overlay runs exactly the image compose builds (loaded into the node).
-    assert set(k8s_roles.values()) == {compose_roles["web"]}
+    services = yaml.safe_load(COMPOSE.read_text())["services"]
+    app_image = _base_image_name()
+    compose_roles = {}
+    for name, service in services.items():
+        if _repository(_interpolate(service.get("image", ""))) == app_image:
+            command = service["command"]
+            compose_roles[name] = command.split()[0] if isinstance(command, str) else command[0]
+    assert set(compose_roles.values()) == {"web", "ws", "migrate"}
+    for overlay in OVERLAYS:
+        docs = rendered[overlay]
+        k8s_roles = {}
+        for workload in workloads(docs):
+            container = pod(workload)["containers"][0]
+            if _repository(container["image"]).rsplit("/", 1)[-1] == app_image:
+                k8s_roles[workload["metadata"]["name"]] = container["args"][0]
+        assert k8s_roles == compose_roles, overlay
+    # nginx, Postgres and Redis: the compose file's default images.
+    dev = rendered["dev"]
+    for name in ("nginx", "postgres", "redis"):
+        workload = next(w for w in workloads(dev) if w["metadata"]["name"] == name)
+        assert pod(workload)["containers"][0]["image"] == _interpolate(services[name]["image"])
+    # The dev overlay runs the image compose builds, under a fixed tag.
+    assert (
+        _repository(
+            one(dev, "Deployment", "web")["spec"]["template"]["spec"]["containers"][0]["image"]
+        )
+        == app_image
+    )
 
 
 def _base_image_name() -> str:
@@ -560,9 +643,13 @@ def _repository(image: str) -> str:
 
 # --- secrets ------------------------------------------------------------------------------
 
+
 def _env_file(path: Path) -> dict[str, str]:
-    pairs = (line.split("=", 1) for line in path.read_text().splitlines()
-             if line.strip() and not line.startswith("#"))
+    pairs = (
+        line.split("=", 1)
+        for line in path.read_text().splitlines()
+        if line.strip() and not line.startswith("#")
+    )
     return {k: v for k, v in pairs}
 
 
@@ -570,12 +657,12 @@ def _env_file(path: Path) -> dict[str, str]:
 def test_secrets_come_from_an_ignored_file_with_a_committed_example(overlay: str) -> None:
     directory = K8S / "overlays" / overlay
     assert (directory / "secrets.env.example").is_file()
-    ignored = subprocess.run(["git", "check-ignore", "-q", str(directory / "secrets.env")],
-                             cwd=REPO, check=False)
+    ignored = subprocess.run(
+        ["git", "check-ignore", "-q", str(directory / "secrets.env")], cwd=REPO, check=False
+    )
     assert ignored.returncode == 0, "secrets.env must be git-ignored"
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
-    assert kustomization["secretGenerator"] == [{"name": "parley-secrets",
-                                                  "envs": ["secrets.env"]}]
+    assert kustomization["secretGenerator"] == [{"name": "parley-secrets", "envs": ["secrets.env"]}]
     example = _env_file(directory / "secrets.env.example")
     # A forgotten placeholder must not boot: settings refuse a key under 50 characters.
     assert len(example["SECRET_KEY"]) < 50
@@ -585,7 +672,8 @@ def test_gen_secrets_fills_placeholders_consistently(tmp_path: Path) -> None:
     overlay = tmp_path / "dev"
     overlay.mkdir()
     (overlay / "secrets.env.example").write_text(
-        (K8S / "overlays" / "dev" / "secrets.env.example").read_text())
+        (K8S / "overlays" / "dev" / "secrets.env.example").read_text()
+    )
     script = [sys.executable, str(K8S / "gen_secrets.py"), str(overlay)]
     subprocess.run(script, check=True, capture_output=True, timeout=30)
     env = _env_file(overlay / "secrets.env")

@@ -1,0 +1,60 @@
+# Parley: one image for every process role (web, ws, migrate, manage); see README
+# "Running with Docker Compose". Build with `make build`.
+#
+# BASE_IMAGE defaults to the official slim Python image; CI on machines without a registry
+# passes a stand-in built from Debian packages (deploy/standins/).
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+
+# --- build stage: the locked dependencies, installed into a virtualenv --------------------
+FROM ${BASE_IMAGE} AS builder
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
+# Behind a TLS-intercepting proxy, `make build EXTRA_CA_BUNDLE=/path/ca.pem` places the
+# proxy's CA here; it is added to (never replaces) the system trust store, for pip in this
+# stage only. The final stage copies nothing from /tmp/build-ca.
+COPY deploy/docker/build-ca/ /tmp/build-ca/
+COPY requirements.lock /tmp/requirements.lock
+# --no-deps: the lock is complete, so nothing unpinned can slip in; `pip check` proves it.
+RUN set -eu; \
+    if [ -s /tmp/build-ca/extra-ca.pem ]; then \
+      cat /etc/ssl/certs/ca-certificates.crt /tmp/build-ca/extra-ca.pem > /tmp/build-ca/trust.pem; \
+      export PIP_CERT=/tmp/build-ca/trust.pem; \
+    fi; \
+    python -m venv /opt/venv; \
+    /opt/venv/bin/pip install --no-deps --only-binary=:all: -r /tmp/requirements.lock; \
+    /opt/venv/bin/pip check; \
+    rm -rf /tmp/build-ca
+
+# --- final stage: slim, non-root ------------------------------------------------------------
+FROM ${BASE_IMAGE}
+ARG APP_UID=10001
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PATH=/opt/venv/bin:$PATH \
+    PYTHONPATH=/app/src \
+    DJANGO_SETTINGS_MODULE=parley.settings \
+    STATIC_ROOT=/app/staticfiles
+RUN groupadd --system --gid "$APP_UID" parley \
+ && useradd --system --uid "$APP_UID" --gid parley --home-dir /app --no-create-home \
+      --shell /usr/sbin/nologin parley
+COPY --from=builder /opt/venv /opt/venv
+WORKDIR /app
+COPY deploy/docker/entrypoint.sh /usr/local/bin/parley-entrypoint
+COPY deploy/docker/healthcheck.py /usr/local/bin/parley-healthcheck
+COPY deploy/gunicorn.conf.py deploy/gunicorn.conf.py
+COPY src/ src/
+# Hashed, compressed static files for whitenoise. The SECRET_KEY is a random throwaway that
+# lives only for this command: settings refuse to import without one, and none is kept.
+# Bytecode is compiled here because PYTHONDONTWRITEBYTECODE stops the (read-only) app
+# user from writing it at run time.
+RUN SECRET_KEY="$(python -c 'import secrets; print(secrets.token_urlsafe(64))')" \
+    STATIC_MANIFEST=1 DATABASE_URL=sqlite:////tmp/collectstatic.sqlite3 \
+    python src/manage.py collectstatic --noinput -v 0 \
+ && python -m compileall -q src \
+ && rm -f /tmp/collectstatic.sqlite3
+USER ${APP_UID}:${APP_UID}
+EXPOSE 8000 8001
+# /readyz of whichever server the role runs (web or ws); one-shot roles report healthy.
+HEALTHCHECK --interval=10s --timeout=5s --start-period=30s --retries=3 \
+  CMD ["python", "/usr/local/bin/parley-healthcheck"]
+ENTRYPOINT ["parley-entrypoint"]
+CMD ["web"]

@@ -1,0 +1,46 @@
+#!/bin/sh
+# One image, several process roles. `exec` replaces this shell, so the server is the process
+# that receives the stop signal (SIGTERM) and drains; nothing is left between them.
+set -eu
+
+usage() {
+  cat >&2 <<'USAGE'
+usage: <image> ROLE [ARGS...]
+  web       gunicorn + uvicorn workers (deploy/gunicorn.conf.py), after wait_for_deps
+  ws        daphne (python -m parley.serve_ws), after wait_for_deps
+  migrate   python src/manage.py migrate --noinput
+  manage    python src/manage.py ARGS... (e.g. createsuperuser, shell)
+USAGE
+}
+
+role=${1:-web}
+[ "$#" -gt 0 ] && shift
+
+case "$role" in
+  web)
+    python src/manage.py wait_for_deps
+    exec gunicorn -c deploy/gunicorn.conf.py "$@" parley.asgi:application
+    ;;
+  ws)
+    python src/manage.py wait_for_deps
+    exec python -m parley.serve_ws "$@"
+    ;;
+  migrate)
+    exec python src/manage.py migrate --noinput "$@"
+    ;;
+  manage)
+    if [ "$#" -eq 0 ]; then
+      echo "parley: 'manage' needs a management command, e.g. 'manage createsuperuser'" >&2
+      exit 64
+    fi
+    exec python src/manage.py "$@"
+    ;;
+  -h | --help | help)
+    usage
+    ;;
+  *)
+    echo "parley: unknown role '$role'" >&2
+    usage
+    exit 64
+    ;;
+esac

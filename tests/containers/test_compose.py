@@ -1,0 +1,502 @@
+"""The production stack in containers, end to end (issue "Containers", steps 1-9):
+
+1. a Docker engine (started here when none answers; skipped, with the reason, if impossible),
+2. the stand-in base images from Debian packages (deploy/standins; kept between runs),
+3. the app image, 4. `make up` with the stand-ins, 5. every service healthy,
+6. through nginx: sign up, log in, two websocket clients exchange a message,
+7. app containers run as non-root, 8. one ws container restarted mid-conversation loses
+nothing (1012 drain, reconnect with ?after replay), 9. torn down, volumes included.
+
+Run once per Compose implementation: Debian's docker-compose 1.29 and `docker compose` v2.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import re
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+import requests
+
+from tests.containers import engine as eng
+from tests.containers.wsclient import ChatClient
+
+pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1500)]
+
+REPO = eng.REPO
+ARTIFACTS = REPO / "test-artifacts" / "containers"
+APP_IMAGE = "parley:ci"
+APP_UID = 10001
+PASSWORD = "Compose-test-pass-42"  # noqa: S105
+
+
+@dataclass
+class Timings:
+    values: dict[str, float] = field(default_factory=dict)
+
+    def record(self, name: str, started: float) -> None:
+        self.values[name] = round(time.monotonic() - started, 1)
+        print(f"timing {name}: {self.values[name]} s")
+        ARTIFACTS.mkdir(parents=True, exist_ok=True)
+        (ARTIFACTS / "timings.json").write_text(json.dumps(self.values, indent=2))
+
+
+TIMINGS = Timings()
+
+
+def make(*args: str, env: dict[str, str] | None = None, timeout: float = 900) -> str:
+    result = eng.run(
+        ["make", "--no-print-directory", *args],
+        cwd=REPO,
+        timeout=timeout,
+        check=False,
+        env={**os.environ, **(env or {})},
+    )
+    if result.returncode != 0:
+        raise AssertionError(
+            f"make {' '.join(args)} failed ({result.returncode}):\n"
+            f"{result.stdout[-3000:]}\n{result.stderr[-3000:]}"
+        )
+    return result.stdout
+
+
+def docker(*args: str, timeout: float = 120, check: bool = True) -> str:
+    return eng.run(["docker", *args], timeout=timeout, check=check).stdout
+
+
+# --- engine, images -------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[eng.Engine]:
+    ARTIFACTS.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    try:
+        engine = eng.ensure_engine(ARTIFACTS)
+    except eng.EngineUnavailable as exc:
+        print(f"containers: SKIPPED, no Docker engine: {exc}")
+        pytest.skip(f"no Docker engine: {exc}")
+    TIMINGS.record("engine", started)
+    yield engine
+    engine.stop()
+
+
+@pytest.fixture(scope="module")
+def images(engine: eng.Engine) -> str:
+    started = time.monotonic()
+    make("standins", timeout=1200)
+    TIMINGS.record("standin_images", started)
+    started = time.monotonic()
+    make(
+        "build",
+        "STANDINS=1",
+        f"PARLEY_IMAGE={APP_IMAGE}",
+        f"EXTRA_CA_BUNDLE={build_ca_bundle()}",
+        timeout=1200,
+    )
+    TIMINGS.record("app_image", started)
+    return APP_IMAGE
+
+
+def build_ca_bundle() -> str:
+    """The trust store this machine's pip uses (it may include a TLS-intercepting proxy's
+    CA): handed to the build stage only."""
+    for var in ("PARLEY_BUILD_CA_BUNDLE", "PIP_CERT", "SSL_CERT_FILE", "REQUESTS_CA_BUNDLE"):
+        path = os.environ.get(var, "")
+        if path and Path(path).is_file():
+            return path
+    return ""
+
+
+# --- the stack ---------------------------------------------------------------------------------
+
+
+@dataclass
+class Stack:
+    project: str
+    make_args: list[str]
+    env: dict[str, str]
+    port: int
+
+    @property
+    def base(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def make(self, target: str, timeout: float = 900) -> str:
+        return make(target, *self.make_args, env=self.env, timeout=timeout)
+
+    def containers(self) -> dict[str, list[dict]]:
+        ids = docker(
+            "ps", "-aq", "--filter", f"label=com.docker.compose.project={self.project}"
+        ).split()
+        by_service: dict[str, list[dict]] = {}
+        for info in json.loads(docker("inspect", *ids)) if ids else []:
+            service = info["Config"]["Labels"]["com.docker.compose.service"]
+            by_service.setdefault(service, []).append(info)
+        return by_service
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def set_env_values(path: Path, values: dict[str, str]) -> None:
+    lines = path.read_text().splitlines()
+    for key, value in values.items():
+        pattern = re.compile(rf"^#?\s*{key}=")
+        for i, line in enumerate(lines):
+            if pattern.match(line):
+                lines[i] = f"{key}={value}"
+                break
+        else:
+            lines.append(f"{key}={value}")
+    path.write_text("\n".join(lines) + "\n")
+
+
+def compose_flavour(name: str) -> tuple[list[str], dict[str, str]]:
+    try:
+        if name == "v1":
+            return eng.compose_v1(), {}
+        return eng.compose_v2()
+    except eng.EngineUnavailable as exc:
+        print(f"containers: SKIPPED compose {name}: {exc}")
+        pytest.skip(f"compose {name} unavailable: {exc}")
+
+
+@pytest.fixture(params=["v1", "v2"], ids=["docker-compose-1.29", "docker-compose-v2"])
+def stack(request, images: str, tmp_path: Path) -> Iterator[Stack]:
+    command, extra_env = compose_flavour(request.param)
+    project = f"parleyci{request.param}"
+    env_file = tmp_path / "ci.env"
+    port = free_port()
+    stack = Stack(
+        project=project,
+        env=extra_env,
+        port=port,
+        make_args=[
+            f"COMPOSE={' '.join(command)}",
+            f"COMPOSE_PROJECT={project}",
+            f"ENV_FILE={env_file}",
+            "STANDINS=1",
+            f"PARLEY_IMAGE={images}",
+            f"EXTRA_CA_BUNDLE={build_ca_bundle()}",
+        ],
+    )
+    # A leftover of an interrupted earlier run would hold the names and the volume.
+    stack.make("wipe-volumes", timeout=300)
+
+    # `make up` writes the env file from .env.example with fresh secrets; this test only
+    # adapts the address to a free loopback port and plain http (requests, like any
+    # non-browser client, keeps Secure cookies off http).
+    stack.make("env")
+    written = env_file.read_text()
+    assert re.search(r"^SECRET_KEY=[A-Za-z0-9_-]{50,}$", written, re.M)
+    assert re.search(r"^POSTGRES_PASSWORD=[A-Za-z0-9_-]{20,}$", written, re.M)
+    set_env_values(
+        env_file,
+        {
+            "HTTP_BIND": "127.0.0.1",
+            "HTTP_PORT": str(port),
+            "HTTPS": "0",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port}",
+            "HEALTHCHECK_INTERVAL": "2s",
+        },
+    )
+    started = time.monotonic()
+    try:
+        stack.make("up", timeout=600)
+        TIMINGS.record(f"{request.param}_up_healthy", started)
+        yield stack
+    finally:
+        logs = eng.run(
+            [
+                *command,
+                "-p",
+                project,
+                "-f",
+                "docker-compose.prod.yml",
+                "--env-file",
+                str(env_file),
+                "logs",
+                "--no-color",
+                "--tail=300",
+            ],
+            cwd=REPO,
+            check=False,
+            timeout=120,
+            env={**os.environ, **extra_env, "PARLEY_ENV_FILE": str(env_file)},
+        )
+        (ARTIFACTS / f"{project}.log").write_text(logs.stdout + logs.stderr)
+        started = time.monotonic()
+        stack.make("wipe-volumes", timeout=300)
+        TIMINGS.record(f"{request.param}_down", started)
+        assert not docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
+        assert not docker(
+            "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"
+        )
+
+
+# --- steps --------------------------------------------------------------------------------------
+
+
+def check_services(stack: Stack) -> None:
+    """Step 5, and the topology: one healthy nginx, web; two ws; migrate done; db healthy;
+    only nginx publishes a port, and only on loopback here."""
+    services = stack.containers()
+    assert sorted(services) == ["migrate", "nginx", "postgres", "redis", "web", "ws"]
+    assert len(services["ws"]) == 2
+    for name, infos in services.items():
+        for info in infos:
+            state = info["State"]
+            if name == "migrate":
+                assert state["Status"] == "exited" and state["ExitCode"] == 0, state
+                continue
+            assert state["Status"] == "running", (name, state["Status"])
+            assert state["Health"]["Status"] == "healthy", (name, state["Health"])
+            assert info["HostConfig"]["RestartPolicy"]["Name"] == "unless-stopped"
+            assert info["HostConfig"]["Memory"] > 0 and info["HostConfig"]["NanoCpus"] > 0
+            published = {p: b for p, b in (info["NetworkSettings"]["Ports"] or {}).items() if b}
+            if name == "nginx":
+                assert published == {
+                    "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]
+                }
+            else:
+                assert published == {}, (name, published)
+
+
+def sign_up_and_log_in(base: str, username: str) -> requests.Session:
+    signup = requests.Session()
+    signup.get(f"{base}/accounts/signup/", timeout=10).raise_for_status()
+    response = signup.post(
+        f"{base}/accounts/signup/",
+        timeout=30,
+        data={
+            "csrfmiddlewaretoken": signup.cookies["csrftoken"],
+            "username": username,
+            "password1": PASSWORD,
+            "password2": PASSWORD,
+        },
+    )
+    assert response.status_code == 200 and response.url == f"{base}/", response.text[:500]
+
+    session = requests.Session()
+    session.get(f"{base}/accounts/login/", timeout=10).raise_for_status()
+    response = session.post(
+        f"{base}/accounts/login/",
+        timeout=30,
+        data={
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            "username": username,
+            "password": PASSWORD,
+        },
+    )
+    assert response.status_code == 200 and response.url == f"{base}/", response.text[:500]
+    assert "sessionid" in session.cookies
+    return session
+
+
+def start_conversation(base: str, session: requests.Session, other: str) -> int:
+    response = session.post(
+        f"{base}/c/new",
+        timeout=30,
+        data={
+            "csrfmiddlewaretoken": session.cookies["csrftoken"],
+            "usernames": other,
+            "title": "compose ci",
+        },
+    )
+    match = re.fullmatch(rf"{re.escape(base)}/c/(\d+)", response.url)
+    assert response.status_code == 200 and match, (response.status_code, response.url)
+    return int(match.group(1))
+
+
+def check_static_files(base: str, session: requests.Session) -> None:
+    """collectstatic ran at build time: the page links hashed names that are served."""
+    page = session.get(f"{base}/", timeout=10).text
+    hashed = re.findall(r"/static/chat/chat\.[0-9a-f]{12}\.(?:css|js)", page)
+    assert hashed, "no hashed static file linked"
+    for path in hashed:
+        assert session.get(f"{base}{path}", timeout=10).status_code == 200, path
+
+
+def check_non_root(stack: Stack) -> None:
+    """Step 7: every process in the app containers (and nginx) runs as a non-root uid."""
+    services = stack.containers()
+    for name in ("web", "ws", "nginx"):
+        for info in services[name]:
+            status = docker("exec", info["Id"], "sh", "-c", "cat /proc/[0-9]*/status")
+            uids = {int(line.split()[1]) for line in status.splitlines() if line.startswith("Uid:")}
+            assert uids and 0 not in uids, (name, uids)
+            if name != "nginx":
+                assert uids == {APP_UID}, (name, uids)
+                assert info["Config"]["User"] == f"{APP_UID}:{APP_UID}"
+
+
+def check_image_has_no_build_ca(image: str) -> None:
+    """The extra CA bundle reached the build stage only: no copy in the final image, and its
+    trust store is the base image's, byte for byte."""
+    script = (
+        "find / -xdev \\( -name extra-ca.pem -o -name trust.pem -o -name build-ca \\) "
+        "-print; sha256sum /etc/ssl/certs/ca-certificates.crt"
+    )
+    out = docker("run", "--rm", "--entrypoint", "sh", image, "-c", script).split()
+    base_image = "parley-standin/python:3.11"
+    base = docker("run", "--rm", base_image, "sha256sum", "/etc/ssl/certs/ca-certificates.crt")
+    assert out == base.split(), out
+
+
+def ws_connections(container_id: str) -> int:
+    """Established TCP connections to daphne's port 8001 from outside the container (nginx)."""
+    tables = docker(
+        "exec", container_id, "sh", "-c", "cat /proc/net/tcp /proc/net/tcp6 2>/dev/null"
+    )
+    count = 0
+    for line in tables.splitlines()[1:]:
+        parts = line.split()
+        if len(parts) > 3 and parts[1].endswith(":1F41") and parts[3] == "01":
+            remote = parts[2].split(":")[0]
+            if remote not in ("0100007F", "00000000000000000000000001000000"):
+                count += 1
+    return count
+
+
+def wait_healthy(container_id: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        health = docker("inspect", "-f", "{{.State.Health.Status}}", container_id).strip()
+        if health == "healthy":
+            return
+        time.sleep(0.5)
+    raise AssertionError(f"{container_id[:12]} not healthy after {timeout} s")
+
+
+def test_stack_end_to_end(stack: Stack, images: str) -> None:
+    check_services(stack)
+    check_image_has_no_build_ca(images)
+    assert requests.get(f"{stack.base}/nginx-health", timeout=10).status_code == 200
+
+    # Step 6: sign up and log in through nginx; two websocket clients exchange a message.
+    tag = hashlib.sha1(os.urandom(8)).hexdigest()[:6]  # noqa: S324 (a name, not a secret)
+    alice = sign_up_and_log_in(stack.base, f"alice{tag}")
+    bob = sign_up_and_log_in(stack.base, f"bob{tag}")
+    check_static_files(stack.base, alice)
+    conversation = start_conversation(stack.base, alice, f"bob{tag}")
+    ws_base = f"ws://127.0.0.1:{stack.port}"
+    clients = {
+        name: ChatClient(
+            ws_base, stack.base, f"sessionid={session.cookies['sessionid']}", conversation
+        )
+        for name, session in (("alice", alice), ("bob", bob))
+    }
+    a, b = clients["alice"], clients["bob"]
+    try:
+        a.connect()
+        b.connect()
+        first = {a.send("hello bob, through nginx")}
+        b.wait_client_ids(first)
+        a.wait_client_ids(first)
+        reply = {b.send("hello alice")}
+        a.wait_client_ids(reply)
+
+        # Step 7.
+        check_non_root(stack)
+
+        # Step 8: restart the ws container that holds the sockets, mid-conversation.
+        ws_ids = [info["Id"] for info in stack.containers()["ws"]]
+        victim = max(ws_ids, key=ws_connections)
+        assert ws_connections(victim) >= 1
+        restart_conversation(stack, a, b, victim, first | reply)
+    finally:
+        for client in clients.values():
+            client.close()
+
+    # The stored conversation agrees: the page renders every message, in order, once.
+    page = alice.get(f"{stack.base}/c/{conversation}", timeout=10).text
+    stored = [int(s) for s in re.findall(r'class="msg" data-seq="(\d+)"', page)]
+    assert stored == sorted(b.seen) == list(range(1, len(stored) + 1))
+
+
+def restart_conversation(
+    stack: Stack, a: ChatClient, b: ChatClient, victim: str, earlier: set[str]
+) -> None:
+    """Alice keeps talking while one ws container restarts. Like the browser client, a
+    client whose socket closes reconnects with ?after=<last seq> and re-sends, under the same
+    client_id (the server stores it once), what was never echoed back."""
+    sent: dict[str, str] = {}  # client_id -> text
+    restart_error: list[BaseException] = []
+
+    def restart() -> None:
+        try:
+            started = time.monotonic()
+            docker("restart", "-t", "30", victim, timeout=120)
+            TIMINGS.record(f"{stack.project}_ws_restart", started)
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            restart_error.append(exc)
+
+    restarter = threading.Thread(target=restart)
+    closes_before = len(a.closes) + len(b.closes)
+    restarter.start()
+    i = 0
+    # Pace: 2 messages a second stays well under CHAT_RATE_LIMIT (30 per 10 s).
+    while restarter.is_alive() or i < 6:
+        for client in (a, b):
+            if not client.is_open:
+                client.connect(timeout=60)
+                resend_unacknowledged(client, sent)
+        text = f"during restart {i}"
+        # A socket that just closed is reconnected on the next round.
+        with contextlib.suppress(ConnectionError, OSError):
+            sent[a.send(text)] = text
+        i += 1
+        time.sleep(0.5)
+    restarter.join()
+    assert not restart_error, restart_error
+    wait_healthy(victim, timeout=60)
+
+    for client in (a, b):
+        if not client.is_open:
+            client.connect(timeout=60)
+    # Whatever was sent into a closing socket and never echoed is re-sent once more.
+    deadline = time.monotonic() + 20
+    while set(sent) - a.client_ids() and time.monotonic() < deadline:
+        resend_unacknowledged(a, sent)
+        try:
+            a.wait_client_ids(set(sent), timeout=3)
+        except AssertionError:
+            continue
+    after = {a.send("after the restart")}
+    everything = earlier | set(sent) | after
+    a.wait_client_ids(everything, timeout=20)
+    b.wait_client_ids(everything, timeout=20)
+
+    drains = [code for code in (a.closes + b.closes)[closes_before:]]
+    assert 1012 in drains, f"no socket was drained with 1012 (closes: {drains})"
+    for client in (a, b):
+        seqs = sorted(client.seen)
+        assert seqs == list(range(1, len(seqs) + 1)), f"gap in {seqs}"
+        assert client.client_ids() == everything
+        assert len(seqs) == len(everything)  # each message stored once
+    print(
+        f"restart: {len(sent)} messages sent during it, closes {drains}, "
+        f"reconnects a={a.connects - 1} b={b.connects - 1}"
+    )
+
+
+def resend_unacknowledged(client: ChatClient, sent: dict[str, str]) -> None:
+    for client_id in [c for c in sent if c not in client.client_ids()]:
+        try:
+            client.send(sent[client_id], client_id=client_id)
+        except (ConnectionError, OSError):
+            return
