@@ -38,7 +38,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory) -> Path:
     check = copy / "k8s" / "overlays" / "ingress-check"
     check.mkdir()
     (check / "kustomization.yaml").write_text(
-        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\n"
+        "apiVersion: kustomize.config.k8s.io/v1beta1\nkind: Kustomization\nnamespace: parley\n"
         "resources: [../dev]\ncomponents: [../../components/ingress]\n"
     )
     return copy
@@ -169,7 +169,7 @@ def test_checkov_finds_nothing(staged: Path, rendered: dict[str, list[Doc]]) -> 
             ["make", "-s", ".venv-checkov/.installed"], cwd=REPO, check=True, timeout=600
         )
     files = []
-    for name in OVERLAYS:
+    for name in (*OVERLAYS, "ingress-check"):
         out = staged / f"{name}.yaml"
         out.write_text(yaml.safe_dump_all(rendered[name], sort_keys=False))
         files += ["-f", str(out)]
@@ -661,6 +661,10 @@ def test_secrets_come_from_an_ignored_file_with_a_committed_example(overlay: str
         ["git", "check-ignore", "-q", str(directory / "secrets.env")], cwd=REPO, check=False
     )
     assert ignored.returncode == 0, "secrets.env must be git-ignored"
+    tracked = subprocess.run(
+        ["git", "ls-files", str(K8S)], cwd=REPO, capture_output=True, text=True, check=True
+    ).stdout.split()
+    assert not [f for f in tracked if f.endswith("secrets.env")], "a real secrets.env is in git"
     kustomization = yaml.safe_load((directory / "kustomization.yaml").read_text())
     assert kustomization["secretGenerator"] == [{"name": "parley-secrets", "envs": ["secrets.env"]}]
     example = _env_file(directory / "secrets.env.example")
