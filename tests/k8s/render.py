@@ -6,6 +6,9 @@ of deploy/ where each overlay's secrets.env.example stands in for it.
 
 from __future__ import annotations
 
+import functools
+import json
+import re
 import shutil
 import subprocess
 from pathlib import Path
@@ -19,6 +22,8 @@ K8S = DEPLOY / "k8s"
 OVERLAYS = ("dev", "production")
 # Kubernetes version whose schemas the rendered output must satisfy (kubernetes-validate).
 K8S_VERSION = "1.35.0"
+# kustomize `labels` with includeTemplates needs kustomize 5.0+ (kubectl 1.27+).
+MIN_KUSTOMIZE = (5, 0)
 
 Doc = dict[str, Any]
 
@@ -28,9 +33,28 @@ def kubectl() -> str:
     if path is None:
         raise RuntimeError(
             "kubectl not found: the deploy/k8s checks render with `kubectl kustomize` "
-            "(kubectl >= 1.27, for kustomize `labels`); install kubectl and re-run."
+            f"(kustomize {MIN_KUSTOMIZE[0]}.{MIN_KUSTOMIZE[1]}+ inside, i.e. kubectl 1.27+)."
+        )
+    version = _kustomize_version(path)
+    if version < MIN_KUSTOMIZE:
+        raise RuntimeError(
+            f"{path} embeds kustomize {version}; the overlays need {MIN_KUSTOMIZE}+ "
+            "(`labels`, components): use kubectl 1.27 or newer."
         )
     return path
+
+
+@functools.cache
+def _kustomize_version(path: str) -> tuple[int, int]:
+    out = subprocess.run(
+        [path, "version", "--client", "-o", "json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=True,
+    ).stdout
+    found = re.match(r"v?(\d+)\.(\d+)", json.loads(out).get("kustomizeVersion", ""))
+    return (int(found.group(1)), int(found.group(2))) if found else (0, 0)
 
 
 def stage(workdir: Path) -> Path:
