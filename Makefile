@@ -41,10 +41,30 @@ dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PO
 test: install ## Run the test suite against the local Postgres and Redis
 	$(PY) -m pytest $(PYTEST_ARGS)
 
+.PHONY: stack
+stack: install ## Start the production layout on loopback (nginx :8080 or STACK_PORT, gunicorn, 2 daphne; ./run/stack)
+	STACK_PORT=$(STACK_PORT) $(PY) deploy/stack/stackctl.py up
+
+.PHONY: stack-down
+stack-down: install ## Stop `make stack` (every process it started, workers included)
+	$(PY) deploy/stack/stackctl.py down
+
+.PHONY: stack-reload
+stack-reload: install ## Reload the stack's nginx config (nginx -s reload; websockets reconnect and replay)
+	$(PY) deploy/stack/stackctl.py reload
+
+.PHONY: stack-status
+stack-status: install ## Show which `make stack` processes are running
+	$(PY) deploy/stack/stackctl.py status
+
+.PHONY: test-stack
+test-stack: install ## Run only the native-stack tests (tests/stack: nginx, gunicorn, two daphne)
+	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
+
 .PHONY: lint
 lint: install ## ruff check and format check
-	$(VENV)/bin/ruff check src tests
-	$(VENV)/bin/ruff format --check src tests
+	$(VENV)/bin/ruff check src tests deploy
+	$(VENV)/bin/ruff format --check src tests deploy
 	$(MAKE) --no-print-directory lint-docker
 
 .PHONY: fmt

@@ -1,6 +1,6 @@
 """The native production stack on loopback: nginx -> gunicorn (HTTP) + two daphne (websockets).
 
-    python deploy/stack/stackctl.py up | down | status      (`make stack`, `make stack-down`)
+    python deploy/stack/stackctl.py up | down | status | reload   (`make stack`, `make stack-down`)
 
 Environment: STACK_DIR (./run/stack), STACK_PORT (8080, nginx), STACK_WEB_PORT (8000),
 STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/parley_stack),
@@ -22,6 +22,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
@@ -329,38 +330,33 @@ class Stack:
         self._save_state()
         return popen.pid
 
-    def manage(self, *commands: list[str], timeout: float = 120) -> None:
-        """Runs manage.py commands concurrently (each one a list of arguments)."""
+    def manage(self, *chains: list[list[str]], timeout: float = 120) -> None:
+        """Runs manage.py commands: the chains concurrently, each chain's commands in order
+        (e.g. collectstatic alongside wait_for_deps-then-migrate)."""
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        running = []
-        for args in commands:
-            log = open(self.log_path(f"setup-{args[0]}"), "ab")  # noqa: SIM115 (closed below)
-            running.append(
-                (
-                    args,
-                    log,
-                    subprocess.Popen(  # noqa: S603
-                        [sys.executable, str(REPO / "src" / "manage.py"), *args],
-                        env=self.app_env(),
-                        cwd=REPO,
-                        stdin=subprocess.DEVNULL,
-                        stdout=log,
-                        stderr=subprocess.STDOUT,
-                    ),
-                )
-            )
-        failed = []
-        for args, log, popen in running:
-            try:
-                code = popen.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                popen.kill()
-                code = popen.wait()
-            log.close()
-            if code != 0:
-                failed.append(
-                    f"manage.py {' '.join(args)} failed:\n{self.tail(f'setup-{args[0]}')}"
-                )
+
+        def run_chain(chain: list[list[str]]) -> str | None:
+            for args in chain:
+                with open(self.log_path(f"setup-{args[0]}"), "ab") as log:
+                    try:
+                        code = subprocess.run(  # noqa: S603
+                            [sys.executable, str(REPO / "src" / "manage.py"), *args],
+                            env=self.app_env(),
+                            cwd=REPO,
+                            stdin=subprocess.DEVNULL,
+                            stdout=log,
+                            stderr=subprocess.STDOUT,
+                            timeout=timeout,
+                            check=False,
+                        ).returncode
+                    except subprocess.TimeoutExpired:
+                        code = -1
+                if code != 0:
+                    return f"manage.py {' '.join(args)} failed:\n{self.tail('setup-' + args[0])}"
+            return None
+
+        with ThreadPoolExecutor(len(chains)) as pool:
+            failed = [f for f in pool.map(run_chain, chains) if f]
         if failed:
             raise StackError("\n".join(failed))
 
@@ -407,6 +403,7 @@ class Stack:
         if busy:
             raise StackError(f"ports already in use on 127.0.0.1: {busy}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(self.log_dir, ignore_errors=True)  # this run's logs only
         self.procs = {}
         self._save_state()
         result = self.nginx_test()
@@ -414,8 +411,10 @@ class Stack:
             raise StackError(f"nginx -t failed:\n{result.stderr}")
         try:
             self.ensure_database(fresh=fresh_db)
-            self.manage(["wait_for_deps", "--timeout", "30"])
-            self.manage(["migrate", "--noinput"], ["collectstatic", "--noinput", "-v", "0"])
+            self.manage(
+                [["wait_for_deps", "--timeout", "30"], ["migrate", "--noinput"]],
+                [["collectstatic", "--noinput", "-v", "0"]],
+            )
             for name in ("web", *self.ws_names, "nginx"):
                 self.spawn(name)
             self.wait_healthy(["web", *self.ws_names, "nginx"], timeout=timeout)
@@ -497,6 +496,11 @@ def main(argv: list[str]) -> int:
         elif command == "down":
             stack.down()
             print("stack: stopped")
+        elif command == "reload":
+            if not stack.alive("nginx"):
+                raise StackError("nginx is not running; start the stack with `make stack`")
+            stack.reload_nginx()
+            print("stack: nginx reloaded (old workers keep websockets up to 30 s)")
         elif command == "status":
             state = stack.status()
             for name, alive in state.items():

@@ -143,6 +143,7 @@ class AccessLogMiddleware:
                     state["status"],
                     extra={
                         **fields,
+                        "scheme": scope.get("scheme"),
                         "method": scope.get("method"),
                         "status": state["status"],
                         "duration_ms": elapsed,

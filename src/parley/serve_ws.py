@@ -26,7 +26,36 @@ import signal
 import sys
 from typing import Any
 
+from daphne.ws_protocol import WebSocketProtocol
+
 logger = logging.getLogger("parley.serve_ws")
+
+# Registered close codes a server sends (RFC 6455 7.4, IANA registry) that autobahn's
+# sendClose() refuses (it allows only 1000 and 3000-4999). The HTMX extension reconnects only
+# after 1006, 1011, 1012 and 1013, so the app's 1012/1013 must reach the browser as sent.
+SERVER_CLOSE_CODES = frozenset({1011, 1012, 1013})
+
+
+class ParleyWebSocketProtocol(WebSocketProtocol):
+    """daphne's websocket protocol with two fixes for how Parley closes sockets."""
+
+    def serverClose(self, code: int | None = None) -> None:  # noqa: N802 (daphne's name)
+        # Stock daphne raises inside the application's close() for 1011/1012/1013: the
+        # socket stays open and the consumer never hears of its own close (a drain would
+        # hang until its deadline, then the client sees 1006 instead of 1012).
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+    def serverSend(self, content: str | bytes, binary: bool = False) -> None:  # noqa: N802
+        # The client has started closing (e.g. it left during a replay). daphne drops sends
+        # after the disconnect; autobahn raises in this short window before it, which would
+        # crash the consumer and skip its clean-up (groups, presence). Drop them too: the
+        # consumer gets websocket.disconnect next.
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            return
+        super().serverSend(content, binary)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -49,6 +78,16 @@ class DrainingServer(daphne.server.Server):
         self.drain_delay = drain_delay
         self.grace = grace
         self.drain_task: asyncio.Task | None = None
+
+    @property
+    def ws_factory(self) -> Any:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: Any) -> None:
+        # daphne.server.Server.run() builds the factory itself; this is where it is set.
+        factory.protocol = ParleyWebSocketProtocol
+        self._ws_factory = factory
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)

@@ -6,6 +6,7 @@ in-memory channel layer. Production (DEBUG off) refuses to start without a SECRE
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import environ
@@ -179,7 +180,9 @@ SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
+# No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from any client that
+# reaches gunicorn. uvicorn applies X-Forwarded-For/-Proto only from FORWARDED_ALLOW_IPS
+# (nginx; deploy/gunicorn.conf.py) and Django reads the resulting ASGI scheme.
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -208,6 +211,9 @@ CHAT_DRAIN_SECONDS: float = env.float("CHAT_DRAIN_SECONDS", default=10.0)
 
 # --- Logging: one JSON object per line on stdout ------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
+# Python warnings (e.g. Django's about sync iterators under ASGI) become log records too,
+# instead of bare lines on stderr.
+logging.captureWarnings(True)
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,

@@ -82,7 +82,7 @@ class Stack(_Stack):
             "LOG_LEVEL": "INFO",
             # Long enough to observe /readyz 503 on a draining daphne before it stops
             # listening; production default is 0.
-            "WS_DRAIN_DELAY": "1.5",
+            "WS_DRAIN_DELAY": "2",
             "CHAT_DRAIN_SECONDS": "5",
             "DB_POOL_MAX_SIZE": "4",
             "WAIT_FOR_DEPS_TIMEOUT": "30",
@@ -189,19 +189,18 @@ class Stack(_Stack):
 
     def seed(self, rooms: int, members: int, password: str, prefix: str) -> list[dict]:
         out = Path(self.run_dir) / f"users-{prefix}.json"
-        self.manage(
-            [
-                "seed_loadtest",
-                "--rooms",
-                str(rooms),
-                "--members",
-                str(members),
-                "--password",
-                password,
-                "--out",
-                str(out),
-                "--prefix",
-                prefix,
-            ]
-        )
+        args = [
+            "seed_loadtest",
+            "--rooms",
+            str(rooms),
+            "--members",
+            str(members),
+            "--password",
+            password,
+            "--out",
+            str(out),
+            "--prefix",
+            prefix,
+        ]
+        self.manage([args])
         return json.loads(out.read_text())

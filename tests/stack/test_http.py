@@ -163,3 +163,40 @@ def test_every_app_log_line_is_json(stack):
         assert lines
         bad = [line for line in lines if not line.startswith("{")]
         assert not bad, f"{name}: {bad[:3]}"
+
+
+def _direct_get(stack, source_ip: str, headers: dict) -> str:
+    """GET /healthz straight to gunicorn from `source_ip`; returns the request id."""
+    conn = http.client.HTTPConnection(
+        "127.0.0.1", stack.config.web_port, timeout=10, source_address=(source_ip, 0)
+    )
+    try:
+        conn.request("GET", "/healthz", headers=headers)
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 200
+        return response.getheader("X-Request-ID")
+    finally:
+        conn.close()
+
+
+def test_forwarded_headers_are_trusted_from_the_proxy_address_only(stack):
+    forged = {"X-Forwarded-Proto": "https", "X-Forwarded-For": "6.6.6.6"}
+
+    def access_line(rid: str) -> dict:
+        return wait_until(
+            lambda: stack.find_log(
+                "web", lambda r: r.get("request_id") == rid and r.get("logger") == "parley.access"
+            ),
+            timeout=10,
+            what=f"access line {rid}",
+        )
+
+    # From nginx's address (FORWARDED_ALLOW_IPS=127.0.0.1) the headers are believed...
+    trusted = access_line(_direct_get(stack, "127.0.0.1", {**forged, "X-Request-ID": "t1"}))
+    assert trusted["scheme"] == "https"
+    assert trusted["client"].startswith("6.6.6.6:")
+    # ...from anyone else they are ignored.
+    other = access_line(_direct_get(stack, "127.0.0.2", {**forged, "X-Request-ID": "t2"}))
+    assert other["scheme"] == "http"
+    assert other["client"].startswith("127.0.0.2:")

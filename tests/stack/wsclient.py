@@ -99,6 +99,12 @@ class ChatSocket:
     def wait_text(self, needle: str, timeout: float = 10.0) -> None:
         self.wait_for(lambda s: any(needle in f for f in s.frames), timeout, repr(needle))
 
+    def quiet(self, seconds: float) -> None:
+        """Reads whatever arrives within `seconds` (to show nothing more came)."""
+        deadline = time.monotonic() + seconds
+        while (left := deadline - time.monotonic()) > 0 and self.close_code is None:
+            self._read_one(left)
+
     def wait_close(self, timeout: float = 15.0) -> int:
         """Reads (keeping messages) until the socket closes; returns the close code."""
         deadline = time.monotonic() + timeout
