@@ -137,6 +137,7 @@ build: ## Build the app image (PYTHON_IMAGE base, EXTRA_CA_BUNDLE for a TLS-inte
 up: $(ENV_FILE) build ## Start the production stack with Docker Compose and wait until it is healthy
 	$(DC) up -d --remove-orphans
 	deploy/docker/wait-healthy.sh $(COMPOSE_PROJECT) $${UP_TIMEOUT:-300}
+	deploy/docker/refresh-nginx.sh $(COMPOSE_PROJECT)
 
 .PHONY: down
 down: ## Stop and remove the stack's containers (volumes, i.e. the database, are kept)

@@ -14,4 +14,4 @@ if [ -n "$ca" ]; then
   cp "$ca" "$staged"
 fi
 echo "build: $image on $base${ca:+ (extra CA for the build stage: $ca)}"
-"$DOCKER" build --build-arg "BASE_IMAGE=$base" -t "$image" .
+"$DOCKER" build --force-rm --build-arg "BASE_IMAGE=$base" -t "$image" .

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # wait-healthy.sh PROJECT [TIMEOUT_S]: waits until every container of the compose project is
 # running and healthy (one-shot containers: exited 0). Works for compose v2 and 1.29 alike
-# (both label containers com.docker.compose.project). Fails early on a failed one-shot.
+# (both label containers com.docker.compose.project). Fails early on a failed one-shot or a
+# container that keeps restarting, showing the end of its log.
 set -euo pipefail
 project=$1 timeout=${2:-300}
 DOCKER=${DOCKER:-docker}
@@ -13,13 +14,15 @@ while :; do
     echo "wait-healthy: no containers for project $project" >&2
     exit 1
   fi
-  # name state health exit-code restart-policy
+  # name state health exit-code restart-policy restart-count
   # shellcheck disable=SC2086  # one argument per id
-  table=$("$DOCKER" inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}}' $ids | sed 's|^/||' | sort)
-  pending=0 failed=0
-  while read -r name state health code policy; do
+  table=$("$DOCKER" inspect -f '{{.Name}} {{.State.Status}} {{if .State.Health}}{{.State.Health.Status}}{{else}}-{{end}} {{.State.ExitCode}} {{.HostConfig.RestartPolicy.Name}} {{.RestartCount}}' $ids | sed 's|^/||' | sort)
+  pending=0 failed=""
+  while read -r name state health code policy restarts; do
     if [ "$state" = exited ] && { [ "$policy" = no ] || [ -z "$policy" ]; }; then
-      [ "$code" = 0 ] || failed=1
+      [ "$code" = 0 ] || failed="$failed $name"
+    elif [ "$restarts" -ge 3 ]; then
+      failed="$failed $name"
     elif [ "$state" != running ] || { [ "$health" != - ] && [ "$health" != healthy ]; }; then
       pending=1
     fi
@@ -28,8 +31,11 @@ while :; do
     printf 'wait-healthy: %s\n' "$(date +%T)"; printf '  %s\n' "${table//$'\n'/$'\n'  }"
     last=$table
   fi
-  if [ "$failed" = 1 ]; then
-    echo "wait-healthy: a one-shot container failed; see: make logs" >&2
+  if [ -n "$failed" ]; then
+    for name in $failed; do
+      echo "wait-healthy: $name failed or keeps restarting; the end of its log:" >&2
+      "$DOCKER" logs --tail 30 "$name" >&2 || true
+    done
     exit 1
   fi
   [ "$pending" = 0 ] && { echo "wait-healthy: all healthy"; exit 0; }

