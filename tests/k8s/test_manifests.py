@@ -9,6 +9,7 @@ import subprocess
 import sys
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import kubernetes_validate
 import pytest
@@ -689,3 +690,23 @@ def test_gen_secrets_fills_placeholders_consistently(tmp_path: Path) -> None:
     again = subprocess.run(script, capture_output=True, text=True, timeout=30, check=False)
     assert again.returncode == 1 and "exists" in again.stderr
     assert (overlay / "secrets.env").read_text() == before
+
+
+def test_dev_urls_point_at_the_in_cluster_datastores(rendered: dict[str, list[Doc]]) -> None:
+    dev = rendered["dev"]
+    env = _env_file(K8S / "overlays" / "dev" / "secrets.env.example")
+    redis = one(dev, "StatefulSet", "redis")
+    assert one(dev, "Service", redis["spec"]["serviceName"])["spec"]["clusterIP"] == "None"
+    for url in map(urlsplit, env["REDIS_URL"].split(",")):
+        # A StatefulSet pod's stable name: <name>-<ordinal>.<headless service>.
+        pod_name, service = url.hostname.split(".", 1)
+        ordinal = int(pod_name.removeprefix("redis-"))
+        assert service == redis["spec"]["serviceName"]
+        assert ordinal < redis["spec"]["replicas"] and url.port == 6379
+    database = urlsplit(env["DATABASE_URL"])
+    postgres = pod(one(dev, "StatefulSet", "postgres"))["containers"][0]
+    postgres_env = {e["name"]: e.get("value") for e in postgres["env"]}
+    one(dev, "Service", database.hostname)
+    assert database.port == 5432 and database.username == postgres_env["POSTGRES_USER"]
+    assert database.path == f"/{postgres_env['POSTGRES_DB']}"
+    assert database.password == env["POSTGRES_PASSWORD"]
