@@ -6,6 +6,8 @@ PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PORT ?= 8000
+CHECKOV_VENV ?= .venv-checkov
+OVERLAY ?= dev
 STACK_PORT ?= 8080
 export PYTHONDONTWRITEBYTECODE := 1
 
@@ -28,6 +30,7 @@ lock: ## Re-resolve requirements*.lock from pyproject.toml
 	@# any Python 3.11.x (Debian's 3.11.2 needs async-timeout for redis-py, 3.11.3+ does not).
 	$(VENV)/bin/uv pip compile -q --universal pyproject.toml -o requirements.lock
 	$(VENV)/bin/uv pip compile -q --universal pyproject.toml --extra dev -o requirements-dev.lock
+	$(VENV)/bin/uv pip compile -q --universal deploy/k8s/checkov.in -o deploy/k8s/checkov.lock
 
 .PHONY: dev
 dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PORT) (no services needed)
@@ -102,6 +105,20 @@ observability-check: install $(TOOLS)/promtool ## Validate the Grafana dashboard
 .PHONY: certs
 certs: ## Self-signed TLS certificate for HOST (default localhost) into certs/ (git-ignored)
 	deploy/tls/make-certs.sh $${HOST:-localhost} certs
+
+# checkov has its own virtualenv: ~200 MB of cloud SDKs whose pins would fight the dev deps.
+$(CHECKOV_VENV)/.installed: deploy/k8s/checkov.lock | $(VENV)/.installed
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(VENV)/bin/uv pip install --python $(CHECKOV_VENV)/bin/python -q -r deploy/k8s/checkov.lock
+	touch $@
+
+.PHONY: k8s-validate
+k8s-validate: install $(CHECKOV_VENV)/.installed ## Render every deploy/k8s overlay: strict schemas, checkov scan, invariant tests
+	REDIS_URL= $(PY) -m pytest tests/k8s $(PYTEST_ARGS)
+
+.PHONY: k8s-secrets
+k8s-secrets: ## Write an overlay's git-ignored secrets.env from its example (OVERLAY=dev|production)
+	$(PYTHON) deploy/k8s/gen_secrets.py deploy/k8s/overlays/$(OVERLAY)
 
 # --- Docker Compose (README "Running with Docker Compose") ----------------------------------
 DOCKER ?= docker

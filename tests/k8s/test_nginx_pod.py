@@ -1,0 +1,133 @@
+"""The nginx pod as rendered, started for real: the ConfigMap's files at the mount paths, the
+container's command and args, the pod's UID/GID, a read-only root filesystem with the
+emptyDir on /tmp. It must start and answer its probe path on the container port.
+
+A private mount and network namespace (unshare) stands in for the container, so the host's
+/etc/nginx, /tmp and ports are untouched. nginx is Debian's, the same as the native stack's.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from deploy.stack.stackctl import ensure_nginx
+from tests.k8s.render import Doc, build, stage
+
+pytestmark = pytest.mark.skipif(
+    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"),
+    reason="needs root, unshare and setpriv for a private mount/network namespace",
+)
+
+# Runs inside the namespace: mounts, then nginx as the pod's user, then one probe.
+POD = r"""
+import json, subprocess, sys, time, urllib.request
+spec = json.loads(sys.argv[1])
+def sh(*cmd): subprocess.run(cmd, check=True)
+sh("ip", "link", "set", "lo", "up")
+sh("mount", "--bind", spec["etc_nginx"], "/etc/nginx")
+sh("mount", "--bind", spec["hosts"], "/etc/hosts")
+sh("mount", "--bind", spec["tmp"], "/tmp")
+sh("mount", "-o", "remount,bind,ro", "/")
+nginx = subprocess.Popen(
+    ["setpriv", f"--reuid={spec['uid']}", f"--regid={spec['gid']}", "--clear-groups",
+     "sh", "-c", 'exec "$@" >/tmp/nginx.out 2>&1', "sh", *spec["argv"]], cwd="/")
+result = {"root_read_only": False, "status": None}
+try:
+    open("/root-write-check", "w")
+except OSError:
+    result["root_read_only"] = True
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline and nginx.poll() is None:
+    try:
+        with urllib.request.urlopen(spec["url"], timeout=2) as response:
+            result["status"] = response.status
+            break
+    except OSError:
+        time.sleep(0.1)
+result["exited"] = nginx.poll()
+nginx.terminate()
+nginx.wait(timeout=20)
+result["log"] = open("/tmp/nginx.out").read()[-2000:]
+print(json.dumps(result))
+"""
+
+
+def nginx_pod(tmp_path: Path) -> tuple[Doc, dict[str, str]]:
+    docs = build(stage(tmp_path) / "k8s" / "overlays" / "dev")
+    deployment = next(
+        d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "nginx"
+    )
+    config = next(
+        d
+        for d in docs
+        if d["kind"] == "ConfigMap" and d["metadata"]["name"].startswith("nginx-config-")
+    )
+    return deployment["spec"]["template"]["spec"], config["data"]
+
+
+def lay_out_config(spec: Doc, data: dict[str, str], etc_nginx: Path) -> None:
+    """Writes each ConfigMap key where the container's mounts put it (all under /etc/nginx)."""
+    volumes = {v["name"]: v.get("configMap") for v in spec["volumes"]}
+    for mount in spec["containers"][0]["volumeMounts"]:
+        source = volumes.get(mount["name"])
+        if not source:
+            continue
+        assert mount["mountPath"].startswith("/etc/nginx/"), mount
+        target = etc_nginx / mount["mountPath"].removeprefix("/etc/nginx/")
+        items = {i["path"]: i["key"] for i in source.get("items", [])} or {k: k for k in data}
+        if "subPath" in mount:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_text(data[items[mount["subPath"]]])
+        else:
+            target.mkdir(parents=True, exist_ok=True)
+            for path, key in items.items():
+                (target / path).write_text(data[key])
+
+
+def test_nginx_pod_starts_non_root_on_a_read_only_root(tmp_path: Path) -> None:
+    nginx = ensure_nginx()
+    spec, data = nginx_pod(tmp_path / "render")
+    container = spec["containers"][0]
+    etc_nginx, tmp = tmp_path / "etc-nginx", tmp_path / "emptydir-tmp"
+    etc_nginx.mkdir()
+    tmp.mkdir()
+    # An emptyDir is writable by the pod's fsGroup; here, by its user.
+    os.chown(tmp, spec["securityContext"]["runAsUser"], spec["securityContext"]["fsGroup"])
+    lay_out_config(spec, data, etc_nginx)
+    hosts = tmp_path / "hosts"
+    # The Service names in upstreams.conf, which nginx resolves at start.
+    hosts.write_text("127.0.0.1 localhost web ws\n")
+    port = container["ports"][0]["containerPort"]
+    probe = container["readinessProbe"]["httpGet"]["path"]
+    pod_spec = {
+        "etc_nginx": str(etc_nginx),
+        "hosts": str(hosts),
+        "tmp": str(tmp),
+        "uid": spec["securityContext"]["runAsUser"],
+        "gid": spec["securityContext"]["runAsGroup"],
+        "argv": [
+            nginx if container["command"][0] == "nginx" else container["command"][0],
+            *container["command"][1:],
+            *container["args"],
+        ],
+        "url": f"http://127.0.0.1:{port}{probe}",
+    }
+    run = subprocess.run(
+        ["unshare", "--mount", "--net", sys.executable, "-c", POD, json.dumps(pod_spec)],
+        capture_output=True,
+        text=True,
+        timeout=90,
+        check=False,
+    )
+    assert run.returncode == 0, run.stderr
+    result = json.loads(run.stdout.strip().splitlines()[-1])
+    assert result["root_read_only"], "the check ran with a writable root"
+    assert result["status"] == 200, f"nginx did not answer {probe}: {result}"
+    assert result["exited"] is None, result["log"]
