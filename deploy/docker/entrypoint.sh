@@ -16,12 +16,23 @@ USAGE
 role=${1:-web}
 [ "$#" -gt 0 ] && shift
 
+# Prometheus multiprocess files: per container, emptied at start (a restarted container's old
+# files would be summed into the new run). Only the serving roles export metrics.
+metrics_dir() {
+  if [ -n "${PROMETHEUS_MULTIPROC_DIR:-}" ]; then
+    rm -rf "$PROMETHEUS_MULTIPROC_DIR"
+    mkdir -p "$PROMETHEUS_MULTIPROC_DIR"
+  fi
+}
+
 case "$role" in
   web)
+    metrics_dir
     python src/manage.py wait_for_deps
     exec gunicorn -c deploy/gunicorn.conf.py "$@" parley.asgi:application
     ;;
   ws)
+    metrics_dir
     python src/manage.py wait_for_deps
     exec python -m parley.serve_ws "$@"
     ;;

@@ -459,7 +459,35 @@ def test_stack_end_to_end(stack: Stack, images: str) -> None:
     stored = [int(s) for s in re.findall(r'class="msg" data-seq="(\d+)"', page)]
     assert stored == sorted(b.seen) == list(range(1, len(stored) + 1))
 
+    check_metrics(stack, stored_messages=len(stored))
     check_redeploy(stack, alice, conversation, ws_base, len(stored))
+
+
+SCRAPE = (
+    "import urllib.request; "
+    "print(urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())"
+)
+
+
+def check_metrics(stack: Stack, stored_messages: int) -> None:
+    """Each web and ws container exports Prometheus metrics on its internal port (9100): not
+    published on the host and not proxied by nginx. Scraped once, from inside."""
+    stored = 0.0
+    for service in ("web", "ws"):
+        for info in stack.containers()[service]:
+            assert not docker("port", info["Id"], check=False).strip(), "metrics port published"
+            text = docker("exec", info["Id"], "python", "-c", SCRAPE, timeout=30)
+            assert "parley_http_request_duration_seconds" in text, service
+            stored += sum(
+                float(line.rsplit(" ", 1)[1])
+                for line in text.splitlines()
+                if line.startswith("parley_messages_stored_total ")
+            )
+    # the restarted ws container's counters started again from zero, so at least one of
+    # the messages is on record, and never more than were stored
+    assert 1 <= stored <= stored_messages, stored
+    public = requests.get(f"{stack.base}/metrics", timeout=10)
+    assert public.status_code == 404 and "parley_" not in public.text
 
 
 def addresses(stack: Stack) -> dict[str, list[str]]:

@@ -252,7 +252,7 @@ def test_app_probes_use_health_endpoints_liveness_never_dependencies(
     container = pod(deployment)["containers"][0]
     config = app_config(docs)
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert ports == {"http": APP_ROLES[name]}
+    assert ports == {"http": APP_ROLES[name], "metrics": int(config["METRICS_PORT"])}
     paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
     allowed_hosts = config["ALLOWED_HOSTS"].split(",")
     for probe, path in paths.items():
@@ -472,6 +472,8 @@ DEV_DATASTORES = {
     ("ws", "redis", "TCP", 6379),
 }
 MANAGED = ("cidr", "192.0.2.0/24")
+SCRAPER = ("namespace", "monitoring", "app.kubernetes.io/name=prometheus")
+METRICS = {("web", SCRAPER, "TCP", 9100), ("ws", SCRAPER, "TCP", 9100)}
 EXPECTED = {
     "dev": {
         "internal": IN_CLUSTER | DEV_DATASTORES,
@@ -480,7 +482,7 @@ EXPECTED = {
             for p in ("nginx", "web", "ws", "migrate")
             for proto in ("UDP", "TCP")
         },
-        "ingress": set(),
+        "ingress": METRICS,
     },
     "production": {
         "internal": IN_CLUSTER,
@@ -496,7 +498,7 @@ EXPECTED = {
             ("ws", MANAGED, "TCP", 6379),
             ("migrate", MANAGED, "TCP", 5432),
         },
-        "ingress": {("nginx", ("namespace", "gateway-system"), "TCP", 8080)},
+        "ingress": {("nginx", ("namespace", "gateway-system"), "TCP", 8080)} | METRICS,
     },
 }
 
@@ -710,3 +712,23 @@ def test_dev_urls_point_at_the_in_cluster_datastores(rendered: dict[str, list[Do
     assert database.port == 5432 and database.username == postgres_env["POSTGRES_USER"]
     assert database.path == f"/{postgres_env['POSTGRES_DB']}"
     assert database.password == env["POSTGRES_PASSWORD"]
+
+
+@pytest.mark.parametrize("overlay", OVERLAYS)
+def test_web_and_ws_export_metrics_only_to_the_scraper(
+    rendered: dict[str, list[Doc]], overlay: str
+) -> None:
+    docs = rendered[overlay]
+    for workload in workloads(docs):
+        if role(workload) not in ("web", "ws"):
+            continue
+        annotations = workload["spec"]["template"]["metadata"].get("annotations", {})
+        assert annotations.get("prometheus.io/scrape") == "true", role(workload)
+        port = int(annotations["prometheus.io/port"])
+        ports = {
+            p["containerPort"] for c in pod(workload)["containers"] for p in c.get("ports", [])
+        }
+        assert port in ports
+        assert (role(workload), SCRAPER, "TCP", port) in _flows(docs)["ingress"]
+    # nginx, the only public entry, has no route to the metrics port
+    assert not any(dst in ("web", "ws") and p == 9100 for _, dst, _, p in _flows(docs)["internal"])
