@@ -18,6 +18,8 @@ chdir = str(ROOT)
 pythonpath = str(ROOT / "src")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
 
+from parley.logging import json_logging_config  # noqa: E402  (src/ is on the path now)
+
 
 class ParleyWorker(UvicornWorker):
     # Django has no lifespan handler (uvicorn would log that on every start), and access
@@ -47,25 +49,13 @@ control_socket_disable = True
 
 accesslog = None
 loglevel = os.environ.get("LOG_LEVEL", "info").lower()
-logconfig_dict = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "parley.logging.RequestIdFilter"}},
-    "formatters": {"json": {"()": "parley.logging.JsonFormatter"}},
-    "handlers": {
-        "stdout": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stdout",
-            "formatter": "json",
-            "filters": ["request_id"],
-        }
-    },
-    "root": {"handlers": ["stdout"], "level": loglevel.upper()},
-    "loggers": {
+logconfig_dict = json_logging_config(
+    loglevel,
+    {
         "gunicorn.error": {"handlers": ["stdout"], "level": loglevel.upper(), "propagate": False},
         "gunicorn.access": {"handlers": ["stdout"], "level": "INFO", "propagate": False},
     },
-}
+)
 
 
 # --- Prometheus (multiprocess: every worker writes to PROMETHEUS_MULTIPROC_DIR) -------------

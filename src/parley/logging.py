@@ -159,3 +159,24 @@ class AccessLogMiddleware:
                         "duration_ms": elapsed,
                     },
                 )
+
+
+def json_logging_config(level: str, loggers: dict | None = None) -> dict:
+    """dictConfig for one JSON line per record on stdout, with the request id; shared by
+    Django's LOGGING and the gunicorn master (deploy/gunicorn.conf.py)."""
+    return {
+        "version": 1,
+        "disable_existing_loggers": False,
+        "filters": {"request_id": {"()": "parley.logging.RequestIdFilter"}},
+        "formatters": {"json": {"()": "parley.logging.JsonFormatter"}},
+        "handlers": {
+            "stdout": {
+                "class": "logging.StreamHandler",
+                "stream": "ext://sys.stdout",
+                "formatter": "json",
+                "filters": ["request_id"],
+            }
+        },
+        "root": {"handlers": ["stdout"], "level": level.upper()},
+        "loggers": loggers or {},
+    }

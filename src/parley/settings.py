@@ -12,6 +12,8 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+from parley.logging import json_logging_config
+
 BASE_DIR = Path(__file__).resolve().parent.parent  # src/
 REPO_DIR = BASE_DIR.parent
 
@@ -226,22 +228,7 @@ LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
 # Python warnings (e.g. Django's about sync iterators under ASGI) become log records too,
 # instead of bare lines on stderr.
 logging.captureWarnings(True)
-LOGGING = {
-    "version": 1,
-    "disable_existing_loggers": False,
-    "filters": {"request_id": {"()": "parley.logging.RequestIdFilter"}},
-    "formatters": {"json": {"()": "parley.logging.JsonFormatter"}},
-    "handlers": {
-        "stdout": {
-            "class": "logging.StreamHandler",
-            "stream": "ext://sys.stdout",
-            "formatter": "json",
-            "filters": ["request_id"],
-        }
-    },
-    "root": {"handlers": ["stdout"], "level": LOG_LEVEL},
-    "loggers": {
-        "django.db.backends": {"level": "INFO"},
-        "daphne": {"level": "INFO"},
-    },
-}
+LOGGING = json_logging_config(
+    LOG_LEVEL,
+    {"django.db.backends": {"level": "INFO"}, "daphne": {"level": "INFO"}},
+)

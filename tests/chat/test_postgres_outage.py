@@ -19,20 +19,10 @@ import websocket
 
 from tests.pg_server import PG_BIN, ThrowawayPostgres
 from tests.redis_server import free_port
+from tests.stack.harness import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="no initdb here")
-
-
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while True:
-        result = predicate()
-        if result:
-            return result
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out waiting for {what}")
-        time.sleep(0.1)
 
 
 @pytest.fixture
