@@ -8,7 +8,14 @@ METRICS_PORT, an internal port that nginx never proxies (parley.metrics_export).
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Gauge, Histogram
+import os
+
+# Every process that imports this (servers, migrate, manage commands) writes its own files in
+# multiprocess mode; the directory must exist before the first metric is defined.
+if os.environ.get("PROMETHEUS_MULTIPROC_DIR"):
+    os.makedirs(os.environ["PROMETHEUS_MULTIPROC_DIR"], exist_ok=True)
+
+from prometheus_client import Counter, Gauge, Histogram  # noqa: E402
 
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
 

@@ -121,3 +121,30 @@ def test_exporter_serves_the_exposition_format_on_its_own_port():
         "parley_broadcast_seconds_bucket",
     ):
         assert name in body
+
+
+def test_any_process_can_start_in_multiprocess_mode_before_the_directory_exists(tmp_path):
+    """migrate, manage commands and init containers share the servers' environment."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[2]
+    target = tmp_path / "not-yet" / "prometheus"
+    env = {
+        **os.environ,
+        "PROMETHEUS_MULTIPROC_DIR": str(target),
+        "DEBUG": "1",
+        "PYTHONPATH": str(repo / "src"),
+    }
+    result = subprocess.run(
+        [sys.executable, "src/manage.py", "check"],
+        cwd=repo,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert target.is_dir()
