@@ -38,3 +38,24 @@ def _fresh_channel_layer():
     yield
     channel_layers.backends.clear()
     reset_presence_store()
+
+
+@pytest.fixture
+def core_layer(settings):
+    """channels-redis' RedisChannelLayer (the non-default backend), for its own behaviour."""
+    from channels.layers import channel_layers
+
+    settings.CHANNEL_LAYERS = {
+        "default": {
+            "BACKEND": "channels_redis.core.RedisChannelLayer",
+            "CONFIG": {
+                "hosts": [{"address": url} for url in settings.REDIS_URLS],
+                "prefix": settings.CHANNEL_LAYER_PREFIX,
+                "capacity": 1000,
+                "group_expiry": settings.CHAT_SOCKET_MAX_AGE + 300,
+            },
+        }
+    }
+    channel_layers.backends.clear()
+    yield
+    channel_layers.backends.clear()

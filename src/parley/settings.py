@@ -115,7 +115,11 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 # REDIS_URL may list several Redis servers (comma separated): channels-redis shards channels
 # and groups over them. Unset, Parley runs on the in-memory layer (one process only).
 REDIS_URLS: list[str] = env.list("REDIS_URL", default=[])
-CHANNEL_LAYER_BACKEND: str = env.str("CHANNEL_LAYER_BACKEND", default="core")  # core | pubsub
+# pubsub (RedisPubSubChannelLayer) by measurement: on the 2-core benchmark machine it carried
+# 2,400 deliveries/s at p99 52 ms where core (RedisChannelLayer) collapsed (p99 0.9 s), at
+# 60% of core's daphne CPU (loadtest/experiments/2026-11-25-channel-layer.md). Its groups live
+# on the process's Redis connection, so a crashed process leaves no stale memberships.
+CHANNEL_LAYER_BACKEND: str = env.str("CHANNEL_LAYER_BACKEND", default="pubsub")  # or core
 # A consumer lives at most this long before it asks the client to reconnect (close 1012,
 # which the HTMX extension retries, replaying what it missed). It bounds how long a member
 # of a group can outlive a crashed process: group entries expire a little after it.

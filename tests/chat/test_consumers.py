@@ -318,11 +318,14 @@ async def test_flooding_with_non_message_frames_is_closed_too():
     assert await alice_in.wait_close() == 4429
 
 
-async def test_readyz_stays_ready_in_a_process_with_open_sockets():
+@pytest.mark.parametrize("backend", ["pubsub", "core"])
+async def test_readyz_stays_ready_in_a_process_with_open_sockets(backend, request):
     """Regression: a round-trip channel with a non-default prefix waited behind the open
     sockets' 5 s blocking pop and timed out, so readiness flapped under load."""
     from django.test import Client
 
+    if backend == "core":
+        request.getfixturevalue("core_layer")
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     await alice_in.quiet(0.2)  # its receive loop now holds the layer's receive lock

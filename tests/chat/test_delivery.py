@@ -275,7 +275,7 @@ async def test_typing_is_throttled_and_not_echoed_to_the_typist():
     await bob.disconnect()
 
 
-async def test_stale_group_entries_of_crashed_consumers_expire(settings):
+async def test_stale_group_entries_of_crashed_consumers_expire(settings, core_layer):
     """A consumer that dies without disconnect() leaves its group entry; the layer drops it
     after group_expiry, which is bounded by the socket lifetime (live sockets reconnect
     before it)."""
