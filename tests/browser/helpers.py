@@ -5,9 +5,10 @@ from __future__ import annotations
 import itertools
 import os
 import re
-import time
 
 from playwright.sync_api import Page, expect
+
+from tests.stack.harness import wait_until as harness_wait_until
 
 _names = itertools.count(1)
 _run = f"{os.getpid() % 10000}"
@@ -58,14 +59,25 @@ def seqs(page: Page) -> list[int]:
 
 
 def wait_until(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout}s waiting for {what}")
-        time.sleep(0.05)
+    return harness_wait_until(predicate, timeout, what)
+
+
+def open_pair(pages, site, on_page=None):
+    """Ann and Bob, new, in a new conversation, both pages open with live sockets and Bob
+    online for Ann. Returns (conversation id, ann's page, bob's page, people by name), people
+    in that order."""
+    ann_name, bob_name = unique("ann"), unique("bob")
+    people = site.users(ann_name, bob_name)
+    cid = site.conversation(ann_name, bob_name)
+    ann = pages.new_page("ann", people[ann_name]["session"])
+    bob = pages.new_page("bob", people[bob_name]["session"])
+    for page in (ann, bob):
+        pages.goto(page, f"/c/{cid}")
+        wait_socket(page)
+        if on_page is not None:
+            on_page(page)
+    wait_online(ann, people[bob_name]["id"])
+    return cid, ann, bob, people
 
 
 def side(message) -> str:

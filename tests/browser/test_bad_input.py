@@ -5,25 +5,12 @@ from __future__ import annotations
 import pytest
 from playwright.sync_api import expect
 
-from tests.browser.helpers import bodies, send, unique, wait_online, wait_socket
+from tests.browser.helpers import bodies, open_pair, send, unique
 
 pytestmark = pytest.mark.browser
 
 LIMIT = 4000  # CHAT_MAX_MESSAGE_LENGTH default
 XSS = '<img src=x onerror="window.pwned=1"><script>window.pwned=2</script>'
-
-
-def open_pair(pages, site):
-    ann_name, bob_name = unique("ann"), unique("bob")
-    people = site.users(ann_name, bob_name)
-    cid = site.conversation(ann_name, bob_name)
-    ann = pages.new_page("ann", people[ann_name]["session"])
-    bob = pages.new_page("bob", people[bob_name]["session"])
-    for page in (ann, bob):
-        pages.goto(page, f"/c/{cid}")
-        wait_socket(page)
-    wait_online(ann, people[bob_name]["id"])
-    return cid, ann, bob, people
 
 
 def test_too_long_message_shows_a_friendly_error_and_is_not_stored(pages, site):

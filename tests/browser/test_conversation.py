@@ -10,6 +10,7 @@ from tests.browser.helpers import (
     THEIRS_BG,
     bodies,
     conversation_id,
+    open_pair,
     send,
     side,
     unique,
@@ -99,17 +100,10 @@ def test_sign_up_and_first_conversation(pages, site):
 
 
 def test_typing_and_presence_appear_and_clear(pages, site):
-    ann_name, bob_name = unique("ann"), unique("bob")
-    people = site.users(ann_name, bob_name)
-    ann_id, bob_id = people[ann_name]["id"], people[bob_name]["id"]
-    cid = site.conversation(ann_name, bob_name)
-    ann = pages.new_page("ann", people[ann_name]["session"])
-    bob = pages.new_page("bob", people[bob_name]["session"])
-    for page in (ann, bob):
-        pages.goto(page, f"/c/{cid}")
-        wait_socket(page)
+    cid, ann, bob, people = open_pair(pages, site)
+    ann_name, _ = people
+    ann_id = people[ann_name]["id"]
     wait_online(bob, ann_id)
-    wait_online(ann, bob_id)
 
     typing = bob.locator(f"#typing-{ann_id}")
     expect(typing).to_be_hidden()

@@ -9,11 +9,11 @@ from tests.browser.helpers import (
     bodies,
     send,
     seqs,
-    unique,
     wait_online,
     wait_socket,
     wait_until,
 )
+from tests.browser.helpers import open_pair as open_restart_pair
 
 pytestmark = pytest.mark.browser
 
@@ -33,16 +33,11 @@ RECORD_STATUS = """() => { window.sameDocument = true; window.statuses = []; win
 
 
 def open_pair(pages, site):
-    ann_name, bob_name = unique("ann"), unique("bob")
-    people = site.users(ann_name, bob_name)
-    cid = site.conversation(ann_name, bob_name)
-    ann = pages.new_page("ann", people[ann_name]["session"])
-    bob = pages.new_page("bob", people[bob_name]["session"])
-    for page in (ann, bob):
-        pages.goto(page, f"/c/{cid}")
-        wait_socket(page)
-        page.evaluate(RECORD_STATUS)  # sameDocument survives only if the page never reloads
-    wait_online(ann, people[bob_name]["id"])
+    # sameDocument survives only if the page never reloads
+    cid, ann, bob, people = open_restart_pair(
+        pages, site, on_page=lambda page: page.evaluate(RECORD_STATUS)
+    )
+    ann_name, bob_name = people
     # Each failed reconnect attempt is a console error, from Chromium and from htmx (its
     # htmx:wsError event); while processes restart they are expected, and only these.
     pages.expect_console(
