@@ -81,25 +81,6 @@ def flush_redis(url: str) -> None:
     redis.Redis.from_url(url).flushdb()
 
 
-def seed(stack: Stack, rooms: int, members: int, prefix: str) -> Path:
-    out = stack.run_dir / f"users-{prefix}.json"
-    args = [
-        "seed_loadtest",
-        "--rooms",
-        str(rooms),
-        "--members",
-        str(members),
-        "--password",
-        PASSWORD,
-        "--out",
-        str(out),
-        "--prefix",
-        prefix,
-    ]
-    stack.manage([args])  # one chain of one command
-    return out
-
-
 def _tree_cpu_seconds(root: int, children: dict[int, list[int]]) -> float:
     total, todo = 0.0, [root]
     while todo:
@@ -210,7 +191,7 @@ def sweep(backend: str, rates: list[float], rooms: int, members: int, seconds: i
     stack.up(fresh_db=True)
     steps: list[Step] = []
     try:
-        users_file = seed(stack, rooms, members, "bench")
+        users_file = stack.seed(rooms, members, PASSWORD, "bench")
         for rate in rates:
             step = run_step(stack, users_file, backend, rate, rooms, members, seconds)
             steps.append(step)
@@ -270,7 +251,7 @@ def idle_sockets(max_idle: int, step: int) -> Idle:
     points = result.points
     try:
         # 500 rooms of 2: 20 sockets per room at 10k, so presence joins stay cheap.
-        users = json.loads(seed(stack, 500, 2, "idle").read_text())
+        users = json.loads(stack.seed(500, 2, PASSWORD, "idle").read_text())
         sessions_file = stack.run_dir / "idle-sessions.json"
         sessions_file.write_text(
             json.dumps(login_cookies(f"http://127.0.0.1:{stack.config.web_port}", users))

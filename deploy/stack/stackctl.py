@@ -367,6 +367,28 @@ class Stack:
         if code != 0:
             raise StackError(f"manage.py {' '.join(args)} failed:\n{self.tail('setup-' + args[0])}")
 
+    def seed(self, rooms: int, members: int, password: str, prefix: str) -> Path:
+        """Load-test users and rooms (manage.py seed_loadtest); returns the credentials file."""
+        out = self.run_dir / f"users-{prefix}.json"
+        self.manage(
+            [
+                [
+                    "seed_loadtest",
+                    "--rooms",
+                    str(rooms),
+                    "--members",
+                    str(members),
+                    "--password",
+                    password,
+                    "--out",
+                    str(out),
+                    "--prefix",
+                    prefix,
+                ]
+            ]
+        )
+        return out
+
     def manage(self, *chains: list[list[str] | Callable[[], None]]) -> None:
         """Runs chains of steps concurrently, each chain's steps in order (e.g. collectstatic
         alongside wait_for_deps-then-migrate). A step is manage.py arguments or a function."""

@@ -84,10 +84,6 @@ def conversation_for_participant(user_id: int, conversation_id: int) -> Conversa
     return Conversation.objects.filter(id=conversation_id, participant__user_id=user_id).first()
 
 
-def is_participant(user_id: int, conversation_id: int) -> bool:
-    return Participant.objects.filter(user_id=user_id, conversation_id=conversation_id).exists()
-
-
 def conversation_participants(conversation_id: int) -> list[AbstractBaseUser]:
     return [
         p.user

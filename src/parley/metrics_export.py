@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 from pathlib import Path
 
 from prometheus_client import CollectorRegistry, start_http_server
@@ -16,21 +15,6 @@ logger = logging.getLogger(__name__)
 def multiprocess_dir() -> Path | None:
     value = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     return Path(value) if value else None
-
-
-def reset_multiprocess_dir() -> None:
-    """Called once per host/container before any worker starts: stale files from a previous
-    run would otherwise be summed into the new one."""
-    directory = multiprocess_dir()
-    if directory is None:
-        return
-    if directory.exists():
-        for child in directory.iterdir():
-            if child.is_file():
-                child.unlink()
-            else:
-                shutil.rmtree(child)
-    directory.mkdir(parents=True, exist_ok=True)
 
 
 def mark_process_dead(pid: int) -> None:

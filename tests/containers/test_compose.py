@@ -301,33 +301,26 @@ def check_services(stack: Stack) -> None:
                 assert published == {}, (name, published)
 
 
-def sign_up_and_log_in(base: str, username: str) -> requests.Session:
-    signup = requests.Session()
-    signup.get(f"{base}/accounts/signup/", timeout=10).raise_for_status()
-    response = signup.post(
-        f"{base}/accounts/signup/",
-        timeout=30,
-        data={
-            "csrfmiddlewaretoken": signup.cookies["csrftoken"],
-            "username": username,
-            "password1": PASSWORD,
-            "password2": PASSWORD,
-        },
-    )
-    assert response.status_code == 200 and response.url == f"{base}/", response.text[:500]
-
+def post_form(base: str, path: str, fields: dict[str, str]) -> requests.Session:
+    """GETs the form (CSRF cookie), POSTs it, and expects to land on the conversation list."""
     session = requests.Session()
-    session.get(f"{base}/accounts/login/", timeout=10).raise_for_status()
+    session.get(f"{base}{path}", timeout=10).raise_for_status()
     response = session.post(
-        f"{base}/accounts/login/",
+        f"{base}{path}",
         timeout=30,
-        data={
-            "csrfmiddlewaretoken": session.cookies["csrftoken"],
-            "username": username,
-            "password": PASSWORD,
-        },
+        data={"csrfmiddlewaretoken": session.cookies["csrftoken"], **fields},
     )
     assert response.status_code == 200 and response.url == f"{base}/", response.text[:500]
+    return session
+
+
+def sign_up_and_log_in(base: str, username: str) -> requests.Session:
+    post_form(
+        base,
+        "/accounts/signup/",
+        {"username": username, "password1": PASSWORD, "password2": PASSWORD},
+    )
+    session = post_form(base, "/accounts/login/", {"username": username, "password": PASSWORD})
     assert "sessionid" in session.cookies
     return session
 

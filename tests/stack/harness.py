@@ -19,7 +19,6 @@ import json
 import signal
 import time
 from collections.abc import Callable
-from pathlib import Path
 
 import psycopg
 import redis
@@ -194,19 +193,4 @@ class Stack(_Stack):
         return int(row[0])
 
     def seed(self, rooms: int, members: int, password: str, prefix: str) -> list[dict]:
-        out = Path(self.run_dir) / f"users-{prefix}.json"
-        args = [
-            "seed_loadtest",
-            "--rooms",
-            str(rooms),
-            "--members",
-            str(members),
-            "--password",
-            password,
-            "--out",
-            str(out),
-            "--prefix",
-            prefix,
-        ]
-        self.manage([args])
-        return json.loads(out.read_text())
+        return json.loads(super().seed(rooms, members, password, prefix).read_text())
