@@ -88,13 +88,16 @@ def message_create(
     message with created=False, so it is stored and broadcast once.
     """
     now = timezone.now()
+    # Raw SQL skips the ORM's value conversion: do it through the fields, as the ORM would
+    # (SQLite stores the UUID as hex text and the datetime as a string; psycopg adapts both).
+    fields = Message._meta
     params = {
-        "now": now,
+        "now": fields.get_field("created_at").get_db_prep_value(now, connection),
         "preview": body[:140],
         "sender_name": sender.get_username(),
         "conversation": conversation_id,
         "sender": sender.pk,
-        "client_id": client_id,
+        "client_id": fields.get_field("client_id").get_db_prep_value(client_id, connection),
         "body": body,
     }
     one_statement = connection.vendor == "postgresql" and not connection.in_atomic_block

@@ -111,3 +111,32 @@ def test_readyz_is_503_naming_postgres_when_the_database_is_unreachable():
 def test_readyz_is_200_when_both_are_up():
     out = readyz(DATABASE_URL=live_database_url())
     assert out["status"] == 200, out
+
+
+def test_embedded_default_stores_messages_with_idempotency_keys(tmp_path):
+    """`make dev` runs on SQLite: the raw-SQL store path must work there too."""
+    code = (
+        "import django, uuid; django.setup();"
+        "from django.core.management import call_command;"
+        "call_command('migrate', verbosity=0);"
+        "from django.contrib.auth import get_user_model;"
+        "from chat import services, selectors;"
+        "U = get_user_model(); a = U.objects.create_user('a'); b = U.objects.create_user('b');"
+        "c = services.conversation_start(creator=a, usernames=['b']);"
+        "key = uuid.uuid4();"
+        "send = services.message_create;"
+        "m1, new1 = send(conversation_id=c.pk, sender=a, body='hi', client_id=key);"
+        "m2, new2 = send(conversation_id=c.pk, sender=a, body='hi', client_id=key);"
+        "m3, _ = send(conversation_id=c.pk, sender=b, body='yo');"
+        "h = selectors.conversation_history(c.pk);"
+        "print(m1.seq, new1, m2.seq, new2, m3.seq, [m.body for m in h], h[0].client_id == key)"
+    )
+    result = run_python(
+        code,
+        DEBUG="1",
+        SECRET_KEY=None,
+        REDIS_URL=None,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["1", "True", "1", "False", "2", "['hi',", "'yo']", "True"]
