@@ -5,6 +5,8 @@ import hashlib
 import os
 from pathlib import Path
 
+from tests import instance
+
 TEST_REDIS_DB = os.environ.get("TEST_REDIS_DB", "9")
 # Several checkouts may run their suites at once on one machine: each gets its own test
 # database and its own Redis key prefixes.
@@ -20,7 +22,7 @@ defaults = {
     "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/parley_{RUN_TAG}",
     "CHANNEL_LAYER_PREFIX": f"asgi{RUN_TAG}",
     "REDIS_KEY_PREFIX": f"parley{RUN_TAG}",
-    "REDIS_URL": f"redis://127.0.0.1:6379/{TEST_REDIS_DB}",
+    "REDIS_URL": instance.redis_url(int(TEST_REDIS_DB)),
     "PASSWORD_HASHERS": "django.contrib.auth.hashers.MD5PasswordHasher",
     "LOG_LEVEL": "WARNING",
     "CHAT_PRESENCE_TTL": "6",

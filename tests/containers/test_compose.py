@@ -27,6 +27,7 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests import instance
 from tests.containers import engine as eng
 from tests.containers.wsclient import ChatClient
 
@@ -34,7 +35,7 @@ pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1500
 
 REPO = eng.REPO
 ARTIFACTS = REPO / "test-artifacts" / "containers"
-APP_IMAGE = "parley:ci"
+APP_IMAGE = "parley:ci" + instance.SUFFIX.replace("_", "-")
 APP_UID = 10001
 PASSWORD = "Compose-test-pass-42"  # noqa: S105
 
@@ -202,7 +203,7 @@ def compose_flavour(name: str) -> tuple[list[str], dict[str, str]]:
 @pytest.fixture(params=["v1", "v2"], ids=["docker-compose-1.29", "docker-compose-v2"])
 def stack(request, images: str, tmp_path: Path) -> Iterator[Stack]:
     command, extra_env = compose_flavour(request.param)
-    project = f"parleyci{request.param}"
+    project = f"parleyci{request.param}{instance.SUFFIX.replace('_', '')}"
     env_file = tmp_path / "ci.env"
     port = free_port()
     stack = Stack(

@@ -26,6 +26,7 @@ import requests
 
 from deploy.stack.stackctl import REPO, StackConfig, StackError
 from deploy.stack.stackctl import Stack as _Stack
+from tests import instance
 
 __all__ = ["Stack", "StackError", "login", "wait_until"]
 
@@ -74,8 +75,10 @@ class Stack(_Stack):
         web_workers: int = 2,
         metrics_port: int | None = None,
     ) -> None:
-        self.db_name = f"parley_stacktest_{name}"
-        self.redis_url = f"redis://127.0.0.1:6379/{redis_db}"
+        self.db_name = f"parley_stacktest_{name}{instance.SUFFIX}"
+        self.redis_url = instance.redis_url(redis_db)
+        nginx_port, web_port = instance.port(nginx_port), instance.port(web_port)
+        ws_ports = tuple(instance.port(p) for p in ws_ports)
         defaults = {
             # Fast logins (the stack is a test fixture), INFO so access lines are logged.
             "PASSWORD_HASHERS": "django.contrib.auth.hashers.MD5PasswordHasher",
@@ -89,7 +92,7 @@ class Stack(_Stack):
         }
         super().__init__(
             StackConfig(
-                run_dir=REPO / "run" / f"stacktest-{name}",
+                run_dir=REPO / "run" / f"stacktest-{name}{instance.SUFFIX}",
                 nginx_port=nginx_port,
                 web_port=web_port,
                 ws_ports=ws_ports,
