@@ -171,6 +171,38 @@ down: ## Stop and remove the stack's containers (volumes, i.e. the database, are
 wipe-volumes: ## DESTROYS DATA: stop the stack and delete its volumes (the Postgres database)
 	$(DC) down --remove-orphans --volumes
 
+# --- operations (README "Operating Parley") ---------------------------------------------------
+BACKUP_DIR ?= backups
+# The one-off `backup` service (profile ops) runs deploy/backup/pg-backup.sh as this user, so
+# the dumps on the host belong to whoever ran make.
+BACKUP_RUN = $(DC) --profile ops run --rm --no-deps -T -u "$$(id -u):$$(id -g)"
+RESTORE_FILE = -e FORCE=$(FORCE) -v "$(abspath $(FILE)):/restore/parley.dump:ro"
+
+.PHONY: backup
+backup: ## Dump the running stack's Postgres (pg_dump custom format) to $(BACKUP_DIR)/parley-<UTC time>.dump
+	@mkdir -p $(BACKUP_DIR)
+	$(BACKUP_RUN) -v "$(abspath $(BACKUP_DIR)):/backups" backup
+
+.PHONY: restore
+restore: $(ENV_FILE) ## Restore FILE=<dump> into a fresh stack (after wipe-volumes), then start it; FORCE=1 replaces a non-empty database
+	@test -n "$(FILE)" || { echo "restore: say which dump: make restore FILE=$(BACKUP_DIR)/parley-<time>.dump" >&2; exit 2; }
+	@test -f "$(FILE)" && test -r "$(FILE)" || { echo "restore: $(FILE) is not a readable file" >&2; exit 2; }
+	$(DC) up -d --no-deps postgres
+	deploy/docker/wait-healthy.sh $(COMPOSE_PROJECT) $${UP_TIMEOUT:-300} postgres
+	@# Refuses (and stops nothing) unless FILE is a dump and the database is empty or FORCE=1.
+	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /usr/local/bin/parley-backup check /restore/parley.dump
+	@# Nothing may write while the database is replaced: only Postgres runs until it is done.
+	$(DC) stop nginx web ws
+	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /usr/local/bin/parley-backup restore /restore/parley.dump
+	$(MAKE) --no-print-directory up
+
+.PHONY: upgrade
+upgrade: $(ENV_FILE) build ## Zero-downtime upgrade: build, migrate, then replace web and ws one container at a time
+	@# Migrations first, while the old version still serves: they must be backward
+	@# compatible (expand now, contract in a later release; README "Upgrades").
+	$(DC) run --rm --no-deps migrate
+	deploy/docker/roll.sh $(COMPOSE_PROJECT) $(DC)
+
 .PHONY: logs
 logs: ## Follow the stack's logs (SERVICE=ws for one service)
 	$(DC) logs -f --tail=100 $(SERVICE)

@@ -16,7 +16,7 @@ workers() {
   "$DOCKER" exec "$1" sh -c 'for d in /proc/[0-9]*; do
       c=$(tr "\0" " " < "$d/cmdline" 2>/dev/null) || continue
       case "$c" in "nginx: worker process "*) [ "${c%%shutting*}" = "$c" ] && echo "${d#/proc/}";; esac
-    done' | sort
+    done; true' | sort  # true: a shutting-down worker listed last is no failure
 }
 nginx=$(ids nginx)
 [ -n "$nginx" ] || { echo "refresh-nginx: no nginx container in $project" >&2; exit 1; }
@@ -25,9 +25,12 @@ nginx=$(ids nginx)
 nginx_started=$(started "$nginx")
 reloaded=$("$DOCKER" exec "$nginx" cat /tmp/nginx/reloaded-at 2>/dev/null || echo 0)
 [ "$reloaded" -gt "$nginx_started" ] && nginx_started=$reloaded
+# FORCE=1: reload anyway (`make upgrade` after removing a replica: nginx would keep its
+# address and try it, in vain, until the next reload).
+[ "${FORCE:-0}" = 1 ] && nginx_started=0
 for id in $(ids web) $(ids ws); do
   if [ "$(started "$id")" -gt "$nginx_started" ]; then
-    echo "refresh-nginx: web/ws started after nginx; reloading nginx to resolve them again"
+    echo "refresh-nginx: web/ws changed since nginx resolved them; reloading nginx"
     old=$(workers "$nginx")
     "$DOCKER" kill -s HUP "$nginx" >/dev/null
     for _ in $(seq 150); do

@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
-# wait-healthy.sh PROJECT [TIMEOUT_S]: waits until every container of the compose project is
-# running and healthy (one-shot containers: exited 0). Works for compose v2 and 1.29 alike
-# (both label containers com.docker.compose.project). Fails early on a failed one-shot or a
+# wait-healthy.sh PROJECT [TIMEOUT_S] [SERVICE]: waits until every container of the compose
+# project (or of its SERVICE only: `make restore` starts postgres alone) is running and
+# healthy (one-shot containers: exited 0). Works for compose v2 and 1.29 alike (both label
+# containers com.docker.compose.project). Fails early on a failed one-shot or a
 # container that keeps restarting, showing the end of its log.
 set -euo pipefail
-project=$1 timeout=${2:-300}
+project=$1 timeout=${2:-300} service=${3:-}
 DOCKER=${DOCKER:-docker}
 deadline=$((SECONDS + timeout))
 last=""
 while :; do
-  ids=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$project")
+  ids=$("$DOCKER" ps -aq --filter "label=com.docker.compose.project=$project" \
+          ${service:+--filter "label=com.docker.compose.service=$service"})
   if [ -z "$ids" ]; then
     echo "wait-healthy: no containers for project $project" >&2
     exit 1

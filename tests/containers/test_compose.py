@@ -20,7 +20,7 @@ import re
 import socket
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -530,70 +530,91 @@ def check_redeploy(
 def restart_conversation(
     stack: Stack, a: ChatClient, b: ChatClient, victim: str, earlier: set[str]
 ) -> None:
-    """Alice keeps talking while one ws container restarts. Like the browser client, a
-    client whose socket closes reconnects with ?after=<last seq> and re-sends, under the same
-    client_id (the server stores it once), what was never echoed back."""
-    sent: dict[str, str] = {}  # client_id -> text
-    restart_error: list[BaseException] = []
+    """Alice keeps talking while one ws container restarts."""
 
     def restart() -> None:
-        try:
-            started = time.monotonic()
-            docker("restart", "-t", "30", victim, timeout=120)
-            TIMINGS.record(f"{stack.project}_ws_restart", started)
-        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
-            restart_error.append(exc)
+        started = time.monotonic()
+        docker("restart", "-t", "30", victim, timeout=120)
+        TIMINGS.record(f"{stack.project}_ws_restart", started)
 
-    restarter = threading.Thread(target=restart)
     closes_before = len(a.closes) + len(b.closes)
-    restarter.start()
-    i = 0
-    # Pace: 2 messages a second stays well under CHAT_RATE_LIMIT (30 per 10 s).
-    while restarter.is_alive() or i < 6:
-        for client in (a, b):
-            if not client.is_open:
-                client.connect(timeout=60)
-                resend_unacknowledged(client, sent)
-        text = f"during restart {i}"
-        # A socket that just closed is reconnected on the next round.
-        with contextlib.suppress(ConnectionError, OSError):
-            sent[a.send(text)] = text
-        i += 1
-        time.sleep(0.5)
-    restarter.join()
-    assert not restart_error, restart_error
+    sent = converse_during(restart, (a,), (a, b), earlier)
     wait_healthy(victim, timeout=60)
-
-    for client in (a, b):
-        if not client.is_open:
-            client.connect(timeout=60)
-    # Whatever was sent into a closing socket and never echoed is re-sent once more.
-    deadline = time.monotonic() + 20
-    while set(sent) - a.client_ids() and time.monotonic() < deadline:
-        resend_unacknowledged(a, sent)
-        try:
-            a.wait_client_ids(set(sent), timeout=3)
-        except AssertionError:
-            continue
-    after = {a.send("after the restart")}
-    everything = earlier | set(sent) | after
-    a.wait_client_ids(everything, timeout=20)
-    b.wait_client_ids(everything, timeout=20)
-
     # The victim drained on SIGTERM: every socket it held was closed with 1012 (Service
     # Restart), which browsers' clients answer by reconnecting and replaying.
     drains = (a.closes + b.closes)[closes_before:]
     assert drains and set(drains) == {1012}, drains
     assert "signal received; draining" in docker("logs", victim, timeout=30)
-    for client in (a, b):
+    print(
+        f"restart: {sent} messages sent during it, closes {drains}, "
+        f"reconnects a={a.connects - 1} b={b.connects - 1}"
+    )
+
+
+def converse_during(
+    disruption: Callable[[], None],
+    senders: tuple[ChatClient, ...],
+    clients: tuple[ChatClient, ...],
+    earlier: set[str],
+) -> int:
+    """`senders` take turns sending while `disruption` runs in a thread, and at least six
+    messages. Like the browser client, a client whose socket closes reconnects with
+    ?after=<last seq> and re-sends, under the same client_id (the server stores it once), what
+    was never echoed back. Then every client has every message, each once, with gapless seqs.
+    Returns how many messages were sent during the disruption."""
+    sent: dict[ChatClient, dict[str, str]] = {c: {} for c in senders}  # client_id -> text
+    error: list[BaseException] = []
+
+    def disrupt() -> None:
+        try:
+            disruption()
+        except BaseException as exc:  # noqa: BLE001 (reported by the main thread)
+            error.append(exc)
+
+    def reconnect_and_resend() -> None:
+        for client in clients:
+            if not client.is_open:
+                client.connect(timeout=60)
+                resend_unacknowledged(client, sent.get(client, {}))
+
+    thread = threading.Thread(target=disrupt)
+    thread.start()
+    i = 0
+    # Pace: 2 messages a second stays well under CHAT_RATE_LIMIT (30 per 10 s).
+    while thread.is_alive() or i < 6:
+        reconnect_and_resend()
+        sender = senders[i % len(senders)]
+        text = f"during the disruption {i}"
+        # A socket that just closed is reconnected on the next round.
+        with contextlib.suppress(ConnectionError, OSError):
+            sent[sender][sender.send(text)] = text
+        i += 1
+        time.sleep(0.5)
+    thread.join()
+    if error:
+        raise error[0]
+
+    reconnect_and_resend()
+    # Whatever was sent into a closing socket and never echoed is re-sent once more.
+    everything = set(earlier)
+    for sender, texts in sent.items():
+        deadline = time.monotonic() + 20
+        while set(texts) - sender.client_ids() and time.monotonic() < deadline:
+            resend_unacknowledged(sender, texts)
+            try:
+                sender.wait_client_ids(set(texts), timeout=3)
+            except AssertionError:
+                continue
+        everything |= set(texts)
+    everything.add(senders[0].send("after the disruption"))
+    for client in clients:
+        client.wait_client_ids(everything, timeout=20)
+    for client in clients:
         seqs = sorted(client.seen)
         assert seqs == list(range(1, len(seqs) + 1)), f"gap in {seqs}"
         assert client.client_ids() == everything
         assert len(seqs) == len(everything)  # each message stored once
-    print(
-        f"restart: {len(sent)} messages sent during it, closes {drains}, "
-        f"reconnects a={a.connects - 1} b={b.connects - 1}"
-    )
+    return sum(len(texts) for texts in sent.values())
 
 
 def resend_unacknowledged(client: ChatClient, sent: dict[str, str]) -> None:
