@@ -140,3 +140,54 @@ def test_embedded_default_stores_messages_with_idempotency_keys(tmp_path):
     )
     assert result.returncode == 0, result.stderr[-2000:]
     assert result.stdout.split() == ["1", "True", "1", "False", "2", "['hi',", "'yo']", "True"]
+
+
+# A real login in one process; later processes present its session cookie.
+LOG_IN = (
+    "import django; django.setup();"
+    "from django.core.management import call_command; call_command('migrate', verbosity=0);"
+    "from django.contrib.auth import get_user_model; from django.test import Client;"
+    "get_user_model().objects.create_user('rotor', password='Rotate-me-42');"
+    "c = Client(); assert c.login(username='rotor', password='Rotate-me-42');"
+    "print(c.cookies['sessionid'].value)"
+)
+# Who the conversation list (login required) sees for a session cookie (the user, or
+# nobody), and the session cookie it sets, if any.
+WHO_AM_I = (
+    "import django; django.setup(); from django.test import Client;"
+    "c = Client(); c.cookies['sessionid'] = SESSION; r = c.get('/');"
+    "new = r.cookies['sessionid'].value if 'sessionid' in r.cookies else '-';"
+    "print(r.status_code, r.wsgi_request.user.get_username() or 'anonymous', new or '-')"
+)
+
+
+def test_secret_key_rotation_keeps_sessions_through_fallbacks(tmp_path):
+    """README "Rotating SECRET_KEY": the new key in SECRET_KEY, the old one in
+    SECRET_KEY_FALLBACKS; a session signed with the old key stays logged in, and its first
+    request re-keys it under the new key, after which it no longer needs the fallback.
+    Without the fallback the old session is logged out (so the check can fail)."""
+    old, new = "o" * 20 + "Old-key-9x" * 5, "n" * 20 + "New-key-7y" * 5
+    env = {
+        "DEBUG": "0",
+        "HTTPS": "0",
+        "ALLOWED_HOSTS": "testserver",
+        "REDIS_URL": None,
+        "SECRET_KEY_FALLBACKS": None,
+        "DATABASE_URL": f"sqlite:///{tmp_path / 'rotation.sqlite3'}",
+    }
+    logged_in = run_python(LOG_IN, **{**env, "SECRET_KEY": old})
+    assert logged_in.returncode == 0, logged_in.stderr[-2000:]
+    session = logged_in.stdout.split()[-1]
+
+    def who(cookie: str, **keys: str) -> list[str]:
+        result = run_python(f"SESSION = {cookie!r}; {WHO_AM_I}", **{**env, **keys})
+        assert result.returncode == 0, result.stderr[-2000:]
+        return result.stdout.splitlines()[-1].split()  # after any log lines
+
+    assert who(session, SECRET_KEY=old) == ["200", "rotor", "-"]
+    # Without the fallback: logged out (the stored session is left alone, nothing is lost).
+    assert who(session, SECRET_KEY=new)[:2] == ["302", "anonymous"]
+    # Several old keys may be listed (a second rotation before the first one's sessions end).
+    status, user, rekeyed = who(session, SECRET_KEY=new, SECRET_KEY_FALLBACKS=f"{'x' * 50},{old}")
+    assert (status, user) == ("200", "rotor") and rekeyed not in ("-", session)
+    assert who(rekeyed, SECRET_KEY=new) == ["200", "rotor", "-"]
