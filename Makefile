@@ -179,9 +179,10 @@ BACKUP_RUN = $(DC) --profile ops run --rm --no-deps -T -u "$$(id -u):$$(id -g)"
 RESTORE_FILE = -e FORCE=$(FORCE) -v "$(abspath $(FILE)):/restore/parley.dump:ro"
 
 .PHONY: backup
-backup: ## Dump the running stack's Postgres (pg_dump custom format) to $(BACKUP_DIR)/parley-<UTC time>.dump
+backup: ## Dump the running stack's Postgres (pg_dump custom format) to $(BACKUP_DIR)/parley-<UTC time>.dump; prune by BACKUP_KEEP_DAYS
 	@mkdir -p $(BACKUP_DIR)
-	$(BACKUP_RUN) -v "$(abspath $(BACKUP_DIR)):/backups" backup
+	$(BACKUP_RUN) -v "$(abspath $(BACKUP_DIR)):/backups" \
+		$(if $(BACKUP_KEEP_DAYS),-e BACKUP_KEEP_DAYS=$(BACKUP_KEEP_DAYS)) backup
 
 .PHONY: restore
 restore: $(ENV_FILE) ## Restore FILE=<dump> into a fresh stack (after wipe-volumes), then start it; FORCE=1 replaces a non-empty database
@@ -190,10 +191,10 @@ restore: $(ENV_FILE) ## Restore FILE=<dump> into a fresh stack (after wipe-volum
 	$(DC) up -d --no-deps postgres
 	deploy/docker/wait-healthy.sh $(COMPOSE_PROJECT) $${UP_TIMEOUT:-300} postgres
 	@# Refuses (and stops nothing) unless FILE is a dump and the database is empty or FORCE=1.
-	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /usr/local/bin/parley-backup check /restore/parley.dump
+	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /scripts/pg-backup.sh check /restore/parley.dump
 	@# Nothing may write while the database is replaced: only Postgres runs until it is done.
 	$(DC) stop nginx web ws
-	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /usr/local/bin/parley-backup restore /restore/parley.dump
+	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /scripts/pg-backup.sh restore /restore/parley.dump
 	$(MAKE) --no-print-directory up
 
 .PHONY: upgrade
@@ -226,7 +227,7 @@ shell: ## Django shell in the running stack
 .PHONY: lint-docker
 lint-docker: install ## hadolint the Dockerfiles, shellcheck the container scripts
 	$(VENV)/bin/hadolint Dockerfile deploy/standins/*/Dockerfile
-	$(VENV)/bin/shellcheck deploy/docker/*.sh deploy/standins/build.sh deploy/standins/*/*.sh
+	$(VENV)/bin/shellcheck deploy/docker/*.sh deploy/backup/*.sh deploy/standins/build.sh deploy/standins/*/*.sh
 
 .PHONY: standins
 standins: ## Build stand-in base images from Debian packages (for machines without a registry)

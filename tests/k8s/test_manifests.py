@@ -78,15 +78,21 @@ def generated(docs: list[Doc], kind: str, prefix: str) -> Doc:
 
 
 def workloads(docs: list[Doc]) -> list[Doc]:
-    return of_kind(docs, "Deployment", "StatefulSet", "Job")
+    return of_kind(docs, "Deployment", "StatefulSet", "Job", "CronJob")
+
+
+def template(workload: Doc) -> Doc:
+    """The pod template (a CronJob's is inside its job template)."""
+    spec = workload["spec"]
+    return spec["jobTemplate"]["spec"]["template"] if "jobTemplate" in spec else spec["template"]
 
 
 def pod(workload: Doc) -> Doc:
-    return workload["spec"]["template"]["spec"]
+    return template(workload)["spec"]
 
 
 def role(workload: Doc) -> str:
-    return workload["spec"]["template"]["metadata"]["labels"]["app.kubernetes.io/component"]
+    return template(workload)["metadata"]["labels"]["app.kubernetes.io/component"]
 
 
 def all_containers(workload: Doc) -> Iterator[Doc]:
@@ -196,7 +202,7 @@ def test_every_object_and_pod_carries_the_app_labels(docs: list[Doc]) -> None:
         labels = doc["metadata"].get("labels", {})
         assert all(k in labels for k in LABELS), (doc["kind"], doc["metadata"]["name"])
     for workload in workloads(docs):
-        labels = workload["spec"]["template"]["metadata"]["labels"]
+        labels = template(workload)["metadata"]["labels"]
         assert all(k in labels for k in LABELS) and "app.kubernetes.io/component" in labels
 
 
@@ -386,7 +392,7 @@ def test_every_service_selects_a_workload_and_its_port(docs: list[Doc]) -> None:
         matches = [
             w
             for w in workloads(docs)
-            if _matches({"matchLabels": selector}, w["spec"]["template"]["metadata"]["labels"])
+            if _matches({"matchLabels": selector}, template(w)["metadata"]["labels"])
         ]
         assert len(matches) == 1, f"Service {service['metadata']['name']} selects {len(matches)}"
         ports = {
@@ -408,7 +414,7 @@ def test_workload_selectors_match_their_own_pods(docs: list[Doc]) -> None:
         assert [
             w
             for w in workloads(docs)
-            if _matches(budget["spec"]["selector"], w["spec"]["template"]["metadata"]["labels"])
+            if _matches(budget["spec"]["selector"], template(w)["metadata"]["labels"])
         ]
 
 
@@ -468,6 +474,7 @@ DEV_DATASTORES = {
     ("web", "postgres", "TCP", 5432),
     ("ws", "postgres", "TCP", 5432),
     ("migrate", "postgres", "TCP", 5432),
+    ("backup", "postgres", "TCP", 5432),
     ("web", "redis", "TCP", 6379),
     ("ws", "redis", "TCP", 6379),
 }
@@ -479,7 +486,7 @@ EXPECTED = {
         "internal": IN_CLUSTER | DEV_DATASTORES,
         "egress": {
             (p, DNS, proto, 53)
-            for p in ("nginx", "web", "ws", "migrate")
+            for p in ("nginx", "web", "ws", "migrate", "backup")
             for proto in ("UDP", "TCP")
         },
         "ingress": METRICS,
@@ -488,7 +495,7 @@ EXPECTED = {
         "internal": IN_CLUSTER,
         "egress": {
             (p, DNS, proto, 53)
-            for p in ("nginx", "web", "ws", "migrate")
+            for p in ("nginx", "web", "ws", "migrate", "backup")
             for proto in ("UDP", "TCP")
         }
         | {
@@ -497,6 +504,7 @@ EXPECTED = {
             ("web", MANAGED, "TCP", 6379),
             ("ws", MANAGED, "TCP", 6379),
             ("migrate", MANAGED, "TCP", 5432),
+            ("backup", MANAGED, "TCP", 5432),
         },
         "ingress": {("nginx", ("namespace", "gateway-system"), "TCP", 8080)} | METRICS,
     },
@@ -558,7 +566,7 @@ def _peers(peer: Doc, pods: dict[str, dict[str, str]]) -> list[tuple]:
 
 
 def _flows(docs: list[Doc]) -> dict[str, set]:
-    pods = {role(w): w["spec"]["template"]["metadata"]["labels"] for w in workloads(docs)}
+    pods = {role(w): template(w)["metadata"]["labels"] for w in workloads(docs)}
     allowed: dict[str, set] = {"Ingress": set(), "Egress": set()}
     for policy in of_kind(docs, "NetworkPolicy"):
         spec = policy["spec"]
@@ -732,3 +740,36 @@ def test_web_and_ws_export_metrics_only_to_the_scraper(
         assert (role(workload), SCRAPER, "TCP", port) in _flows(docs)["ingress"]
     # nginx, the only public entry, has no route to the metrics port
     assert not any(dst in ("web", "ws") and p == 9100 for _, dst, _, p in _flows(docs)["internal"])
+
+
+# --- backups ----------------------------------------------------------------------------------
+
+
+def test_backup_cronjob_runs_the_compose_backup_onto_its_claim(docs: list[Doc]) -> None:
+    """The CronJob (deploy/backup) runs what `make backup` runs: the same image, command and
+    script (its ConfigMap is deploy/backup/pg-backup.sh verbatim), one at a time, into the
+    PersistentVolumeClaim, with the retention README "Operating Parley" documents."""
+    cron = one(docs, "CronJob", "pg-backup")
+    assert cron["spec"]["concurrencyPolicy"] == "Forbid"
+    spec = pod(cron)
+    assert spec["restartPolicy"] == "Never"
+    (container,) = spec["containers"]
+    service = yaml.safe_load(COMPOSE.read_text())["services"]["backup"]
+    assert container["image"] == _interpolate(service["image"])
+    assert container["command"] == service["command"]
+    env = {e["name"]: e for e in container["env"]}
+    assert env["BACKUP_KEEP_DAYS"]["value"] == _interpolate(
+        service["environment"]["BACKUP_KEEP_DAYS"]
+    )
+    assert env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]["key"] == "DATABASE_URL"
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    mounts = {m["mountPath"]: m["name"] for m in container["volumeMounts"]}
+    claim = volumes[mounts[container["command"][-1]]]["persistentVolumeClaim"]["claimName"]
+    assert one(docs, "PersistentVolumeClaim", claim)
+    script_dir, script_name = container["command"][1].rsplit("/", 1)
+    config = volumes[mounts[script_dir]]["configMap"]["name"]
+    data = generated(docs, "ConfigMap", "pg-backup")
+    assert config == data["metadata"]["name"]
+    assert data["data"][script_name] == (REPO / "deploy/backup/pg-backup.sh").read_text()
+    host_script = next(v for v in service["volumes"] if v.startswith("./deploy/backup/"))
+    assert host_script.split(":")[1] == container["command"][1]
