@@ -179,7 +179,7 @@ BACKUP_RUN = $(DC) --profile ops run --rm --no-deps -T -u "$$(id -u):$$(id -g)"
 RESTORE_FILE = -e FORCE=$(FORCE) -v "$(abspath $(FILE)):/restore/parley.dump:ro"
 
 .PHONY: backup
-backup: ## Dump the running stack's Postgres (pg_dump custom format) to $(BACKUP_DIR)/parley-<UTC time>.dump; prune by BACKUP_KEEP_DAYS
+backup: ## Dump the running stack's Postgres (pg_dump custom format) to BACKUP_DIR (backups/)/parley-<UTC time>.dump; prunes by BACKUP_KEEP_DAYS
 	@mkdir -p $(BACKUP_DIR)
 	$(BACKUP_RUN) -v "$(abspath $(BACKUP_DIR)):/backups" \
 		$(if $(BACKUP_KEEP_DAYS),-e BACKUP_KEEP_DAYS=$(BACKUP_KEEP_DAYS)) backup

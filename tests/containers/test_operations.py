@@ -212,11 +212,17 @@ def rolling_upgrade(
 
     poller = threading.Thread(target=poll, daemon=True)
     poller.start()
+    closes_before = {client: len(client.closes) for client in (a, b)}
     try:
         sent = converse_during(upgrade, (a, b), (a, b), earlier)
     finally:
         stop.set()
         poller.join(timeout=40)
+    # Both clients' sockets were on replaced ws containers: each was closed, by the drain
+    # (1012) or by an old nginx worker at its shutdown timeout (no close frame), and came back.
+    for client in (a, b):
+        closes = client.closes[closes_before[client] :]
+        assert closes and set(closes) <= {1012, None}, closes
     after = {i["Id"] for svc in ("web", "ws") for i in stack.containers()[svc]}
     services = stack.containers()
     assert not before & after, "some web/ws container was not replaced"
