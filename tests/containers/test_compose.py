@@ -614,6 +614,7 @@ def converse_during(
         assert seqs == list(range(1, len(seqs) + 1)), f"gap in {seqs}"
         assert client.client_ids() == everything
         assert len(seqs) == len(everything)  # each message stored once
+        assert client.seen == clients[0].seen  # and in the same order everywhere
     return sum(len(texts) for texts in sent.values())
 
 
