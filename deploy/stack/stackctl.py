@@ -298,10 +298,9 @@ class Stack:
         links = {
             prefix / "nginx.conf": NGINX_DIR / "nginx.conf",
             prefix / "certs": c.cert_dir,
-            **{
-                prefix / "parley" / name: NGINX_DIR / name
-                for name in ("parley.conf", "tls.conf", "https-redirect.conf")
-            },
+            prefix / "parley" / "parley.conf": NGINX_DIR / "parley.conf",
+            prefix / "parley" / "tls.conf": NGINX_DIR / "tls" / "params.conf",
+            prefix / "parley" / "https-redirect.conf": NGINX_DIR / "tls" / "https-redirect.conf",
             prefix / "parley" / "hsts.conf": NGINX_DIR / "hsts" / f"{hsts}.conf",
         }
         for link, target in links.items():
@@ -331,13 +330,13 @@ class Stack:
         return prefix
 
     def _listen_conf(self) -> str:
-        """Plain: nginx_port on loopback. TLS: deploy/nginx/listen-tls.conf (compose's) with
+        """Plain: nginx_port on loopback. TLS: deploy/nginx/tls/listen.conf (compose's) with
         the loopback ports, and the redirect port set here instead of rendered at start."""
         c = self.config
         head = "# written by deploy/stack/stackctl.py\n"
         if not c.tls:
             return f"{head}listen 127.0.0.1:{c.nginx_port};\n"
-        text = (NGINX_DIR / "listen-tls.conf").read_text()
+        text = (NGINX_DIR / "tls" / "listen.conf").read_text()
         for needle, value in (
             ("listen 8443 ssl;", f"listen 127.0.0.1:{c.https_port} ssl;"),
             ("listen 8080;", f"listen 127.0.0.1:{c.nginx_port};"),
@@ -347,7 +346,7 @@ class Stack:
             ),
         ):
             if text.count(needle) != 1:
-                raise StackError(f"deploy/nginx/listen-tls.conf: expected one {needle!r}")
+                raise StackError(f"deploy/nginx/tls/listen.conf: expected one {needle!r}")
             text = text.replace(needle, value)
         return head + text
 
