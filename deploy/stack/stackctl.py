@@ -341,7 +341,7 @@ class Stack:
             ("listen 8443 ssl;", f"listen 127.0.0.1:{c.https_port} ssl;"),
             ("listen 8080;", f"listen 127.0.0.1:{c.nginx_port};"),
             (
-                "include /tmp/nginx/conf.d/https-port.conf;",
+                "include /tmp/nginx/https-port.conf;",
                 f"set $parley_https_port {c.https_port};",
             ),
         ):
