@@ -323,6 +323,8 @@ def post_form(base: str, path: str, fields: dict[str, str]) -> requests.Session:
         f"{base}{path}",
         timeout=30,
         data={"csrfmiddlewaretoken": session.cookies["csrftoken"], **fields},
+        # As a browser does; over https Django's CSRF check requires it.
+        headers={"Referer": f"{base}{path}"},
     )
     assert response.status_code == 200 and response.url == f"{base}/", response.text[:500]
     return session
@@ -348,6 +350,7 @@ def start_conversation(base: str, session: requests.Session, other: str) -> int:
             "usernames": other,
             "title": "compose ci",
         },
+        headers={"Referer": f"{base}/"},
     )
     match = re.fullmatch(rf"{re.escape(base)}/c/(\d+)", response.url)
     assert response.status_code == 200 and match, (response.status_code, response.url)
