@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import re
+import shutil
 import socket
 import ssl
 import subprocess
@@ -20,7 +21,7 @@ import pytest
 import requests
 import websocket
 
-from tests.stack.harness import REPO, Stack, login, session_trusting, wait_until
+from tests.stack.harness import REPO, Stack, StackError, login, session_trusting, wait_until
 from tests.stack.wsclient import ChatSocket
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -83,6 +84,11 @@ def test_make_certs_writes_a_self_signed_certificate_for_the_host(certs: Path) -
     assert "Subject: CN = localhost" in text
     assert "DNS:localhost, IP Address:127.0.0.1, IP Address:0:0:0:0:0:0:0:1" in text
     assert "TLS Web Server Authentication" in text
+    # Its own root (clients trust it directly), but for its own names only.
+    assert "CA:TRUE, pathlen:0" in text
+    assert re.search(r"Name Constraints: critical\s+Permitted:\s+DNS:localhost\s+IP:127", text)
+    # nginx in compose runs as uid 101 and must read the key (make-certs.sh says why).
+    assert (certs / "tls.key").stat().st_mode & 0o777 == 0o644
     # Run again for the same host: kept, not replaced (a trusted copy stays valid).
     before = (certs / "tls.crt").read_bytes()
     again = subprocess.run(
@@ -353,3 +359,40 @@ def test_a_trusted_tls_proxy_in_front_passes_its_scheme_and_no_one_else(
 def test_tls_config_passes_nginx_t(tls_stack: Stack) -> None:
     result = tls_stack.nginx_test()
     assert result.returncode == 0, result.stderr
+
+
+def check_tls(env_file: Path, **env: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [str(REPO / "deploy" / "docker" / "check-tls.sh"), str(env_file)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        cwd=REPO,
+        env={"PATH": "/usr/bin:/bin", **env},
+    )
+
+
+def test_make_up_refuses_https_without_a_readable_certificate(tmp_path: Path, certs: Path) -> None:
+    """`make up` runs deploy/docker/check-tls.sh first: a clear error, not an nginx that
+    fails to start in its container."""
+    env_file = tmp_path / "env"
+    missing = tmp_path / "no-certs"
+    env_file.write_text(f"NGINX_LISTEN=tls/listen.conf\nTLS_CERT_DIR={missing}\n")
+    result = check_tls(env_file)
+    assert result.returncode == 1 and "run `make certs`" in result.stderr
+    assert missing.is_dir()  # created by the user, not by Docker as root
+    assert check_tls(env_file, TLS_CERT_DIR=str(certs)).returncode == 0
+    # Plain HTTP needs no certificate.
+    assert check_tls(env_file, NGINX_LISTEN="listen.conf").returncode == 0
+    private = tmp_path / "private"
+    shutil.copytree(certs, private)
+    (private / "tls.key").chmod(0o600)
+    result = check_tls(env_file, TLS_CERT_DIR=str(private))
+    assert result.returncode == 1 and "uid 101 and cannot read" in result.stderr
+
+
+def test_stack_tls_mode_needs_the_certificate(tmp_path: Path) -> None:
+    stack = Stack(name="tls-nocert", https_port=18243, cert_dir=tmp_path)
+    with pytest.raises(StackError, match="run `make certs`"):
+        stack.up()
