@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
@@ -18,7 +17,6 @@ import requests
 
 from tests.containers import test_compose as compose
 from tests.containers.test_compose import (
-    REPO,
     Stack,
     check_services,
     docker,
@@ -26,6 +24,7 @@ from tests.containers.test_compose import (
     start_conversation,
 )
 from tests.containers.wsclient import ChatClient
+from tests.stack.harness import make_certs
 from tests.stack.test_tls import believes_https, post_without_referer
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(900)]
@@ -38,14 +37,8 @@ stack = compose.stack
 
 @pytest.fixture
 def certs(tmp_path: Path) -> Path:
-    out = tmp_path / "certs"
-    subprocess.run(
-        [str(REPO / "deploy" / "tls" / "make-certs.sh"), "localhost", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
-    return out
+    make_certs(tmp_path / "certs")
+    return tmp_path / "certs"
 
 
 @pytest.fixture

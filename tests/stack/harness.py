@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -29,7 +30,7 @@ from deploy.stack.stackctl import REPO, StackConfig, StackError
 from deploy.stack.stackctl import Stack as _Stack
 from tests import instance
 
-__all__ = ["Stack", "StackError", "login", "session_trusting", "wait_until"]
+__all__ = ["Stack", "StackError", "login", "make_certs", "session_trusting", "wait_until"]
 
 
 def wait_until(
@@ -65,6 +66,17 @@ def login(
     if response.status_code != 302 or "sessionid" not in session.cookies:
         raise AssertionError(f"login of {username} failed: {response.status_code}")
     return session
+
+
+def make_certs(out: Path, host: str = "localhost") -> subprocess.CompletedProcess:
+    """`make certs` into `out`: deploy/tls/make-certs.sh, a self-signed pair for `host`."""
+    return subprocess.run(
+        [str(REPO / "deploy" / "tls" / "make-certs.sh"), host, str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
 
 
 def session_trusting(verify: str | bool = True) -> requests.Session:

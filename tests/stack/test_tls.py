@@ -21,7 +21,15 @@ import pytest
 import requests
 import websocket
 
-from tests.stack.harness import REPO, Stack, StackError, login, session_trusting, wait_until
+from tests.stack.harness import (
+    REPO,
+    Stack,
+    StackError,
+    login,
+    make_certs,
+    session_trusting,
+    wait_until,
+)
 from tests.stack.wsclient import ChatSocket
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -36,12 +44,7 @@ HTTPS_ONLY_REFERER_CHECK = "this HTTPS site requires a"
 @pytest.fixture(scope="module")
 def certs(tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("certs") / "certs"
-    subprocess.run(
-        [str(REPO / "deploy" / "tls" / "make-certs.sh"), "localhost", str(out)],
-        check=True,
-        capture_output=True,
-        timeout=60,
-    )
+    make_certs(out)
     return out
 
 
@@ -91,12 +94,7 @@ def test_make_certs_writes_a_self_signed_certificate_for_the_host(certs: Path) -
     assert (certs / "tls.key").stat().st_mode & 0o777 == 0o644
     # Run again for the same host: kept, not replaced (a trusted copy stays valid).
     before = (certs / "tls.crt").read_bytes()
-    again = subprocess.run(
-        [str(REPO / "deploy" / "tls" / "make-certs.sh"), "localhost", str(certs)],
-        capture_output=True,
-        text=True,
-        check=True,
-    )
+    again = make_certs(certs)
     assert "already exists" in again.stdout
     assert (certs / "tls.crt").read_bytes() == before
     # `make certs` writes into certs/, which git ignores (a key never gets committed).
