@@ -42,8 +42,8 @@ test: install ## Run the test suite against the local Postgres and Redis
 	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 .PHONY: stack
-stack: install ## Start the production layout on loopback (nginx :8080 or STACK_PORT, gunicorn, 2 daphne; ./run/stack)
-	STACK_PORT=$(STACK_PORT) $(PY) deploy/stack/stackctl.py up
+stack: install ## Start the production layout on loopback (nginx :8080 or STACK_PORT, gunicorn, 2 daphne; ./run/stack); TLS=1: https on :8443
+	STACK_PORT=$(STACK_PORT) STACK_TLS=$(TLS) STACK_HSTS=$(HSTS) $(PY) deploy/stack/stackctl.py up
 
 .PHONY: stack-down
 stack-down: install ## Stop `make stack` (every process it started, workers included)
@@ -159,6 +159,7 @@ build: ## Build the app image (PYTHON_IMAGE base, EXTRA_CA_BUNDLE for a TLS-inte
 
 .PHONY: up
 up: $(ENV_FILE) build ## Start the production stack with Docker Compose and wait until it is healthy
+	deploy/docker/check-tls.sh $(ENV_FILE)
 	$(DC) up -d --remove-orphans
 	deploy/docker/wait-healthy.sh $(COMPOSE_PROJECT) $${UP_TIMEOUT:-300}
 	deploy/docker/refresh-nginx.sh $(COMPOSE_PROJECT)
@@ -227,7 +228,7 @@ shell: ## Django shell in the running stack
 .PHONY: lint-docker
 lint-docker: install ## hadolint the Dockerfiles, shellcheck the container scripts
 	$(VENV)/bin/hadolint Dockerfile deploy/standins/*/Dockerfile
-	$(VENV)/bin/shellcheck deploy/docker/*.sh deploy/backup/*.sh deploy/standins/build.sh deploy/standins/*/*.sh
+	$(VENV)/bin/shellcheck deploy/docker/*.sh deploy/backup/*.sh deploy/tls/*.sh deploy/standins/build.sh deploy/standins/*/*.sh
 
 .PHONY: standins
 standins: ## Build stand-in base images from Debian packages (for machines without a registry)

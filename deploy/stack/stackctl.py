@@ -5,8 +5,11 @@
 Environment: STACK_DIR (./run/stack), STACK_PORT (8080, nginx), STACK_WEB_PORT (8000),
 STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/parley_stack),
 REDIS_URL (redis://127.0.0.1:6379/3), WEB_WORKERS (2); any other app setting (CHAT_*, ...)
-is passed through. State, pids, logs, the generated secret and the nginx prefix live in
-STACK_DIR. The test harness (tests/stack/harness.py) drives the same class with other ports.
+is passed through. TLS: STACK_TLS=1 serves https on STACK_HTTPS_PORT (8443) with the
+certificate in STACK_CERTS (./certs, `make certs`) and STACK_PORT only redirects to it;
+STACK_HSTS=1 sends Strict-Transport-Security. State, pids, logs, the generated secret and
+the nginx prefix live in STACK_DIR. The test harness (tests/stack/harness.py) drives the
+same class with other ports.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import secrets
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import time
@@ -48,6 +52,15 @@ class StackConfig:
     # gunicorn's master exports the metrics of every process of the stack (one shared
     # multiprocess directory) here; nginx does not proxy it.
     metrics_port: int = 9100
+    # TLS mode: nginx serves https on https_port with cert_dir/tls.{crt,key}; nginx_port
+    # then only redirects to it. Off: plain http on nginx_port (the default).
+    tls: bool = False
+    https_port: int = 8443
+    cert_dir: Path = REPO / "certs"
+    hsts: bool = False
+    # CIDRs of a TLS-terminating proxy in front whose X-Forwarded-Proto nginx believes
+    # (deploy/nginx/trusted-proxies.conf); none by default.
+    trusted_proxies: tuple[str, ...] = ()
     # App settings for every process (on top of the inherited environment).
     env: dict[str, str] = field(default_factory=dict)
 
@@ -66,11 +79,36 @@ class StackConfig:
             redis_url=env.get("REDIS_URL", cls.redis_url),
             web_workers=int(env.get("WEB_WORKERS", "2")),
             metrics_port=int(env.get("STACK_METRICS_PORT", "9100")),
+            tls=env.get("STACK_TLS", "") not in ("", "0"),
+            https_port=int(env.get("STACK_HTTPS_PORT", "8443")),
+            cert_dir=Path(env.get("STACK_CERTS", REPO / "certs")).resolve(),
+            hsts=env.get("STACK_HSTS", "") not in ("", "0"),
+            trusted_proxies=tuple(p for p in env.get("STACK_TRUSTED_PROXIES", "").split(",") if p),
         )
 
     @property
     def url(self) -> str:
+        """Where browsers go: https in TLS mode."""
+        return f"https://127.0.0.1:{self.https_port}" if self.tls else self.http_url
+
+    @property
+    def http_url(self) -> str:
+        """nginx's plain-HTTP port (in TLS mode it redirects all but /nginx-health)."""
         return f"http://127.0.0.1:{self.nginx_port}"
+
+    @property
+    def cert_host(self) -> str | None:
+        """The host name `make certs` wrote the certificate for (certs/host)."""
+        try:
+            return (self.cert_dir / "host").read_text().strip() or None
+        except OSError:
+            return None
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        """A client context trusting the stack's own (self-signed) certificate."""
+        if not self.tls:
+            return None
+        return ssl.create_default_context(cafile=str(self.cert_dir / "tls.crt"))
 
 
 def nginx_binary() -> str | None:
@@ -115,9 +153,11 @@ def _port_open(port: int) -> bool:
         return sock.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _http_status(url: str, timeout: float = 2.0) -> int | None:
+def _http_status(
+    url: str, timeout: float = 2.0, context: ssl.SSLContext | None = None
+) -> int | None:
     try:
-        with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (loopback)
+        with urllib.request.urlopen(url, timeout=timeout, context=context) as response:  # noqa: S310
             return response.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -183,14 +223,16 @@ class Stack:
 
     def app_env(self) -> dict[str, str]:
         c = self.config
-        origins = [f"http://127.0.0.1:{c.nginx_port}", f"http://localhost:{c.nginx_port}"]
+        hosts = list(dict.fromkeys(["127.0.0.1", "localhost", c.cert_host or "localhost"]))
+        scheme, port = ("https", c.https_port) if c.tls else ("http", c.nginx_port)
         env = {
             **os.environ,
             "DEBUG": "0",
             "SECRET_KEY": self._secret_key(),
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "CSRF_TRUSTED_ORIGINS": ",".join(origins),
-            "HTTPS": "0",  # plain HTTP on loopback: cookies without the Secure flag
+            "ALLOWED_HOSTS": ",".join(hosts),
+            "CSRF_TRUSTED_ORIGINS": ",".join(f"{scheme}://{h}:{port}" for h in hosts),
+            # Plain HTTP on loopback: cookies without the Secure flag; with TLS, Secure.
+            "HTTPS": "1" if c.tls else "0",
             "STATIC_MANIFEST": "1",
             "STATIC_ROOT": str(self.run_dir / "static"),
             "DATABASE_URL": c.database_url,
@@ -247,21 +289,33 @@ class Stack:
 
     def nginx_prefix(self) -> Path:
         """The nginx prefix in the run dir: the shared deploy/nginx files (symlinked), plus
-        the two per-environment includes: the loopback listen and the rendered upstreams."""
+        the per-environment includes: the loopback listen (plain or TLS), the rendered
+        upstreams, HSTS on or off, the trusted proxies; certs/ -> the certificate's dir."""
         c = self.config
+        hsts = "on" if c.hsts else "off"
         prefix = self.run_dir / "nginx"
         (prefix / "parley").mkdir(parents=True, exist_ok=True)
         links = {
             prefix / "nginx.conf": NGINX_DIR / "nginx.conf",
+            prefix / "certs": c.cert_dir,
             prefix / "parley" / "parley.conf": NGINX_DIR / "parley.conf",
+            prefix / "parley" / "tls.conf": NGINX_DIR / "tls" / "params.conf",
+            prefix / "parley" / "https-redirect.conf": NGINX_DIR / "tls" / "https-redirect.conf",
+            prefix / "parley" / "hsts.conf": NGINX_DIR / "hsts" / f"{hsts}.conf",
         }
         for link, target in links.items():
             if link.is_symlink() or link.exists():
                 link.unlink()
             link.symlink_to(target)
-        (prefix / "parley" / "listen.conf").write_text(
-            f"# written by deploy/stack/stackctl.py\nlisten 127.0.0.1:{c.nginx_port};\n"
-        )
+        (prefix / "parley" / "listen.conf").write_text(self._listen_conf())
+        trusted = prefix / "parley" / "trusted-proxies.conf"
+        if trusted.is_symlink() or trusted.exists():
+            trusted.unlink()
+        if c.trusted_proxies:
+            lines = "".join(f"{cidr} 1;\n" for cidr in c.trusted_proxies)
+            trusted.write_text(f"# written by deploy/stack/stackctl.py\n{lines}")
+        else:
+            trusted.symlink_to(NGINX_DIR / "trusted-proxies.conf")
         upstreams = (NGINX_DIR / "upstreams" / "stack.conf").read_text()
         for default, port in (
             ("8000", c.web_port),
@@ -274,6 +328,27 @@ class Stack:
             upstreams = upstreams.replace(needle, needle.replace(default, str(port)))
         (prefix / "parley" / "upstreams.conf").write_text(upstreams)
         return prefix
+
+    def _listen_conf(self) -> str:
+        """Plain: nginx_port on loopback. TLS: deploy/nginx/tls/listen.conf (compose's) with
+        the loopback ports, and the redirect port set here instead of rendered at start."""
+        c = self.config
+        head = "# written by deploy/stack/stackctl.py\n"
+        if not c.tls:
+            return f"{head}listen 127.0.0.1:{c.nginx_port};\n"
+        text = (NGINX_DIR / "tls" / "listen.conf").read_text()
+        for needle, value in (
+            ("listen 8443 ssl;", f"listen 127.0.0.1:{c.https_port} ssl;"),
+            ("listen 8080;", f"listen 127.0.0.1:{c.nginx_port};"),
+            (
+                "include /tmp/nginx/https-port.conf;",
+                f"set $parley_https_port {c.https_port};",
+            ),
+        ):
+            if text.count(needle) != 1:
+                raise StackError(f"deploy/nginx/tls/listen.conf: expected one {needle!r}")
+            text = text.replace(needle, value)
+        return head + text
 
     def nginx_argv(self, *extra: str) -> list[str]:
         prefix = self.nginx_prefix()
@@ -417,7 +492,7 @@ class Stack:
         if name == "web":
             return f"http://127.0.0.1:{c.web_port}/healthz"
         if name == "nginx":
-            return f"{c.url}/nginx-health"
+            return f"{c.http_url}/nginx-health"
         return f"http://127.0.0.1:{c.ws_ports[self.ws_names.index(name)]}/healthz"
 
     def wait_healthy(self, names: list[str], timeout: float = 60.0) -> None:
@@ -445,7 +520,13 @@ class Stack:
             )
         c = self.config
         ensure_nginx()
-        busy = [p for p in (c.nginx_port, c.web_port, *c.ws_ports) if _port_open(p)]
+        if c.tls and not all((c.cert_dir / f).is_file() for f in ("tls.crt", "tls.key")):
+            raise StackError(
+                f"TLS mode needs {c.cert_dir}/tls.crt and tls.key: run `make certs` "
+                "(HOST=<name> for another host name than localhost)"
+            )
+        ports = (c.nginx_port, *((c.https_port,) if c.tls else ()), c.web_port, *c.ws_ports)
+        busy = [p for p in ports if _port_open(p)]
         if busy:
             raise StackError(f"ports already in use on 127.0.0.1: {busy}")
         self.run_dir.mkdir(parents=True, exist_ok=True)
@@ -472,7 +553,7 @@ class Stack:
             for name in ("web", *self.ws_names, "nginx"):
                 self.spawn(name)
             self.wait_healthy(["web", *self.ws_names, "nginx"], timeout=timeout)
-            if _http_status(f"{c.url}/readyz", timeout=5) != 200:
+            if _http_status(f"{c.url}/readyz", timeout=5, context=c.ssl_context()) != 200:
                 raise StackError(f"{c.url}/readyz is not 200:\n{self.tail('web')}")
         except BaseException:
             self.down()
@@ -543,8 +624,9 @@ def main(argv: list[str]) -> int:
         if command == "up":
             stack.up()
             c = stack.config
+            redirect = f"; {c.http_url} redirects there" if c.tls else ""
             print(
-                f"stack: up at {c.url}  (gunicorn :{c.web_port}, daphne "
+                f"stack: up at {c.url}{redirect}  (gunicorn :{c.web_port}, daphne "
                 f":{c.ws_ports[0]} :{c.ws_ports[1]}; logs in {stack.log_dir})"
             )
         elif command == "down":

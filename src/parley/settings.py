@@ -193,14 +193,20 @@ STORAGES = {
 WHITENOISE_MAX_AGE = 31536000 if not DEBUG else 0
 
 # --- Security (nginx terminates TLS and overwrites X-Forwarded-Proto) ----------------------
+# HTTPS=1: the site is served over https (nginx, or a TLS-terminating proxy before it), so
+# the session and CSRF cookies carry the Secure flag.
 HTTPS: bool = env.bool("HTTPS", default=not DEBUG)
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SESSION_COOKIE_HTTPONLY = True
 SESSION_COOKIE_SAMESITE = "Lax"
-# No SECURE_PROXY_SSL_HEADER: Django would believe X-Forwarded-Proto from any client that
-# reaches gunicorn. uvicorn applies X-Forwarded-For/-Proto only from FORWARDED_ALLOW_IPS
-# (nginx; deploy/gunicorn.conf.py) and Django reads the resulting ASGI scheme.
+# request.is_secure() follows X-Forwarded-Proto. Safe only because of the deployment's
+# contract: nginx overwrites the header on every request (this hop's scheme, or a trusted
+# TLS proxy's value: deploy/nginx/parley.conf), and gunicorn and daphne are reachable from
+# nginx only (loopback on the native stack, the internal compose network, NetworkPolicies
+# in Kubernetes). uvicorn and daphne apply the same header to the ASGI scope (from
+# FORWARDED_ALLOW_IPS, deploy/gunicorn.conf.py), so both views of the scheme agree.
+SECURE_PROXY_SSL_HEADER = ("HTTP_X_FORWARDED_PROTO", "https")
 SECURE_CONTENT_TYPE_NOSNIFF = True
 SECURE_REFERRER_POLICY = "same-origin"
 X_FRAME_OPTIONS = "DENY"
@@ -212,8 +218,8 @@ SILENCED_SYSTEM_CHECKS = [
     "security.W008",
 ]
 if SECURE_HSTS_SECONDS == 0:
-    # HSTS is sent by nginx (HSTS_MAX_AGE), the TLS terminator, and is off by default for
-    # local use; set SECURE_HSTS_SECONDS to have Django send it as well.
+    # HSTS is nginx's (deploy/nginx/hsts/), off by default for local use; nginx also hides
+    # the app's copy, so SECURE_HSTS_SECONDS only matters without nginx.
     SILENCED_SYSTEM_CHECKS.append("security.W004")
 
 # --- Chat ---------------------------------------------------------------------------------

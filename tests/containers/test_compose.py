@@ -152,6 +152,7 @@ class Stack:
     env: dict[str, str]
     port: int
     env_file: Path
+    https_port: int = 0
 
     @property
     def base(self) -> str:
@@ -200,8 +201,29 @@ def compose_flavour(name: str) -> tuple[list[str], dict[str, str]]:
         pytest.skip(f"compose {name} unavailable: {exc}")
 
 
+@pytest.fixture
+def compose_env() -> Callable[[int, int], dict[str, str]]:
+    """The env-file values the `stack` fixture sets for its two loopback ports (http,
+    https): plain http here (requests, like any non-browser client, keeps Secure cookies off
+    http). test_compose_tls.py overrides this fixture to serve HTTPS."""
+
+    def values(port: int, https_port: int) -> dict[str, str]:
+        return {
+            "HTTP_BIND": "127.0.0.1",
+            "HTTP_PORT": str(port),
+            "HTTPS_PORT": str(https_port),
+            "NGINX_LISTEN": "listen.conf",
+            "HTTPS": "0",
+            "ALLOWED_HOSTS": "127.0.0.1,localhost",
+            "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port}",
+            "HEALTHCHECK_INTERVAL": "2s",
+        }
+
+    return values
+
+
 @pytest.fixture(params=["v1", "v2"], ids=["docker-compose-1.29", "docker-compose-v2"])
-def stack(request, images: str, tmp_path: Path) -> Iterator[Stack]:
+def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
     command, extra_env = compose_flavour(request.param)
     project = f"parleyci{request.param}{instance.SUFFIX.replace('_', '')}"
     env_file = tmp_path / "ci.env"
@@ -211,6 +233,7 @@ def stack(request, images: str, tmp_path: Path) -> Iterator[Stack]:
         env=extra_env,
         port=port,
         env_file=env_file,
+        https_port=free_port(),
         make_args=[
             f"COMPOSE={' '.join(command)}",
             f"COMPOSE_PROJECT={project}",
@@ -221,25 +244,14 @@ def stack(request, images: str, tmp_path: Path) -> Iterator[Stack]:
         ],
     )
     # `make env` (a step of `make up`) writes the env file from .env.example with fresh
-    # secrets; this test only adapts the address to a free loopback port and plain http
-    # (requests, like any non-browser client, keeps Secure cookies off http).
+    # secrets; this test only adapts it (compose_env).
     stack.make("env")
     # A leftover of an interrupted earlier run would hold the names and the volume.
     stack.make("wipe-volumes", timeout=300)
     written = env_file.read_text()
     assert re.search(r"^SECRET_KEY=[A-Za-z0-9_-]{50,}$", written, re.M)
     assert re.search(r"^POSTGRES_PASSWORD=[A-Za-z0-9_-]{20,}$", written, re.M)
-    set_env_values(
-        env_file,
-        {
-            "HTTP_BIND": "127.0.0.1",
-            "HTTP_PORT": str(port),
-            "HTTPS": "0",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port}",
-            "HEALTHCHECK_INTERVAL": "2s",
-        },
-    )
+    set_env_values(env_file, compose_env(port, stack.https_port))
     started = time.monotonic()
     try:
         stack.make("up", timeout=600)
@@ -296,7 +308,8 @@ def check_services(stack: Stack) -> None:
             published = {p: b for p, b in (info["NetworkSettings"]["Ports"] or {}).items() if b}
             if name == "nginx":
                 assert published == {
-                    "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}]
+                    "8080/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.port)}],
+                    "8443/tcp": [{"HostIp": "127.0.0.1", "HostPort": str(stack.https_port)}],
                 }
             else:
                 assert published == {}, (name, published)
@@ -310,6 +323,8 @@ def post_form(base: str, path: str, fields: dict[str, str]) -> requests.Session:
         f"{base}{path}",
         timeout=30,
         data={"csrfmiddlewaretoken": session.cookies["csrftoken"], **fields},
+        # As a browser does; over https Django's CSRF check requires it.
+        headers={"Referer": f"{base}{path}"},
     )
     assert response.status_code == 200 and response.url == f"{base}/", response.text[:500]
     return session
@@ -335,6 +350,7 @@ def start_conversation(base: str, session: requests.Session, other: str) -> int:
             "usernames": other,
             "title": "compose ci",
         },
+        headers={"Referer": f"{base}/"},
     )
     match = re.fullmatch(rf"{re.escape(base)}/c/(\d+)", response.url)
     assert response.status_code == 200 and match, (response.status_code, response.url)

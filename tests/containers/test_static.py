@@ -114,11 +114,18 @@ def test_nginx_mounts_the_shared_config(compose: dict) -> None:
     mounts = compose["services"]["nginx"]["volumes"]
     targets = {}
     for mount in mounts:
-        source, target, mode = mount.split(":")
-        assert mode == "ro" and (REPO / source).is_file(), mount
+        # ${VAR:-default} in a source: its default (.env.example documents the variable).
+        source, target, mode = re.sub(r"\$\{[A-Z_]+:-([^}]+)\}", r"\1", mount).split(":")
+        assert mode == "ro", mount
+        if target == "/etc/nginx/certs":  # the host's certificate directory (make certs)
+            assert mount.startswith("${TLS_CERT_DIR:-./certs}:") and source == "./certs"
+            continue
+        assert (REPO / source).is_file(), mount
         targets[target] = source
     assert targets["/etc/nginx/parley/upstreams.conf"] == "./deploy/nginx/upstreams/compose.conf"
     assert targets["/etc/nginx/nginx.conf"] == "./deploy/nginx/nginx.conf"
+    assert targets["/etc/nginx/parley/listen.conf"] == "./deploy/nginx/tls/listen.conf"
+    assert targets["/etc/nginx/parley/hsts.conf"] == "./deploy/nginx/hsts/off.conf"
 
 
 def test_final_stage_has_no_build_ca_and_runs_non_root() -> None:

@@ -324,6 +324,10 @@ def test_nginx_configmap_is_deploy_nginx_verbatim(docs: list[Doc]) -> None:
     data = generated(docs, "ConfigMap", "nginx-config")["data"]
     expected = {p.name: p.read_text() for p in nginx_dir.glob("*.conf")}
     expected["upstreams.conf"] = (nginx_dir / "upstreams" / "k8s.conf").read_text()
+    expected["hsts.conf"] = (nginx_dir / "hsts" / "off.conf").read_text()
+    if of_kind(docs, "Gateway"):  # the exposure component's TLS proxies (tests/k8s/test_tls.py)
+        gateway_api = K8S / "components" / "gateway-api"
+        expected["trusted-proxies.conf"] = (gateway_api / "trusted-proxies.conf").read_text()
     assert data == expected
 
 

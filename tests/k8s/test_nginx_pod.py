@@ -25,12 +25,15 @@ pytestmark = pytest.mark.skipif(
     reason="needs root, unshare and setpriv for a private mount/network namespace",
 )
 
-# Runs inside the namespace: mounts, then nginx as the pod's user, then one probe.
+# Runs inside the namespace: mounts, then nginx as the pod's user, then one probe, then the
+# caller's extra checks (spec["probe"], Python that adds to `result`).
 POD = r"""
 import json, subprocess, sys, time, urllib.request
 spec = json.loads(sys.argv[1])
 def sh(*cmd): subprocess.run(cmd, check=True)
 sh("ip", "link", "set", "lo", "up")
+for address in spec.get("addresses", []):
+    sh("ip", "addr", "add", address, "dev", "lo")
 sh("mount", "--bind", spec["etc_nginx"], "/etc/nginx")
 sh("mount", "--bind", spec["hosts"], "/etc/hosts")
 sh("mount", "--bind", spec["tmp"], "/tmp")
@@ -51,6 +54,8 @@ while time.monotonic() < deadline and nginx.poll() is None:
             break
     except OSError:
         time.sleep(0.1)
+if result["status"] == 200:
+    exec(spec.get("probe", ""))
 result["exited"] = nginx.poll()
 nginx.terminate()
 nginx.wait(timeout=20)
@@ -59,8 +64,8 @@ print(json.dumps(result))
 """
 
 
-def nginx_pod(tmp_path: Path) -> tuple[Doc, dict[str, str]]:
-    docs = build(stage(tmp_path) / "k8s" / "overlays" / "dev")
+def nginx_pod(tmp_path: Path, overlay: str = "dev") -> tuple[Doc, dict[str, str]]:
+    docs = build(stage(tmp_path) / "k8s" / "overlays" / overlay)
     deployment = next(
         d for d in docs if d["kind"] == "Deployment" and d["metadata"]["name"] == "nginx"
     )
@@ -91,9 +96,13 @@ def lay_out_config(spec: Doc, data: dict[str, str], etc_nginx: Path) -> None:
                 (target / path).write_text(data[key])
 
 
-def test_nginx_pod_starts_non_root_on_a_read_only_root(tmp_path: Path) -> None:
+def run_pod(
+    tmp_path: Path, overlay: str = "dev", probe: str = "", addresses: tuple[str, ...] = ()
+) -> tuple[dict, Doc]:
+    """Starts the overlay's nginx pod in a private namespace (loopback plus `addresses`),
+    probes it, runs `probe` in there; the result and the rendered pod spec."""
     nginx = ensure_nginx()
-    spec, data = nginx_pod(tmp_path / "render")
+    spec, data = nginx_pod(tmp_path / "render", overlay)
     container = spec["containers"][0]
     etc_nginx, tmp = tmp_path / "etc-nginx", tmp_path / "emptydir-tmp"
     etc_nginx.mkdir()
@@ -105,7 +114,7 @@ def test_nginx_pod_starts_non_root_on_a_read_only_root(tmp_path: Path) -> None:
     # The Service names in upstreams.conf, which nginx resolves at start.
     hosts.write_text("127.0.0.1 localhost web ws\n")
     port = container["ports"][0]["containerPort"]
-    probe = container["readinessProbe"]["httpGet"]["path"]
+    path = container["readinessProbe"]["httpGet"]["path"]
     pod_spec = {
         "etc_nginx": str(etc_nginx),
         "hosts": str(hosts),
@@ -117,7 +126,9 @@ def test_nginx_pod_starts_non_root_on_a_read_only_root(tmp_path: Path) -> None:
             *container["command"][1:],
             *container["args"],
         ],
-        "url": f"http://127.0.0.1:{port}{probe}",
+        "url": f"http://127.0.0.1:{port}{path}",
+        "addresses": list(addresses),
+        "probe": probe,
     }
     run = subprocess.run(
         ["unshare", "--mount", "--net", sys.executable, "-c", POD, json.dumps(pod_spec)],
@@ -128,6 +139,11 @@ def test_nginx_pod_starts_non_root_on_a_read_only_root(tmp_path: Path) -> None:
     )
     assert run.returncode == 0, run.stderr
     result = json.loads(run.stdout.strip().splitlines()[-1])
-    assert result["root_read_only"], "the check ran with a writable root"
-    assert result["status"] == 200, f"nginx did not answer {probe}: {result}"
+    assert result["status"] == 200, f"nginx did not answer {path}: {result}"
     assert result["exited"] is None, result["log"]
+    return result, spec
+
+
+def test_nginx_pod_starts_non_root_on_a_read_only_root(tmp_path: Path) -> None:
+    result, _ = run_pod(tmp_path)
+    assert result["root_read_only"], "the check ran with a writable root"

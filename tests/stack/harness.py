@@ -5,7 +5,7 @@ Reusable by any test suite: give it its own ports, database and Redis db index.
     stack = Stack(name="serving", nginx_port=18080, web_port=18000, ws_ports=(18001, 18002),
                   redis_db=4)
     stack.start()            # fresh database, migrations, processes up and healthy
-    stack.url                # http://127.0.0.1:18080 (nginx)
+    stack.url                # http://127.0.0.1:18080 (nginx; https://... with https_port=)
     stack.kill_ws(0, signal.SIGTERM)   # daphne #0 (ws_ports[0]); waits for it to exit
     stack.restart_ws(0)
     stack.stop()             # processes gone, database dropped, Redis db flushed
@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import time
 from collections.abc import Callable
+from pathlib import Path
 
 import psycopg
 import redis
@@ -28,7 +30,7 @@ from deploy.stack.stackctl import REPO, StackConfig, StackError
 from deploy.stack.stackctl import Stack as _Stack
 from tests import instance
 
-__all__ = ["Stack", "StackError", "login", "wait_until"]
+__all__ = ["Stack", "StackError", "login", "make_certs", "session_trusting", "wait_until"]
 
 
 def wait_until(
@@ -45,9 +47,12 @@ def wait_until(
         time.sleep(interval)
 
 
-def login(base_url: str, username: str, password: str) -> requests.Session:
-    """Logs in the way a browser does: GET the form (CSRF cookie + field), POST it."""
-    session = requests.Session()
+def login(
+    base_url: str, username: str, password: str, verify: str | bool = True
+) -> requests.Session:
+    """Logs in the way a browser does: GET the form (CSRF cookie + field), POST it.
+    `verify`: the CA bundle for an https stack with a self-signed certificate."""
+    session = session_trusting(verify)
     page = session.get(f"{base_url}/accounts/login/", timeout=10)
     page.raise_for_status()
     token = page.text.split('name="csrfmiddlewaretoken" value="', 1)[1].split('"', 1)[0]
@@ -63,6 +68,28 @@ def login(base_url: str, username: str, password: str) -> requests.Session:
     return session
 
 
+def make_certs(out: Path, host: str = "localhost") -> subprocess.CompletedProcess:
+    """`make certs` into `out`: deploy/tls/make-certs.sh, a self-signed pair for `host`."""
+    return subprocess.run(
+        [str(REPO / "deploy" / "tls" / "make-certs.sh"), host, str(out)],
+        check=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def session_trusting(verify: str | bool = True) -> requests.Session:
+    """A requests session; with a CA bundle path, one that verifies against that bundle
+    only. (requests lets REQUESTS_CA_BUNDLE from the environment override session.verify,
+    so the environment is not consulted: loopback needs no proxy settings either.)"""
+    session = requests.Session()
+    session.verify = verify
+    if isinstance(verify, str):
+        session.trust_env = False
+    return session
+
+
 class Stack(_Stack):
     def __init__(
         self,
@@ -74,6 +101,8 @@ class Stack(_Stack):
         env: dict[str, str] | None = None,
         web_workers: int = 2,
         metrics_port: int | None = None,
+        https_port: int | None = None,
+        cert_dir: Path | None = None,
     ) -> None:
         self.db_name = f"parley_stacktest_{name}{instance.SUFFIX}"
         self.redis_url = instance.redis_url(redis_db)
@@ -101,6 +130,10 @@ class Stack(_Stack):
                 web_workers=web_workers,
                 metrics_port=metrics_port or web_port + 1000,
                 env={**defaults, **(env or {})},
+                # TLS mode when given an https port (and the certificate's directory).
+                tls=https_port is not None,
+                https_port=instance.port(https_port) if https_port else 8443,
+                cert_dir=cert_dir or REPO / "certs",
             )
         )
 
@@ -133,7 +166,7 @@ class Stack(_Stack):
 
     @property
     def ws_base(self) -> str:
-        return self.url.replace("http://", "ws://")
+        return self.url.replace("http", "ws", 1)  # ws:// or wss://
 
     def ws_port(self, i: int) -> int:
         return self.config.ws_ports[i]

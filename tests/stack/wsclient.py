@@ -17,8 +17,16 @@ CLOSE_ABNORMAL = 1006  # no close frame: the connection just ended
 
 
 class ChatSocket:
-    def __init__(self, base_ws_url: str, origin: str, conversation_id: int, cookies: dict) -> None:
+    def __init__(
+        self,
+        base_ws_url: str,
+        origin: str,
+        conversation_id: int,
+        cookies: dict,
+        sslopt: dict | None = None,
+    ) -> None:
         self.base = base_ws_url
+        self.sslopt = sslopt  # wss://: e.g. {"ca_certs": <the stack's certificate>}
         self.origin = origin
         self.conversation_id = conversation_id
         self.cookie = "; ".join(f"{k}={v}" for k, v in cookies.items())
@@ -41,6 +49,7 @@ class ChatSocket:
             cookie=self.cookie,
             origin=self.origin,
             timeout=timeout,
+            sslopt=self.sslopt,
         )
         self.close_code = None
         self.request_id = (self.ws.getheaders() or {}).get("x-request-id")
