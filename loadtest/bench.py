@@ -189,11 +189,15 @@ def run_step(
     return Step(backend, rate, summary)
 
 
-def sweep(backend: str, rates: list[float], rooms: int, members: int, seconds: int) -> list[Step]:
+def sweep(
+    backend: str, rates: list[float], rooms: int, members: int, seconds: int, ws_processes: int = 2
+) -> list[Step]:
     stack = bench_stack(backend)
     stack.down()
     flush_redis(stack.config.redis_url)
     stack.up(fresh_db=True)
+    for name in stack.ws_names[ws_processes:]:
+        stack.stop_process(name)  # nginx sends every socket to the daphne left
     steps: list[Step] = []
     try:
         users_file = stack.seed(rooms, members, PASSWORD, "bench")
@@ -492,12 +496,13 @@ def write_results(
         "",
         f"Machine: {machine()}.",
         "",
-        f"Native stack (nginx, gunicorn with 2 workers, two daphne), Redis and Postgres and "
+        f"Native stack (nginx, gunicorn with 2 workers, {args.ws_processes} daphne), Redis and "
+        "Postgres and "
         f"the Locust load generator all on this one machine. {args.rooms} rooms of "
         f"{args.members} members; each rate ran for {args.step_seconds} s (sending starts "
         f"once every member is online). Sustainable: p99 fan-out <= "
         f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected. "
-        "CPU % is per process group (100 = one core; the two daphne together), averaged "
+        "CPU % is per process group (100 = one core; the daphne together), averaged "
         "over the whole step including its logins.",
         "",
         "## Message rate sweep",
@@ -588,6 +593,9 @@ def main() -> int:
     parser.add_argument("--backends", default="core,pubsub")
     parser.add_argument("--max-idle", type=int, default=10000)
     parser.add_argument("--idle-step", type=int, default=1000)
+    parser.add_argument(
+        "--ws-processes", type=int, choices=(1, 2), default=2, help="daphne in the sweep"
+    )
     parser.add_argument("--idle-layer", default="pubsub", help="channel layer of the idle run")
     parser.add_argument(
         "--http-concurrency",
@@ -607,7 +615,7 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     print(HEADER, flush=True)
     steps = {
-        b: sweep(b, rates, args.rooms, args.members, args.step_seconds)
+        b: sweep(b, rates, args.rooms, args.members, args.step_seconds, args.ws_processes)
         for b in args.backends.split(",")
         if b
     }
