@@ -6,8 +6,12 @@
    then sweeps the offered message rate with the Locust load
    test, one short headless run per rate, until a rate is no longer sustainable (p99 fan-out
    above 100 ms, or any loss). The stack is restarted between the layers.
-2. On the "core" stack it opens idle chat sockets to ONE daphne process in steps of 1,000
-   (up to --max-idle) and reads that process's resident memory after each step.
+2. On a stack with the default layer (--idle-layer) it opens idle chat sockets to ONE daphne
+   process in steps of 1,000 (up to --max-idle) and reads that process's resident memory
+   after each step, then its CPU while they idle.
+3. The conversation page (50 messages) through nginx: --http-concurrency keep-alive clients
+   (one per room, as many as the sweep's rooms) request it for --http-seconds; latency
+   percentiles and every status.
 
     python -m loadtest.bench [--rates 10,20,40,80] [--step-seconds 20] [--max-idle 10000]
 """
@@ -15,6 +19,7 @@
 from __future__ import annotations
 
 import argparse
+import http.client
 import json
 import os
 import platform
@@ -184,11 +189,15 @@ def run_step(
     return Step(backend, rate, summary)
 
 
-def sweep(backend: str, rates: list[float], rooms: int, members: int, seconds: int) -> list[Step]:
+def sweep(
+    backend: str, rates: list[float], rooms: int, members: int, seconds: int, ws_processes: int = 2
+) -> list[Step]:
     stack = bench_stack(backend)
     stack.down()
     flush_redis(stack.config.redis_url)
     stack.up(fresh_db=True)
+    for name in stack.ws_names[ws_processes:]:
+        stack.stop_process(name)  # nginx sends every socket to the daphne left
     steps: list[Step] = []
     try:
         users_file = stack.seed(rooms, members, PASSWORD, "bench")
@@ -241,9 +250,9 @@ class Idle:
     errors: dict[str, int] | None = None  # why the last step's handshakes failed
 
 
-def idle_sockets(max_idle: int, step: int) -> Idle:
+def idle_sockets(max_idle: int, step: int, layer: str = "pubsub") -> Idle:
     """Steps of idle sockets up to max_idle or the first failure."""
-    stack = bench_stack("core")
+    stack = bench_stack(layer)
     stack.down()
     flush_redis(stack.config.redis_url)
     stack.up(fresh_db=True)
@@ -313,6 +322,96 @@ def idle_sockets(max_idle: int, step: int) -> Idle:
         stack.drop_database()
         flush_redis(stack.config.redis_url)
     return result
+
+
+@dataclass
+class Page:
+    concurrency: int
+    seconds: float
+    latencies_ms: list[float]
+    statuses: dict[int, int]
+    messages_on_page: int
+    cpu_percent: dict[str, float]
+
+    def pct(self, q: float) -> float:
+        ordered = sorted(self.latencies_ms)
+        return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+PAGE_MESSAGES = 50
+
+
+def http_page(concurrency: int, seconds: int) -> Page:
+    """The conversation page with 50 messages, through nginx, `concurrency` clients at once,
+    each a logged-in member of its own room on one keep-alive connection."""
+    stack = bench_stack("pubsub")
+    stack.down()
+    flush_redis(stack.config.redis_url)
+    stack.up(fresh_db=True)
+    try:
+        users = json.loads(
+            stack.seed(concurrency, 2, PASSWORD, "page", messages=PAGE_MESSAGES).read_text()
+        )
+        one_per_room = list({u["conversation"]: u for u in users}.values())
+        clients = login_cookies(f"http://127.0.0.1:{stack.config.web_port}", one_per_room)
+        latencies: list[list[float]] = [[] for _ in clients]
+        statuses: dict[int, int] = {}
+        on_page: list[int] = []
+
+        def client(i: int, deadline: float) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", stack.config.nginx_port, timeout=10)
+            path, headers = f"/c/{clients[i]['conversation']}", {"Cookie": clients[i]["cookie"]}
+            first = True
+            while time.monotonic() < deadline:
+                t0 = time.perf_counter()
+                conn.request("GET", path, headers=headers)
+                response = conn.getresponse()
+                body = response.read()
+                latencies[i].append((time.perf_counter() - t0) * 1000)
+                statuses[response.status] = statuses.get(response.status, 0) + 1
+                if first:
+                    on_page.append(body.count(b'<article id="msg-'))
+                    first = False
+            conn.close()
+
+        # Warm-up (imports, templates, pools), then the measured run.
+        with ThreadPoolExecutor(concurrency) as pool:
+            list(pool.map(lambda i: client(i, time.monotonic() + 2), range(concurrency)))
+        latencies = [[] for _ in clients]
+        statuses.clear()
+        cpu_before, started = stack_cpu(stack), time.monotonic()
+        with ThreadPoolExecutor(concurrency) as pool:
+            end = time.monotonic() + seconds
+            list(pool.map(lambda i: client(i, end), range(concurrency)))
+        wall = time.monotonic() - started
+        cpu_after = stack_cpu(stack)
+        return Page(
+            concurrency=concurrency,
+            seconds=wall,
+            latencies_ms=[x for per in latencies for x in per],
+            statuses=dict(statuses),
+            messages_on_page=min(on_page) if on_page else 0,
+            cpu_percent={
+                k: (cpu_after[k] - cpu_before.get(k, 0.0)) / wall * 100 for k in cpu_after
+            },
+        )
+    finally:
+        stack.down()
+        stack.drop_database()
+        flush_redis(stack.config.redis_url)
+
+
+def page_lines(page: Page) -> list[str]:
+    n = len(page.latencies_ms)
+    return [
+        "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
+        "| messages on page | CPU % gunicorn / nginx |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+        f"| {page.concurrency} | {n} | {n / page.seconds:.0f} | {page.pct(0.50):.1f} "
+        f"| {page.pct(0.95):.1f} | {page.pct(0.99):.1f} | {max(page.latencies_ms):.1f} "
+        f"| {page.statuses} | {page.messages_on_page} "
+        f"| {page.cpu_percent.get('web', 0):.0f} / {page.cpu_percent.get('nginx', 0):.0f} |",
+    ]
 
 
 def ms(v: float | None) -> str:
@@ -387,6 +486,7 @@ def write_results(
     args: argparse.Namespace,
     steps: dict[str, list[Step]],
     idle: Idle,
+    page: Page | None,
     notes: list[str],
 ) -> str:
     lines = [
@@ -396,12 +496,13 @@ def write_results(
         "",
         f"Machine: {machine()}.",
         "",
-        f"Native stack (nginx, gunicorn with 2 workers, two daphne), Redis and Postgres and "
+        f"Native stack (nginx, gunicorn with 2 workers, {args.ws_processes} daphne), Redis and "
+        "Postgres and "
         f"the Locust load generator all on this one machine. {args.rooms} rooms of "
         f"{args.members} members; each rate ran for {args.step_seconds} s (sending starts "
         f"once every member is online). Sustainable: p99 fan-out <= "
         f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected. "
-        "CPU % is per process group (100 = one core; the two daphne together), averaged "
+        "CPU % is per process group (100 = one core; the daphne together), averaged "
         "over the whole step including its logins.",
         "",
         "## Message rate sweep",
@@ -460,6 +561,17 @@ def write_results(
             )
     else:
         lines.append("Not measured.")
+    lines += ["", "## Conversation page through nginx", ""]
+    if page is not None and page.latencies_ms:
+        lines += page_lines(page)
+        lines += [
+            "",
+            f"GET /c/<id> with {PAGE_MESSAGES} messages, gunicorn with 2 uvicorn workers behind "
+            f"nginx; {page.concurrency} keep-alive clients in threads of one Python process "
+            "on the same machine (their own overhead is inside these figures).",
+        ]
+    else:
+        lines.append("Not measured.")
     if notes:
         lines += ["", "## Notes", "", *[f"- {n}" for n in notes]]
     text = "\n".join(lines) + "\n"
@@ -481,6 +593,17 @@ def main() -> int:
     parser.add_argument("--backends", default="core,pubsub")
     parser.add_argument("--max-idle", type=int, default=10000)
     parser.add_argument("--idle-step", type=int, default=1000)
+    parser.add_argument(
+        "--ws-processes", type=int, choices=(1, 2), default=2, help="daphne in the sweep"
+    )
+    parser.add_argument("--idle-layer", default="pubsub", help="channel layer of the idle run")
+    parser.add_argument(
+        "--http-concurrency",
+        type=int,
+        default=None,
+        help="page clients at once (default: --rooms; 0 skips the page benchmark)",
+    )
+    parser.add_argument("--http-seconds", type=int, default=20)
     parser.add_argument("--note", action="append", default=[], help="add a note to RESULTS.md")
     args = parser.parse_args()
     # daphne inherits this: the idle-socket ceiling should be daphne's, not the fd limit's.
@@ -492,17 +615,25 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     print(HEADER, flush=True)
     steps = {
-        b: sweep(b, rates, args.rooms, args.members, args.step_seconds)
+        b: sweep(b, rates, args.rooms, args.members, args.step_seconds, args.ws_processes)
         for b in args.backends.split(",")
         if b
     }
     idle = Idle(points=[])
     if args.max_idle:
         try:
-            idle = idle_sockets(args.max_idle, args.idle_step)
+            idle = idle_sockets(args.max_idle, args.idle_step, args.idle_layer)
         except Exception as exc:  # keep the sweep's results
             notes.append(f"idle-socket measurement failed: {exc!r}")
-    print("\n" + write_results(args, steps, idle, notes))
+    page = None
+    concurrency = args.rooms if args.http_concurrency is None else args.http_concurrency
+    if concurrency:
+        try:
+            page = http_page(concurrency, args.http_seconds)
+            print("\n".join(page_lines(page)), flush=True)
+        except Exception as exc:  # keep the other results
+            notes.append(f"page measurement failed: {exc!r}")
+    print("\n" + write_results(args, steps, idle, page, notes))
     return 0
 
 

@@ -111,8 +111,10 @@ def main() -> int:
             ),
             flush=True,
         )
-        if not sys.stdin.readline():  # end of input: the benchmark is done measuring
-            break
+        # In gevent's thread pool: a plain blocking read would freeze every greenlet, no
+        # socket would answer daphne's pings, and daphne would drop them all as dead.
+        if not gevent.get_hub().threadpool.apply(sys.stdin.readline):
+            break  # end of input: the benchmark is done measuring
     for ws in idler.sockets:
         ws.abort()
     return 0

@@ -442,7 +442,7 @@ class Stack:
         if code != 0:
             raise StackError(f"manage.py {' '.join(args)} failed:\n{self.tail('setup-' + args[0])}")
 
-    def seed(self, rooms: int, members: int, password: str, prefix: str) -> Path:
+    def seed(self, rooms: int, members: int, password: str, prefix: str, messages: int = 0) -> Path:
         """Load-test users and rooms (manage.py seed_loadtest); returns the credentials file."""
         out = self.run_dir / f"users-{prefix}.json"
         self.manage(
@@ -459,6 +459,8 @@ class Stack:
                     str(out),
                     "--prefix",
                     prefix,
+                    "--messages",
+                    str(messages),
                 ]
             ]
         )

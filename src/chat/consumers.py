@@ -10,13 +10,13 @@ client reconnects with `?after=<last sequence it rendered>` and gets the backlog
 from __future__ import annotations
 
 import asyncio
+import bisect
 import contextlib
 import json
 import logging
 import random
 import time
 import uuid
-from collections import deque
 from urllib.parse import parse_qs
 
 from channels.db import database_sync_to_async
@@ -28,6 +28,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from chat import rendering, selectors, services
+from chat.heartbeat import heartbeat
 from chat.models import Conversation
 from chat.presence import presence_store
 from parley import drain, metrics
@@ -106,7 +107,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
         self.layer_ok = True
         self.accepted = False
         self.closed = False
-        self.tasks: list[asyncio.Task | asyncio.TimerHandle] = []  # cancelled at the end
+        self.tasks: set[asyncio.Task | asyncio.TimerHandle] = set()  # cancelled at the end
         self.tracked = False
         self.rejoin_needed = False
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
@@ -117,7 +118,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
             pass
         finally:
             # Cancelled or crashed, background work dies with the socket.
-            for task in self.tasks:
+            for task in list(self.tasks):
                 task.cancel()
             self.untrack()
 
@@ -268,8 +269,9 @@ class ChatConsumer(ResilientConsumer):
         self.username: str = user.get_username()
         self.members: dict[int, str] = members
         self.group = conversation_group(self.conversation_id)
-        self.recent_sends: deque[float] = deque()
-        self.recent_frames: deque[float] = deque()
+        # Lists, not deques: an empty deque is ~600 bytes, and idle sockets are many.
+        self.recent_sends: list[float] = []
+        self.recent_frames: list[float] = []
         self.unbroadcast: list[dict] = []
         self.broadcast_lock = asyncio.Lock()
         self.strikes = 0
@@ -297,8 +299,10 @@ class ChatConsumer(ResilientConsumer):
             logger.exception("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
             return
-        self.tasks.append(self.start_lifetime_timer())
-        self.tasks.append(asyncio.ensure_future(self._heartbeat()))
+        self.tasks.add(self.start_lifetime_timer())
+        self.beat_missed = False
+        self.beat_task: asyncio.Task | None = None
+        heartbeat().add(self)
         await self._presence("join")
 
     def _after_param(self) -> int | None:
@@ -312,13 +316,15 @@ class ChatConsumer(ResilientConsumer):
     def untrack(self) -> None:
         if self.tracked:
             _conversation_closed(self.conversation_id)
+            heartbeat().remove(self)
         super().untrack()
 
     async def disconnect(self, code: int) -> None:
         if not hasattr(self, "members") or not self.accepted:
             return
-        for task in self.tasks:
+        for task in list(self.tasks):
             task.cancel()
+        heartbeat().remove(self)
         await self.leave_groups()
         await self._presence("leave")
 
@@ -418,15 +424,13 @@ class ChatConsumer(ResilientConsumer):
         """Any frame counts (typing, read, malformed): a bound on work per socket."""
         now = time.monotonic()
         frames = self.recent_frames
-        while frames and now - frames[0] > RATE_WINDOW_SECONDS:
-            frames.popleft()
+        del frames[: bisect.bisect_left(frames, now - RATE_WINDOW_SECONDS)]
         frames.append(now)
         return len(frames) <= settings.CHAT_RATE_LIMIT * FRAME_RATE_FACTOR
 
     def _rate_ok(self) -> bool:
         now = time.monotonic()
-        while self.recent_sends and now - self.recent_sends[0] > RATE_WINDOW_SECONDS:
-            self.recent_sends.popleft()
+        del self.recent_sends[: bisect.bisect_left(self.recent_sends, now - RATE_WINDOW_SECONDS)]
         if len(self.recent_sends) >= settings.CHAT_RATE_LIMIT:
             self.strikes += 1
             return False
@@ -607,38 +611,51 @@ class ChatConsumer(ResilientConsumer):
             self.online ^= {event["user_id"]}
             await self.send(text_data=event["frame"])
 
-    async def _heartbeat(self) -> None:
-        """Refreshes presence; notices expired peers and broadcasts the layer dropped.
+    def on_heartbeat(self, answer: tuple[set[int], int] | None) -> None:
+        """The process heartbeat's answer for this socket (chat.heartbeat): wakes the socket
+        only when there is something to do.
 
-        After a heartbeat that could not reach Redis, the next one also reads the database
+        After a beat that could not reach Redis, the next one also reads the database
         backlog: the pub/sub layer reconnects on its own and never tells its consumers what
         was published while it was away.
         """
-        interval = max(settings.CHAT_PRESENCE_TTL / 3, 1.0)
-        missed = False
-        while True:
-            await asyncio.sleep(interval * random.uniform(0.8, 1.2))
+        if self.closed:
+            return
+        if answer is None:
+            self.beat_missed = True
+            return
+        online, newest = answer
+        if not (
+            self.beat_missed
+            or self.rejoin_needed
+            or self.unbroadcast
+            or newest > self.last_sent
+            or any((uid in online) != (uid in self.online) for uid in self.members)
+        ):
+            return
+        if self.beat_task is not None and not self.beat_task.done():
+            return  # the previous beat's work is still running (a slow heal)
+        self.beat_task = asyncio.ensure_future(self._after_heartbeat(online, newest))
+        self.tasks.add(self.beat_task)
+        self.beat_task.add_done_callback(self.tasks.discard)
+
+    async def _after_heartbeat(self, online: set[int], newest: int) -> None:
+        missed = self.beat_missed
+        await self._show_presence(online)
+        if self.rejoin_needed and await self.join_groups(self.groups_wanted):
+            missed = True  # not in the group until now: read what was missed
+        await self.flush_broadcasts()
+        if newest > self.last_sent or missed:
             try:
-                online, newest = await presence_store().heartbeat(
-                    self.conversation_id, self.user_id, self.channel_name
-                )
-            except LAYER_ERRORS:
-                missed = True
-                continue
-            await self._show_presence(online)
-            if self.rejoin_needed and await self.join_groups(self.groups_wanted):
-                missed = True  # not in the group until now: read what was missed
-            await self.flush_broadcasts()
-            if newest > self.last_sent or missed:
-                try:
-                    healed = await self.send_backlog(upto=None if missed else newest)
-                except DatabaseError:
-                    logger.warning("tail-gap heal failed; will retry")
-                    continue
-                if healed:
-                    metrics.GAPS_DETECTED.labels(how="recovery" if missed else "tail").inc()
-                    metrics.GAP_MESSAGES_HEALED.inc(healed)
-                missed = False
+                healed = await self.send_backlog(upto=None if missed else newest)
+            except DatabaseError:
+                logger.warning("tail-gap heal failed; will retry")
+                self.beat_missed = missed
+                return
+            if healed:
+                metrics.GAPS_DETECTED.labels(how="recovery" if missed else "tail").inc()
+                metrics.GAP_MESSAGES_HEALED.inc(healed)
+        self.beat_missed = False
 
 
 class InboxConsumer(ResilientConsumer):
@@ -663,7 +680,7 @@ class InboxConsumer(ResilientConsumer):
         await self.join_groups([user_group(self.user_id), *map(conversation_group, ids)])
         await self.accept()
         self.track()
-        self.tasks.append(self.start_lifetime_timer())
+        self.tasks.add(self.start_lifetime_timer())
         # Joined first, then caught up: rows that changed after the page was rendered.
         since = self._since_param()
         if since is not None:
@@ -690,7 +707,7 @@ class InboxConsumer(ResilientConsumer):
     async def disconnect(self, code: int) -> None:
         if not self.accepted or not hasattr(self, "user_id"):
             return
-        for task in self.tasks:
+        for task in list(self.tasks):
             task.cancel()
         await self.leave_groups()
 

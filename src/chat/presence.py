@@ -1,7 +1,8 @@
 """Who is online in a conversation, and the newest sequence number seen by the layer.
 
-Entries are per socket and carry an expiry, refreshed by each consumer's heartbeat: several
-tabs of one user count once, and a crashed process's entries lapse after CHAT_PRESENCE_TTL.
+Entries are per socket and carry an expiry, refreshed by the process's heartbeat
+(chat.heartbeat): several tabs of one user count once, and a crashed process's entries
+lapse after CHAT_PRESENCE_TTL.
 The newest-sequence key lets an idle consumer notice a broadcast the layer dropped (a "tail
 gap" that no later message reveals) and heal it from the database.
 """
@@ -18,9 +19,9 @@ from django.conf import settings
 class PresenceStore(Protocol):
     async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
     async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
-    async def heartbeat(
-        self, conversation_id: int, user_id: int, channel: str
-    ) -> tuple[set[int], int]: ...
+    async def heartbeat_many(
+        self, entries: dict[int, list[tuple[int, str]]]
+    ) -> dict[int, tuple[set[int], int]]: ...
     async def note_seq(self, conversation_id: int, seq: int) -> None: ...
 
 
@@ -50,9 +51,13 @@ class LocalPresence:
         self._entries.get(conversation_id, {}).pop(channel, None)
         return self._online(conversation_id)
 
-    async def heartbeat(self, conversation_id: int, user_id: int, channel: str):
-        online = await self.join(conversation_id, user_id, channel)
-        return online, self._seq.get(conversation_id, 0)
+    async def heartbeat_many(self, entries: dict[int, list[tuple[int, str]]]):
+        expires = time.time() + _ttl()
+        for conversation_id, sockets in entries.items():
+            mine = self._entries.setdefault(conversation_id, {})
+            for user_id, channel in sockets:
+                mine[channel] = (user_id, expires)
+        return {cid: (self._online(cid), self._seq.get(cid, 0)) for cid in entries}
 
     async def note_seq(self, conversation_id: int, seq: int) -> None:
         self._seq[conversation_id] = max(seq, self._seq.get(conversation_id, 0))
@@ -119,8 +124,34 @@ class RedisPresence:
     async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
         return (await self._write(conversation_id, "rem", user_id, channel))[0]
 
-    async def heartbeat(self, conversation_id: int, user_id: int, channel: str):
-        return await self._write(conversation_id, "add", user_id, channel)
+    async def heartbeat_many(self, entries: dict[int, list[tuple[int, str]]]):
+        """Refreshes many sockets' entries: one pipeline per shard, five commands per
+        conversation. A shard that cannot be reached leaves its conversations out of the
+        answer (their sockets treat the beat as missed)."""
+        by_shard: dict[int, list[int]] = {}
+        for cid in entries:
+            by_shard.setdefault(cid % len(self._urls), []).append(cid)
+        answers: dict[int, tuple[set[int], int]] = {}
+
+        async def beat(cids: list[int]) -> None:
+            now = time.time()
+            pipe = self._client(cids[0]).pipeline(transaction=False)
+            for cid in cids:
+                key = self._key(cid)
+                pipe.zadd(key, {f"{uid}|{channel}": now + _ttl() for uid, channel in entries[cid]})
+                pipe.zremrangebyscore(key, "-inf", now)
+                pipe.expire(key, _ttl() * 2)
+                pipe.zrange(key, 0, -1)
+                pipe.get(self._seq_key(cid))
+            result = await pipe.execute()
+            for i, cid in enumerate(cids):
+                answers[cid] = (self._uids(result[5 * i + 3]), int(result[5 * i + 4] or 0))
+
+        outcomes = await asyncio.gather(*map(beat, by_shard.values()), return_exceptions=True)
+        for outcome in outcomes:
+            if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+                raise outcome  # cancellation
+        return answers
 
     async def note_seq(self, conversation_id: int, seq: int) -> None:
         await self._client(conversation_id).eval(

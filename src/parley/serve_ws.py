@@ -9,8 +9,9 @@ the HTMX extension treats as "reconnect". Here SIGTERM (or SIGINT) instead:
 3. closes every open socket with 1012 and waits up to CHAT_DRAIN_SECONDS for them to go,
 4. exits. A second signal, or WS_DRAIN_GRACE seconds past the drain budget, exits at once.
 
-Environment: WS_BIND (0.0.0.0), WS_PORT (8001), WS_PING_INTERVAL (20), WS_PING_TIMEOUT (30),
-WS_DRAIN_DELAY (0), WS_DRAIN_GRACE (5). Logs are JSON lines on stdout (Django's LOGGING).
+Environment: WS_BIND (0.0.0.0), WS_PORT (8001), WS_BACKLOG (1024), WS_PING_INTERVAL (20),
+WS_PING_TIMEOUT (30), WS_DRAIN_DELAY (0), WS_DRAIN_GRACE (5). Logs are JSON lines on stdout
+(Django's LOGGING).
 """
 
 from __future__ import annotations
@@ -147,7 +148,12 @@ def main() -> None:
     port = int(os.environ.get("WS_PORT", "8001"))
     server = DrainingServer(
         application=application,
-        endpoints=build_endpoint_description_strings(host=host, port=port),
+        # Twisted listens with a backlog of 50: a reconnect storm (every client of a restarted
+        # pod at once) overflows it and the kernel resets handshakes it could have queued.
+        endpoints=[
+            f"{e}:backlog={int(os.environ.get('WS_BACKLOG', '1024'))}"
+            for e in build_endpoint_description_strings(host=host, port=port)
+        ],
         # Access lines come from parley.logging.AccessLogMiddleware (with the request id).
         action_logger=None,
         # The app closes sockets itself (1012 at CHAT_SOCKET_MAX_AGE, which the client

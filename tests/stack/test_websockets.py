@@ -236,3 +236,16 @@ def test_an_oversized_frame_is_refused_by_daphne(stack, room, cookies):
     finally:
         a.close()
     assert stored(stack, conversation_id) == []
+
+
+def test_daphne_listens_with_a_deep_accept_queue(stack):
+    """A reconnect storm after a restart queues in the kernel instead of being reset
+    (Twisted's own default backlog is 50)."""
+    import subprocess
+
+    for port in stack.config.ws_ports:
+        out = subprocess.run(
+            ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
+        ).stdout.split()
+        somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
+        assert int(out[2]) == min(1024, somaxconn)  # Send-Q of a listener: its backlog
