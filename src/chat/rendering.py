@@ -2,21 +2,55 @@
 
 A message is rendered once and the same bytes go to every recipient: the mine/theirs look
 comes from the page (a per-user CSS rule on data-sender-id), not from rendering twice.
+Stored messages never change, so their fragments are also kept in the process's fragment
+cache (CACHES["fragments"]): a conversation page or a replay renders only what it has not
+rendered before.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable
 
+from django.core.cache import caches
 from django.template.loader import get_template
 from django.utils.html import format_html
+from django.utils.safestring import SafeString, mark_safe
 
 from chat.models import Message
 from chat.selectors import ConversationRow
 
 
+def _fragment_key(message: Message) -> str:
+    # Not the id alone: a database restored or recreated under a running process reuses ids.
+    return f"message:{message.pk}:{message.conversation_id}:{message.seq}:{message.sender_id}"
+
+
 def message_html(message: Message) -> str:
-    return get_template("chat/partials/message.html").render({"message": message})
+    key = _fragment_key(message)
+    html = caches["fragments"].get(key)
+    if html is None:
+        html = get_template("chat/partials/message.html").render({"message": message})
+        caches["fragments"].set(key, html)
+    return html
+
+
+def messages_html(messages: list[Message]) -> SafeString:
+    """Fragments for many messages, in order, rendering only those not cached."""
+    cache = caches["fragments"]
+    cached = cache.get_many([_fragment_key(m) for m in messages])
+    template = get_template("chat/partials/message.html")
+    fresh = {}
+    parts = []
+    for message in messages:
+        key = _fragment_key(message)
+        html = cached.get(key)
+        if html is None:
+            html = fresh[key] = template.render({"message": message})
+        parts.append(html)
+    if fresh:
+        cache.set_many(fresh)
+    # Each part is the autoescaped output of the message template.
+    return mark_safe("".join(parts))  # noqa: S308
 
 
 def ws_messages(fragments: Iterable[str]) -> str:

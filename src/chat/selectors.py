@@ -84,15 +84,6 @@ def conversation_for_participant(user_id: int, conversation_id: int) -> Conversa
     return Conversation.objects.filter(id=conversation_id, participant__user_id=user_id).first()
 
 
-def conversation_participants(conversation_id: int) -> list[AbstractBaseUser]:
-    return [
-        p.user
-        for p in Participant.objects.filter(conversation_id=conversation_id)
-        .select_related("user")
-        .order_by("user__username")
-    ]
-
-
 def conversation_history(
     conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
 ) -> list[Message]:

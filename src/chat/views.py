@@ -16,7 +16,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import selectors, services
+from chat import rendering, selectors, services
 from chat.consumers import user_group
 from chat.forms import ConversationStartForm, SignupForm
 from parley import drain, metrics
@@ -167,7 +167,6 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
         conversation_id=conversation.pk, user_id=request.user.pk, seq=last_seq
     )
     names = selectors.participant_names(conversation.pk)
-    participants = selectors.conversation_participants(conversation.pk)
     return render(
         request,
         "chat/conversation_detail.html",
@@ -176,8 +175,8 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
             "title": selectors.conversation_title(
                 conversation, list(names.values()), request.user.get_username()
             ),
-            "participants": participants,
-            "messages": messages,
+            "participants": list(names.items()),
+            "messages_html": rendering.messages_html(messages),
             # The page has rendered everything up to the conversation's sequence as read now.
             "last_seq": messages[-1].seq if messages else 0,
             "first_seq": messages[0].seq if messages else 0,
@@ -201,7 +200,7 @@ def conversation_history(request: HttpRequest, conversation_id: int) -> HttpResp
         "chat/partials/history.html",
         {
             "conversation": conversation,
-            "messages": messages,
+            "messages_html": rendering.messages_html(messages),
             "first_seq": messages[0].seq if messages else 0,
             "has_older": bool(messages) and messages[0].seq > 1,
         },

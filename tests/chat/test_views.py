@@ -215,3 +215,34 @@ def test_healthz_is_cheap_and_readyz_checks_dependencies():
 def test_signup_page_and_reverse_urls():
     assert reverse("login") == "/accounts/login/"
     assert Client().get("/accounts/signup/").status_code == 200
+
+
+def test_conversation_page_escapes_bodies_and_is_the_same_from_the_fragment_cache(
+    django_assert_max_num_queries,
+):
+    from django.core.cache import caches
+
+    alice, bob = make_user(), make_user()
+    conversation = make_conversation(alice, bob)
+    hostile = '<script>alert(1)</script><img src=x onerror="alert(2)">'
+    for i in range(3):
+        services.message_create(conversation_id=conversation.pk, sender=alice, body=f"{hostile}{i}")
+    client = logged_in_client(bob)
+    caches["fragments"].clear()
+
+    def page() -> str:
+        with django_assert_max_num_queries(8):  # session, user, membership, history, ...
+            return client.get(f"/c/{conversation.pk}").content.decode()
+
+    def messages_section(html: str) -> str:
+        return html.split('id="messages"', 1)[1].split('id="message-form"', 1)[0]
+
+    first, second = page(), page()
+    rendered, cached = messages_section(first), messages_section(second)
+    assert rendered == cached
+    assert rendered.count('<article id="msg-') == 3
+    assert "<script>" not in rendered and "<img" not in rendered
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in rendered
+    for uid, name in ((alice.pk, alice.username), (bob.pk, bob.username)):
+        assert f'id="presence-{uid}"' in second and f'id="typing-{uid}"' in second
+        assert name in second
