@@ -305,7 +305,10 @@ def idle_sockets(max_idle: int, step: int, layer: str = "pubsub") -> Idle:
                     print(f"idle: handshake failures: {report['errors']}", flush=True)
                     result.errors = report["errors"]
                 if report["failed"] or report["closed"] or report["open"] >= max_idle:
-                    # Idle is not free: presence heartbeats and pings. Measure over 15 s.
+                    # Idle is not free: presence heartbeats and pings. Measure over 15 s, in
+                    # the steady state: after the last handshakes' joins and a full ping
+                    # interval (20 s), not while the step that opened them settles.
+                    time.sleep(20)
                     before, t0 = _tree_cpu_seconds(pid, {}), time.monotonic()
                     time.sleep(15)
                     result.cpu_percent = (
@@ -557,7 +560,8 @@ def write_results(
         if idle.cpu_percent is not None:
             lines.append(
                 f"CPU of that daphne while holding {n1} idle sockets: {idle.cpu_percent:.0f}% "
-                "of a core (websocket pings and presence heartbeats), over 15 s."
+                "of a core (websocket pings and presence heartbeats), over 15 s starting 20 s "
+                "after the last socket opened."
             )
     else:
         lines.append("Not measured.")
