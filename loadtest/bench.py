@@ -27,7 +27,9 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -78,6 +80,21 @@ def bench_stack(backend: str) -> Stack:
             **PORTS,
         )
     )
+
+
+@contextmanager
+def fresh_stack(backend: str) -> Iterator[Stack]:
+    """A bench stack on an empty database and Redis db, torn down and dropped afterwards."""
+    stack = bench_stack(backend)
+    stack.down()
+    flush_redis(stack.config.redis_url)
+    stack.up(fresh_db=True)
+    try:
+        yield stack
+    finally:
+        stack.down()
+        stack.drop_database()
+        flush_redis(stack.config.redis_url)
 
 
 def flush_redis(url: str) -> None:
@@ -192,14 +209,10 @@ def run_step(
 def sweep(
     backend: str, rates: list[float], rooms: int, members: int, seconds: int, ws_processes: int = 2
 ) -> list[Step]:
-    stack = bench_stack(backend)
-    stack.down()
-    flush_redis(stack.config.redis_url)
-    stack.up(fresh_db=True)
-    for name in stack.ws_names[ws_processes:]:
-        stack.stop_process(name)  # nginx sends every socket to the daphne left
     steps: list[Step] = []
-    try:
+    with fresh_stack(backend) as stack:
+        for name in stack.ws_names[ws_processes:]:
+            stack.stop_process(name)  # nginx sends every socket to the daphne left
         users_file = stack.seed(rooms, members, PASSWORD, "bench")
         for rate in rates:
             step = run_step(stack, users_file, backend, rate, rooms, members, seconds)
@@ -207,10 +220,6 @@ def sweep(
             print(row(step), flush=True)
             if not step.sustainable:
                 break
-    finally:
-        stack.down()
-        stack.drop_database()
-        flush_redis(stack.config.redis_url)
     return steps
 
 
@@ -252,13 +261,9 @@ class Idle:
 
 def idle_sockets(max_idle: int, step: int, layer: str = "pubsub") -> Idle:
     """Steps of idle sockets up to max_idle or the first failure."""
-    stack = bench_stack(layer)
-    stack.down()
-    flush_redis(stack.config.redis_url)
-    stack.up(fresh_db=True)
     result = Idle(points=[])
     points = result.points
-    try:
+    with fresh_stack(layer) as stack:
         # 500 rooms of 2: 20 sockets per room at 10k, so presence joins stay cheap.
         users = json.loads(stack.seed(500, 2, PASSWORD, "idle").read_text())
         sessions_file = stack.run_dir / "idle-sessions.json"
@@ -320,10 +325,6 @@ def idle_sockets(max_idle: int, step: int, layer: str = "pubsub") -> Idle:
         finally:
             idler.stdin.close()  # the idler closes its sockets and exits
             idler.wait(timeout=60)
-    finally:
-        stack.down()
-        stack.drop_database()
-        flush_redis(stack.config.redis_url)
     return result
 
 
@@ -347,11 +348,7 @@ PAGE_MESSAGES = 50
 def http_page(concurrency: int, seconds: int) -> Page:
     """The conversation page with 50 messages, through nginx, `concurrency` clients at once,
     each a logged-in member of its own room on one keep-alive connection."""
-    stack = bench_stack("pubsub")
-    stack.down()
-    flush_redis(stack.config.redis_url)
-    stack.up(fresh_db=True)
-    try:
+    with fresh_stack("pubsub") as stack:
         users = json.loads(
             stack.seed(concurrency, 2, PASSWORD, "page", messages=PAGE_MESSAGES).read_text()
         )
@@ -398,10 +395,6 @@ def http_page(concurrency: int, seconds: int) -> Page:
                 k: (cpu_after[k] - cpu_before.get(k, 0.0)) / wall * 100 for k in cpu_after
             },
         )
-    finally:
-        stack.down()
-        stack.drop_database()
-        flush_redis(stack.config.redis_url)
 
 
 def page_lines(page: Page) -> list[str]:

@@ -102,6 +102,18 @@ class RedisPresence:
     def _uids(members: list[bytes]) -> set[int]:
         return {int(m.split(b"|", 1)[0]) for m in members}
 
+    def _expire_and_read(self, pipe, conversation_id: int, now: float) -> None:
+        """Queues, after an entry's write: drop lapsed entries, keep the key alive, read who
+        is online and the newest sequence (the last two results, for _answer)."""
+        key = self._key(conversation_id)
+        pipe.zremrangebyscore(key, "-inf", now)
+        pipe.expire(key, _ttl() * 2)
+        pipe.zrange(key, 0, -1)
+        pipe.get(self._seq_key(conversation_id))
+
+    def _answer(self, members: list[bytes], seq: bytes | None) -> tuple[set[int], int]:
+        return self._uids(members), int(seq or 0)
+
     async def _write(self, conversation_id: int, op: str, user_id: int, channel: str):
         now = time.time()
         key = self._key(conversation_id)
@@ -111,12 +123,9 @@ class RedisPresence:
             pipe.zadd(key, {member: now + _ttl()})
         else:
             pipe.zrem(key, member)
-        pipe.zremrangebyscore(key, "-inf", now)
-        pipe.expire(key, _ttl() * 2)
-        pipe.zrange(key, 0, -1)
-        pipe.get(self._seq_key(conversation_id))
+        self._expire_and_read(pipe, conversation_id, now)
         result = await pipe.execute()
-        return self._uids(result[3]), int(result[4] or 0)
+        return self._answer(*result[-2:])
 
     async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
         return (await self._write(conversation_id, "add", user_id, channel))[0]
@@ -137,15 +146,12 @@ class RedisPresence:
             now = time.time()
             pipe = self._client(cids[0]).pipeline(transaction=False)
             for cid in cids:
-                key = self._key(cid)
-                pipe.zadd(key, {f"{uid}|{channel}": now + _ttl() for uid, channel in entries[cid]})
-                pipe.zremrangebyscore(key, "-inf", now)
-                pipe.expire(key, _ttl() * 2)
-                pipe.zrange(key, 0, -1)
-                pipe.get(self._seq_key(cid))
+                expiry = now + _ttl()
+                pipe.zadd(self._key(cid), {f"{uid}|{ch}": expiry for uid, ch in entries[cid]})
+                self._expire_and_read(pipe, cid, now)
             result = await pipe.execute()
             for i, cid in enumerate(cids):
-                answers[cid] = (self._uids(result[5 * i + 3]), int(result[5 * i + 4] or 0))
+                answers[cid] = self._answer(*result[5 * i + 3 : 5 * i + 5])
 
         outcomes = await asyncio.gather(*map(beat, by_shard.values()), return_exceptions=True)
         for outcome in outcomes:
