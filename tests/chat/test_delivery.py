@@ -126,6 +126,39 @@ async def test_a_dropped_broadcast_is_noticed_as_a_gap_and_healed_from_the_datab
     await bob.disconnect()
 
 
+async def test_broadcasts_arriving_out_of_order_are_delivered_in_order_without_a_heal():
+    """Two senders' store-then-publish steps race: seq 2's broadcast can overtake seq 1's.
+    The consumer holds 2 until 1 arrives live instead of reading the database at once."""
+    from channels.layers import get_channel_layer
+
+    from chat import rendering
+    from chat.consumers import conversation_group
+    from tests.parley.test_metrics import value
+
+    conversation, users, cookies = await room()
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    create = sync_to_async(services.message_create)
+    first, _ = await create(conversation_id=conversation.pk, sender=users[0], body="first")
+    second, _ = await create(conversation_id=conversation.pk, sender=users[0], body="second")
+    gaps = value("parley_sequence_gaps_total", how="live")
+    layer = get_channel_layer()
+    for message in (second, first):
+        await layer.group_send(
+            conversation_group(conversation.pk),
+            {
+                "type": "chat.message",
+                "seq": message.seq,
+                "frame": rendering.ws_messages([rendering.message_html(message)]),
+                "conversation_id": conversation.pk,
+            },
+        )
+    assert await bob_in.wait_seqs([1, 2]) == [1, 2]
+    await bob_in.quiet(0.3)
+    assert bob_in.seqs == [1, 2]
+    assert value("parley_sequence_gaps_total", how="live") == gaps
+    await bob.disconnect()
+
+
 async def test_a_dropped_last_broadcast_is_healed_without_a_later_message():
     conversation, users, cookies = await room()
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
