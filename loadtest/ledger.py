@@ -108,6 +108,8 @@ class Report:
     reconnects: int
     p99_threshold_ms: float
     failures: list[str] = field(default_factory=list)
+    # (seconds since the first send, fan-out ms): shows whether a tail is spread or a burst.
+    fanout_timeline: list[tuple[float, float]] = field(default_factory=list)
 
     def total(self, attr: str) -> int:
         return sum(getattr(r, attr) for r in self.rows)
@@ -146,7 +148,19 @@ class Report:
             "p99_threshold_ms": self.p99_threshold_ms,
             "reconnects": self.reconnects,
             "barrier_timeouts": len(self.barrier_timeouts),
+            "fanout_p99_ms_by_second": self.p99_by_second(),
         }
+
+    def p99_by_second(self) -> list[float | None]:
+        """Fan-out p99 of the messages sent in each second of the run, in order."""
+        buckets: dict[int, list[float]] = {}
+        for at, latency in self.fanout_timeline:
+            buckets.setdefault(int(at), []).append(latency)
+        last = max(buckets, default=-1)
+        return [
+            None if (p := percentile(buckets.get(i, []), 99)) is None else round(p, 1)
+            for i in range(last + 1)
+        ]
 
     def table(self) -> str:
         """A per-room table, the recipients with problems, and the totals."""
@@ -200,6 +214,8 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
     known = set(ledger.sent) | set(ledger.rejected)
     rows: list[RecipientResult] = []
     fanout: list[float] = []
+    timeline: list[tuple[float, float]] = []
+    first_sent = min((t for _, _, t in ledger.sent.values()), default=0)
     first_recv = math.inf
     last_recv = 0
     for recipient, room in sorted(ledger.recipients.items()):
@@ -224,6 +240,7 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
                 _, sender, sent_ns = ledger.sent[message_id]
                 if sender != recipient:  # the sender's own echo is its "send" ack, not fan-out
                     fanout.append((recv_ns - sent_ns) / 1e6)
+                    timeline.append(((sent_ns - first_sent) / 1e9, fanout[-1]))
         received = sum(1 for m in expected if seen_ids[m])
         rows.append(
             RecipientResult(
@@ -250,6 +267,7 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
         sent=len(ledger.sent),
         rejected=len(ledger.rejected),
         fanout_ms=fanout,
+        fanout_timeline=timeline,
         send_window_s=send_window,
         delivery_window_s=delivery_window,
         barrier_timeouts=ledger.barrier_timeouts,

@@ -160,3 +160,20 @@ def test_select_users_takes_rooms_and_members_in_file_order():
         select_users(records, rooms=4, members=0)
     with pytest.raises(ValueError, match="lacks"):
         select_users([{"username": "x"}], rooms=0, members=0)
+
+
+def test_fanout_p99_is_also_given_per_second_of_sending():
+    """A tail that is one burst (a stall) shows in one second; a spread tail in all."""
+    ledger = Ledger()
+    for member in "ab":
+        ledger.add_recipient(member, 1)
+    start = 1_000_000_000
+    for i, (offset_ms, latency_ms) in enumerate([(0, 5), (500, 7), (2100, 300), (2600, 9)]):
+        sent_ns = start + offset_ms * 1_000_000
+        ledger.record_sent(f"m{i}", 1, "a", sent_ns)
+        ledger.record_delivery("b", f"m{i}", i + 1, sent_ns + latency_ms * 1_000_000)
+    assert check(ledger, p99_threshold_ms=100).summary()["fanout_p99_ms_by_second"] == [
+        7.0,
+        None,
+        300.0,
+    ]
