@@ -16,17 +16,18 @@ from django.template.loader import get_template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
 
+from chat import selectors
 from chat.models import Message
 from chat.selectors import ConversationRow
 
 
-def _fragment_key(message: Message) -> str:
+def _fragment_key(pk: int, conversation_id: int, seq: int, sender_id: int) -> str:
     # Not the id alone: a database restored or recreated under a running process reuses ids.
-    return f"message:{message.pk}:{message.conversation_id}:{message.seq}:{message.sender_id}"
+    return f"message:{pk}:{conversation_id}:{seq}:{sender_id}"
 
 
 def message_html(message: Message) -> str:
-    key = _fragment_key(message)
+    key = _fragment_key(message.pk, message.conversation_id, message.seq, message.sender_id)
     html = caches["fragments"].get(key)
     if html is None:
         html = get_template("chat/partials/message.html").render({"message": message})
@@ -34,23 +35,25 @@ def message_html(message: Message) -> str:
     return html
 
 
-def messages_html(messages: list[Message]) -> SafeString:
-    """Fragments for many messages, in order, rendering only those not cached."""
+def history_html(conversation_id: int, keys: list[tuple[int, int, int]]) -> SafeString:
+    """Fragments for the messages `keys` names ((id, seq, sender id) from
+    selectors.history_keys), in order. Only the messages not in the fragment cache are
+    loaded and rendered: on a busy conversation, none."""
     cache = caches["fragments"]
-    cached = cache.get_many([_fragment_key(m) for m in messages])
-    template = get_template("chat/partials/message.html")
-    fresh = {}
-    parts = []
-    for message in messages:
-        key = _fragment_key(message)
-        html = cached.get(key)
-        if html is None:
-            html = fresh[key] = template.render({"message": message})
-        parts.append(html)
-    if fresh:
+    wanted = {pk: _fragment_key(pk, conversation_id, seq, sender) for pk, seq, sender in keys}
+    cached = cache.get_many(list(wanted.values()))
+    missing = [pk for pk, key in wanted.items() if key not in cached]
+    if missing:
+        template = get_template("chat/partials/message.html")
+        fresh = {
+            wanted[m.pk]: template.render({"message": m})
+            for m in selectors.messages_by_id(missing)
+            if m.conversation_id == conversation_id
+        }
         cache.set_many(fresh)
+        cached.update(fresh)
     # Each part is the autoescaped output of the message template.
-    return mark_safe("".join(parts))  # noqa: S308
+    return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308
 
 
 def ws_messages(fragments: Iterable[str]) -> str:

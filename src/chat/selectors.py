@@ -12,6 +12,55 @@ from chat.models import Conversation, Message, Participant
 
 
 @dataclass(frozen=True)
+class Members:
+    """A conversation as its members see it, read in one query."""
+
+    pk: int
+    title: str  # the conversation's own title ('' for none)
+    last_seq: int
+    names: dict[int, str]  # user id -> username, by username
+    read_seqs: dict[int, int]  # user id -> read marker
+
+
+def conversation_members(conversation_id: int) -> Members | None:
+    """The conversation, its participants and their read markers; None if it has none."""
+    rows = (
+        Participant.objects.filter(conversation_id=conversation_id)
+        .order_by("user__username")
+        .values_list(
+            "user_id",
+            "user__username",
+            "last_read_seq",
+            "conversation__title",
+            "conversation__last_seq",
+        )
+    )
+    rows = list(rows)
+    if not rows:
+        return None
+    _, _, _, title, last_seq = rows[0]
+    names = {user_id: username for user_id, username, *_ in rows}
+    read_seqs = {user_id: read_seq for user_id, _, read_seq, *_ in rows}
+    return Members(conversation_id, title, last_seq, names, read_seqs)
+
+
+def history_keys(
+    conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
+) -> list[tuple[int, int, int]]:
+    """(id, seq, sender id) of the newest `limit` messages before `before_seq`, oldest first:
+    enough to find their fragments in the cache without loading the messages."""
+    limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
+    qs = Message.objects.filter(conversation_id=conversation_id)
+    if before_seq is not None:
+        qs = qs.filter(seq__lt=before_seq)
+    return list(reversed(qs.order_by("-seq").values_list("pk", "seq", "sender_id")[:limit]))
+
+
+def messages_by_id(ids: list[int]) -> list[Message]:
+    return list(Message.objects.filter(pk__in=ids).select_related("sender"))
+
+
+@dataclass(frozen=True)
 class ConversationRow:
     conversation: Conversation
     title: str
@@ -80,21 +129,6 @@ def conversation_row(user_id: int, username: str, conversation_id: int) -> Conve
     )
 
 
-def conversation_for_participant(user_id: int, conversation_id: int) -> Conversation | None:
-    return Conversation.objects.filter(id=conversation_id, participant__user_id=user_id).first()
-
-
-def conversation_history(
-    conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
-) -> list[Message]:
-    """The newest `limit` messages before `before_seq` (all if None), oldest first."""
-    limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
-    qs = Message.objects.filter(conversation_id=conversation_id).select_related("sender")
-    if before_seq is not None:
-        qs = qs.filter(seq__lt=before_seq)
-    return list(reversed(qs.order_by("-seq")[:limit]))
-
-
 def messages_after(
     conversation_id: int, after_seq: int, *, upto: int | None = None, limit: int = 500
 ) -> list[Message]:
@@ -105,27 +139,11 @@ def messages_after(
     return list(qs.select_related("sender").order_by("seq")[:limit])
 
 
-def conversation_last_seq(conversation_id: int) -> int:
-    value = (
-        Conversation.objects.filter(id=conversation_id).values_list("last_seq", flat=True).first()
-    )
-    return value or 0
-
-
 def participant_user_ids(conversation_id: int) -> list[int]:
     return list(
         Participant.objects.filter(conversation_id=conversation_id).values_list(
             "user_id", flat=True
         )
-    )
-
-
-def participant_names(conversation_id: int) -> dict[int, str]:
-    """user id -> username for everyone in the conversation (empty if it does not exist)."""
-    return dict(
-        Participant.objects.filter(conversation_id=conversation_id)
-        .order_by("user__username")
-        .values_list("user_id", "user__username")
     )
 
 
@@ -151,7 +169,8 @@ def recent_conversation_ids(user_id: int, limit: int) -> list[int]:
 
 def connect_info(conversation_id: int) -> tuple[dict[int, str], int]:
     """Participants (id -> username) and the newest sequence, for a connecting socket."""
-    return participant_names(conversation_id), conversation_last_seq(conversation_id)
+    members = conversation_members(conversation_id)
+    return (members.names, members.last_seq) if members else ({}, 0)
 
 
 def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:

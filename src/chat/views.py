@@ -150,58 +150,49 @@ def _announce(conversation_id: int, user_ids: list[int]) -> None:
         logger.warning("could not announce new conversation", exc_info=True)
 
 
-def _participant_conversation(request: HttpRequest, conversation_id: int):
-    conversation = selectors.conversation_for_participant(request.user.pk, conversation_id)
-    if conversation is None:
+def _members_or_404(request: HttpRequest, conversation_id: int) -> selectors.Members:
+    members = selectors.conversation_members(conversation_id)
+    if members is None or request.user.pk not in members.names:
         raise Http404("No such conversation")
-    return conversation
+    return members
+
+
+def _history_context(members: selectors.Members, before_seq: int | None = None) -> dict:
+    keys = selectors.history_keys(members.pk, before_seq=before_seq)
+    return {
+        "conversation": members,
+        "messages_html": rendering.history_html(members.pk, keys),
+        "first_seq": keys[0][1] if keys else 0,
+        "last_seq": keys[-1][1] if keys else 0,
+        "has_older": bool(keys) and keys[0][1] > 1,
+    }
 
 
 @login_required
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = _participant_conversation(request, conversation_id)
-    messages = selectors.conversation_history(conversation.pk)
-    last_seq = conversation.last_seq
-    services.conversation_mark_read(
-        conversation_id=conversation.pk, user_id=request.user.pk, seq=last_seq
+    members = _members_or_404(request, conversation_id)
+    context = _history_context(members)
+    if members.read_seqs[request.user.pk] < members.last_seq:
+        # The page shows everything up to the conversation's sequence: read now.
+        services.conversation_mark_read(
+            conversation_id=members.pk, user_id=request.user.pk, seq=members.last_seq
+        )
+    names = list(members.names.values())
+    context.update(
+        title=selectors.conversation_title(members, names, request.user.get_username()),
+        participants=list(members.names.items()),
+        max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
     )
-    names = selectors.participant_names(conversation.pk)
-    return render(
-        request,
-        "chat/conversation_detail.html",
-        {
-            "conversation": conversation,
-            "title": selectors.conversation_title(
-                conversation, list(names.values()), request.user.get_username()
-            ),
-            "participants": list(names.items()),
-            "messages_html": rendering.messages_html(messages),
-            # The page has rendered everything up to the conversation's sequence as read now.
-            "last_seq": messages[-1].seq if messages else 0,
-            "first_seq": messages[0].seq if messages else 0,
-            "has_older": bool(messages) and messages[0].seq > 1,
-            "max_length": settings.CHAT_MAX_MESSAGE_LENGTH,
-        },
-    )
+    return render(request, "chat/conversation_detail.html", context)
 
 
 @login_required
 @require_GET
 def conversation_history(request: HttpRequest, conversation_id: int) -> HttpResponse:
-    conversation = _participant_conversation(request, conversation_id)
+    members = _members_or_404(request, conversation_id)
     try:
         before = int(request.GET["before"])
     except (KeyError, ValueError):
         return HttpResponse("before must be a sequence number", status=400)
-    messages = selectors.conversation_history(conversation.pk, before_seq=before)
-    return render(
-        request,
-        "chat/partials/history.html",
-        {
-            "conversation": conversation,
-            "messages_html": rendering.messages_html(messages),
-            "first_seq": messages[0].seq if messages else 0,
-            "has_older": bool(messages) and messages[0].seq > 1,
-        },
-    )
+    return render(request, "chat/partials/history.html", _history_context(members, before))
