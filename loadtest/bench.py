@@ -580,7 +580,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rates",
-        default="10,20,40,60,80,120,160,240,320",
+        default="10,40,80,120,160,240,300,360",
         help="offered msg/s (all rooms together), ascending",
     )
     parser.add_argument("--results", default=str(RESULTS), help="markdown file to write")
