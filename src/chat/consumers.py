@@ -584,12 +584,14 @@ class ChatConsumer(ResilientConsumer):
         if not self.unbroadcast:
             return True
         async with self.broadcast_lock:  # the heartbeat and the send path both flush
+            sent = None  # the other flush may have emptied the queue while we waited
             while self.unbroadcast:
                 if not await self.group_send(self.group, self.unbroadcast[0]):
                     return False
                 sent = self.unbroadcast.pop(0)
-            with contextlib.suppress(*LAYER_ERRORS):
-                await presence_store().note_seq(self.conversation_id, sent["seq"])
+            if sent is not None:
+                with contextlib.suppress(*LAYER_ERRORS):
+                    await presence_store().note_seq(self.conversation_id, sent["seq"])
             return True
 
     async def receive_typing(self) -> None:

@@ -55,7 +55,6 @@ class ReusedThreadASGIHandler(ASGIHandler):
 django.setup(set_prefix=False)
 django_asgi_app = ReusedThreadASGIHandler()
 
-from channels.auth import AuthMiddlewareStack  # noqa: E402
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
@@ -64,6 +63,7 @@ from chat.routing import websocket_urlpatterns  # noqa: E402
 from parley import metrics  # noqa: E402
 from parley.drain import DrainMiddleware  # noqa: E402
 from parley.logging import AccessLogMiddleware  # noqa: E402
+from parley.ws_auth import WebsocketAuthMiddleware  # noqa: E402
 
 
 class CountingOriginValidator(OriginValidator):
@@ -90,7 +90,7 @@ application = AccessLogMiddleware(
             {
                 "http": django_asgi_app,
                 "websocket": allowed_hosts_origin_validator(
-                    AuthMiddlewareStack(URLRouter(websocket_urlpatterns))
+                    WebsocketAuthMiddleware(URLRouter(websocket_urlpatterns))
                 ),
             }
         )

@@ -26,9 +26,12 @@ import os
 import signal
 import sys
 import threading
+from functools import partial
 from typing import Any
 
 from daphne.ws_protocol import WebSocketProtocol
+
+from parley.slimqueue import SlimQueue
 
 logger = logging.getLogger("parley.serve_ws")
 
@@ -90,6 +93,22 @@ class DrainingServer(daphne.server.Server):
         # daphne.server.Server.run() builds the factory itself; this is where it is set.
         factory.protocol = ParleyWebSocketProtocol
         self._ws_factory = factory
+
+    def create_application(self, protocol: Any, scope: dict) -> SlimQueue | None:
+        """daphne's create_application with a SlimQueue as the application's input queue
+        (daphne makes an asyncio.Queue, ~2.6 KiB, for every socket it holds)."""
+        assert "application_instance" not in self.connections[protocol]
+        input_queue = SlimQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance, loop=asyncio.get_event_loop()
+        )
+        return input_queue
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)

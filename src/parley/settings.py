@@ -132,7 +132,8 @@ if REDIS_URLS:
     if CHANNEL_LAYER_BACKEND == "pubsub":
         CHANNEL_LAYERS = {
             "default": {
-                "BACKEND": "channels_redis.pubsub.RedisPubSubChannelLayer",
+                # channels-redis's pub/sub layer with a small per-channel queue.
+                "BACKEND": "parley.layers.PubSubChannelLayer",
                 "CONFIG": {
                     "hosts": [{"address": url} for url in REDIS_URLS],
                     "prefix": CHANNEL_LAYER_PREFIX,

@@ -221,7 +221,7 @@ def throwaway_redis(settings, request):
         backend = "channels_redis.core.RedisChannelLayer"
         config.update(capacity=1000, group_expiry=settings.CHAT_SOCKET_MAX_AGE + 300)
     else:
-        backend = "channels_redis.pubsub.RedisPubSubChannelLayer"
+        backend = "parley.layers.PubSubChannelLayer"
     settings.CHANNEL_LAYERS = {"default": {"BACKEND": backend, "CONFIG": config}}
     channel_layers.backends.clear()
     reset_presence_store()

@@ -1,0 +1,31 @@
+"""The pub/sub channel layer with a small per-channel queue (see parley.slimqueue)."""
+
+from __future__ import annotations
+
+import asyncio
+
+from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, _wrap_close
+
+from parley.slimqueue import SlimQueue
+
+
+class SlimPubSubLoopLayer(RedisPubSubLoopLayer):
+    async def _subscribe_to_channel(self, channel: str) -> None:
+        # channels-redis 4.x: an asyncio.Queue per channel, i.e. per open socket.
+        self.channels[channel] = SlimQueue()
+        await self._get_shard(channel).subscribe(channel)
+
+
+class PubSubChannelLayer(RedisPubSubChannelLayer):
+    """channels_redis.pubsub.RedisPubSubChannelLayer, its per-loop layer SlimPubSubLoopLayer."""
+
+    def _get_layer(self) -> RedisPubSubLoopLayer:
+        loop = asyncio.get_running_loop()
+        try:
+            return self._layers[loop]
+        except KeyError:
+            layer = self._layers[loop] = SlimPubSubLoopLayer(
+                *self._args, **self._kwargs, channel_layer=self
+            )
+            _wrap_close(self, loop)
+            return layer

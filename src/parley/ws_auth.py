@@ -1,0 +1,35 @@
+"""Who is on the other end of a websocket: Channels' AuthMiddlewareStack in one layer.
+
+`AuthMiddlewareStack` is three middlewares (cookies, session, user), each keeping its own
+copy of the scope and its own suspended coroutine for as long as the socket is open, and
+the session layer wraps every `send` to save a modified session. A websocket never writes
+the session, and an idle socket's memory is what bounds how many one process holds: this
+resolves the user once, with the same rules (`channels.auth.get_user`: the session's
+backend, user and auth hash, flushing a session whose hash no longer matches), and passes
+one scope with `user` to the router.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import Any
+
+from channels.auth import get_user
+from django.conf import settings
+from django.http.cookie import parse_cookie
+
+
+class WebsocketAuthMiddleware:
+    def __init__(self, inner: Any) -> None:
+        self.inner = inner
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
+        cookies: dict[str, str] = {}
+        for name, value in scope.get("headers", []):
+            if name == b"cookie":
+                cookies = parse_cookie(value.decode("latin1"))
+                break
+        store = import_module(settings.SESSION_ENGINE).SessionStore
+        session = store(cookies.get(settings.SESSION_COOKIE_NAME))
+        user = await get_user({"session": session})
+        return await self.inner(dict(scope, user=user), receive, send)
