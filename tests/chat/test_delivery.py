@@ -159,6 +159,46 @@ async def test_broadcasts_arriving_out_of_order_are_delivered_in_order_without_a
     await bob.disconnect()
 
 
+async def test_too_many_held_frames_read_the_database_without_waiting_out_the_grace(
+    monkeypatch,
+):
+    """A missing broadcast with a flood behind it: past HELD_LIMIT held frames the consumer
+    stops waiting and heals, so memory per socket stays bounded."""
+    from channels.layers import get_channel_layer
+
+    from chat import consumers, rendering
+    from chat.consumers import conversation_group
+
+    monkeypatch.setattr(consumers, "GAP_GRACE_SECONDS", 120.0)  # far beyond the wait below
+    conversation, users, cookies = await room()
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+
+    @sync_to_async
+    def store(n):
+        return [
+            services.message_create(conversation_id=conversation.pk, sender=users[0], body=f"m{i}")[
+                0
+            ]
+            for i in range(n)
+        ]
+
+    messages = await store(consumers.HELD_LIMIT + 2)
+    layer = get_channel_layer()
+    for message in messages[1:]:  # the first one's broadcast is "dropped"
+        await layer.group_send(
+            conversation_group(conversation.pk),
+            {
+                "type": "chat.message",
+                "seq": message.seq,
+                "frame": rendering.ws_messages([rendering.message_html(message)]),
+                "conversation_id": conversation.pk,
+            },
+        )
+    expected = [m.seq for m in messages]
+    assert await bob_in.wait_seqs(expected, timeout=15) == expected
+    await bob.disconnect()
+
+
 async def test_a_dropped_last_broadcast_is_healed_without_a_later_message():
     conversation, users, cookies = await room()
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
