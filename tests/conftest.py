@@ -59,3 +59,11 @@ def core_layer(settings):
     channel_layers.backends.clear()
     yield
     channel_layers.backends.clear()
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items):
+    """Browser tests last: Playwright's sync API keeps an event loop running in the main
+    thread until the session ends, and an async test collected after them (pytest-django
+    puts tests without a database after those with one) could not start its own."""
+    items.sort(key=lambda item: item.nodeid.startswith("tests/browser/"))
