@@ -24,7 +24,7 @@ class Members:
 
 def conversation_members(conversation_id: int) -> Members | None:
     """The conversation, its participants and their read markers; None if it has none."""
-    rows = (
+    rows = list(
         Participant.objects.filter(conversation_id=conversation_id)
         .order_by("user__username")
         .values_list(
@@ -35,7 +35,6 @@ def conversation_members(conversation_id: int) -> Members | None:
             "conversation__last_seq",
         )
     )
-    rows = list(rows)
     if not rows:
         return None
     _, _, _, title, last_seq = rows[0]
