@@ -4,35 +4,24 @@ middleware chain runs synchronously (no thread hop per middleware hook)."""
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 
 import pytest
 from asgiref.testing import ApplicationCommunicator
-from django.http import HttpResponse
 from django.test import override_settings
-from django.urls import path
 
 from parley.asgi import ReusedThreadASGIHandler
+from tests.parley import asgi_urls
+from tests.parley.asgi_urls import blocked, released
 
-released = threading.Event()
-
-
-def where(request):
-    """The thread this request's view ran on."""
-    if request.GET.get("block"):
-        released.wait(timeout=10)
-    return HttpResponse(f"{threading.get_ident()} {threading.current_thread().name}")
-
-
-urlpatterns = [path("where", where)]
 pytestmark = pytest.mark.usefixtures("own_urls")
 
 
 @pytest.fixture
 def own_urls():
     released.clear()
-    with override_settings(ROOT_URLCONF=__name__, ALLOWED_HOSTS=["testserver"]):
+    blocked.clear()
+    with override_settings(ROOT_URLCONF=asgi_urls.__name__, ALLOWED_HOSTS=["testserver"]):
         yield
     released.set()
 
@@ -99,18 +88,19 @@ async def test_requests_at_once_get_threads_of_their_own():
     await wait_until(lambda: len(app.idle_executors) == 2)
 
 
-async def test_a_thread_still_running_an_abandoned_view_is_not_reused_until_it_is_done():
+async def test_a_request_whose_client_left_keeps_its_thread_until_its_view_is_done():
     app = ReusedThreadASGIHandler()
-    abandoned = await start(app, "block=1")
-    await asyncio.sleep(0)  # let the view start
-    await abandoned.send_input({"type": "http.disconnect"})
-    await abandoned.wait(timeout=5)  # Django gave up on it; its view still runs
-    assert app.idle_executors == []
-    next_one = await body(await start(app))
-    assert len(app.idle_executors) <= 1  # only the next request's thread, once done
+    left = await start(app, "block=1")
+    await wait_until(blocked.is_set)  # its view holds its thread
+    await left.send_input({"type": "http.disconnect"})
+    # Django does not interrupt a running sync view: meanwhile another request is served,
+    # on a thread of its own, which is idle again when it is done.
+    other = await body(await start(app))
+    await wait_until(lambda: len(app.idle_executors) == 1)
     released.set()
-    await wait_until(lambda: len(app.idle_executors) == 2)
-    assert next_one[1].startswith("django-request")
+    await left.wait(timeout=5)
+    await wait_until(lambda: len(app.idle_executors) == 2)  # both back in the pool
+    assert other[1].startswith("django-request")
 
 
 async def test_a_request_hops_between_the_loop_and_its_thread_only_a_few_times(monkeypatch):
