@@ -19,6 +19,25 @@ from tests.redis_server import ThrowawayRedis
 pytestmark = pytest.mark.django_db(transaction=True)
 
 
+async def broadcast(message: Message) -> None:
+    """What a sender's consumer publishes for a stored message, sent straight to the layer
+    (so a test decides the order, or leaves one out)."""
+    from channels.layers import get_channel_layer
+
+    from chat import rendering
+    from chat.consumers import conversation_group
+
+    await get_channel_layer().group_send(
+        conversation_group(message.conversation_id),
+        {
+            "type": "chat.message",
+            "seq": message.seq,
+            "frame": rendering.ws_messages([rendering.message_html(message)]),
+            "conversation_id": message.conversation_id,
+        },
+    )
+
+
 async def test_reconnect_with_last_sequence_replays_exactly_the_missed_messages():
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
@@ -129,10 +148,6 @@ async def test_a_dropped_broadcast_is_noticed_as_a_gap_and_healed_from_the_datab
 async def test_broadcasts_arriving_out_of_order_are_delivered_in_order_without_a_heal():
     """Two senders' store-then-publish steps race: seq 2's broadcast can overtake seq 1's.
     The consumer holds 2 until 1 arrives live instead of reading the database at once."""
-    from channels.layers import get_channel_layer
-
-    from chat import rendering
-    from chat.consumers import conversation_group
     from tests.parley.test_metrics import value
 
     conversation, users, cookies = await room()
@@ -141,17 +156,8 @@ async def test_broadcasts_arriving_out_of_order_are_delivered_in_order_without_a
     first, _ = await create(conversation_id=conversation.pk, sender=users[0], body="first")
     second, _ = await create(conversation_id=conversation.pk, sender=users[0], body="second")
     gaps = value("parley_sequence_gaps_total", how="live")
-    layer = get_channel_layer()
     for message in (second, first):
-        await layer.group_send(
-            conversation_group(conversation.pk),
-            {
-                "type": "chat.message",
-                "seq": message.seq,
-                "frame": rendering.ws_messages([rendering.message_html(message)]),
-                "conversation_id": conversation.pk,
-            },
-        )
+        await broadcast(message)
     assert await bob_in.wait_seqs([1, 2]) == [1, 2]
     await bob_in.quiet(0.3)
     assert bob_in.seqs == [1, 2]
@@ -164,10 +170,7 @@ async def test_too_many_held_frames_read_the_database_without_waiting_out_the_gr
 ):
     """A missing broadcast with a flood behind it: past HELD_LIMIT held frames the consumer
     stops waiting and heals, so memory per socket stays bounded."""
-    from channels.layers import get_channel_layer
-
-    from chat import consumers, rendering
-    from chat.consumers import conversation_group
+    from chat import consumers
 
     monkeypatch.setattr(consumers, "GAP_GRACE_SECONDS", 120.0)  # far beyond the wait below
     conversation, users, cookies = await room()
@@ -183,17 +186,8 @@ async def test_too_many_held_frames_read_the_database_without_waiting_out_the_gr
         ]
 
     messages = await store(consumers.HELD_LIMIT + 2)
-    layer = get_channel_layer()
     for message in messages[1:]:  # the first one's broadcast is "dropped"
-        await layer.group_send(
-            conversation_group(conversation.pk),
-            {
-                "type": "chat.message",
-                "seq": message.seq,
-                "frame": rendering.ws_messages([rendering.message_html(message)]),
-                "conversation_id": conversation.pk,
-            },
-        )
+        await broadcast(message)
     expected = [m.seq for m in messages]
     assert await bob_in.wait_seqs(expected, timeout=15) == expected
     await bob.disconnect()
