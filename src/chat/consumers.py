@@ -390,10 +390,8 @@ class ChatConsumer(ResilientConsumer):
                 del held[seq]
             if not held:
                 self.held = None
-        if self.held is None and self.last_sent >= self.expected_upto and self.gap_timer:
-            self.gap_timer.cancel()  # caught up live: nothing to read
-            self.tasks.discard(self.gap_timer)
-            self.gap_timer = None
+        if self.held is None and self.last_sent >= self.expected_upto:
+            self._cancel_gap_timer()  # caught up live: nothing to read
 
     def _expect(self, upto: int, how: str, now: bool = False) -> None:
         """Sequences up to `upto` exist: whatever of them has not arrived live within the
@@ -401,14 +399,18 @@ class ChatConsumer(ResilientConsumer):
         self.expected_upto = max(self.expected_upto, upto)
         if self.gap_timer is not None and not now:
             return
-        if self.gap_timer is not None:
-            self.gap_timer.cancel()
-            self.tasks.discard(self.gap_timer)
+        self._cancel_gap_timer()
         self.gap_how = how
         self.gap_timer = asyncio.get_running_loop().call_later(
             0 if now else GAP_GRACE_SECONDS, self._gap_due
         )
         self.tasks.add(self.gap_timer)
+
+    def _cancel_gap_timer(self) -> None:
+        if self.gap_timer is not None:
+            self.gap_timer.cancel()
+            self.tasks.discard(self.gap_timer)
+            self.gap_timer = None
 
     def _gap_due(self) -> None:
         self.tasks.discard(self.gap_timer)

@@ -84,7 +84,8 @@ class RequestIdMiddleware:
 access_logger = logging.getLogger("parley.access")
 
 
-def _header(scope: dict, name: bytes) -> bytes | None:
+def scope_header(scope: dict, name: bytes) -> bytes | None:
+    """The first value of an ASGI scope's header `name` (lower-case bytes), or None."""
     for key, value in scope.get("headers", []):
         if key == name:
             return value
@@ -103,7 +104,7 @@ class AccessLogMiddleware:
         if scope["type"] not in ("http", "websocket"):
             await self.app(scope, receive, send)
             return
-        rid = clean_request_id(_header(scope, b"x-request-id"))
+        rid = clean_request_id(scope_header(scope, b"x-request-id"))
         request_id_var.set(rid)  # this task (one connection) only
         started = time.monotonic()
         state: dict[str, Any] = {"status": None, "close_code": None}

@@ -18,17 +18,16 @@ from channels.auth import get_user
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
+from parley.logging import scope_header
+
 
 class WebsocketAuthMiddleware:
     def __init__(self, inner: Any) -> None:
         self.inner = inner
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
-        cookies: dict[str, str] = {}
-        for name, value in scope.get("headers", []):
-            if name == b"cookie":
-                cookies = parse_cookie(value.decode("latin1"))
-                break
+        header = scope_header(scope, b"cookie")
+        cookies = parse_cookie(header.decode("latin1")) if header else {}
         store = import_module(settings.SESSION_ENGINE).SessionStore
         session = store(cookies.get(settings.SESSION_COOKIE_NAME))
         user = await get_user({"session": session})
