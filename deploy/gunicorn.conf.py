@@ -24,7 +24,14 @@ from parley.logging import json_logging_config  # noqa: E402  (src/ is on the pa
 class ParleyWorker(UvicornWorker):
     # Django has no lifespan handler (uvicorn would log that on every start), and access
     # lines come from parley.logging.AccessLogMiddleware, which knows the request id.
-    CONFIG_KWARGS = {"loop": "auto", "http": "auto", "lifespan": "off", "access_log": False}
+    # uvloop and httptools by name, not "auto": a missing one fails the start instead of
+    # quietly costing ~8% more CPU per page on asyncio's loop and h11.
+    CONFIG_KWARGS = {
+        "loop": "uvloop",
+        "http": "httptools",
+        "lifespan": "off",
+        "access_log": False,
+    }
 
 
 bind = [os.environ.get("WEB_BIND", "0.0.0.0:8000")]

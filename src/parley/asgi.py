@@ -8,24 +8,41 @@ import asyncio  # noqa: E402
 from concurrent.futures import ThreadPoolExecutor  # noqa: E402
 
 import django  # noqa: E402
-from asgiref.sync import ThreadSensitiveContext  # noqa: E402
-from django.core.handlers.asgi import ASGIHandler  # noqa: E402
+from asgiref.sync import ThreadSensitiveContext, sync_to_async  # noqa: E402
+from django.core import signals  # noqa: E402
+from django.core.exceptions import RequestAborted  # noqa: E402
+from django.core.handlers.asgi import ASGIHandler, get_script_prefix  # noqa: E402
+from django.core.handlers.base import BaseHandler  # noqa: E402
+from django.http import FileResponse, HttpResponseBase  # noqa: E402
+from django.urls import set_script_prefix  # noqa: E402
 
 
-class ReusedThreadASGIHandler(ASGIHandler):
-    """Django's ASGI handler, with the request threads kept for the next request.
+class OneHopASGIHandler(ASGIHandler):
+    """Django's ASGI handler for a project whose middleware and views are all sync.
 
-    Django runs each request's sync code on a thread of its own: a new single-thread
-    executor per request, whose thread starts, and is then joined by yet another new thread.
-    Here a finished request's executor (still one thread, one request at a time) serves a
-    later request instead, once everything queued on it has run: a request whose client
-    left can still be running its view, and nothing else may queue behind that.
+    Django's own handler runs the middleware chain in async mode and hops between the event
+    loop and the request's thread for request_started, the chain, the view and close (five
+    hops when every middleware is sync), and races two tasks per request to notice a client
+    that leaves. Here the loop reads the body, then one hop to the request's thread runs
+    request_started, the sync middleware chain, the view and, for a complete response,
+    close() (request_finished: the database connection goes back to the pool); the loop then
+    writes the response. A streaming response is iterated and closed as Django does.
+
+    Request threads are reused: a new single-thread executor per request (Django's default)
+    starts a thread, and yet another to join it. A finished request's executor (one thread,
+    one request at a time) serves a later request instead, once everything queued on it
+    has run: a request whose client left can still be running its view, and nothing else
+    may queue behind that.
+
+    A client that leaves mid-view: the sync view runs to its end either way (Django does not
+    interrupt one either); its response is then dropped by the server.
     """
 
     max_idle_executors = 32
 
     def __init__(self) -> None:
-        super().__init__()
+        BaseHandler.__init__(self)
+        self.load_middleware(is_async=False)
         self.idle_executors: list[ThreadPoolExecutor] = []
 
     async def __call__(self, scope, receive, send):
@@ -51,9 +68,38 @@ class ReusedThreadASGIHandler(ASGIHandler):
         else:
             executor.shutdown(wait=False)
 
+    async def handle(self, scope, receive, send):
+        try:
+            body_file = await self.read_body(receive)
+        except RequestAborted:
+            return
+        try:
+            response = await sync_to_async(self.respond, thread_sensitive=True)(scope, body_file)
+            try:
+                await self.send_response(response, send)
+            finally:
+                if response.streaming:
+                    await sync_to_async(response.close, thread_sensitive=True)()
+        finally:
+            body_file.close()
+
+    def respond(self, scope, body_file) -> HttpResponseBase:
+        """The request's whole sync part, on its thread."""
+        set_script_prefix(get_script_prefix(scope))
+        signals.request_started.send(sender=self.__class__, scope=scope)
+        request, response = self.create_request(scope, body_file)
+        if request is not None:
+            response = self.get_response(request)
+            response._handler_class = self.__class__
+            if isinstance(response, FileResponse):
+                response.block_size = self.chunk_size  # the server chunks the body
+        if not response.streaming:
+            response.close()  # the body is in memory; request_finished runs here
+        return response
+
 
 django.setup(set_prefix=False)
-django_asgi_app = ReusedThreadASGIHandler()
+django_asgi_app = OneHopASGIHandler()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 from channels.security.websocket import OriginValidator  # noqa: E402

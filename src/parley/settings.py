@@ -68,7 +68,6 @@ MIDDLEWARE = [
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
-    "parley.middleware.SyncChainMiddleware",  # last: see its docstring
 ]
 
 ROOT_URLCONF = "parley.urls"

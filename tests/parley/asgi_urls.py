@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import threading
 
-from django.http import HttpResponse
+from django.core.signals import request_finished
+from django.http import HttpResponse, StreamingHttpResponse
 from django.urls import path
 
 released = threading.Event()
@@ -20,4 +21,22 @@ def where(request):
     return HttpResponse(f"{threading.get_ident()} {threading.current_thread().name}")
 
 
-urlpatterns = [path("where", where)]
+def stream(request):
+    """A streaming body: its parts are produced while the response is being sent."""
+    return StreamingHttpResponse(f"part{i} " for i in range(3))
+
+
+def fail(request):
+    raise RuntimeError("the view failed")
+
+
+finished: list[str] = []  # request_finished, by the thread that ran it
+
+
+def _finished(sender, **kwargs) -> None:
+    finished.append(threading.current_thread().name)
+
+
+request_finished.connect(_finished)
+
+urlpatterns = [path("where", where), path("stream", stream), path("fail", fail)]

@@ -1,5 +1,5 @@
-"""The HTTP side of parley.asgi: request threads are reused, never shared, and the
-middleware chain runs synchronously (no thread hop per middleware hook)."""
+"""The HTTP side of parley.asgi: request threads are reused, never shared, and a request's
+sync part (request_started, the middleware chain, the view, close) is one hop to its thread."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ import pytest
 from asgiref.testing import ApplicationCommunicator
 from django.test import override_settings
 
-from parley.asgi import ReusedThreadASGIHandler
+from parley.asgi import OneHopASGIHandler
 from tests.parley import asgi_urls
-from tests.parley.asgi_urls import blocked, released
+from tests.parley.asgi_urls import blocked, finished, released
 
 pytestmark = pytest.mark.usefixtures("own_urls")
 
@@ -26,15 +26,15 @@ def own_urls():
     released.set()
 
 
-def scope(query: str = "") -> dict:
+def scope(query: str = "", path: str = "/where") -> dict:
     return {
         "type": "http",
         "asgi": {"version": "3.0"},
         "http_version": "1.1",
         "method": "GET",
         "scheme": "http",
-        "path": "/where",
-        "raw_path": b"/where",
+        "path": path,
+        "raw_path": path.encode(),
         "query_string": query.encode(),
         "headers": [(b"host", b"testserver")],
         "server": ("testserver", 80),
@@ -42,15 +42,14 @@ def scope(query: str = "") -> dict:
     }
 
 
-async def start(app, query: str = "") -> ApplicationCommunicator:
-    comm = ApplicationCommunicator(app, scope(query))
+async def start(app, query: str = "", path: str = "/where") -> ApplicationCommunicator:
+    comm = ApplicationCommunicator(app, scope(query, path))
     await comm.send_input({"type": "http.request", "body": b"", "more_body": False})
     return comm
 
 
-async def body(comm: ApplicationCommunicator) -> tuple[int, str]:
+async def response(comm: ApplicationCommunicator) -> tuple[int, bytes]:
     start = await comm.receive_output(timeout=5)
-    assert start["status"] == 200, start
     text = b""
     while True:
         message = await comm.receive_output(timeout=5)
@@ -58,6 +57,12 @@ async def body(comm: ApplicationCommunicator) -> tuple[int, str]:
         if not message.get("more_body"):
             break
     await comm.wait(timeout=5)
+    return start["status"], text
+
+
+async def body(comm: ApplicationCommunicator) -> tuple[int, str]:
+    status, text = await response(comm)
+    assert status == 200, (status, text)
     ident, name = text.decode().split()
     return int(ident), name
 
@@ -70,7 +75,7 @@ async def wait_until(condition, timeout: float = 5.0) -> None:
 
 
 async def test_one_request_after_another_runs_on_the_same_request_thread():
-    app = ReusedThreadASGIHandler()
+    app = OneHopASGIHandler()
     first = await body(await start(app))
     await wait_until(lambda: len(app.idle_executors) == 1)
     second = await body(await start(app))
@@ -79,7 +84,7 @@ async def test_one_request_after_another_runs_on_the_same_request_thread():
 
 
 async def test_requests_at_once_get_threads_of_their_own():
-    app = ReusedThreadASGIHandler()
+    app = OneHopASGIHandler()
     slow = await start(app, "block=1")
     # The first view is now holding its thread; the second must not queue behind it.
     fast = await body(await start(app))
@@ -89,7 +94,7 @@ async def test_requests_at_once_get_threads_of_their_own():
 
 
 async def test_a_request_whose_client_left_keeps_its_thread_until_its_view_is_done():
-    app = ReusedThreadASGIHandler()
+    app = OneHopASGIHandler()
     left = await start(app, "block=1")
     await wait_until(blocked.is_set)  # its view holds its thread
     await left.send_input({"type": "http.disconnect"})
@@ -103,7 +108,7 @@ async def test_a_request_whose_client_left_keeps_its_thread_until_its_view_is_do
     assert other[1].startswith("django-request")
 
 
-async def test_a_request_hops_between_the_loop_and_its_thread_only_a_few_times(monkeypatch):
+async def test_a_request_is_one_hop_from_the_loop_to_its_thread(monkeypatch):
     from asgiref import sync
 
     hops = []
@@ -114,9 +119,28 @@ async def test_a_request_hops_between_the_loop_and_its_thread_only_a_few_times(m
         return await original(self, *args, **kwargs)
 
     monkeypatch.setattr(sync.SyncToAsync, "__call__", counting)
-    app = ReusedThreadASGIHandler()
-    await body(await start(app))
-    # request_started, the sync middleware chain, CSRF's process_view, the view, close:
-    # no hop per middleware hook (with the chain in async mode: 15, one per hook).
-    assert len(hops) <= 5, hops
-    assert not [h for h in hops if "process_request" in h or "process_response" in h], hops
+    app = OneHopASGIHandler()
+    finished.clear()
+    ident, name = await body(await start(app))
+    # request_started, the whole middleware chain, the view and close: one hop (Django's
+    # own handler: 5 with every middleware sync, 15 with its chain in async mode).
+    assert hops == ["OneHopASGIHandler.respond"], hops
+    # The request ended (request_finished: connections back to the pool) on its thread.
+    assert finished == [name]
+
+
+async def test_a_streaming_response_is_sent_part_by_part_and_then_closed():
+    app = OneHopASGIHandler()
+    finished.clear()
+    status, text = await response(await start(app, path="/stream"))
+    assert (status, text) == (200, b"part0 part1 part2 ")
+    assert len(finished) == 1  # closed once, after the body was sent
+
+
+async def test_a_view_that_raises_gets_a_500_and_the_thread_serves_the_next_request():
+    app = OneHopASGIHandler()
+    with override_settings(DEBUG=False):
+        status, _ = await response(await start(app, path="/fail"))
+    assert status == 500
+    await wait_until(lambda: len(app.idle_executors) == 1)
+    assert (await body(await start(app)))[1].startswith("django-request")
