@@ -28,4 +28,3 @@ class RequestMetricsMiddleware:
             route=route, method=request.method, status=str(response.status_code)
         ).observe(time.perf_counter() - started)
         return response
-
