@@ -3,15 +3,17 @@
 A message is rendered once and the same bytes go to every recipient: the mine/theirs look
 comes from the page (a per-user CSS rule on data-sender-id), not from rendering twice.
 Stored messages never change, so their fragments are also kept in the process's fragment
-cache (CACHES["fragments"]): a conversation page or a replay renders only what it has not
-rendered before.
+cache (`fragments`): a conversation page or a replay renders only what it has not rendered
+before.
 """
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from collections.abc import Iterable
 
-from django.core.cache import caches
+from django.conf import settings
 from django.template.loader import get_template
 from django.utils.html import format_html
 from django.utils.safestring import SafeString, mark_safe
@@ -21,17 +23,61 @@ from chat.models import Message
 from chat.selectors import ConversationRow
 
 
-def _fragment_key(pk: int, conversation_id: int, seq: int, sender_id: int) -> str:
+class FragmentCache:
+    """Rendered fragments by key, the least recently used dropped past `max_entries`.
+
+    In process memory on purpose: a deploy with changed templates starts empty, with no
+    stale HTML shared across versions. Values are str, kept as they are (Django's LocMemCache
+    pickles every value and checks every key, which cost a page of 50 messages ~7% of its
+    CPU). Thread-safe: request threads and the websocket process's threads share it.
+    """
+
+    def __init__(self, max_entries: int) -> None:
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, str] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Iterable[tuple]) -> dict[tuple, str]:
+        found = {}
+        with self._lock:
+            entries = self._entries
+            for key in keys:
+                html = entries.get(key)
+                if html is not None:
+                    entries.move_to_end(key)
+                    found[key] = html
+        return found
+
+    def set_many(self, fragments: dict[tuple, str]) -> None:
+        with self._lock:
+            self._entries.update(fragments)
+            for key in fragments:
+                self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+fragments = FragmentCache(settings.CHAT_FRAGMENT_CACHE_ENTRIES)
+
+
+def _fragment_key(pk: int, conversation_id: int, seq: int, sender_id: int) -> tuple:
     # Not the id alone: a database restored or recreated under a running process reuses ids.
-    return f"message:{pk}:{conversation_id}:{seq}:{sender_id}"
+    return (pk, conversation_id, seq, sender_id)
 
 
 def message_html(message: Message) -> str:
     key = _fragment_key(message.pk, message.conversation_id, message.seq, message.sender_id)
-    html = caches["fragments"].get(key)
+    html = fragments.get_many((key,)).get(key)
     if html is None:
         html = get_template("chat/partials/message.html").render({"message": message})
-        caches["fragments"].set(key, html)
+        fragments.set_many({key: html})
     return html
 
 
@@ -39,9 +85,8 @@ def history_html(conversation_id: int, keys: list[tuple[int, int, int]]) -> Safe
     """Fragments for the messages `keys` names ((id, seq, sender id) from
     selectors.history_keys), in order. Only the messages not in the fragment cache are
     loaded and rendered: on a busy conversation, none."""
-    cache = caches["fragments"]
     wanted = {pk: _fragment_key(pk, conversation_id, seq, sender) for pk, seq, sender in keys}
-    cached = cache.get_many(list(wanted.values()))
+    cached = fragments.get_many(wanted.values())
     missing = [pk for pk, key in wanted.items() if key not in cached]
     if missing:
         template = get_template("chat/partials/message.html")
@@ -50,7 +95,7 @@ def history_html(conversation_id: int, keys: list[tuple[int, int, int]]) -> Safe
             for m in selectors.messages_by_id(missing)
             if m.conversation_id == conversation_id
         }
-        cache.set_many(fresh)
+        fragments.set_many(fresh)
         cached.update(fresh)
     # Each part is the autoescaped output of the message template.
     return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308

@@ -1,4 +1,8 @@
-"""Reads. Keyset pagination by sequence number: no OFFSET scans."""
+"""Reads. Keyset pagination by sequence number: no OFFSET scans.
+
+The two reads of every conversation page are written out in SQL: building and compiling
+them with the ORM cost more CPU than running them (loadtest/experiments/2026-11-27-page.md).
+"""
 
 from __future__ import annotations
 
@@ -6,6 +10,7 @@ from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth.models import AbstractBaseUser
+from django.db import connection
 from django.db.models import F
 
 from chat.models import Conversation, Message, Participant
@@ -22,19 +27,20 @@ class Members:
     read_seqs: dict[int, int]  # user id -> read marker
 
 
+_MEMBERS_SQL = (
+    "SELECT p.user_id, u.username, p.last_read_seq, c.title, c.last_seq "
+    "FROM chat_participant p "
+    "JOIN auth_user u ON u.id = p.user_id "
+    "JOIN chat_conversation c ON c.id = p.conversation_id "
+    "WHERE p.conversation_id = %s ORDER BY u.username"
+)
+
+
 def conversation_members(conversation_id: int) -> Members | None:
     """The conversation, its participants and their read markers; None if it has none."""
-    rows = list(
-        Participant.objects.filter(conversation_id=conversation_id)
-        .order_by("user__username")
-        .values_list(
-            "user_id",
-            "user__username",
-            "last_read_seq",
-            "conversation__title",
-            "conversation__last_seq",
-        )
-    )
+    with connection.cursor() as cursor:
+        cursor.execute(_MEMBERS_SQL, [conversation_id])
+        rows = cursor.fetchall()
     if not rows:
         return None
     _, _, _, title, last_seq = rows[0]
@@ -43,16 +49,28 @@ def conversation_members(conversation_id: int) -> Members | None:
     return Members(conversation_id, title, last_seq, names, read_seqs)
 
 
+_HISTORY_SQL = (
+    "SELECT id, seq, sender_id FROM chat_message WHERE conversation_id = %s "
+    "ORDER BY seq DESC LIMIT %s"
+)
+_HISTORY_BEFORE_SQL = (
+    "SELECT id, seq, sender_id FROM chat_message WHERE conversation_id = %s AND seq < %s "
+    "ORDER BY seq DESC LIMIT %s"
+)
+
+
 def history_keys(
     conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
 ) -> list[tuple[int, int, int]]:
     """(id, seq, sender id) of the newest `limit` messages before `before_seq`, oldest first:
     enough to find their fragments in the cache without loading the messages."""
     limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
-    qs = Message.objects.filter(conversation_id=conversation_id)
-    if before_seq is not None:
-        qs = qs.filter(seq__lt=before_seq)
-    return list(reversed(qs.order_by("-seq").values_list("pk", "seq", "sender_id")[:limit]))
+    with connection.cursor() as cursor:
+        if before_seq is None:
+            cursor.execute(_HISTORY_SQL, [conversation_id, limit])
+        else:
+            cursor.execute(_HISTORY_BEFORE_SQL, [conversation_id, before_seq, limit])
+        return [tuple(row) for row in reversed(cursor.fetchall())]
 
 
 def messages_by_id(ids: list[int]) -> list[Message]:

@@ -227,18 +227,10 @@ if SECURE_HSTS_SECONDS == 0:
 CHAT_MAX_MESSAGE_LENGTH: int = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_RATE_LIMIT: int = env.int("CHAT_RATE_LIMIT", default=30)  # messages per 10 s per socket
 CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
-# Rendered message fragments (chat.rendering): stored messages never change, so each process
-# keeps what it rendered. Per process on purpose: a deploy with changed templates starts
-# empty, with no stale HTML shared across versions.
-CACHES = {
-    "default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"},
-    "fragments": {
-        "BACKEND": "django.core.cache.backends.locmem.LocMemCache",
-        "LOCATION": "parley-fragments",
-        "TIMEOUT": None,
-        "OPTIONS": {"MAX_ENTRIES": env.int("CHAT_FRAGMENT_CACHE_ENTRIES", default=20000)},
-    },
-}
+# Rendered message fragments (chat.rendering.fragments) each process keeps: stored messages
+# never change. Per process on purpose: a deploy with changed templates starts empty.
+CHAT_FRAGMENT_CACHE_ENTRIES: int = env.int("CHAT_FRAGMENT_CACHE_ENTRIES", default=20000)
+CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 CHAT_PRESENCE_TTL: int = env.int("CHAT_PRESENCE_TTL", default=45)
 # A websocket frame larger than this is refused before it is parsed (bytes).

@@ -220,7 +220,7 @@ def test_signup_page_and_reverse_urls():
 def test_conversation_page_escapes_bodies_and_is_the_same_from_the_fragment_cache(
     django_assert_num_queries,
 ):
-    from django.core.cache import caches
+    from chat.rendering import fragments
 
     alice, bob = make_user(), make_user()
     conversation = make_conversation(alice, bob)
@@ -228,7 +228,7 @@ def test_conversation_page_escapes_bodies_and_is_the_same_from_the_fragment_cach
     for i in range(3):
         services.message_create(conversation_id=conversation.pk, sender=alice, body=f"{hostile}{i}")
     client = logged_in_client(bob)
-    caches["fragments"].clear()
+    fragments.clear()
 
     def page(queries: int) -> str:
         with django_assert_num_queries(queries):
