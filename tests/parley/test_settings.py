@@ -142,6 +142,33 @@ def test_embedded_default_stores_messages_with_idempotency_keys(tmp_path):
     assert result.stdout.split() == ["1", "True", "1", "False", "2", "['hi',", "'yo']", "True"]
 
 
+def test_embedded_default_serves_the_conversation_page(tmp_path):
+    """`make dev` runs on SQLite: the page's written-out SQL reads must work there too."""
+    code = (
+        "import django; django.setup();"
+        "from django.core.management import call_command;"
+        "call_command('migrate', verbosity=0);"
+        "from django.contrib.auth import get_user_model; from django.test import Client;"
+        "from chat import services;"
+        "U = get_user_model(); a = U.objects.create_user('a'); b = U.objects.create_user('b');"
+        "c = services.conversation_start(creator=a, usernames=['b']);"
+        "[services.message_create(conversation_id=c.pk, sender=a, body=f'm{i}') for i in range(3)];"
+        "cl = Client(); cl.force_login(b);"
+        "r = cl.get(f'/c/{c.pk}'); o = cl.get(f'/c/{c.pk}/history?before=3');"
+        "print(r.status_code, r.content.count(b'<article id=\"msg-'), "
+        "o.status_code, o.content.count(b'<article id=\"msg-'))"
+    )
+    result = run_python(
+        code,
+        DEBUG="1",
+        SECRET_KEY=None,
+        REDIS_URL=None,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.split() == ["200", "3", "200", "2"]
+
+
 # A real login in one process; later processes present its session cookie.
 LOG_IN = (
     "import django; django.setup();"
