@@ -248,3 +248,24 @@ def test_conversation_page_escapes_bodies_and_is_the_same_from_the_fragment_cach
     for uid, name in ((alice.pk, alice.username), (bob.pk, bob.username)):
         assert f'id="presence-{uid}"' in second and f'id="typing-{uid}"' in second
         assert name in second
+
+
+def test_ids_and_sequence_numbers_are_never_locale_formatted(settings):
+    """HTML ids and data attributes carry raw numbers, whatever the number formatting."""
+    from chat.rendering import fragments
+
+    settings.USE_THOUSAND_SEPARATOR = True
+    alice, bob = make_user(), make_user()
+    conversation = make_conversation(alice, bob)
+    services.message_create(conversation_id=conversation.pk, sender=alice, body="hi")
+    Conversation.objects.filter(pk=conversation.pk).update(last_seq=12344)
+    message, _ = services.message_create(conversation_id=conversation.pk, sender=alice, body="yo")
+    fragments.clear()
+    html = logged_in_client(bob).get(f"/c/{conversation.pk}").content.decode()
+    assert message.seq == 12345
+    assert f'data-seq="{message.seq}"' in html
+    assert 'data-last-seq="12345"' in html
+    assert f'data-max-length="{settings.CHAT_MAX_MESSAGE_LENGTH}"' in html
+    assert "12,345" not in html
+    rows = logged_in_client(bob).get("/").content.decode()
+    assert 'data-last-seq="12345"' in rows
