@@ -34,7 +34,11 @@ def test_every_upstream_file_defines_both_upstreams_and_nothing_else(env):
         ("upstream", "parley_web"),
         ("upstream", "parley_ws"),
     ]
-    assert "keepalive" in code.split("parley_ws")[0]  # keepalive on the web upstream
+    web = code.split("parley_ws")[0]
+    assert "keepalive" in web  # keepalive on the web upstream
+    # ...but connections are reopened now and then, or they stay piled on one worker.
+    requests_per_connection = re.search(r"keepalive_requests\s+(\d+);", web)
+    assert requests_per_connection and int(requests_per_connection.group(1)) <= 100
 
 
 def test_web_workers_run_on_uvloop_and_httptools(stack):
