@@ -336,6 +336,7 @@ class Page:
     statuses: dict[int, int]
     messages_on_page: int
     cpu_percent: dict[str, float]
+    worker_cpu_percent: list[float]  # each gunicorn worker: how evenly nginx spreads the load
 
     def pct(self, q: float) -> float:
         ordered = sorted(self.latencies_ms)
@@ -379,12 +380,15 @@ def http_page(concurrency: int, seconds: int) -> Page:
             list(pool.map(lambda i: client(i, time.monotonic() + 2), range(concurrency)))
         latencies = [[] for _ in clients]
         statuses.clear()
+        workers = _children(stack.procs["web"]["pid"])
+        workers_before = [_tree_cpu_seconds(pid, {}) for pid in workers]
         cpu_before, started = stack_cpu(stack), time.monotonic()
         with ThreadPoolExecutor(concurrency) as pool:
             end = time.monotonic() + seconds
             list(pool.map(lambda i: client(i, end), range(concurrency)))
         wall = time.monotonic() - started
         cpu_after = stack_cpu(stack)
+        workers_after = [_tree_cpu_seconds(pid, {}) for pid in workers]
         return Page(
             concurrency=concurrency,
             seconds=wall,
@@ -394,19 +398,29 @@ def http_page(concurrency: int, seconds: int) -> Page:
             cpu_percent={
                 k: (cpu_after[k] - cpu_before.get(k, 0.0)) / wall * 100 for k in cpu_after
             },
+            worker_cpu_percent=[
+                (after - before) / wall * 100
+                for before, after in zip(workers_before, workers_after, strict=True)
+            ],
         )
+
+
+def _children(pid: int) -> list[int]:
+    return [int(c) for c in Path(f"/proc/{pid}/task/{pid}/children").read_text().split()]
 
 
 def page_lines(page: Page) -> list[str]:
     n = len(page.latencies_ms)
     return [
         "| clients | requests | req/s | p50 ms | p95 ms | p99 ms | max ms | statuses "
-        "| messages on page | CPU % gunicorn / nginx |",
+        "| messages on page | CPU % gunicorn (per worker) / nginx |",
         "|---|---|---|---|---|---|---|---|---|---|",
         f"| {page.concurrency} | {n} | {n / page.seconds:.0f} | {page.pct(0.50):.1f} "
         f"| {page.pct(0.95):.1f} | {page.pct(0.99):.1f} | {max(page.latencies_ms):.1f} "
         f"| {page.statuses} | {page.messages_on_page} "
-        f"| {page.cpu_percent.get('web', 0):.0f} / {page.cpu_percent.get('nginx', 0):.0f} |",
+        f"| {page.cpu_percent.get('web', 0):.0f} "
+        f"({' + '.join(f'{w:.0f}' for w in page.worker_cpu_percent)}) "
+        f"/ {page.cpu_percent.get('nginx', 0):.0f} |",
     ]
 
 
