@@ -65,6 +65,13 @@ logconfig_dict = json_logging_config(
 )
 
 
+def post_worker_init(worker) -> None:
+    # The app is loaded: keep its objects out of every later full collection (parley.gc_heap).
+    from parley.gc_heap import freeze_startup_heap
+
+    freeze_startup_heap("web")
+
+
 # --- Prometheus (multiprocess: every worker writes to PROMETHEUS_MULTIPROC_DIR) -------------
 def when_ready(server) -> None:
     # The master serves the summed metrics of all workers on METRICS_PORT (internal only).

@@ -195,6 +195,9 @@ def main() -> None:
     from parley.metrics_export import serve as serve_metrics
 
     serve_metrics()  # METRICS_PORT unset: another process on this host exports the shared dir
+    from parley.gc_heap import freeze_startup_heap
+
+    freeze_startup_heap("ws")
     reactor.callWhenRunning(server.install_signal_handlers)
     logger.info("websocket server starting", extra={"bind": host, "port": port})
     server.run()

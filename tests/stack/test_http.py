@@ -52,6 +52,15 @@ def test_web_workers_run_on_uvloop_and_httptools(stack):
         assert "/httptools/" in maps, f"worker {pid} has no httptools loaded"
 
 
+def test_every_serving_process_keeps_its_startup_heap_out_of_full_collections(stack):
+    """Each web worker and each daphne froze the objects it loaded at start (parley.gc_heap):
+    a full garbage collection no longer walks Django's whole heap while requests wait."""
+    for name, processes in [("web", stack.config.web_workers), ("ws1", 1), ("ws2", 1)]:
+        frozen = [r for r in stack.log_records(name) if r.get("msg") == "startup heap frozen"]
+        assert len(frozen) >= processes, (name, frozen)
+        assert all(int(r["frozen_objects"]) > 10_000 for r in frozen), frozen
+
+
 def test_nginx_health(stack):
     response = requests.get(f"{stack.url}/nginx-health", timeout=5)
     assert response.status_code == 200
