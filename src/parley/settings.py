@@ -197,6 +197,8 @@ WHITENOISE_MAX_AGE = 31536000 if not DEBUG else 0
 # HTTPS=1: the site is served over https (nginx, or a TLS-terminating proxy before it), so
 # the session and CSRF cookies carry the Secure flag.
 HTTPS: bool = env.bool("HTTPS", default=not DEBUG)
+# Database sessions; the per-request read without the ORM's overhead (parley/sessions.py).
+SESSION_ENGINE = "parley.sessions"
 SESSION_COOKIE_SECURE = HTTPS
 CSRF_COOKIE_SECURE = HTTPS
 SESSION_COOKIE_HTTPONLY = True
