@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -105,6 +106,19 @@ class ResilientConsumer(AsyncWebsocketConsumer):
 
     groups_wanted: list[str]
     kind = "chat"
+
+    @classmethod
+    def as_asgi(cls, **initkwargs):
+        """Channels' as_asgi, returning the consumer's coroutine instead of awaiting it in
+        one more (see parley.routing)."""
+
+        def app(scope, receive, send):
+            return cls(**initkwargs)(scope, receive, send)
+
+        app.consumer_class = cls
+        app.consumer_initkwargs = initkwargs
+        functools.update_wrapper(app, cls, updated=())
+        return app
 
     async def __call__(self, scope, receive, send):  # noqa: D102 (ASGI entry)
         self.scope = scope
