@@ -29,7 +29,9 @@ class WebsocketAuthMiddleware:
         # This coroutine waits on the inner application for the socket's lifetime: the
         # cookies and the session are looked at in another, which is then gone.
         user = await scope_user(scope)
-        return await self.inner(dict(scope, user=user), receive, send)
+        inner = self.inner(dict(scope, user=user), receive, send)
+        del scope, receive, send  # the application's now, for as long as it runs
+        return await inner
 
 
 async def scope_user(scope: dict) -> Any:
