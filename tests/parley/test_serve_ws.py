@@ -68,6 +68,36 @@ def test_handshake_attributes_are_read_only_while_connecting():
     assert [n for n, where in reads.items() if not where and n not in options] == []
 
 
+def test_no_protocol_method_reads_a_dropped_attribute_by_name():
+    """The check above sees `self.name`; getattr(self, ...) would escape it. The only one
+    with a computed name is autobahn's copy of the factory options, while connecting."""
+    by_name, computed = set(), set()
+    for module in PROTOCOL_MODULES:
+        tree = ast.parse(inspect.getsource(module))
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            if "Client" in cls.name or "Factory" in cls.name:
+                continue
+            for fn in cls.body:
+                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    continue
+                for node in ast.walk(fn):
+                    if (
+                        isinstance(node, ast.Call)
+                        and isinstance(node.func, ast.Name)
+                        and node.func.id in ("getattr", "hasattr", "setattr", "delattr", "vars")
+                        and node.args
+                        and isinstance(node.args[0], ast.Name)
+                        and node.args[0].id == "self"
+                    ):
+                        name = node.args[1] if len(node.args) > 1 else None
+                        if isinstance(name, ast.Constant):
+                            by_name.add(name.value)
+                        else:
+                            computed.add(f"{cls.name}.{fn.name}")
+    assert not by_name & set(HANDSHAKE_ATTRIBUTES)
+    assert computed == {"WebSocketProtocol._connectionMade"}
+
+
 def test_daphne_reads_only_the_path_of_the_request_once_open():
     tree = ast.parse(inspect.getsource(daphne.ws_protocol.WebSocketProtocol))
     reads = set()
