@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import bisect
 import contextlib
+import functools
 import json
 import logging
 import random
@@ -23,7 +24,6 @@ from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
-from channels.utils import await_many_dispatch
 from django.conf import settings
 from django.db import DatabaseError
 
@@ -75,6 +75,11 @@ def _db(fn):
     return database_sync_to_async(fn)
 
 
+def _wake(future: asyncio.Future, _done: asyncio.Future) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
 _sockets_per_conversation: dict[int, int] = {}
 
 
@@ -106,6 +111,19 @@ class ResilientConsumer(AsyncWebsocketConsumer):
     groups_wanted: list[str]
     kind = "chat"
 
+    @classmethod
+    def as_asgi(cls, **initkwargs):
+        """Channels' as_asgi, returning the consumer's coroutine instead of awaiting it in
+        one more (see parley.routing)."""
+
+        def app(scope, receive, send):
+            return cls(**initkwargs)(scope, receive, send)
+
+        app.consumer_class = cls
+        app.consumer_initkwargs = initkwargs
+        functools.update_wrapper(app, cls, updated=())
+        return app
+
     async def __call__(self, scope, receive, send):  # noqa: D102 (ASGI entry)
         self.scope = scope
         self.base_send = send
@@ -118,11 +136,34 @@ class ResilientConsumer(AsyncWebsocketConsumer):
         self.rejoin_needed = False
         self.channel_layer = get_channel_layer(self.channel_layer_alias)
         self.channel_name = await self.channel_layer.new_channel()
+        # Channels' await_many_dispatch, with less kept per waiting socket: it waits for
+        # either receive through one future instead of an asyncio.wait (two more coroutines,
+        # a set, a closure and a future), and does not keep the last finished task.
+        sources = (receive, self._layer_receive)
+        tasks = [asyncio.ensure_future(source()) for source in sources]
         try:
-            await await_many_dispatch([receive, self._layer_receive], self.dispatch)
+            while True:
+                if not (tasks[0].done() or tasks[1].done()):
+                    woken = asyncio.get_running_loop().create_future()
+                    wake = functools.partial(_wake, woken)
+                    for task in tasks:
+                        task.add_done_callback(wake)
+                    try:
+                        await woken
+                    finally:
+                        for task in tasks:
+                            task.remove_done_callback(wake)
+                for i in (0, 1):
+                    if tasks[i].done():
+                        await self.dispatch(tasks[i].result())
+                        tasks[i] = asyncio.ensure_future(sources[i]())
         except StopConsumer:
             pass
         finally:
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
             # Cancelled or crashed, background work dies with the socket.
             for task in list(self.tasks):
                 task.cancel()

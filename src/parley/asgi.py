@@ -101,14 +101,13 @@ class OneHopASGIHandler(ASGIHandler):
 django.setup(set_prefix=False)
 django_asgi_app = OneHopASGIHandler()
 
-from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
-from channels.security.websocket import OriginValidator  # noqa: E402
 from django.conf import settings  # noqa: E402
 
 from chat.routing import websocket_urlpatterns  # noqa: E402
 from parley import metrics  # noqa: E402
 from parley.drain import DrainMiddleware  # noqa: E402
 from parley.logging import AccessLogMiddleware  # noqa: E402
+from parley.routing import OriginValidator, ProtocolTypeRouter, URLRouter  # noqa: E402
 from parley.ws_auth import WebsocketAuthMiddleware  # noqa: E402
 
 
@@ -130,6 +129,9 @@ def allowed_hosts_origin_validator(app):
     return CountingOriginValidator(app, allowed)
 
 
+# Only the access log (outermost: it logs when the connection ends) and the auth layer (it
+# waits for the user) are coroutines of their own; the layers between them hand over to the
+# next one (parley.routing), and so do the consumers' as_asgi() (chat.consumers).
 application = AccessLogMiddleware(
     DrainMiddleware(
         ProtocolTypeRouter(

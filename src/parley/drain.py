@@ -13,6 +13,7 @@ import contextlib
 import logging
 import time
 import weakref
+from collections.abc import Awaitable
 from typing import Any, Protocol
 
 logger = logging.getLogger(__name__)
@@ -73,17 +74,21 @@ async def begin_drain(grace: float) -> int:
 
 
 class DrainMiddleware:
-    """Refuses new websocket handshakes while the process drains."""
+    """Refuses new websocket handshakes while the process drains. Otherwise it hands over to
+    the application rather than awaiting it (see parley.routing)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
 
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+    def __call__(self, scope: dict, receive: Any, send: Any) -> Awaitable[None]:
         if scope["type"] == "websocket" and is_draining():
-            from parley import metrics
+            return self._refuse(send)
+        return self.app(scope, receive, send)
 
-            metrics.WEBSOCKET_REFUSALS.labels(reason="draining").inc()
-            # Not accepted: the browser sees 1006 and the HTMX extension retries elsewhere.
-            await send({"type": "websocket.close", "code": 1013})
-            return
-        await self.app(scope, receive, send)
+    @staticmethod
+    async def _refuse(send: Any) -> None:
+        from parley import metrics
+
+        metrics.WEBSOCKET_REFUSALS.labels(reason="draining").inc()
+        # Not accepted: the browser sees 1006 and the HTMX extension retries elsewhere.
+        await send({"type": "websocket.close", "code": 1013})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Awaitable
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, _wrap_close
 
@@ -18,6 +19,11 @@ class SlimPubSubLoopLayer(RedisPubSubLoopLayer):
 
 class PubSubChannelLayer(RedisPubSubChannelLayer):
     """channels_redis.pubsub.RedisPubSubChannelLayer, its per-loop layer SlimPubSubLoopLayer."""
+
+    def receive(self, channel: str) -> Awaitable[dict]:
+        # channels-redis reaches the per-loop layer through a coroutine of its own (and a
+        # partial) on every call; a waiting receive is what every idle socket has in flight.
+        return self._get_layer().receive(channel)
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()

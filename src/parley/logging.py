@@ -107,46 +107,26 @@ class AccessLogMiddleware:
         rid = clean_request_id(scope_header(scope, b"x-request-id"))
         request_id_var.set(rid)  # this task (one connection) only
         started = time.monotonic()
-        state: dict[str, Any] = {"status": None, "close_code": None}
-        client = scope.get("client")
-        fields = {
-            "type": scope["type"],
-            "path": scope.get("path", ""),
-            "client": f"{client[0]}:{client[1]}" if client else None,
-        }
-
-        async def send_wrapper(message: dict) -> None:
-            kind = message["type"]
-            if kind == "http.response.start":
-                state["status"] = message["status"]
-            elif kind == "websocket.accept":
-                state["status"] = 101
-                access_logger.info("websocket open", extra=fields)
-            elif kind == "websocket.close" and state["close_code"] is None:
-                state["close_code"] = message.get("code", 1000)
-            await send(message)
-
-        async def receive_wrapper() -> dict:
-            message = await receive()
-            if message["type"] == "websocket.disconnect" and state["close_code"] is None:
-                state["close_code"] = message.get("code", 1006)
-            return message
-
+        conn = _Connection(scope, receive, send)
         try:
-            await self.app(scope, receive_wrapper, send_wrapper)
+            app = self.app(scope, conn.receive, conn.send)
+            # This coroutine lasts as long as the connection (hours, for a websocket): what
+            # the log line needs is in `conn`, and the scope is the application's.
+            del scope, receive, send
+            await app
         finally:
             elapsed = round((time.monotonic() - started) * 1000, 1)
-            if scope["type"] == "http":
+            if conn.kind == "http":
                 access_logger.info(
                     "%s %s %s",
-                    scope.get("method"),
-                    fields["path"],
-                    state["status"],
+                    conn.method,
+                    conn.path,
+                    conn.status,
                     extra={
-                        **fields,
-                        "scheme": scope.get("scheme"),
-                        "method": scope.get("method"),
-                        "status": state["status"],
+                        **conn.fields(),
+                        "scheme": conn.scheme,
+                        "method": conn.method,
+                        "status": conn.status,
                         "duration_ms": elapsed,
                     },
                 )
@@ -154,12 +134,65 @@ class AccessLogMiddleware:
                 access_logger.info(
                     "websocket closed",
                     extra={
-                        **fields,
-                        "status": state["status"] or 403,
-                        "close_code": state["close_code"],
+                        **conn.fields(),
+                        "status": conn.status or 403,
+                        "close_code": conn.close_code,
                         "duration_ms": elapsed,
                     },
                 )
+
+
+class _Connection:
+    """One connection's access-log state, and the send/receive that record it (slots: a
+    websocket keeps this for its whole life)."""
+
+    __slots__ = (
+        "kind",
+        "path",
+        "client",
+        "method",
+        "scheme",
+        "status",
+        "close_code",
+        "_receive",
+        "_send",
+    )
+
+    def __init__(self, scope: dict, receive: Any, send: Any) -> None:
+        self.kind = scope["type"]
+        self.path = scope.get("path", "")
+        self.client = scope.get("client")
+        self.method = scope.get("method")
+        self.scheme = scope.get("scheme")
+        self.status: int | None = None
+        self.close_code: int | None = None
+        self._receive = receive
+        self._send = send
+
+    def fields(self) -> dict[str, Any]:
+        client = self.client
+        return {
+            "type": self.kind,
+            "path": self.path,
+            "client": f"{client[0]}:{client[1]}" if client else None,
+        }
+
+    async def send(self, message: dict) -> None:
+        kind = message["type"]
+        if kind == "http.response.start":
+            self.status = message["status"]
+        elif kind == "websocket.accept":
+            self.status = 101
+            access_logger.info("websocket open", extra=self.fields())
+        elif kind == "websocket.close" and self.close_code is None:
+            self.close_code = message.get("code", 1000)
+        await self._send(message)
+
+    async def receive(self) -> dict:
+        message = await self._receive()
+        if message["type"] == "websocket.disconnect" and self.close_code is None:
+            self.close_code = message.get("code", 1006)
+        return message
 
 
 def json_logging_config(level: str, loggers: dict | None = None) -> dict:

@@ -6,7 +6,7 @@ the session layer wraps every `send` to save a modified session. A websocket nev
 the session, and an idle socket's memory is what bounds how many one process holds: this
 resolves the user once, with the same rules (`channels.auth.get_user`: the session's
 backend, user and auth hash, flushing a session whose hash no longer matches), and passes
-one scope with `user` to the router.
+one scope with `user` to the router; the session and cookies are not kept.
 """
 
 from __future__ import annotations
@@ -26,9 +26,17 @@ class WebsocketAuthMiddleware:
         self.inner = inner
 
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
-        header = scope_header(scope, b"cookie")
-        cookies = parse_cookie(header.decode("latin1")) if header else {}
-        store = import_module(settings.SESSION_ENGINE).SessionStore
-        session = store(cookies.get(settings.SESSION_COOKIE_NAME))
-        user = await get_user({"session": session})
-        return await self.inner(dict(scope, user=user), receive, send)
+        # This coroutine waits on the inner application for the socket's lifetime: the
+        # cookies and the session are looked at in another, which is then gone.
+        user = await scope_user(scope)
+        inner = self.inner(dict(scope, user=user), receive, send)
+        del scope, receive, send  # the application's now, for as long as it runs
+        return await inner
+
+
+async def scope_user(scope: dict) -> Any:
+    """The user of the session the scope's cookie names (AnonymousUser if none)."""
+    header = scope_header(scope, b"cookie")
+    cookies = parse_cookie(header.decode("latin1")) if header else {}
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    return await get_user({"session": store(cookies.get(settings.SESSION_COOKIE_NAME))})

@@ -1,0 +1,45 @@
+"""What an open, idle chat socket keeps waiting: idle sockets are many, and their memory is
+what bounds how many one daphne process holds (issue 9, loadtest/experiments)."""
+
+from __future__ import annotations
+
+import asyncio
+import types
+
+import pytest
+
+from tests.chat.test_consumers import open_socket, room
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+# Between the server and the consumer's dispatch loop: the access log (it logs when the
+# socket ends) and the auth layer; every other layer handed over (parley.routing).
+IDLE_CHAIN = [
+    "AccessLogMiddleware.__call__",
+    "WebsocketAuthMiddleware.__call__",
+    "ResilientConsumer.__call__",
+]
+
+
+def await_chain(task: asyncio.Future) -> tuple[list[str], object]:
+    names, awaited = [], task.get_coro()
+    while isinstance(awaited, types.CoroutineType):
+        names.append(awaited.cr_code.co_qualname)
+        awaited = awaited.cr_await
+    return names, awaited
+
+
+async def test_an_idle_socket_waits_in_three_coroutines_on_one_future():
+    conversation, _, cookies = await room()
+    comm, connected, _ = await open_socket(conversation.pk, cookies[0])
+    assert connected
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + 5
+    # The consumer settles after the connect (backlog, presence); wait for it to idle.
+    while await_chain(comm.future)[0] != IDLE_CHAIN and loop.time() < deadline:
+        await asyncio.sleep(0.01)
+    names, awaited = await_chain(comm.future)
+    assert names == IDLE_CHAIN
+    # The dispatch loop waits on one future (not an asyncio.wait, which is two coroutines).
+    assert type(awaited).__name__ == "FutureIter"
+    await comm.disconnect()
