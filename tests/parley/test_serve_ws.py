@@ -39,23 +39,28 @@ def _self_reads(modules, names) -> dict[str, set[str]]:
     """For each attribute name, every `Class.method` of the server-side protocol classes in
     `modules` that mentions `self.<name>`."""
     found: dict[str, set[str]] = {name: set() for name in names}
+    for cls, fn in _protocol_methods(modules):
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in found
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                found[node.attr].add(f"{cls.name}.{fn.name}")
+    return found
+
+
+def _protocol_methods(modules):
+    """(class, method) AST nodes of the server-side protocol classes in `modules`."""
     for module in modules:
         tree = ast.parse(inspect.getsource(module))
         for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
             if "Client" in cls.name or "Factory" in cls.name:
                 continue
             for fn in cls.body:
-                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-                    continue
-                for node in ast.walk(fn):
-                    if (
-                        isinstance(node, ast.Attribute)
-                        and node.attr in found
-                        and isinstance(node.value, ast.Name)
-                        and node.value.id == "self"
-                    ):
-                        found[node.attr].add(f"{cls.name}.{fn.name}")
-    return found
+                if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    yield cls, fn
 
 
 def test_handshake_attributes_are_read_only_while_connecting():
@@ -72,28 +77,21 @@ def test_no_protocol_method_reads_a_dropped_attribute_by_name():
     """The check above sees `self.name`; getattr(self, ...) would escape it. The only one
     with a computed name is autobahn's copy of the factory options, while connecting."""
     by_name, computed = set(), set()
-    for module in PROTOCOL_MODULES:
-        tree = ast.parse(inspect.getsource(module))
-        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
-            if "Client" in cls.name or "Factory" in cls.name:
-                continue
-            for fn in cls.body:
-                if not isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
-                    continue
-                for node in ast.walk(fn):
-                    if (
-                        isinstance(node, ast.Call)
-                        and isinstance(node.func, ast.Name)
-                        and node.func.id in ("getattr", "hasattr", "setattr", "delattr", "vars")
-                        and node.args
-                        and isinstance(node.args[0], ast.Name)
-                        and node.args[0].id == "self"
-                    ):
-                        name = node.args[1] if len(node.args) > 1 else None
-                        if isinstance(name, ast.Constant):
-                            by_name.add(name.value)
-                        else:
-                            computed.add(f"{cls.name}.{fn.name}")
+    for cls, fn in _protocol_methods(PROTOCOL_MODULES):
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr", "setattr", "delattr", "vars")
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id == "self"
+            ):
+                name = node.args[1] if len(node.args) > 1 else None
+                if isinstance(name, ast.Constant):
+                    by_name.add(name.value)
+                else:
+                    computed.add(f"{cls.name}.{fn.name}")
     assert not by_name & set(HANDSHAKE_ATTRIBUTES)
     assert computed == {"WebSocketProtocol._connectionMade"}
 

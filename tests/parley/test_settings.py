@@ -131,15 +131,16 @@ def test_embedded_default_stores_messages_with_idempotency_keys(tmp_path):
         "h = list(Message.objects.filter(conversation=c).order_by('seq'));"
         "print(m1.seq, new1, m2.seq, new2, m3.seq, [m.body for m in h], h[0].client_id == key)"
     )
-    result = run_python(
-        code,
-        DEBUG="1",
-        SECRET_KEY=None,
-        REDIS_URL=None,
-        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
-    )
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["1", "True", "1", "False", "2", "['hi',", "'yo']", "True"]
+    assert run_embedded_default(code, tmp_path) == [
+        "1",
+        "True",
+        "1",
+        "False",
+        "2",
+        "['hi',",
+        "'yo']",
+        "True",
+    ]
 
 
 def test_embedded_default_serves_the_conversation_page(tmp_path):
@@ -158,6 +159,12 @@ def test_embedded_default_serves_the_conversation_page(tmp_path):
         "print(r.status_code, r.content.count(b'<article id=\"msg-'), "
         "o.status_code, o.content.count(b'<article id=\"msg-'))"
     )
+    assert run_embedded_default(code, tmp_path) == ["200", "3", "200", "2"]
+
+
+def run_embedded_default(code: str, tmp_path) -> list[str]:
+    """`code` in a fresh interpreter with `make dev`'s settings (SQLite, no Redis); its
+    printed words."""
     result = run_python(
         code,
         DEBUG="1",
@@ -166,7 +173,7 @@ def test_embedded_default_serves_the_conversation_page(tmp_path):
         DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.split() == ["200", "3", "200", "2"]
+    return result.stdout.split()
 
 
 # A real login in one process; later processes present its session cookie.
