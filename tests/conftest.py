@@ -25,6 +25,26 @@ def _clean_test_redis_keys():
     _delete_our_keys()
 
 
+@pytest.fixture(scope="session")
+def django_db_setup(django_db_setup):
+    """pytest-django's test database, with every connection to it closed before it is
+    dropped. Async tests run sync code (test clients, which keep their connection open on
+    purpose) on asgiref's thread-sensitive thread, whose connection pytest-django never
+    closes, and the psycopg pool keeps idle ones: either kept the drop from happening, and
+    every run left its test database behind on the shared Postgres."""
+    yield
+    import asyncio
+
+    from asgiref.sync import sync_to_async
+    from django.db import connections
+
+    asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
+    connections.close_all()
+    for connection in connections.all(initialized_only=True):
+        if connection.alias in getattr(connection, "_connection_pools", {}):
+            connection.close_pool()
+
+
 @pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each async test runs in its own event loop; channels-redis binds its receive lock
