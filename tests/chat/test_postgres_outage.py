@@ -14,6 +14,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+import redis
 import requests
 import websocket
 
@@ -89,6 +90,11 @@ def app_on_throwaway_postgres(tmp_path):
     proc.wait(timeout=15)
     log.close()
     pg.destroy()
+    # Its keys (the sequence counter the layer keeps, presence) are under its own prefixes.
+    for url in [u for u in os.environ.get("REDIS_URL", "").split(",") if u]:
+        client = redis.Redis.from_url(url)
+        for key in client.scan_iter(match=f"pgout{port}*", count=500):
+            client.delete(key)
 
 
 def login(base: str, user: dict) -> requests.Session:
