@@ -1,20 +1,14 @@
 from __future__ import annotations
 
-import contextlib
 import os
 
 import pytest
-import redis
+
+from tests.redis_server import delete_keys
 
 
 def _delete_our_keys() -> None:
-    prefixes = [os.environ["CHANNEL_LAYER_PREFIX"], os.environ["REDIS_KEY_PREFIX"]]
-    for url in [u for u in os.environ.get("REDIS_URL", "").split(",") if u]:
-        with contextlib.suppress(redis.exceptions.ConnectionError):
-            client = redis.Redis.from_url(url)
-            for prefix in prefixes:
-                for key in client.scan_iter(match=f"{prefix}*", count=500):
-                    client.delete(key)
+    delete_keys([os.environ["CHANNEL_LAYER_PREFIX"], os.environ["REDIS_KEY_PREFIX"]])
 
 
 @pytest.fixture(scope="session", autouse=True)

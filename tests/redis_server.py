@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
 import socket
 import subprocess
@@ -9,6 +11,17 @@ import tempfile
 import time
 
 import redis
+
+
+def delete_keys(prefixes: list[str]) -> None:
+    """Every key under `prefixes` on the test Redis servers (REDIS_URL); an unreachable one
+    is skipped."""
+    for url in [u for u in os.environ.get("REDIS_URL", "").split(",") if u]:
+        with contextlib.suppress(redis.exceptions.ConnectionError):
+            client = redis.Redis.from_url(url)
+            for prefix in prefixes:
+                for key in client.scan_iter(match=f"{prefix}*", count=500):
+                    client.delete(key)
 
 
 def free_port() -> int:

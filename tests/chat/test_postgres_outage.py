@@ -14,12 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
-import redis
 import requests
 import websocket
 
 from tests.pg_server import PG_BIN, ThrowawayPostgres
-from tests.redis_server import free_port
+from tests.redis_server import delete_keys, free_port
 from tests.stack.harness import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
@@ -90,11 +89,7 @@ def app_on_throwaway_postgres(tmp_path):
     proc.wait(timeout=15)
     log.close()
     pg.destroy()
-    # Its keys (the sequence counter the layer keeps, presence) are under its own prefixes.
-    for url in [u for u in os.environ.get("REDIS_URL", "").split(",") if u]:
-        client = redis.Redis.from_url(url)
-        for key in client.scan_iter(match=f"pgout{port}*", count=500):
-            client.delete(key)
+    delete_keys([f"pgout{port}"])  # its daphne's keys, under its own prefixes
 
 
 def login(base: str, user: dict) -> requests.Session:
