@@ -511,16 +511,20 @@ class ChatConsumer(ResilientConsumer):
     # --- client frames --------------------------------------------------------------------
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
+        if self.closed:
+            return  # frames still in flight after our close: no work, no reply, no log line
+        # Every frame counts against the flood limit before anything else looks at it
+        # (binary, oversized and malformed ones included): a bound on work per socket.
+        if not self._frame_rate_ok():
+            logger.warning("closing socket flooding frames", extra={"user": self.user_id})
+            metrics.WEBSOCKET_REFUSALS.labels(reason="rate_limit").inc()
+            await self.close(code=CLOSE_RATE_LIMITED)
+            return
         if text_data is None:
             await self.send_error("Binary frames are not supported; send JSON text.")
             return
         if len(text_data) > settings.CHAT_MAX_FRAME_BYTES:
             await self.send_error("Frame too large.")
-            return
-        if not self._frame_rate_ok():
-            logger.warning("closing socket flooding frames", extra={"user": self.user_id})
-            metrics.WEBSOCKET_REFUSALS.labels(reason="rate_limit").inc()
-            await self.close(code=CLOSE_RATE_LIMITED)
             return
         try:
             data = json.loads(text_data)
@@ -608,17 +612,20 @@ class ChatConsumer(ResilientConsumer):
         await self.deliver(seq, frame)
         if created:
             metrics.MESSAGES_STORED.inc()
-            event = {
-                "type": "chat.message",
-                "seq": seq,
-                "frame": frame,
-                "conversation_id": self.conversation_id,
-            }
-            self.unbroadcast.append(event)
-            # Bounded: past this, peers still heal from the database by sequence number.
-            del self.unbroadcast[:-UNBROADCAST_LIMIT]
-            if await self.flush_broadcasts():
-                metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
+        # A retry of a message that was already stored is broadcast again: the process that
+        # stored it may have died before its broadcast, and nothing else would tell the
+        # peers (recipients drop a sequence they already have).
+        event = {
+            "type": "chat.message",
+            "seq": seq,
+            "frame": frame,
+            "conversation_id": self.conversation_id,
+        }
+        self.unbroadcast.append(event)
+        # Bounded: past this, peers still heal from the database by sequence number.
+        del self.unbroadcast[:-UNBROADCAST_LIMIT]
+        if await self.flush_broadcasts() and created:
+            metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
 
     async def flush_broadcasts(self) -> bool:
         """Broadcasts our stored messages in order; those the layer refused stay queued

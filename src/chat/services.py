@@ -36,7 +36,22 @@ def normalise_body(body: object) -> str:
     limit = settings.CHAT_MAX_MESSAGE_LENGTH
     if len(body) > limit:
         raise MessageRejected(f"Message too long: {len(body)} characters, the limit is {limit}.")
+    check_storable_text(body)
     return body
+
+
+def check_storable_text(text: str) -> None:
+    """Refuses text that one of the databases cannot store, the same way on both: a lone
+    UTF-16 surrogate (valid in JSON as \\ud800, but not encodable as UTF-8) and NUL (Postgres
+    text cannot hold it; SQLite would)."""
+    if "\x00" in text:
+        raise MessageRejected("Message refused: it contains a NUL character.")
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise MessageRejected(
+            "Message refused: it contains an unpaired surrogate, which is not valid text."
+        ) from None
 
 
 _BUMP_SQL = (

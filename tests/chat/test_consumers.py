@@ -333,3 +333,67 @@ async def test_readyz_stays_ready_in_a_process_with_open_sockets(backend, reques
         response = await sync_to_async(Client().get)("/readyz")
         assert response.status_code == 200, response.content
     await alice.disconnect()
+
+
+# --- hostile input --------------------------------------------------------------------------
+
+
+async def test_a_lone_surrogate_is_refused_to_its_sender_and_the_socket_lives_on():
+    """Valid JSON (`\\ud800`) that no database can store: it used to kill the consumer
+    (UnicodeEncodeError is not a DatabaseError), so the peer never heard of the next message
+    and the page's resend crashed it again."""
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    cid = str(uuid.uuid4())
+    await alice.send_to(text_data='{"chat_message": "bad \\ud800 text", "client_id": "%s"}' % cid)
+    error = await alice_in.wait_text('id="chat-error"')
+    assert "surrogate" in error and cid in error
+    await send(alice, "next one")
+    assert await bob_in.wait_seqs([1]) == [1]
+    assert await stored(conversation.pk) == [(1, "next one")]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_a_nul_byte_is_refused_with_a_clear_error_and_nothing_is_stored():
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    cid = str(uuid.uuid4())
+    await send(alice, "nul \x00 inside", client_id=cid)
+    error = await alice_in.wait_text('id="chat-error"')
+    assert "NUL" in error and cid in error
+    await send(alice, "clean")
+    assert await alice_in.wait_seqs([1]) == [1]
+    assert await stored(conversation.pk) == [(1, "clean")]
+    await alice.disconnect()
+
+
+@override_settings(CHAT_RATE_LIMIT=4)
+async def test_binary_frames_count_against_the_flood_limit():
+    """Binary frames used to be answered before they were counted: 500 of them got 500
+    error replies and no close."""
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    for _ in range(60):
+        await alice.send_to(bytes_data=b"\x00\x01binary")
+    assert await alice_in.wait_close() == 4429
+    # 4 x FRAME_RATE_FACTOR frames are answered, then the socket is closed
+    assert sum('id="chat-error"' in f for f in alice_in.frames) == 20
+
+
+@override_settings(CHAT_RATE_LIMIT=4)
+async def test_a_closed_socket_does_no_more_work_per_frame(caplog):
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    for _ in range(21):
+        await alice.send_to(text_data="{not json")
+    assert await alice_in.wait_close() == 4429
+    answered = len(alice_in.frames)
+    caplog.clear()
+    for _ in range(200):
+        await alice.send_to(text_data="{not json")
+        await alice.send_to(bytes_data=b"\x00")
+    await alice_in.quiet(0.5)
+    assert len(alice_in.frames) == answered
+    assert [r.getMessage() for r in caplog.records if r.name.startswith("chat")] == []
