@@ -346,7 +346,7 @@ async def test_a_lone_surrogate_is_refused_to_its_sender_and_the_socket_lives_on
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
     cid = str(uuid.uuid4())
-    await alice.send_to(text_data='{"chat_message": "bad \\ud800 text", "client_id": "%s"}' % cid)
+    await send(alice, "bad \ud800 text", client_id=cid)  # json.dumps writes it as \ud800
     error = await alice_in.wait_text('id="chat-error"')
     assert "surrogate" in error and cid in error
     await send(alice, "next one")
