@@ -170,17 +170,31 @@ class ResilientConsumer(AsyncWebsocketConsumer):
             self.untrack()
 
     def track(self) -> None:
-        """The socket is open and live: count it, and let a drain close it."""
+        """The socket is open and live: count it, let a drain close it, and let the process
+        heartbeat re-check its session."""
         self.tracked = True
         drain.register(self)
         metrics.WEBSOCKET_CONNECTS.labels(kind=self.kind).inc()
         metrics.WEBSOCKETS_OPEN.labels(kind=self.kind).inc()
+        self.session_key: str = self.scope.get("session_key") or ""
+        self.auth_hash: str = self.scope["user"].get_session_auth_hash()
+        heartbeat().watch(self)
 
     def untrack(self) -> None:
         if self.tracked:
             self.tracked = False
             drain.unregister(self)
+            heartbeat().unwatch(self)
             metrics.WEBSOCKETS_OPEN.labels(kind=self.kind).dec()
+
+    def on_session_ended(self) -> None:
+        """The heartbeat found this socket's session gone (logged out, even while Redis was
+        down; expired; password changed; user deactivated)."""
+        if not self.closed:
+            logger.info("session ended; closing socket", extra={"user": self.user_id})
+            task = asyncio.ensure_future(self.close(code=CLOSE_UNAUTHENTICATED))
+            self.tasks.add(task)
+            task.add_done_callback(self.tasks.discard)
 
     async def dispatch(self, message: dict) -> None:
         # Channels' default dispatch hops to the DB thread before every handler

@@ -7,6 +7,13 @@ per socket, that is a sleeping task and a Redis round trip per socket per interv
 task per event loop refreshes every socket in one pipeline per Redis shard, and a socket is
 woken only when its answer asks for work (presence changed, a newer sequence, a queued
 broadcast, a group to rejoin, a missed beat to heal).
+
+The same beat asks the database, in one hop for the whole process: each conversation's newest
+sequence (a message stored by a process that died before broadcasting it is found here, and
+the database outranks a Redis note that outlived a restore), and whether each socket's
+session is still live (logout while Redis was down, expiry, a password change, a
+deactivated user): a socket whose session ended is closed with 4401. With the database down
+this part is skipped: sockets are never closed because Postgres blipped.
 """
 
 from __future__ import annotations
@@ -17,8 +24,11 @@ import random
 import weakref
 from typing import Protocol
 
+from channels.db import database_sync_to_async
 from django.conf import settings
+from django.db import DatabaseError
 
+from chat import selectors
 from chat.presence import presence_store
 
 logger = logging.getLogger(__name__)
@@ -34,15 +44,42 @@ class Beating(Protocol):
         presence store could not be reached. Must not block; spawns work if any."""
 
 
+class Authenticated(Protocol):
+    user_id: int
+    session_key: str
+    auth_hash: str
+
+    def on_session_ended(self) -> None:
+        """The socket's session is gone (or its user's password changed, or the user was
+        deactivated): close it. Must not block."""
+
+
 class Heartbeat:
     def __init__(self) -> None:
         self.members: dict[int, set[Beating]] = {}
+        self.watched: set[Authenticated] = set()  # every open socket, chat and inbox
         self.task: asyncio.Task | None = None
 
     def add(self, consumer: Beating) -> None:
         self.members.setdefault(consumer.conversation_id, set()).add(consumer)
+        self._start()
+
+    def watch(self, consumer: Authenticated) -> None:
+        self.watched.add(consumer)
+        self._start()
+
+    def unwatch(self, consumer: Authenticated) -> None:
+        self.watched.discard(consumer)
+        self._stop_if_idle()
+
+    def _start(self) -> None:
         if self.task is None or self.task.done():
             self.task = asyncio.get_running_loop().create_task(self.run())
+
+    def _stop_if_idle(self) -> None:
+        if not self.members and not self.watched and self.task is not None:
+            self.task.cancel()
+            self.task = None
 
     def remove(self, consumer: Beating) -> None:
         group = self.members.get(consumer.conversation_id)
@@ -51,13 +88,11 @@ class Heartbeat:
         group.discard(consumer)
         if not group:
             del self.members[consumer.conversation_id]
-        if not self.members and self.task is not None:
-            self.task.cancel()
-            self.task = None
+        self._stop_if_idle()
 
     async def run(self) -> None:
         interval = max(settings.CHAT_PRESENCE_TTL / 3, 1.0)
-        while self.members:
+        while self.members or self.watched:
             await asyncio.sleep(interval * random.uniform(0.9, 1.1))
             try:
                 await self.beat()
@@ -68,13 +103,45 @@ class Heartbeat:
 
     async def beat(self) -> None:
         snapshot = {cid: list(group) for cid, group in self.members.items()}
-        answers = await presence_store().heartbeat_many(
-            {cid: [(c.user_id, c.channel_name) for c in group] for cid, group in snapshot.items()}
-        )
-        for cid, group in snapshot.items():
-            answer = answers.get(cid)
-            for consumer in group:
-                consumer.on_heartbeat(answer)
+        watched = list(self.watched)
+        db = await self._read_database(list(snapshot), watched)
+        if snapshot:
+            answers = await presence_store().heartbeat_many(
+                {cid: [(c.user_id, c.channel_name) for c in grp] for cid, grp in snapshot.items()}
+            )
+            for cid, group in snapshot.items():
+                answer = answers.get(cid)
+                if answer is not None and db is not None and cid in db[0]:
+                    answer = (answer[0], db[0][cid])  # the database's newest, not Redis' note
+                for consumer in group:
+                    consumer.on_heartbeat(answer)
+        if db is not None:
+            _, live_sessions, auth_hashes = db
+            for consumer in watched:
+                if (
+                    consumer.session_key not in live_sessions
+                    or auth_hashes.get(consumer.user_id) != consumer.auth_hash
+                ):
+                    consumer.on_session_ended()
+
+    @staticmethod
+    async def _read_database(
+        conversation_ids: list[int], watched: list[Authenticated]
+    ) -> tuple[dict[int, int], set[str], dict[int, str]] | None:
+        """One hop to the DB thread for the whole process; None if the database failed."""
+
+        def read() -> tuple[dict[int, int], set[str], dict[int, str]]:
+            return (
+                selectors.newest_seqs(conversation_ids) if conversation_ids else {},
+                selectors.live_session_keys(list({c.session_key for c in watched})),
+                selectors.session_auth_hashes(list({c.user_id for c in watched})),
+            )
+
+        try:
+            return await database_sync_to_async(read)()
+        except DatabaseError:
+            logger.warning("heartbeat could not read the database; sessions not re-checked")
+            return None
 
 
 _beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Heartbeat] = (

@@ -197,3 +197,35 @@ def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:
         .order_by("conversation__last_message_at")
         .values_list("conversation_id", flat=True)[:limit]
     )
+
+
+def newest_seqs(conversation_ids: list[int]) -> dict[int, int]:
+    """Each conversation's newest sequence, by id (one query for the process heartbeat)."""
+    return dict(Conversation.objects.filter(pk__in=conversation_ids).values_list("pk", "last_seq"))
+
+
+def live_session_keys(session_keys: list[str]) -> set[str]:
+    """Those of `session_keys` that still name a live (unexpired) session."""
+    from importlib import import_module
+
+    from django.contrib.sessions.backends.db import SessionStore as DbSessionStore
+    from django.utils import timezone
+
+    store = import_module(settings.SESSION_ENGINE).SessionStore
+    if issubclass(store, DbSessionStore):  # one query instead of one per key
+        return set(
+            store.get_model_class()
+            .objects.filter(session_key__in=session_keys, expire_date__gt=timezone.now())
+            .values_list("session_key", flat=True)
+        )
+    return {key for key in session_keys if store().exists(key)}
+
+
+def session_auth_hashes(user_ids: list[int]) -> dict[int, str]:
+    """The session auth hash (changes with the password) of each active user, by id; an
+    inactive or deleted user is left out."""
+    from django.contrib.auth import get_user_model
+
+    User = get_user_model()
+    rows = User.objects.filter(pk__in=user_ids, is_active=True).values_list("pk", "password")
+    return {pk: User(pk=pk, password=password).get_session_auth_hash() for pk, password in rows}

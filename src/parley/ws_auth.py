@@ -28,15 +28,18 @@ class WebsocketAuthMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         # This coroutine waits on the inner application for the socket's lifetime: the
         # cookies and the session are looked at in another, which is then gone.
-        user = await scope_user(scope)
-        inner = self.inner(dict(scope, user=user), receive, send)
+        user, session_key = await scope_user(scope)
+        # The key, not the session: the process heartbeat re-checks it (chat.heartbeat).
+        inner = self.inner(dict(scope, user=user, session_key=session_key), receive, send)
         del scope, receive, send  # the application's now, for as long as it runs
         return await inner
 
 
-async def scope_user(scope: dict) -> Any:
-    """The user of the session the scope's cookie names (AnonymousUser if none)."""
+async def scope_user(scope: dict) -> tuple[Any, str | None]:
+    """The user of the session the scope's cookie names (AnonymousUser if none), and the
+    session's key."""
     header = scope_header(scope, b"cookie")
     cookies = parse_cookie(header.decode("latin1")) if header else {}
     store = import_module(settings.SESSION_ENGINE).SessionStore
-    return await get_user({"session": store(cookies.get(settings.SESSION_COOKIE_NAME))})
+    key = cookies.get(settings.SESSION_COOKIE_NAME)
+    return await get_user({"session": store(key)}), key
