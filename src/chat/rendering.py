@@ -9,6 +9,7 @@ before.
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Iterable
@@ -24,7 +25,12 @@ from chat.selectors import ConversationRow
 
 
 class FragmentCache:
-    """Rendered fragments by key, the least recently used dropped past `max_entries`.
+    """Rendered fragments by key, the least recently used dropped past `max_bytes`.
+
+    Bounded by memory, not by count: a fragment's size is up to the sender (4,000 `"` render
+    to 24,218 characters), so a count bound let one user push a process past its container's
+    memory limit. Each entry is charged what it holds: the str's own size (sys.getsizeof:
+    1, 2 or 4 bytes a character, by the widest one) and the key and dict slot around it.
 
     In process memory on purpose: a deploy with changed templates starts empty, with no
     stale HTML shared across versions. Values are str, kept as they are (Django's LocMemCache
@@ -32,9 +38,12 @@ class FragmentCache:
     CPU). Thread-safe: request threads and the websocket process's threads share it.
     """
 
-    def __init__(self, max_entries: int) -> None:
-        self.max_entries = max_entries
-        self._entries: OrderedDict[tuple, str] = OrderedDict()
+    ENTRY_OVERHEAD = 250  # the key tuple and its ints, the OrderedDict's slot and links
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the entries are charged, in all
+        self._entries: OrderedDict[tuple, tuple[str, int]] = OrderedDict()
         self._lock = threading.Lock()
 
     def get_many(self, keys: Iterable[tuple]) -> dict[tuple, str]:
@@ -42,29 +51,37 @@ class FragmentCache:
         with self._lock:
             entries = self._entries
             for key in keys:
-                html = entries.get(key)
-                if html is not None:
+                entry = entries.get(key)
+                if entry is not None:
                     entries.move_to_end(key)
-                    found[key] = html
+                    found[key] = entry[0]
         return found
 
     def set_many(self, fragments: dict[tuple, str]) -> None:
         with self._lock:
-            self._entries.update(fragments)
-            for key in fragments:
-                self._entries.move_to_end(key)
-            while len(self._entries) > self.max_entries:
-                self._entries.popitem(last=False)
+            entries = self._entries
+            for key, html in fragments.items():
+                size = sys.getsizeof(html) + self.ENTRY_OVERHEAD
+                if size > self.max_bytes:
+                    continue  # never worth the whole cache
+                old = entries.pop(key, None)
+                if old is not None:
+                    self.bytes -= old[1]
+                entries[key] = (html, size)
+                self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= entries.popitem(last=False)[1][1]
 
     def clear(self) -> None:
         with self._lock:
             self._entries.clear()
+            self.bytes = 0
 
     def __len__(self) -> int:
         return len(self._entries)
 
 
-fragments = FragmentCache(settings.CHAT_FRAGMENT_CACHE_ENTRIES)
+fragments = FragmentCache(settings.CHAT_FRAGMENT_CACHE_BYTES)
 
 
 def _fragment_key(pk: int, conversation_id: int, seq: int, sender_id: int) -> tuple:

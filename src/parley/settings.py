@@ -230,8 +230,10 @@ CHAT_MAX_MESSAGE_LENGTH: int = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_RATE_LIMIT: int = env.int("CHAT_RATE_LIMIT", default=30)  # messages per 10 s per socket
 CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
 # Rendered message fragments (chat.rendering.fragments) each process keeps: stored messages
-# never change. Per process on purpose: a deploy with changed templates starts empty.
-CHAT_FRAGMENT_CACHE_ENTRIES: int = env.int("CHAT_FRAGMENT_CACHE_ENTRIES", default=20000)
+# never change. Per process on purpose: a deploy with changed templates starts empty. Bounded
+# in bytes (a fragment's size is up to its sender); 32 MiB is ~30,000 typical messages and
+# leaves most of a 384 MiB container limit to the sockets.
+CHAT_FRAGMENT_CACHE_BYTES: int = env.int("CHAT_FRAGMENT_CACHE_BYTES", default=32 * 1024 * 1024)
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 CHAT_PRESENCE_TTL: int = env.int("CHAT_PRESENCE_TTL", default=45)
