@@ -555,8 +555,10 @@ class Stack:
             for name in ("web", *self.ws_names, "nginx"):
                 self.spawn(name)
             self.wait_healthy(["web", *self.ws_names, "nginx"], timeout=timeout)
-            if _http_status(f"{c.url}/readyz", timeout=5, context=c.ssl_context()) != 200:
-                raise StackError(f"{c.url}/readyz is not 200:\n{self.tail('web')}")
+            # Straight at gunicorn: nginx keeps /readyz off the public routes.
+            ready = f"http://127.0.0.1:{c.web_port}/readyz"
+            if _http_status(ready, timeout=5) != 200:
+                raise StackError(f"{ready} is not 200:\n{self.tail('web')}")
         except BaseException:
             self.down()
             raise

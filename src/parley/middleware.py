@@ -9,6 +9,18 @@ from django.http import HttpRequest, HttpResponse
 
 from parley import metrics
 
+# Label values come from closed sets: every new value is a new series in every process's
+# multiprocess file, and a client chooses the method it sends.
+KNOWN_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+
+
+def method_label(method: str | None) -> str:
+    return method if method in KNOWN_METHODS else "other"
+
+
+def status_label(status: int) -> str:
+    return str(status) if 100 <= status <= 599 else "other"
+
 
 class RequestMetricsMiddleware:
     def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
@@ -25,6 +37,8 @@ class RequestMetricsMiddleware:
         else:
             route = "unmatched"  # never the raw path: unbounded label values
         metrics.HTTP_REQUEST_SECONDS.labels(
-            route=route, method=request.method, status=str(response.status_code)
+            route=route,
+            method=method_label(request.method),
+            status=status_label(response.status_code),
         ).observe(time.perf_counter() - started)
         return response

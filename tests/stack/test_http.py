@@ -77,7 +77,10 @@ def test_pages_and_login_through_nginx(stack, rooms):
     home = session.get(f"{stack.url}/", timeout=10)
     assert home.status_code == 200
     assert f"Signed in as <strong>{username}</strong>" in home.text
-    assert requests.get(f"{stack.url}/readyz", timeout=10).json()["status"] == "ok"
+    # Readiness is asked of each process directly, never through the public nginx.
+    assert requests.get(f"{stack.web_url()}/readyz", timeout=10).json()["status"] == "ok"
+    public = requests.get(f"{stack.url}/readyz", timeout=10)
+    assert public.status_code == 404 and "status" not in public.text
 
 
 def test_security_headers_on_pages_errors_and_health(stack):
@@ -117,15 +120,15 @@ def test_html_is_gzipped(stack):
     assert response.headers.get("Content-Encoding") == "gzip"
 
 
-def _post_login(source_ip: str, port: int) -> int:
+def _post_login(
+    source_ip: str, port: int, path: str = "/accounts/login/", forwarded_for: str | None = None
+) -> int:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10, source_address=(source_ip, 0))
+    headers = {"Content-Type": "application/x-www-form-urlencoded"}
+    if forwarded_for is not None:
+        headers["X-Forwarded-For"] = forwarded_for
     try:
-        conn.request(
-            "POST",
-            "/accounts/login/",
-            body="username=x&password=y",
-            headers={"Content-Type": "application/x-www-form-urlencoded"},
-        )
+        conn.request("POST", path, body="username=x&password=y", headers=headers)
         response = conn.getresponse()
         body = response.read().decode()
         if response.status == 429:
@@ -237,3 +240,64 @@ def test_pages_need_nothing_the_csp_forbids(stack, room, cookies):
         assert re.findall(r"<script(?![^>]*\bsrc=)[^>]*>", html) == [], path
         assert "<style" not in html and " style=" not in html, path
         assert not re.search(r"\son[a-z]+=", html), path  # inline event handlers
+
+
+ALL_CREDENTIAL_PATHS = [
+    "/accounts/signup/",
+    "/admin/login/",
+    "/accounts/password_change/",
+    "/accounts/password_reset/",
+    "/accounts/reset/MQ/set-password/",
+]
+
+
+@pytest.mark.parametrize("path", ALL_CREDENTIAL_PATHS)
+def test_every_path_that_checks_a_credential_is_rate_limited(stack, path):
+    """Each from its own loopback address (its own bucket)."""
+    source = f"127.0.1.{10 + ALL_CREDENTIAL_PATHS.index(path)}"
+    statuses = [_post_login(source, stack.config.nginx_port, path) for _ in range(15)]
+    assert statuses[0] != 429
+    assert statuses[-1] == 429, statuses
+
+
+def test_behind_a_trusted_proxy_each_client_has_its_own_login_bucket(stack):
+    """The Kubernetes layout: the Gateway (127.0.0.4 here) connects to nginx for every
+    client and names the client in X-Forwarded-For. Keyed on the proxy's address, one client
+    locked everyone out. A client that is not a trusted proxy cannot pick its bucket."""
+    port = stack.config.nginx_port
+    stack.config.trusted_proxies = ("127.0.0.4/32",)
+    try:
+        reload_nginx(stack)
+        flood = [_post_login("127.0.0.4", port, forwarded_for="198.51.100.7") for _ in range(15)]
+        assert flood[-1] == 429
+        # another client behind the same proxy is not locked out
+        assert _post_login("127.0.0.4", port, forwarded_for="10.9.8.7, 198.51.100.8") == 403
+        # an untrusted client's X-Forwarded-For is ignored: a new value each time does not
+        # give it a new bucket
+        spoofed = [
+            _post_login("127.0.0.5", port, forwarded_for=f"198.51.100.{i}") for i in range(15)
+        ]
+        assert spoofed[-1] == 429
+    finally:
+        stack.config.trusted_proxies = ()
+        reload_nginx(stack)
+
+
+def reload_nginx(stack) -> None:
+    """Reloads nginx and waits until every worker runs the new config (the old ones gone)."""
+
+    def workers() -> set[int]:
+        master = stack.procs["nginx"]["pid"]
+        found = set()
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == master:
+                found.add(int(stat.parent.name))
+        return found
+
+    old = workers()
+    stack.reload_nginx()
+    wait_until(lambda: workers() and not workers() & old, 15, "nginx workers on the new config")

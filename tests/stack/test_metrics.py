@@ -86,3 +86,31 @@ def test_http_latency_by_route_and_no_metrics_through_nginx(stack):
     public = requests.get(stack.url + "/metrics", timeout=5)
     assert public.status_code == 404
     assert "parley_" not in public.text
+
+
+def test_invented_http_methods_are_one_label_value_straight_at_daphne(stack):
+    """A client picks the method: each new label value used to be a new series in every
+    process's multiprocess file (2,000 invented methods grew them to 8 MiB on the ws pod's
+    64 MiB in-memory volume). Sent straight to a daphne, not through nginx."""
+    import http.client
+
+    for i in range(200):
+        conn = http.client.HTTPConnection("127.0.0.1", stack.ws_port(0), timeout=5)
+        conn.request(f"INVENTED{i}", "/healthz")
+        conn.getresponse().read()
+        conn.close()
+    samples = scrape(stack)
+    methods = {
+        dict(labels).get("method")
+        for (name, labels) in samples
+        if name == "parley_http_request_duration_seconds_count"
+    }
+    assert methods <= {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS", "other"}
+    assert value(samples, "parley_http_request_duration_seconds_count", method="other") >= 200
+
+
+@pytest.mark.parametrize("method", ["POST", "PUT", "DELETE", "INVENTED"])
+def test_nginx_refuses_anything_but_get_on_the_websocket_path(stack, method):
+    response = requests.request(method, f"{stack.url}/ws/chat/1", timeout=5)
+    assert response.status_code == 405  # nginx's answer: Django would say 404
+    assert "GET" in response.headers.get("Allow", "")
