@@ -34,10 +34,12 @@ def healthz(request: HttpRequest) -> HttpResponse:
 @require_GET
 @never_cache
 def readyz(request: HttpRequest) -> HttpResponse:
-    """Readiness: a database query and a channel-layer round trip."""
+    """Readiness: can this process serve? 503 only while it drains. Postgres and Redis are
+    checked and reported (`degraded`, the `parley_dependency_up` gauge), but do not make it
+    unready: every pod shares them, so a blip made every pod unready at once, nginx answered
+    503 and no socket could reconnect, although sends are stored and confirmed with Redis
+    down and pages still load from the fragment cache and the database."""
     checks: dict[str, str] = {}
-    if drain.is_draining():
-        checks["process"] = "draining"
     try:
         with connection.cursor() as cursor:
             cursor.execute("SELECT 1")
@@ -52,12 +54,25 @@ def readyz(request: HttpRequest) -> HttpResponse:
     except Exception as exc:
         logger.warning("readiness: channel layer down", extra={"error": repr(exc)})
         checks["channel_layer"] = f"error: {type(exc).__name__}"
-    failed = sorted(k for k, v in checks.items() if v != "ok")
-    for dependency in failed:
+    degraded = sorted(k for k, v in checks.items() if v != "ok")
+    for dependency, state in checks.items():
+        metrics.DEPENDENCY_UP.labels(dependency=dependency).set(state == "ok")
+    for dependency in degraded:
         metrics.READINESS_FAILURES.labels(dependency=dependency).inc()
-    body = {"status": "ok" if not failed else "unavailable", "checks": checks, "failed": failed}
+    draining = drain.is_draining()
+    if draining:
+        status = "draining"
+    else:
+        status = "degraded" if degraded else "ok"
+    body = {
+        "status": status,
+        "ready": not draining,
+        "checks": checks,
+        "degraded": degraded,
+        "failed": degraded,  # the name before `degraded`, kept for existing checks
+    }
     return HttpResponse(
-        json.dumps(body), status=503 if failed else 200, content_type="application/json"
+        json.dumps(body), status=503 if draining else 200, content_type="application/json"
     )
 
 

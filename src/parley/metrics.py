@@ -68,3 +68,9 @@ HTTP_REQUEST_SECONDS = Histogram(
 READINESS_FAILURES = Counter(
     "parley_readiness_failures_total", "Failed /readyz checks by dependency", ["dependency"]
 )
+DEPENDENCY_UP = Gauge(
+    "parley_dependency_up",
+    "1 if this process's last /readyz reached the dependency (database, channel_layer)",
+    ["dependency"],
+    multiprocess_mode="livemin",  # any live process that cannot reach it shows 0
+)

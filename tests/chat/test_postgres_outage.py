@@ -141,7 +141,8 @@ def test_dead_postgres_gives_errors_not_confirmations_and_chat_resumes(
 
     pg.kill()
     ready = requests.get(base + "/readyz", timeout=15)
-    assert ready.status_code == 503 and ready.json()["failed"] == ["database"], ready.json()
+    # still ready (it serves sockets and says why a send fails), degraded on the database
+    assert ready.status_code == 200 and ready.json()["degraded"] == ["database"], ready.json()
     cid = str(uuid.uuid4())
     alice.send(json.dumps({"chat_message": "during", "client_id": cid}))
     error = recv_until(alice, 'id="chat-error"', timeout=20)
@@ -150,9 +151,9 @@ def test_dead_postgres_gives_errors_not_confirmations_and_chat_resumes(
 
     pg.start()
     wait_until(
-        lambda: requests.get(base + "/readyz", timeout=15).status_code == 200,
+        lambda: requests.get(base + "/readyz", timeout=15).json()["status"] == "ok",
         30,
-        "readiness after the restart",
+        "the database back in readiness after the restart",
     )
     # the first send after the restart meets a pooled connection that died: retried once
     alice.send(json.dumps({"chat_message": "after", "client_id": str(uuid.uuid4())}))

@@ -14,10 +14,15 @@ from tests.redis_server import free_port
 
 REPO = Path(__file__).resolve().parents[2]
 PROBE_READYZ = (
-    "import django, json; django.setup();"
+    "import django, json, os; django.setup();"
     "from django.test import Client;"
+    "from parley import drain;"
+    "from prometheus_client import REGISTRY;"
+    "os.environ.get('_DRAIN') and drain.mark_draining();"
     "r = Client().get('/readyz');"
-    "print(json.dumps({'status': r.status_code, 'body': json.loads(r.content)}))"
+    "gauge = {d: REGISTRY.get_sample_value('parley_dependency_up', {'dependency': d})"
+    " for d in ('database', 'channel_layer')};"
+    "print(json.dumps({'status': r.status_code, 'body': json.loads(r.content), 'gauge': gauge}))"
 )
 
 
@@ -91,21 +96,32 @@ def live_database_url() -> str:
     return f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/postgres"
 
 
-def test_readyz_is_503_naming_redis_when_the_layer_is_unreachable():
+def test_readyz_stays_ready_and_names_redis_as_degraded_when_the_layer_is_unreachable():
+    """Every pod shares Redis: unready on a Redis blip meant every pod unready at once."""
     out = readyz(REDIS_URL=f"redis://127.0.0.1:{free_port()}/0", DATABASE_URL=live_database_url())
-    assert out["status"] == 503
-    assert out["body"]["failed"] == ["channel_layer"]
+    assert out["status"] == 200
+    assert out["body"]["status"] == "degraded" and out["body"]["ready"] is True
+    assert out["body"]["degraded"] == ["channel_layer"]
     assert out["body"]["checks"]["database"] == "ok"
+    assert out["gauge"] == {"database": 1.0, "channel_layer": 0.0}
 
 
 @pytest.mark.django_db
-def test_readyz_is_503_naming_postgres_when_the_database_is_unreachable():
+def test_readyz_stays_ready_and_names_postgres_as_degraded_when_the_database_is_unreachable():
     out = readyz(
         DATABASE_URL=f"postgres://postgres@127.0.0.1:{free_port()}/parley", DB_POOL_TIMEOUT="2"
     )
-    assert out["status"] == 503
-    assert out["body"]["failed"] == ["database"]
+    assert out["status"] == 200
+    assert out["body"]["status"] == "degraded" and out["body"]["ready"] is True
+    assert out["body"]["degraded"] == ["database"]
     assert out["body"]["checks"]["channel_layer"] == "ok"
+    assert out["gauge"] == {"database": 0.0, "channel_layer": 1.0}
+
+
+def test_readyz_is_503_while_the_process_drains():
+    out = readyz(DATABASE_URL=live_database_url(), _DRAIN="1")
+    assert out["status"] == 503
+    assert out["body"]["status"] == "draining" and out["body"]["ready"] is False
 
 
 def test_readyz_is_200_when_both_are_up():
