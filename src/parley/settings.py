@@ -60,6 +60,7 @@ INSTALLED_APPS = [
 MIDDLEWARE = [
     "parley.logging.RequestIdMiddleware",
     "parley.middleware.RequestMetricsMiddleware",
+    "parley.middleware.HealthCheckMiddleware",  # before anything checks the Host header
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",

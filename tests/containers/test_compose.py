@@ -13,6 +13,7 @@ Run once per Compose implementation: Debian's docker-compose 1.29 and `docker co
 from __future__ import annotations
 
 import contextlib
+import datetime
 import hashlib
 import json
 import os
@@ -460,6 +461,11 @@ def test_stack_end_to_end(stack: Stack, images: str) -> None:
         victim = max(ws_ids, key=ws_connections)
         assert ws_connections(victim) >= 1
         restart_conversation(stack, a, b, victim, first | reply)
+
+        # Step 9: Redis dies. Pages load, sends are stored and confirmed, no container turns
+        # unhealthy (readiness no longer fails on a shared dependency), and the peer catches
+        # up once Redis is back.
+        redis_outage(stack, alice, conversation, a, b)
     finally:
         for client in clients.values():
             client.close()
@@ -477,6 +483,54 @@ SCRAPE = (
     "import urllib.request; "
     "print(urllib.request.urlopen('http://127.0.0.1:9100/metrics', timeout=5).read().decode())"
 )
+
+
+def redis_outage(
+    stack: Stack, session: requests.Session, conversation: int, a: ChatClient, b: ChatClient
+) -> None:
+    redis_id = stack.containers()["redis"][0]["Id"]
+    stopped_at = datetime.datetime.now(datetime.UTC)
+    docker("stop", "-t", "5", redis_id, timeout=60)
+    try:
+        page = session.get(f"{stack.base}/c/{conversation}", timeout=10)
+        assert page.status_code == 200, page.text[:300]
+        for client in (a, b):  # sockets on a live daphne stay open through the outage
+            if not client.is_open:
+                client.connect(timeout=30)
+        during = {a.send("while redis is down")}
+        a.wait_client_ids(during, timeout=15)  # stored and confirmed to the sender
+        # readiness says degraded, not unready: every web and ws container's healthchecks
+        # since Redis stopped pass (it used to answer 503 and turn them unhealthy)
+        for service in ("web", "ws"):
+            for info in stack.containers()[service]:
+                probes = wait_probes_since(info["Id"], stopped_at, count=2, timeout=60)
+                assert all(p["ExitCode"] == 0 for p in probes), (service, probes)
+    finally:
+        docker("start", redis_id, timeout=60)
+    b.wait_client_ids(during, timeout=60)  # the peer heals from the database
+    seqs = sorted(b.seen)
+    assert seqs == list(range(1, len(seqs) + 1)), f"gap in {seqs}"
+
+
+def wait_probes_since(
+    container_id: str, since: datetime.datetime, count: int, timeout: float
+) -> list[dict]:
+    """The container's healthcheck results that started after `since`, once there are
+    `count` of them."""
+
+    def started(probe: dict) -> datetime.datetime:
+        stamp = re.sub(r"(\.\d{6})\d*", r"\1", probe["Start"])  # nanoseconds -> micro
+        return datetime.datetime.fromisoformat(stamp)
+
+    deadline = time.monotonic() + timeout
+    while True:
+        log = json.loads(docker("inspect", "-f", "{{json .State.Health.Log}}", container_id))
+        probes = [p for p in log or [] if started(p) > since]
+        if len(probes) >= count:
+            return probes
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{container_id[:12]}: {len(probes)} healthchecks since {since}")
+        time.sleep(0.5)
 
 
 def check_metrics(stack: Stack, stored_messages: int) -> None:

@@ -260,17 +260,24 @@ def test_app_probes_use_health_endpoints_liveness_never_dependencies(
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
     assert ports == {"http": APP_ROLES[name], "metrics": int(config["METRICS_PORT"])}
     paths = {"startupProbe": "/healthz", "readinessProbe": "/readyz", "livenessProbe": "/healthz"}
-    allowed_hosts = config["ALLOWED_HOSTS"].split(",")
     for probe, path in paths.items():
         get = container[probe]["httpGet"]
         assert get["path"] == path and get["port"] == "http", (name, probe)
-        # Django answers 400 to a Host outside ALLOWED_HOSTS, which would fail every probe.
-        hosts = [h["value"] for h in get["httpHeaders"] if h["name"] == "Host"]
-        assert hosts and hosts[0] in allowed_hosts, (name, probe, hosts)
+        # No Host header: the kubelet sends the pod's address, and the health endpoints are
+        # answered before Django's Host check (tests/parley/test_health.py), so ALLOWED_HOSTS
+        # needs no `localhost` (which is also an allowed websocket Origin).
+        assert "httpHeaders" not in get, (name, probe)
     # wait_for_deps runs before the server: the startup budget must outlast its timeout.
     startup = container["startupProbe"]
     budget = startup["periodSeconds"] * startup["failureThreshold"]
     assert budget > float(config["WAIT_FOR_DEPS_TIMEOUT"]) + 10
+
+
+def test_production_allows_no_loopback_host(rendered: dict[str, list[Doc]]) -> None:
+    """Every ALLOWED_HOSTS name is also an allowed websocket Origin: `localhost` there let a
+    page on anyone's localhost open sockets with a user's cookie."""
+    hosts = app_config(rendered["production"])["ALLOWED_HOSTS"].split(",")
+    assert not {"localhost", "127.0.0.1", "[::1]"} & set(hosts), hosts
 
 
 def test_ws_grace_period_covers_prestop_and_drain(docs: list[Doc]) -> None:
@@ -324,7 +331,8 @@ def test_nginx_configmap_is_deploy_nginx_verbatim(docs: list[Doc]) -> None:
     data = generated(docs, "ConfigMap", "nginx-config")["data"]
     expected = {p.name: p.read_text() for p in nginx_dir.glob("*.conf")}
     expected["upstreams.conf"] = (nginx_dir / "upstreams" / "k8s.conf").read_text()
-    expected["hsts.conf"] = (nginx_dir / "hsts" / "off.conf").read_text()
+    hsts = "on" if app_config(docs)["HTTPS"] == "1" and of_kind(docs, "Gateway") else "off"
+    expected["hsts.conf"] = (nginx_dir / "hsts" / f"{hsts}.conf").read_text()
     if of_kind(docs, "Gateway"):  # the exposure component's TLS proxies (tests/k8s/test_tls.py)
         gateway_api = K8S / "components" / "gateway-api"
         expected["trusted-proxies.conf"] = (gateway_api / "trusted-proxies.conf").read_text()

@@ -25,7 +25,6 @@ from tests.k8s.test_nginx_pod import run_pod
 # as its comments tell a user to.
 OPTIONAL = {
     "cert-manager-check": "../../components/cert-manager",
-    "hsts-check": "../../../nginx/hsts",
     "ingress-check": "../../components/ingress",
 }
 
@@ -219,11 +218,10 @@ def test_real_nginx_passes_the_gateways_scheme_and_overwrites_a_clients(
         assert seen[f"203.0.113.7 {claimed}"] == "http", claimed
 
 
-def test_hsts_is_off_unless_its_component_is_added(rendered: dict[str, list[Doc]]) -> None:
+def test_hsts_is_on_in_production_and_off_in_dev(rendered: dict[str, list[Doc]]) -> None:
     hsts_dir = Path(__file__).resolve().parents[2] / "deploy" / "nginx" / "hsts"
-    for overlay in ("dev", "production"):
-        assert nginx_files(rendered[overlay])["hsts.conf"] == (hsts_dir / "off.conf").read_text()
-    on = nginx_files(rendered["hsts-check"])["hsts.conf"]
+    assert nginx_files(rendered["dev"])["hsts.conf"] == (hsts_dir / "off.conf").read_text()
+    on = nginx_files(rendered["production"])["hsts.conf"]
     assert on == (hsts_dir / "on.conf").read_text()
     assert re.search(r'https\s+"max-age=\d{7,}; includeSubDomains";', on)
 
