@@ -60,10 +60,7 @@ def readyz(request: HttpRequest) -> HttpResponse:
     for dependency in degraded:
         metrics.READINESS_FAILURES.labels(dependency=dependency).inc()
     draining = drain.is_draining()
-    if draining:
-        status = "draining"
-    else:
-        status = "degraded" if degraded else "ok"
+    status = "draining" if draining else "degraded" if degraded else "ok"
     body = {
         "status": status,
         "ready": not draining,
