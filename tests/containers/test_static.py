@@ -231,3 +231,17 @@ def _healthcheck():
 )
 def test_healthcheck_probes_the_role_server(procs: str, env: dict, expected: int | None) -> None:
     assert _healthcheck().target_port(procs, env) == expected
+
+
+def test_every_service_is_read_only_with_capabilities_dropped(compose: dict) -> None:
+    """A root filesystem nothing can write to, and no capability but the ones an entrypoint
+    needs to own its data directory and drop to its own user (postgres, redis)."""
+    needs = {"postgres": {"CHOWN", "DAC_OVERRIDE", "FOWNER", "SETGID", "SETUID"}}
+    needs["redis"] = {"CHOWN", "SETGID", "SETUID"}
+    for name in ("postgres", "redis"):
+        svc = compose["services"][name]
+        assert svc.get("read_only") is True, name
+        assert svc.get("cap_drop") == ["ALL"], name
+        assert set(svc.get("cap_add", [])) <= needs[name], name
+        assert "no-new-privileges:true" in svc["security_opt"], name
+        assert svc.get("tmpfs"), name  # where it must write besides its volume
