@@ -28,8 +28,10 @@ install: $(VENV)/.installed ## Create .venv and install the locked dependencies 
 lock: ## Re-resolve requirements*.lock from pyproject.toml
 	@# --universal: markers instead of this interpreter's answers, so the same lock installs on
 	@# any Python 3.11.x (Debian's 3.11.2 needs async-timeout for redis-py, 3.11.3+ does not).
-	$(VENV)/bin/uv pip compile -q --universal pyproject.toml -o requirements.lock
-	$(VENV)/bin/uv pip compile -q --universal pyproject.toml --extra dev -o requirements-dev.lock
+	@# --generate-hashes: pip and uv then install only the exact files that were locked.
+	$(VENV)/bin/uv pip compile -q --universal --generate-hashes pyproject.toml -o requirements.lock
+	$(VENV)/bin/uv pip compile -q --universal --generate-hashes pyproject.toml --extra dev \
+	  -o requirements-dev.lock
 	$(VENV)/bin/uv pip compile -q --universal deploy/k8s/checkov.in -o deploy/k8s/checkov.lock
 
 .PHONY: dev

@@ -245,3 +245,14 @@ def test_every_service_is_read_only_with_capabilities_dropped(compose: dict) -> 
         assert set(svc.get("cap_add", [])) <= needs[name], name
         assert "no-new-privileges:true" in svc["security_opt"], name
         assert svc.get("tmpfs"), name  # where it must write besides its volume
+
+
+@pytest.mark.parametrize("lock", ["requirements.lock", "requirements-dev.lock"])
+def test_every_locked_requirement_carries_its_hashes(lock: str) -> None:
+    """pip (the image) and uv (make install) then install only the files that were locked:
+    a re-uploaded or substituted file fails the install instead of running."""
+    text = (REPO / lock).read_text()
+    entries = [e for e in text.replace("\\\n", " ").splitlines() if e and e[0].isalpha()]
+    assert len(entries) > 30
+    for entry in entries:
+        assert "--hash=sha256:" in entry, entry.split()[0]
