@@ -18,7 +18,8 @@ chdir = str(ROOT)
 pythonpath = str(ROOT / "src")
 os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
 
-from parley.logging import json_logging_config  # noqa: E402  (src/ is on the path now)
+from parley.cpus import available_cpus  # noqa: E402  (src/ is on the path now)
+from parley.logging import json_logging_config  # noqa: E402
 
 
 class ParleyWorker(UvicornWorker):
@@ -36,8 +37,10 @@ class ParleyWorker(UvicornWorker):
 
 bind = [os.environ.get("WEB_BIND", "0.0.0.0:8000")]
 worker_class = ParleyWorker
-# An async worker uses one core well; one per core is the starting point, not 2n+1.
-workers = int(os.environ.get("WEB_WORKERS", os.cpu_count() or 1))
+# An async worker uses one core well; one per core is the starting point, not 2n+1. Cores are
+# the container's CPU limit (compose `cpus:`, Kubernetes limits.cpu), not the host's count:
+# each worker holds up to DB_POOL_MAX_SIZE database connections.
+workers = int(os.environ.get("WEB_WORKERS") or available_cpus())
 # A worker that does not heartbeat for this long is killed and replaced.
 timeout = int(os.environ.get("WEB_TIMEOUT", "30"))
 # On SIGTERM, in-flight requests get this long to finish.

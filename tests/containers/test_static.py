@@ -4,6 +4,7 @@ documentation of every setting, the env-file generator and the entrypoint's refu
 from __future__ import annotations
 
 import importlib.util
+import math
 import re
 import shutil
 import subprocess
@@ -256,3 +257,31 @@ def test_every_locked_requirement_carries_its_hashes(lock: str) -> None:
     assert len(entries) > 30
     for entry in entries:
         assert "--hash=sha256:" in entry, entry.split()[0]
+
+
+def env_example() -> dict[str, str]:
+    """The values .env.example sets (commented-out lines are defaults, not settings)."""
+    values = {}
+    for line in (REPO / ".env.example").read_text().splitlines():
+        if line and not line.startswith("#") and "=" in line:
+            key, value = line.split("=", 1)
+            values[key.strip()] = value.strip()
+    return values
+
+
+def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -> None:
+    """Every web worker and daphne holds up to DB_POOL_MAX_SIZE connections. Web workers
+    default to the container's CPU limit (parley.cpus), not the host's cores, which on a
+    16-core host gave 136 connections against Postgres's default max_connections of 100."""
+    services, env = compose["services"], env_example()
+    pool = int(env.get("DB_POOL_MAX_SIZE", "4"))
+    total = 0
+    for name in ("web", "ws"):
+        deploy = services[name]["deploy"]
+        cpus = float(deploy["resources"]["limits"]["cpus"])
+        processes = int(env.get("WEB_WORKERS") or math.ceil(cpus)) if name == "web" else 1
+        total += deploy.get("replicas", 1) * processes * pool
+    total += pool + 1 + 10  # migrate, the backup's pg_dump, people
+    command = " ".join(map(str, services["postgres"].get("command", [])))
+    found = re.search(r"max_connections=(\d+)", command)
+    assert total <= (int(found.group(1)) if found else 100)

@@ -4,6 +4,7 @@ the invariants the deployment depends on (issue "Kubernetes"). No cluster: rende
 from __future__ import annotations
 
 import json
+import math
 import re
 import subprocess
 import sys
@@ -785,3 +786,60 @@ def test_backup_cronjob_runs_the_compose_backup_onto_its_claim(docs: list[Doc]) 
     assert data["data"][script_name] == (REPO / "deploy/backup/pg-backup.sh").read_text()
     host_script = next(v for v in service["volumes"] if v.startswith("./deploy/backup/"))
     assert host_script.split(":")[1] == container["command"][1]
+
+
+# --- database connection budget -------------------------------------------------------------
+
+HEADROOM = 10  # psql sessions, monitoring, an admin's shell
+
+
+def cpus(quantity: str) -> float:
+    return float(quantity[:-1]) / 1000 if quantity.endswith("m") else float(quantity)
+
+
+def env_of(container: Doc, config: dict[str, str]) -> dict[str, str]:
+    """The container's environment as the app sees it: the ConfigMap, then its own env."""
+    return {**config, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
+
+
+def connection_budget(docs: list[Doc]) -> tuple[int, list[str]]:
+    """Connections at the HPAs' maxima: for web and ws, maxReplicas x processes x
+    DB_POOL_MAX_SIZE, where web's processes are WEB_WORKERS or its CPU limit rounded up
+    (parley.cpus) and ws runs one; plus the migrate Job's pool and one for the backup."""
+    config = app_config(docs)
+    hpa_max = {
+        h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"]
+        for h in of_kind(docs, "HorizontalPodAutoscaler")
+    }
+    total, lines = 0, []
+    for name in ("web", "ws"):
+        deployment = one(docs, "Deployment", name)
+        container = next(c for c in pod(deployment)["containers"] if c["name"] == name)
+        env = env_of(container, config)
+        replicas = hpa_max.get(name, deployment["spec"].get("replicas", 1))
+        if name == "web":
+            limit = cpus(container["resources"]["limits"]["cpu"])
+            processes = int(env.get("WEB_WORKERS") or math.ceil(limit))
+        else:
+            processes = 1
+        pool = int(env.get("DB_POOL_MAX_SIZE", "4"))
+        total += replicas * processes * pool
+        lines.append(f"{name}: {replicas} x {processes} x {pool}")
+    total += int(config.get("DB_POOL_MAX_SIZE", "4"))  # the migrate Job
+    total += 1 if of_kind(docs, "CronJob") else 0  # pg_dump
+    return total + HEADROOM, lines
+
+
+def test_database_connections_at_full_scale_fit_max_connections(docs: list[Doc]) -> None:
+    """On a 16-core node a web pod used to start 16 workers (os.cpu_count() ignores the CPU
+    limit) and the production HPA maxima reached 240 connections against Postgres's
+    default 100: past that, logins fail with 'too many clients'."""
+    config = app_config(docs)
+    budget, lines = connection_budget(docs)
+    limit = int(config["DB_MAX_CONNECTIONS"])
+    postgres = [d for d in of_kind(docs, "StatefulSet") if d["metadata"]["name"] == "postgres"]
+    if postgres:  # the datastores component: its server's own setting (default 100)
+        args = " ".join(pod(postgres[0])["containers"][0].get("args", []))
+        server = re.search(r"max_connections=(\d+)", args)
+        assert (int(server.group(1)) if server else 100) == limit
+    assert budget <= limit, f"{budget} connections ({', '.join(lines)}) > {limit}"
