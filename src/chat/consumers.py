@@ -20,14 +20,13 @@ import time
 import uuid
 from urllib.parse import parse_qs
 
-from channels.db import database_sync_to_async
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import rendering, selectors, services
+from chat import dbcalls, rendering, selectors, services
 from chat.heartbeat import heartbeat
 from chat.models import Conversation
 from chat.presence import presence_store
@@ -71,8 +70,7 @@ def user_group(user_id: int) -> str:
     return f"user.{user_id}"
 
 
-def _db(fn):
-    return database_sync_to_async(fn)
+_db = dbcalls.db  # bounded, and refused at once while the database is down
 
 
 def _wake(future: asyncio.Future, _done: asyncio.Future) -> None:

@@ -24,11 +24,10 @@ import random
 import weakref
 from typing import Protocol
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import selectors
+from chat import dbcalls, selectors
 from chat.presence import presence_store
 
 logger = logging.getLogger(__name__)
@@ -138,7 +137,7 @@ class Heartbeat:
             )
 
         try:
-            return await database_sync_to_async(read)()
+            return await dbcalls.db(read)()
         except DatabaseError:
             logger.warning("heartbeat could not read the database; sessions not re-checked")
             return None

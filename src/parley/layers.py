@@ -6,14 +6,27 @@ import asyncio
 from collections.abc import Awaitable
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, _wrap_close
+from django.conf import settings
 
+from parley import metrics
 from parley.slimqueue import SlimQueue
+
+
+class ChannelQueue(SlimQueue):
+    """A socket's broadcasts, bounded: a stalled consumer drops the newest (sequences make
+    the gap visible, and it is healed from the database) instead of growing without end."""
+
+    __slots__ = ()
+    maxsize = settings.CHAT_SOCKET_QUEUE_LIMIT
+
+    def overflowed(self, item: object) -> None:
+        metrics.LAYER_MESSAGES_DROPPED.inc()
 
 
 class SlimPubSubLoopLayer(RedisPubSubLoopLayer):
     async def _subscribe_to_channel(self, channel: str) -> None:
         # channels-redis 4.x: an asyncio.Queue per channel, i.e. per open socket.
-        self.channels[channel] = SlimQueue()
+        self.channels[channel] = ChannelQueue()
         await self._get_shard(channel).subscribe(channel)
 
 

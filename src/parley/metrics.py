@@ -74,3 +74,16 @@ DEPENDENCY_UP = Gauge(
     ["dependency"],
     multiprocess_mode="livemin",  # any live process that cannot reach it shows 0
 )
+DB_CALLS_REFUSED = Counter(
+    "parley_db_calls_refused_total",
+    "Websocket database calls refused at once, by reason",
+    ["reason"],  # down (a recent call could not reach it), busy (too many waiting)
+)
+LAYER_MESSAGES_DROPPED = Counter(
+    "parley_layer_messages_dropped_total",
+    "Channel-layer messages dropped at a full per-socket queue (the consumer heals from the DB)",
+)
+WEBSOCKET_FRAMES_DROPPED = Counter(
+    "parley_websocket_frames_dropped_total",
+    "Client frames dropped at a full per-socket input queue (a flooding client, stalled consumer)",
+)

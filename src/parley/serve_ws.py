@@ -32,6 +32,7 @@ from typing import Any
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
 
+from parley import metrics
 from parley.slimqueue import SlimQueue
 
 logger = logging.getLogger("parley.serve_ws")
@@ -204,10 +205,10 @@ class DrainingServer(daphne.server.Server):
         self._ws_factory = factory
 
     def create_application(self, protocol: Any, scope: dict) -> SlimQueue | None:
-        """daphne's create_application with a SlimQueue as the application's input queue
-        (daphne makes an asyncio.Queue, ~2.6 KiB, for every socket it holds)."""
+        """daphne's create_application with a bounded SlimQueue as the application's input
+        queue (daphne makes an unbounded asyncio.Queue, ~2.6 KiB, for every socket it holds)."""
         assert "application_instance" not in self.connections[protocol]
-        input_queue = SlimQueue()
+        input_queue = InputQueue()
         scope.setdefault("asgi", {"version": "3.0"})
         application_instance = self.application(
             scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
@@ -265,12 +266,31 @@ class DrainingServer(daphne.server.Server):
             self.stop()
 
 
+class InputQueue(SlimQueue):
+    """What a client sent, waiting for its consumer. Bounded (CHAT_SOCKET_QUEUE_LIMIT, set in
+    main()): a consumer stalled on the database no longer lets one socket queue without end.
+    A page sends at most CHAT_RATE_LIMIT messages per 10 s, and a client 5x over that is
+    closed (4429) as soon as the consumer reads on, so only a flood is dropped. The end of
+    the socket (a disconnect) is never dropped: the consumer must hear of it."""
+
+    __slots__ = ()
+
+    def overflowed(self, item: dict) -> None:
+        if item.get("type", "").endswith(".disconnect"):
+            self._items.append(item)
+            self._wake_one()
+            return
+        metrics.WEBSOCKET_FRAMES_DROPPED.inc()
+
+
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
     from daphne.endpoints import build_endpoint_description_strings
     from django.conf import settings
 
     from parley.asgi import application  # sets Django up, including JSON logging
+
+    InputQueue.maxsize = settings.CHAT_SOCKET_QUEUE_LIMIT
 
     host = os.environ.get("WS_BIND", "0.0.0.0")  # noqa: S104 (containers listen on all)
     port = int(os.environ.get("WS_PORT", "8001"))

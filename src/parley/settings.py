@@ -237,6 +237,14 @@ CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
 CHAT_FRAGMENT_CACHE_BYTES: int = env.int("CHAT_FRAGMENT_CACHE_BYTES", default=32 * 1024 * 1024)
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# Websocket database calls (chat.dbcalls): at most this many waiting per process, and after
+# a call could not reach the database, others are refused at once for this many seconds.
+CHAT_DB_MAX_PENDING: int = env.int("CHAT_DB_MAX_PENDING", default=64)
+CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
+# Messages a socket's queues hold (the layer's broadcasts to it; its own frames to the
+# consumer) when its consumer is stalled: past it, broadcasts are dropped and healed from the
+# database by sequence, and frames of a client this far over its rate limit are dropped.
+CHAT_SOCKET_QUEUE_LIMIT: int = env.int("CHAT_SOCKET_QUEUE_LIMIT", default=1000)
 CHAT_PRESENCE_TTL: int = env.int("CHAT_PRESENCE_TTL", default=45)
 # A websocket frame larger than this is refused before it is parsed (bytes).
 CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)

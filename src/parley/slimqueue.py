@@ -5,7 +5,10 @@ channel's message queue. An `asyncio.Queue` is about 2.6 KiB even when empty (th
 deques and an Event with a fourth); idle sockets are many and their queues are empty
 almost always. This one is two slots and an empty list, for the part of the Queue API
 daphne and channels-redis use: `get`, `get_nowait`, `put_nowait`, `qsize`, `empty`.
-Unbounded, like the queues it replaces.
+
+Unbounded unless a subclass sets `maxsize`; then `put_nowait` on a full queue drops the item
+and calls `overflowed()` instead of raising (the producers, daphne's protocol and
+channels-redis' reader, have nowhere to take a QueueFull).
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 class SlimQueue:
     __slots__ = ("_items", "_getters")
+    maxsize = 0  # 0: unbounded (a class attribute: nothing more per queue)
 
     def __init__(self) -> None:
         self._items: list[Any] = []
@@ -28,8 +32,14 @@ class SlimQueue:
         return not self._items
 
     def put_nowait(self, item: Any) -> None:
+        if self.maxsize and len(self._items) >= self.maxsize:
+            self.overflowed(item)
+            return
         self._items.append(item)
         self._wake_one()
+
+    def overflowed(self, item: Any) -> None:
+        """Called with an item dropped at a full queue."""
 
     def get_nowait(self) -> Any:
         if not self._items:

@@ -161,3 +161,40 @@ def test_dead_postgres_gives_errors_not_confirmations_and_chat_resumes(
     assert re.search(r">after<", frame)
     alice.close()
     bob.close()
+
+
+def test_senders_during_an_outage_are_refused_fast_not_one_timeout_after_another(
+    app_on_throwaway_postgres,
+):
+    """Channels runs consumers' database calls on one thread per process: with Postgres down
+    each call waited out the pool timeout (3 s here) behind the ones before it, so the 20th
+    sender heard "could not be saved" a minute later. Now one call finds the database down
+    and the others are refused at once until it is retried."""
+    pg, base, users = app_on_throwaway_postgres
+    conversation = users[0]["conversation"]
+    alice = ws(base, login(base, users[0]), conversation)
+    bob = ws(base, login(base, users[1]), conversation)
+    pg.kill()
+    started = time.monotonic()
+    client_ids = [str(uuid.uuid4()) for _ in range(20)]
+    for i, cid in enumerate(client_ids):
+        (alice if i % 2 == 0 else bob).send(json.dumps({"chat_message": f"m{i}", "client_id": cid}))
+    for sock, mine in ((alice, client_ids[0::2]), (bob, client_ids[1::2])):
+        for cid in mine:
+            error = recv_until(sock, cid, timeout=20)
+            assert "could not be saved" in error
+    took = time.monotonic() - started
+    # one pool timeout (3 s) and a retry or two, not 20 x 3 s
+    assert took < 12, f"the last of 20 senders waited {took:.1f} s for its error"
+    pg.start()
+    wait_until(
+        lambda: requests.get(base + "/readyz", timeout=15).json()["status"] == "ok",
+        30,
+        "the database back",
+    )
+    # nothing was stored meanwhile, and chat resumes
+    alice.send(json.dumps({"chat_message": "back", "client_id": str(uuid.uuid4())}))
+    frame = recv_until(bob, 'data-seq="1"', timeout=15)
+    assert ">back<" in frame
+    alice.close()
+    bob.close()

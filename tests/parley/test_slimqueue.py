@@ -65,3 +65,42 @@ def test_an_idle_queue_is_a_fraction_of_an_asyncio_queue():
         return sum(sys.getsizeof(p) for p in parts if not isinstance(p, (int, type(None))))
 
     assert size(SlimQueue()) * 5 < size(asyncio.Queue())
+
+
+def test_a_bounded_queue_drops_past_its_size_and_says_so():
+    from parley.layers import ChannelQueue
+
+    class Small(ChannelQueue):
+        __slots__ = ()
+        maxsize = 3
+
+    from prometheus_client import REGISTRY
+
+    before = REGISTRY.get_sample_value("parley_layer_messages_dropped_total") or 0
+    q = Small()
+    for i in range(5):
+        q.put_nowait(i)
+    assert [q.get_nowait() for _ in range(q.qsize())] == [0, 1, 2]
+    assert REGISTRY.get_sample_value("parley_layer_messages_dropped_total") == before + 2
+
+
+def test_the_input_queue_drops_a_flood_but_never_the_disconnect():
+    from parley.serve_ws import InputQueue
+
+    class Small(InputQueue):
+        __slots__ = ()
+        maxsize = 2
+
+    q = Small()
+    for i in range(4):
+        q.put_nowait({"type": "websocket.receive", "text": str(i)})
+    q.put_nowait({"type": "websocket.disconnect", "code": 1006})
+    items = [q.get_nowait() for _ in range(q.qsize())]
+    assert [m.get("text") for m in items[:2]] == ["0", "1"]
+    assert items[-1]["type"] == "websocket.disconnect" and len(items) == 3
+
+
+def test_the_socket_queues_are_bounded_by_the_setting(settings):
+    from parley.layers import ChannelQueue
+
+    assert ChannelQueue.maxsize == settings.CHAT_SOCKET_QUEUE_LIMIT > 0
