@@ -198,6 +198,10 @@ restore: $(ENV_FILE) ## Restore FILE=<dump> into a fresh stack (after wipe-volum
 	@# Nothing may write while the database is replaced: only Postgres runs until it is done.
 	$(DC) stop nginx web ws
 	$(BACKUP_RUN) $(RESTORE_FILE) backup sh /scripts/pg-backup.sh restore /restore/parley.dump
+	@# The restored history is older than what open pages have shown: a new epoch per
+	@# conversation makes them start over instead of skipping reused sequence numbers.
+	$(DC) run --rm --no-deps migrate
+	$(DC) run --rm --no-deps migrate manage history_new_epoch
 	$(MAKE) --no-print-directory up
 
 .PHONY: upgrade

@@ -315,7 +315,7 @@ class ChatConsumer(ResilientConsumer):
             await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return
         try:
-            members, newest = await _db(selectors.connect_info)(self.conversation_id)
+            members, newest, epoch = await _db(selectors.connect_info)(self.conversation_id)
         except DatabaseError:
             logger.exception("database unavailable at connect")
             # Not accepted: the browser sees 1006 and retries with growing backoff.
@@ -327,6 +327,7 @@ class ChatConsumer(ResilientConsumer):
         self.user_id: int = user.pk
         self.username: str = user.get_username()
         self.members: dict[int, str] = members
+        self.epoch: str = epoch
         self.group = conversation_group(self.conversation_id)
         # Lists, not deques: an empty deque is ~600 bytes, and idle sockets are many.
         self.recent_sends: list[float] = []
@@ -354,12 +355,23 @@ class ChatConsumer(ResilientConsumer):
         after = self._after_param()
         # A client claiming more than exists (or nothing) starts from the newest sequence.
         self.last_sent = newest if after is None else min(after, newest)
+        client_epoch = self._query_param("epoch")
         try:
-            # Read after joining: whatever was stored meanwhile comes from here or live.
-            sent = await self.send_backlog()
-            if after is not None and after < newest:
-                metrics.REPLAYS.inc()
-                metrics.MESSAGES_REPLAYED.inc(sent)
+            if client_epoch is not None and (
+                client_epoch != epoch or (after is not None and after > newest)
+            ):
+                # The page's history is another than the database's: restored (or failed
+                # over) since it loaded. It starts over instead of replaying from `after`.
+                self.last_sent = after or 0
+                await self.start_over(
+                    epoch, newest, went_back=client_epoch == epoch and (after or 0) > newest
+                )
+            else:
+                # Read after joining: whatever was stored meanwhile comes from here or live.
+                sent = await self.send_backlog()
+                if after is not None and after < newest:
+                    metrics.REPLAYS.inc()
+                    metrics.MESSAGES_REPLAYED.inc(sent)
         except DatabaseError:
             logger.exception("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
@@ -370,10 +382,13 @@ class ChatConsumer(ResilientConsumer):
         heartbeat().add(self)
         await self._presence("join")
 
+    def _query_param(self, name: str) -> str | None:
+        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
+        return values[0][:64] if values else None
+
     def _after_param(self) -> int | None:
-        query = parse_qs(self.scope.get("query_string", b"").decode("latin-1"))
         try:
-            value = int(query.get("after", [""])[0])
+            value = int(self._query_param("after") or "")
         except ValueError:
             return None
         return value if value >= 0 else None
@@ -510,6 +525,29 @@ class ChatConsumer(ResilientConsumer):
 
     async def chat_message(self, event: dict) -> None:
         await self.deliver(event["seq"], event["frame"])
+
+    async def start_over(self, epoch: str, newest: int, went_back: bool) -> None:
+        """The database's history is not the one this socket (or its page) has been shown: a
+        new epoch (a restore announced by `history_new_epoch`), or, `went_back`, the same
+        epoch with fewer messages than were shown (an unannounced restore: this socket starts
+        the new epoch). The page is told to start over; the socket goes on from the
+        database's newest message."""
+        if went_back:
+            epoch = await _db(services.conversation_new_epoch)(
+                conversation_id=self.conversation_id, seen_epoch=epoch
+            )
+        logger.warning(
+            "history epoch changed; the page starts over",
+            extra={"conversation": self.conversation_id, "sent": self.last_sent, "db": newest},
+        )
+        metrics.HISTORY_RESETS.inc()
+        async with self.send_lock:
+            self.epoch = epoch
+            self.last_sent = newest
+            self.held = None
+            self.expected_upto = newest
+            self._cancel_gap_timer()
+            await self.send(text_data=rendering.reset_html(epoch))
 
     async def layer_recovered(self, event: dict) -> None:
         # Whatever was broadcast while we were not listening is in the database.
@@ -653,7 +691,7 @@ class ChatConsumer(ResilientConsumer):
                 sent = self.unbroadcast.pop(0)
             if sent is not None:
                 with contextlib.suppress(*LAYER_ERRORS):
-                    await presence_store().note_seq(self.conversation_id, sent["seq"])
+                    await presence_store().note_seq(self.conversation_id, sent["seq"], self.epoch)
             return True
 
     async def receive_typing(self) -> None:
@@ -755,7 +793,9 @@ class ChatConsumer(ResilientConsumer):
             self.online ^= {event["user_id"]}
             await self.send(text_data=event["frame"])
 
-    def on_heartbeat(self, answer: tuple[set[int], int] | None) -> None:
+    def on_heartbeat(
+        self, answer: tuple[set[int], int, str | None] | None, before: tuple[int, str]
+    ) -> None:
         """The process heartbeat's answer for this socket (chat.heartbeat): wakes the socket
         only when there is something to do.
 
@@ -768,9 +808,11 @@ class ChatConsumer(ResilientConsumer):
         if answer is None:
             self.beat_missed = True
             return
-        online, newest = answer
+        online, newest, epoch = answer
+        changed = self._history_changed(newest, epoch, before)
         if not (
-            self.beat_missed
+            changed
+            or self.beat_missed
             or self.rejoin_needed
             or self.unbroadcast
             or newest > self.last_sent
@@ -779,13 +821,33 @@ class ChatConsumer(ResilientConsumer):
             return
         if self.beat_task is not None and not self.beat_task.done():
             return  # the previous beat's work is still running (a slow heal)
-        self.beat_task = asyncio.ensure_future(self._after_heartbeat(online, newest))
+        self.beat_task = asyncio.ensure_future(
+            self._after_heartbeat(online, newest, epoch if changed else None)
+        )
         self.tasks.add(self.beat_task)
         self.beat_task.add_done_callback(self.tasks.discard)
 
-    async def _after_heartbeat(self, online: set[int], newest: int) -> None:
+    def _history_changed(self, newest: int, epoch: str | None, before: tuple[int, str]) -> bool:
+        """The database (epoch known: the answer came from it) holds another history than
+        the one this socket had sent from when it was read. A socket that has started over
+        since then is not judged by that answer."""
+        sent, seen_epoch = before
+        if epoch is None or self.epoch != seen_epoch:
+            return False
+        return epoch != seen_epoch or newest < sent
+
+    async def _after_heartbeat(
+        self, online: set[int], newest: int, new_history: str | None
+    ) -> None:
+        """`new_history`: the database's epoch, when its history is not this socket's."""
         missed = self.beat_missed
         await self._show_presence(online)
+        if new_history is not None:
+            try:
+                await self.start_over(new_history, newest, went_back=new_history == self.epoch)
+            except DatabaseError:
+                logger.warning("could not start a new epoch; will retry")
+            return
         if self.rejoin_needed and await self.join_groups(self.groups_wanted):
             missed = True  # not in the group until now: read what was missed
         await self.flush_broadcasts()

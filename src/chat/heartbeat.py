@@ -37,10 +37,17 @@ class Beating(Protocol):
     conversation_id: int
     user_id: int
     channel_name: str
+    last_sent: int
+    epoch: str
 
-    def on_heartbeat(self, answer: tuple[set[int], int] | None) -> None:
-        """Called on the event loop with (online user ids, newest seq), or None when the
-        presence store could not be reached. Must not block; spawns work if any."""
+    def on_heartbeat(
+        self, answer: tuple[set[int], int, str | None] | None, before: tuple[int, str]
+    ) -> None:
+        """Called on the event loop with (online user ids, newest seq, epoch), or None when
+        the presence store could not be reached. The epoch is None when the newest sequence
+        is Redis' note, not the database's. `before` is the socket's (last_sent, epoch) from
+        before the database was read: everything it had sent was committed by then, so only
+        a database that went back can answer less. Must not block; spawns work if any."""
 
 
 class Authenticated(Protocol):
@@ -103,17 +110,22 @@ class Heartbeat:
     async def beat(self) -> None:
         snapshot = {cid: list(group) for cid, group in self.members.items()}
         watched = list(self.watched)
+        before = {c: (c.last_sent, c.epoch) for group in snapshot.values() for c in group}
         db = await self._read_database(list(snapshot), watched)
         if snapshot:
             answers = await presence_store().heartbeat_many(
-                {cid: [(c.user_id, c.channel_name) for c in grp] for cid, grp in snapshot.items()}
+                {cid: [(c.user_id, c.channel_name) for c in grp] for cid, grp in snapshot.items()},
+                {cid: grp[0].epoch for cid, grp in snapshot.items()},
             )
             for cid, group in snapshot.items():
                 answer = answers.get(cid)
-                if answer is not None and db is not None and cid in db[0]:
-                    answer = (answer[0], db[0][cid])  # the database's newest, not Redis' note
+                if answer is not None:
+                    if db is not None and cid in db[0]:
+                        answer = (answer[0], *db[0][cid])  # the database's, not Redis' note
+                    else:
+                        answer = (answer[0], answer[1], None)
                 for consumer in group:
-                    consumer.on_heartbeat(answer)
+                    consumer.on_heartbeat(answer, before[consumer])
         if db is not None:
             _, live_sessions, auth_hashes = db
             for consumer in watched:

@@ -1,7 +1,13 @@
 from __future__ import annotations
 
+import secrets
+
 from django.conf import settings
 from django.db import models
+
+
+def new_epoch() -> str:
+    return secrets.token_hex(4)
 
 
 class Conversation(models.Model):
@@ -18,6 +24,13 @@ class Conversation(models.Model):
     )
     created_at = models.DateTimeField(auto_now_add=True)
     last_seq = models.PositiveBigIntegerField(default=0)
+    # Which history `last_seq` counts in. A restore (or a failover to a replica that lagged)
+    # brings back an older history whose sequence numbers pages have already seen: a new
+    # epoch tells every page and socket to start over instead of skipping "seen" numbers.
+    # Random, not a counter: a restored counter could come back to a value already used.
+    # db_default: rows that existed before it (and ones the previous release inserts during
+    # a rolling upgrade) start in the epoch "", as good as any until a restore replaces it.
+    epoch = models.CharField(max_length=16, default=new_epoch, db_default="")
     last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_message_preview = models.CharField(max_length=140, blank=True)
     last_message_sender = models.CharField(max_length=150, blank=True)

@@ -20,9 +20,9 @@ class PresenceStore(Protocol):
     async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
     async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
     async def heartbeat_many(
-        self, entries: dict[int, list[tuple[int, str]]]
+        self, entries: dict[int, list[tuple[int, str]]], epochs: dict[int, str] | None = None
     ) -> dict[int, tuple[set[int], int]]: ...
-    async def note_seq(self, conversation_id: int, seq: int) -> None: ...
+    async def note_seq(self, conversation_id: int, seq: int, epoch: str = "") -> None: ...
 
 
 def _ttl() -> int:
@@ -34,7 +34,7 @@ class LocalPresence:
 
     def __init__(self) -> None:
         self._entries: dict[int, dict[str, tuple[int, float]]] = {}
-        self._seq: dict[int, int] = {}
+        self._seq: dict[tuple[int, str], int] = {}
 
     def _online(self, conversation_id: int) -> set[int]:
         now = time.time()
@@ -51,16 +51,23 @@ class LocalPresence:
         self._entries.get(conversation_id, {}).pop(channel, None)
         return self._online(conversation_id)
 
-    async def heartbeat_many(self, entries: dict[int, list[tuple[int, str]]]):
+    async def heartbeat_many(
+        self, entries: dict[int, list[tuple[int, str]]], epochs: dict[int, str] | None = None
+    ):
         expires = time.time() + _ttl()
         for conversation_id, sockets in entries.items():
             mine = self._entries.setdefault(conversation_id, {})
             for user_id, channel in sockets:
                 mine[channel] = (user_id, expires)
-        return {cid: (self._online(cid), self._seq.get(cid, 0)) for cid in entries}
+        epochs = epochs or {}
+        return {
+            cid: (self._online(cid), self._seq.get((cid, epochs.get(cid, "")), 0))
+            for cid in entries
+        }
 
-    async def note_seq(self, conversation_id: int, seq: int) -> None:
-        self._seq[conversation_id] = max(seq, self._seq.get(conversation_id, 0))
+    async def note_seq(self, conversation_id: int, seq: int, epoch: str = "") -> None:
+        key = (conversation_id, epoch)
+        self._seq[key] = max(seq, self._seq.get(key, 0))
 
 
 _NOTE_SEQ = """
@@ -95,21 +102,23 @@ class RedisPresence:
         return f"{settings.REDIS_KEY_PREFIX}:presence:{conversation_id}"
 
     @staticmethod
-    def _seq_key(conversation_id: int) -> str:
-        return f"{settings.REDIS_KEY_PREFIX}:seq:{conversation_id}"
+    def _seq_key(conversation_id: int, epoch: str = "") -> str:
+        # Per epoch: a note from before a restore (say 3,630 while the restored history
+        # restarted at 1) is another key, never read against the new history.
+        return f"{settings.REDIS_KEY_PREFIX}:seq:{conversation_id}:{epoch}"
 
     @staticmethod
     def _uids(members: list[bytes]) -> set[int]:
         return {int(m.split(b"|", 1)[0]) for m in members}
 
-    def _expire_and_read(self, pipe, conversation_id: int, now: float) -> None:
+    def _expire_and_read(self, pipe, conversation_id: int, now: float, epoch: str = "") -> None:
         """Queues, after an entry's write: drop lapsed entries, keep the key alive, read who
         is online and the newest sequence (the last two results, for _answer)."""
         key = self._key(conversation_id)
         pipe.zremrangebyscore(key, "-inf", now)
         pipe.expire(key, _ttl() * 2)
         pipe.zrange(key, 0, -1)
-        pipe.get(self._seq_key(conversation_id))
+        pipe.get(self._seq_key(conversation_id, epoch))
 
     def _answer(self, members: list[bytes], seq: bytes | None) -> tuple[set[int], int]:
         return self._uids(members), int(seq or 0)
@@ -133,7 +142,9 @@ class RedisPresence:
     async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
         return (await self._write(conversation_id, "rem", user_id, channel))[0]
 
-    async def heartbeat_many(self, entries: dict[int, list[tuple[int, str]]]):
+    async def heartbeat_many(
+        self, entries: dict[int, list[tuple[int, str]]], epochs: dict[int, str] | None = None
+    ):
         """Refreshes many sockets' entries: one pipeline per shard, five commands per
         conversation. A shard that cannot be reached leaves its conversations out of the
         answer (their sockets treat the beat as missed)."""
@@ -148,7 +159,7 @@ class RedisPresence:
             for cid in cids:
                 expiry = now + _ttl()
                 pipe.zadd(self._key(cid), {f"{uid}|{ch}": expiry for uid, ch in entries[cid]})
-                self._expire_and_read(pipe, cid, now)
+                self._expire_and_read(pipe, cid, now, (epochs or {}).get(cid, ""))
             result = await pipe.execute()
             for i, cid in enumerate(cids):
                 answers[cid] = self._answer(*result[5 * i + 3 : 5 * i + 5])
@@ -159,9 +170,9 @@ class RedisPresence:
                 raise outcome  # cancellation
         return answers
 
-    async def note_seq(self, conversation_id: int, seq: int) -> None:
+    async def note_seq(self, conversation_id: int, seq: int, epoch: str = "") -> None:
         await self._client(conversation_id).eval(
-            _NOTE_SEQ, 1, self._seq_key(conversation_id), seq, 86400
+            _NOTE_SEQ, 1, self._seq_key(conversation_id, epoch), seq, 86400
         )
 
 

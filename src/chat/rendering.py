@@ -84,13 +84,18 @@ class FragmentCache:
 fragments = FragmentCache(settings.CHAT_FRAGMENT_CACHE_BYTES)
 
 
-def _fragment_key(pk: int, conversation_id: int, seq: int, sender_id: int) -> tuple:
-    # Not the id alone: a database restored or recreated under a running process reuses ids.
-    return (pk, conversation_id, seq, sender_id)
+def _fragment_key(
+    pk: int, conversation_id: int, seq: int, sender_id: int, created_at: object
+) -> tuple:
+    # Not the id alone: a database restored or recreated under a running process reuses
+    # ids, and after a restore a new message can take an old one's id, sequence and sender.
+    return (pk, conversation_id, seq, sender_id, created_at)
 
 
 def message_html(message: Message) -> str:
-    key = _fragment_key(message.pk, message.conversation_id, message.seq, message.sender_id)
+    key = _fragment_key(
+        message.pk, message.conversation_id, message.seq, message.sender_id, message.created_at
+    )
     html = fragments.get_many((key,)).get(key)
     if html is None:
         html = get_template("chat/partials/message.html").render({"message": message})
@@ -98,11 +103,11 @@ def message_html(message: Message) -> str:
     return html
 
 
-def history_html(conversation_id: int, keys: list[tuple[int, int, int]]) -> SafeString:
-    """Fragments for the messages `keys` names ((id, seq, sender id) from
+def history_html(conversation_id: int, keys: list[tuple]) -> SafeString:
+    """Fragments for the messages `keys` names ((id, seq, sender id, created_at) from
     selectors.history_keys), in order. Only the messages not in the fragment cache are
     loaded and rendered: on a busy conversation, none."""
-    wanted = {pk: _fragment_key(pk, conversation_id, seq, sender) for pk, seq, sender in keys}
+    wanted = {key[0]: _fragment_key(key[0], conversation_id, *key[1:]) for key in keys}
     cached = fragments.get_many(wanted.values())
     missing = [pk for pk, key in wanted.items() if key not in cached]
     if missing:
@@ -116,6 +121,11 @@ def history_html(conversation_id: int, keys: list[tuple[int, int, int]]) -> Safe
         cached.update(fresh)
     # Each part is the autoescaped output of the message template.
     return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308
+
+
+def reset_html(epoch: str) -> str:
+    """Tells the page its history is gone (restored or failed over): chat.js starts over."""
+    return get_template("chat/partials/reset.html").render({"epoch": epoch})
 
 
 def ws_messages(fragments: Iterable[str]) -> str:

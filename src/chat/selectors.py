@@ -23,12 +23,13 @@ class Members:
     pk: int
     title: str  # the conversation's own title ('' for none)
     last_seq: int
+    epoch: str
     names: dict[int, str]  # user id -> username, by username
     read_seqs: dict[int, int]  # user id -> read marker
 
 
 _MEMBERS_SQL = (
-    "SELECT p.user_id, u.username, p.last_read_seq, c.title, c.last_seq "
+    "SELECT p.user_id, u.username, p.last_read_seq, c.title, c.last_seq, c.epoch "
     "FROM chat_participant p "
     "JOIN auth_user u ON u.id = p.user_id "
     "JOIN chat_conversation c ON c.id = p.conversation_id "
@@ -43,27 +44,27 @@ def conversation_members(conversation_id: int) -> Members | None:
         rows = cursor.fetchall()
     if not rows:
         return None
-    _, _, _, title, last_seq = rows[0]
+    _, _, _, title, last_seq, epoch = rows[0]
     names = {user_id: username for user_id, username, *_ in rows}
     read_seqs = {user_id: read_seq for user_id, _, read_seq, *_ in rows}
-    return Members(conversation_id, title, last_seq, names, read_seqs)
+    return Members(conversation_id, title, last_seq, epoch, names, read_seqs)
 
 
 _HISTORY_SQL = (
-    "SELECT id, seq, sender_id FROM chat_message WHERE conversation_id = %s "
+    "SELECT id, seq, sender_id, created_at FROM chat_message WHERE conversation_id = %s "
     "ORDER BY seq DESC LIMIT %s"
 )
 _HISTORY_BEFORE_SQL = (
-    "SELECT id, seq, sender_id FROM chat_message WHERE conversation_id = %s AND seq < %s "
-    "ORDER BY seq DESC LIMIT %s"
+    "SELECT id, seq, sender_id, created_at FROM chat_message "
+    "WHERE conversation_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s"
 )
 
 
 def history_keys(
     conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
-) -> list[tuple[int, int, int]]:
-    """(id, seq, sender id) of the newest `limit` messages before `before_seq`, oldest first:
-    enough to find their fragments in the cache without loading the messages."""
+) -> list[tuple[int, int, int, object]]:
+    """(id, seq, sender id, created_at) of the newest `limit` messages before `before_seq`,
+    oldest first: enough to find their fragments in the cache without loading the messages."""
     limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
     with connection.cursor() as cursor:
         if before_seq is None:
@@ -184,10 +185,11 @@ def recent_conversation_ids(user_id: int, limit: int) -> list[int]:
     )
 
 
-def connect_info(conversation_id: int) -> tuple[dict[int, str], int]:
-    """Participants (id -> username) and the newest sequence, for a connecting socket."""
+def connect_info(conversation_id: int) -> tuple[dict[int, str], int, str]:
+    """Participants (id -> username), the newest sequence and the history's epoch, for a
+    connecting socket."""
     members = conversation_members(conversation_id)
-    return (members.names, members.last_seq) if members else ({}, 0)
+    return (members.names, members.last_seq, members.epoch) if members else ({}, 0, "")
 
 
 def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:
@@ -199,9 +201,13 @@ def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:
     )
 
 
-def newest_seqs(conversation_ids: list[int]) -> dict[int, int]:
-    """Each conversation's newest sequence, by id (one query for the process heartbeat)."""
-    return dict(Conversation.objects.filter(pk__in=conversation_ids).values_list("pk", "last_seq"))
+def newest_seqs(conversation_ids: list[int]) -> dict[int, tuple[int, str]]:
+    """Each conversation's newest sequence and epoch, by id (one query for the process
+    heartbeat)."""
+    rows = Conversation.objects.filter(pk__in=conversation_ids).values_list(
+        "pk", "last_seq", "epoch"
+    )
+    return {pk: (seq, epoch) for pk, seq, epoch in rows}
 
 
 def live_session_keys(session_keys: list[str]) -> set[str]:

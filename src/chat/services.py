@@ -194,3 +194,25 @@ def conversation_mark_read(*, conversation_id: int, user_id: int, seq: int) -> i
     return Participant.objects.filter(
         conversation_id=conversation_id, user_id=user_id, last_read_seq__lt=seq
     ).update(last_read_seq=seq)
+
+
+def conversation_new_epoch(*, conversation_id: int, seen_epoch: str) -> str:
+    """Starts a new history epoch for the conversation if it is still `seen_epoch` (a socket
+    found the history went back under it); returns the current epoch either way, so
+    several processes noticing at once agree on one new epoch."""
+    from chat.models import new_epoch
+
+    Conversation.objects.filter(pk=conversation_id, epoch=seen_epoch).update(epoch=new_epoch())
+    return Conversation.objects.values_list("epoch", flat=True).get(pk=conversation_id)
+
+
+def conversations_new_epoch() -> int:
+    """A new epoch for every conversation: the last step of a restore, whose history may be
+    older than what pages have shown. Returns how many conversations."""
+    from chat.models import new_epoch
+
+    with transaction.atomic():
+        ids = list(Conversation.objects.values_list("pk", flat=True))
+        for pk in ids:
+            Conversation.objects.filter(pk=pk).update(epoch=new_epoch())
+    return len(ids)

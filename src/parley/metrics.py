@@ -87,3 +87,7 @@ WEBSOCKET_FRAMES_DROPPED = Counter(
     "parley_websocket_frames_dropped_total",
     "Client frames dropped at a full per-socket input queue (a flooding client, stalled consumer)",
 )
+HISTORY_RESETS = Counter(
+    "parley_history_resets_total",
+    "Sockets told to start over: the database's history is not the one they had (a restore)",
+)

@@ -1,6 +1,8 @@
 /* Parley client glue for the HTMX websocket extension (no inline script: CSP-friendly).
  *
- * - Reconnects carry ?after=<last sequence rendered>, so the server replays what we missed.
+ * - Reconnects carry ?after=<last sequence rendered>&epoch=<history epoch>, so the server
+ *   replays what we missed, or, if the history was restored since, tells us to start over:
+ *   the page reloads, keeping unconfirmed sends (sessionStorage) and sending them again.
  * - Every send carries a client_id (idempotency key); unconfirmed sends are retried after a
  *   reconnect and the server stores them once.
  * - A message already on the page (same id, or an older sequence) is never shown twice.
@@ -12,7 +14,7 @@
   "use strict";
 
   var state = {
-    lastSeq: 0, pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
+    lastSeq: 0, epoch: "", pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
     lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null
   };
   var TYPING_VISIBLE_MS = 4000;
@@ -73,10 +75,46 @@
   /* Characters as the server counts them (code points, surrounding whitespace ignored). */
   function charCount(text) { return Array.from(text.trim()).length; }
 
+  function pendingKey() {
+    var root = chatRoot();
+    return root ? "parley-pending-" + root.dataset.conversationId : null;
+  }
+
+  /* The history this page shows was replaced (a restore): reload it, and keep what was
+     typed but not confirmed to send again from the new page. */
+  function startOver() {
+    var key = pendingKey();
+    var payloads = Object.keys(state.pending).map(function (cid) { return state.pending[cid]; });
+    try {
+      if (key && payloads.length) { sessionStorage.setItem(key, JSON.stringify(payloads)); }
+    } catch (e) { /* storage full or disabled: the reload still shows the true history */ }
+    window.location.reload();
+  }
+
+  function restorePending() {
+    var key = pendingKey();
+    var saved = null;
+    try {
+      saved = key && sessionStorage.getItem(key);
+      if (saved) { sessionStorage.removeItem(key); }
+    } catch (e) { return; }
+    if (!saved) { return; }
+    JSON.parse(saved).forEach(function (payload) {
+      if (!payload || !payload.client_id) { return; }
+      state.pending[payload.client_id] = payload;
+      addPendingBubble(payload.client_id, payload.chat_message);
+    });
+  }
+
   /* Drop what the page already shows; remember the newest sequence; settle pending sends. */
   function filterFragment(text) {
     var tpl = document.createElement("template");
     tpl.innerHTML = text;
+    var reset = tpl.content.querySelector("#chat-reset[data-epoch]");
+    if (reset && chatRoot() && reset.dataset.epoch !== state.epoch) {
+      startOver();
+      return "";
+    }
     var changed = false;
     tpl.content.querySelectorAll("article.msg[data-seq]").forEach(function (m) {
       var seq = parseInt(m.dataset.seq, 10);
@@ -139,7 +177,11 @@
   function onReady() {
     installPerUserStyles();
     var root = chatRoot();
-    if (root) { state.lastSeq = parseInt(root.dataset.lastSeq || "0", 10); }
+    if (root) {
+      state.lastSeq = parseInt(root.dataset.lastSeq || "0", 10);
+      state.epoch = root.dataset.epoch || "";
+      restorePending();
+    }
     scrollToBottom();
 
     /* The extension's default backoff grows to 64 s; a chat should be back within seconds
@@ -157,7 +199,8 @@
     var originalCreate = htmx.createWebSocket;
     htmx.createWebSocket = function (url) {
       if (chatRoot() && url.indexOf("/ws/chat/") >= 0) {
-        url = url.split("?")[0] + "?after=" + state.lastSeq;
+        url = url.split("?")[0] + "?after=" + state.lastSeq +
+          "&epoch=" + encodeURIComponent(state.epoch);
       }
       return originalCreate ? originalCreate(url) : new WebSocket(url, []);
     };
