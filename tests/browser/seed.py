@@ -8,6 +8,9 @@ request per line on stdin and answers each with one JSON line on stdout:
     {"op": "conversation", "names": [...], "messages": 200}  -> {"id": 7}
     {"op": "messages", "conversation": 7}             -> [[seq, sender, body], ...]
     {"op": "read_marker", "conversation": 7, "username": "ann"}  -> 12
+    {"op": "rewind", "conversation": 7, "to_seq": 5}  -> "<epoch>" (an older dump restored)
+    {"op": "new_epoch"}                               -> 0 (history_new_epoch, as a restore)
+    {"op": "epoch", "conversation": 7}                -> "<epoch>"
 """
 
 from __future__ import annotations
@@ -99,7 +102,36 @@ def read_marker(conversation: int, username: str) -> int:
     ).last_read_seq
 
 
+def rewind(conversation: int, to_seq: int) -> int:
+    """What restoring an older dump leaves: the messages after `to_seq` gone, the counter
+    back at `to_seq`, the epoch unchanged. Returns the epoch."""
+    from chat.models import Conversation, Message
+
+    Message.objects.filter(conversation_id=conversation, seq__gt=to_seq).delete()
+    Conversation.objects.filter(pk=conversation).update(last_seq=to_seq)
+    return Conversation.objects.get(pk=conversation).epoch
+
+
+def new_epoch() -> int:
+    """The last step of `make restore` (manage.py history_new_epoch)."""
+    import io
+
+    from django.core.management import call_command
+
+    call_command("history_new_epoch", stdout=io.StringIO())  # stdout is our protocol
+    return 0
+
+
+def epoch(conversation: int) -> str:
+    from chat.models import Conversation
+
+    return Conversation.objects.get(pk=conversation).epoch
+
+
 OPS = {
+    "rewind": rewind,
+    "new_epoch": new_epoch,
+    "epoch": epoch,
     "users": users,
     "conversation": conversation,
     "messages": messages,

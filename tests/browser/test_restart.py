@@ -42,7 +42,7 @@ def open_pair(pages, site):
     # htmx:wsError event); while processes restart they are expected, and only these.
     pages.expect_console(
         r"console: WebSocket connection to "
-        rf"'\S+/ws/(chat/{cid}\?after=\d+|inbox\?since=\d+)' failed"
+        rf"'\S+/ws/(chat/{cid}\?after=\d+(&epoch=[0-9a-f]*)?|inbox\?since=\d+)' failed"
     )
     pages.expect_console(r"console: \[object Event\] \(\S+/static/chat/vendor/htmx-\S+\.js\)")
     return (

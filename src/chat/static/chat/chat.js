@@ -101,6 +101,8 @@
     if (!saved) { return; }
     JSON.parse(saved).forEach(function (payload) {
       if (!payload || !payload.client_id) { return; }
+      /* Stored before the reload: the page already shows it. */
+      if (document.querySelector('article.msg[data-client-id="' + payload.client_id + '"]')) { return; }
       state.pending[payload.client_id] = payload;
       addPendingBubble(payload.client_id, payload.chat_message);
     });
