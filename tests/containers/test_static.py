@@ -285,3 +285,11 @@ def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -
     command = " ".join(map(str, services["postgres"].get("command", [])))
     found = re.search(r"max_connections=(\d+)", command)
     assert total <= (int(found.group(1)) if found else 100)
+
+
+def test_nginx_is_on_the_stable_line_everywhere(compose: dict) -> None:
+    """1.27 was a mainline release, end-of-life once 1.28 and then 1.30 were out; compose
+    and Kubernetes run the one nginx image."""
+    default = re.search(r"\$\{NGINX_IMAGE:-([^}]+)\}", compose["services"]["nginx"]["image"])
+    k8s = re.search(r"image: (nginx:\S+)", (REPO / "deploy/k8s/base/nginx.yaml").read_text())
+    assert default.group(1) == k8s.group(1) == "nginx:1.30"

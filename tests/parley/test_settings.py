@@ -241,3 +241,22 @@ def test_secret_key_rotation_keeps_sessions_through_fallbacks(tmp_path):
     status, user, rekeyed = who(session, SECRET_KEY=new, SECRET_KEY_FALLBACKS=f"{'x' * 50},{old}")
     assert (status, user) == ("200", "rotor") and rekeyed not in ("-", session)
     assert who(rekeyed, SECRET_KEY=new) == ["200", "rotor", "-"]
+
+
+def test_embedded_default_refuses_a_nul_and_a_lone_surrogate_like_postgres(tmp_path):
+    """SQLite would store a NUL that Postgres refuses: with `make dev`'s settings too, both
+    are refused before the database (the consumer tests cover Postgres)."""
+    code = """
+import django
+django.setup()
+from chat import services
+out = []
+for text in ("a\\x00b", "a\\ud800b", "fine"):
+    try:
+        services.normalise_body(text)
+        out.append("ok")
+    except services.MessageRejected:
+        out.append("refused")
+print(*out)
+"""
+    assert run_embedded_default(code, tmp_path) == ["refused", "refused", "ok"]
