@@ -118,6 +118,15 @@ def ws(base: str, session: requests.Session, conversation: int) -> websocket.Web
     )
 
 
+def restart_and_wait(pg: ThrowawayPostgres, base: str) -> None:
+    pg.start()
+    wait_until(
+        lambda: requests.get(base + "/readyz", timeout=15).json()["status"] == "ok",
+        30,
+        "the database back in readiness after the restart",
+    )
+
+
 def recv_until(sock: websocket.WebSocket, needle: str, timeout: float = 10) -> str:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -149,12 +158,7 @@ def test_dead_postgres_gives_errors_not_confirmations_and_chat_resumes(
     assert "could not be saved" in error and cid in error
     assert 'data-seq="2"' not in error
 
-    pg.start()
-    wait_until(
-        lambda: requests.get(base + "/readyz", timeout=15).json()["status"] == "ok",
-        30,
-        "the database back in readiness after the restart",
-    )
+    restart_and_wait(pg, base)
     # the first send after the restart meets a pooled connection that died: retried once
     alice.send(json.dumps({"chat_message": "after", "client_id": str(uuid.uuid4())}))
     frame = recv_until(bob, 'data-seq="2"')
@@ -186,12 +190,7 @@ def test_senders_during_an_outage_are_refused_fast_not_one_timeout_after_another
     took = time.monotonic() - started
     # one pool timeout (3 s) and a retry or two, not 20 x 3 s
     assert took < 12, f"the last of 20 senders waited {took:.1f} s for its error"
-    pg.start()
-    wait_until(
-        lambda: requests.get(base + "/readyz", timeout=15).json()["status"] == "ok",
-        30,
-        "the database back",
-    )
+    restart_and_wait(pg, base)
     # nothing was stored meanwhile, and chat resumes
     alice.send(json.dumps({"chat_message": "back", "client_id": str(uuid.uuid4())}))
     frame = recv_until(bob, 'data-seq="1"', timeout=15)

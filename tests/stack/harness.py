@@ -47,6 +47,19 @@ def wait_until(
         time.sleep(interval)
 
 
+def child_pids(parent: int) -> set[int]:
+    """The processes whose parent is `parent` (nginx's workers, gunicorn's)."""
+    children = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == parent:
+            children.add(int(stat.parent.name))
+    return children
+
+
 def login(
     base_url: str, username: str, password: str, verify: str | bool = True
 ) -> requests.Session:

@@ -10,7 +10,7 @@ import pytest
 import requests
 
 from tests.stack.conftest import PASSWORD
-from tests.stack.harness import REPO, login, wait_until
+from tests.stack.harness import REPO, child_pids, login, wait_until
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -287,16 +287,7 @@ def reload_nginx(stack) -> None:
     """Reloads nginx and waits until every worker runs the new config (the old ones gone)."""
 
     def workers() -> set[int]:
-        master = stack.procs["nginx"]["pid"]
-        found = set()
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                fields = stat.read_text().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if int(fields[1]) == master:
-                found.add(int(stat.parent.name))
-        return found
+        return child_pids(stack.procs["nginx"]["pid"])
 
     old = workers()
     stack.reload_nginx()

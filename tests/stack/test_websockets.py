@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import requests
 
-from tests.stack.harness import wait_until
+from tests.stack.harness import child_pids, wait_until
 from tests.stack.wsclient import CLOSE_ABNORMAL, ChatSocket
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -159,28 +159,16 @@ def test_killing_a_daphne_mid_conversation_loses_and_duplicates_nothing(stack, r
         stack.restart_ws(ia)
 
 
-def _workers(master_pid: int) -> set[int]:
-    children = set()
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[1]) == master_pid:
-            children.add(int(stat.parent.name))
-    return children
-
-
 def test_nginx_reload_keeps_open_sockets_and_accepts_new_ones(stack, room, cookies):
     conversation_id, (alice, bob, carol) = room
     master = stack.procs["nginx"]["pid"]
-    old_workers = _workers(master)
+    old_workers = child_pids(master)
     a, b, _, _ = pair_on_two_daphnes(stack, conversation_id, cookies(alice), cookies(bob))
     try:
         a.send("before reload")
         b.wait_seq(1)
         stack.reload_nginx()
-        wait_until(lambda: _workers(master) - old_workers, timeout=10, what="new nginx workers")
+        wait_until(lambda: child_pids(master) - old_workers, timeout=10, what="new nginx workers")
         # The old workers keep serving these sockets (until worker_shutdown_timeout).
         b.send("after reload")
         a.wait_seq(2)
