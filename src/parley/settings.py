@@ -239,6 +239,9 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 
 # Websocket database calls (chat.dbcalls): at most this many waiting per process, and after
 # a call could not reach the database, others are refused at once for this many seconds.
+# The server's max_connections the connection budget was sized for (README); wait_for_deps
+# warns when the real server allows fewer. 0: not stated.
+DB_MAX_CONNECTIONS: int = env.int("DB_MAX_CONNECTIONS", default=0)
 CHAT_DB_MAX_PENDING: int = env.int("CHAT_DB_MAX_PENDING", default=64)
 CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
 # Messages a socket's queues hold (the layer's broadcasts to it; its own frames to the

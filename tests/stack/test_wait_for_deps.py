@@ -75,3 +75,14 @@ def test_a_database_that_is_down_is_named():
     assert code == 1
     assert "database still unavailable" in stderr
     assert any(line["msg"].startswith("waiting for database (attempt 1)") for line in lines)
+
+
+def test_a_server_allowing_fewer_connections_than_the_budget_is_named():
+    """DB_MAX_CONNECTIONS is what the deployment's pools were sized for (README, Connection
+    budget); a server with a lower max_connections fails logins only at full scale."""
+    code, lines, stderr, _ = wait_for_deps(
+        5, DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres", DB_MAX_CONNECTIONS="100000"
+    )
+    assert code == 0, stderr
+    warned = [line for line in lines if "DB_MAX_CONNECTIONS=100000" in line["msg"]]
+    assert len(warned) == 1 and warned[0]["level"] == "WARNING"

@@ -32,7 +32,18 @@ def check_database(alias: str = "default") -> str:
         import psycopg
 
         with psycopg.connect(**params) as raw, raw.cursor() as cursor:
-            cursor.execute("SELECT 1")
+            cursor.execute("SHOW max_connections")
+            allowed = int(cursor.fetchone()[0])
+        budget = settings.DB_MAX_CONNECTIONS
+        if budget and allowed < budget:
+            logger.warning(
+                "the database allows %d connections, but this deployment's connection budget "
+                "was sized for DB_MAX_CONNECTIONS=%d (README, Connection budget): at full scale "
+                "logins will fail with 'too many clients'",
+                allowed,
+                budget,
+                extra={"dependency": "database"},
+            )
         return f"postgres {params.get('host', '')}:{params.get('port', '')}/{params.get('dbname')}"
     conn.ensure_connection()
     conn.close()
