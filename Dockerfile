@@ -1,5 +1,5 @@
-# Parley: one image for every process role (web, ws, migrate, manage); see README
-# "Running with Docker Compose". Build with `make build`.
+# Parley: one image for every process role (web, ws, migrate, manage); see
+# docs/compose.md. Build with `make build`.
 #
 # BASE_IMAGE defaults to the official slim Python image; CI on machines without a registry
 # passes a stand-in built from Debian packages (deploy/standins/).

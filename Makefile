@@ -40,8 +40,24 @@ dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PO
 	DEBUG=1 $(PY) src/manage.py runserver 127.0.0.1:$(PORT)
 
 .PHONY: test
-test: install ## Run the test suite against the local Postgres and Redis
-	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
+# Two lanes (tests/lanes.py): the container tests, mostly waiting for Docker, in a pytest
+# process beside everything else. PYTEST_ARGS or TEST_LANES=0: one process.
+TEST_LANES ?= 2
+# The whole suite (PYTEST_ARGS empty) includes the websocket suite on the stock runtime
+# (test-stock): in the lanes, after the main lane.
+LANED := $(and $(filter-out 0,$(TEST_LANES)),$(if $(PYTEST_ARGS),,1))
+test: install ## Run the test suite against the local Postgres and Redis (and test-stock)
+	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m $(if $(LANED),tests.lanes,pytest $(PYTEST_ARGS))
+	$(if $(LANED)$(PYTEST_ARGS),,$(MAKE) --no-print-directory test-stock)
+
+.PHONY: test-stock
+test-stock: install ## The websocket and consumer tests on the stock runtime (PARLEY_RUNTIME=stock; docs/runtime.md)
+	PARLEY_RUNTIME=stock $(PY) -m pytest tests/chat tests/parley_runtime \
+		-m "not slow and not stack and not browser and not containers" $(PYTEST_ARGS)
+
+.PHONY: test-fast
+test-fast: install ## Unit and consumer tests only (no native stack, browser, containers or slow tests; ~2 min)
+	$(PY) -m pytest -m "not slow and not stack and not browser and not containers" $(PYTEST_ARGS)
 
 .PHONY: stack
 stack: install ## Start the production layout on loopback (nginx :8080 or STACK_PORT, gunicorn, 2 daphne; ./run/stack); TLS=1: https on :8443
@@ -88,8 +104,8 @@ fmt: install ## ruff fix and format
 	$(VENV)/bin/ruff format src tests deploy loadtest
 
 .PHONY: seed
-seed: install ## Create load-test users: ROOMS, MEMBERS, PASSWORD, OUT (uses DATABASE_URL)
-	$(PY) src/manage.py seed_loadtest --rooms $${ROOMS:-10} --members $${MEMBERS:-10} --password $${PASSWORD:-loadtest-pass} --out $${OUT:-results/users.json}
+seed: install ## Create load-test users: ROOMS, MEMBERS, PASSWORD, OUT in DATABASE_URL (default: the native stack's)
+	$(call loadtest_seed,$${OUT:-results/users.json})
 
 TOOLS := .tools/bin
 $(TOOLS)/promtool:
@@ -122,7 +138,7 @@ k8s-validate: install $(CHECKOV_VENV)/.installed ## Render every deploy/k8s over
 k8s-secrets: ## Write an overlay's git-ignored secrets.env from its example (OVERLAY=dev|production)
 	$(PYTHON) deploy/k8s/gen_secrets.py deploy/k8s/overlays/$(OVERLAY)
 
-# --- Docker Compose (README "Running with Docker Compose") ----------------------------------
+# --- Docker Compose (docs/compose.md) ----------------------------------
 DOCKER ?= docker
 # `docker compose` (v2) when the plugin is there, else Debian's docker-compose 1.29.
 COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) compose" || echo docker-compose)
@@ -174,7 +190,7 @@ down: ## Stop and remove the stack's containers (volumes, i.e. the database, are
 wipe-volumes: ## DESTROYS DATA: stop the stack and delete its volumes (the Postgres database)
 	$(DC) down --remove-orphans --volumes
 
-# --- operations (README "Operating Parley") ---------------------------------------------------
+# --- operations (docs/operations.md) ---------------------------------------------------
 BACKUP_DIR ?= backups
 # The one-off `backup` service (profile ops) runs deploy/backup/pg-backup.sh as this user, so
 # the dumps on the host belong to whoever ran make.
@@ -207,7 +223,7 @@ restore: $(ENV_FILE) ## Restore FILE=<dump> into a fresh stack (after wipe-volum
 .PHONY: upgrade
 upgrade: $(ENV_FILE) build ## Zero-downtime upgrade: build, migrate, then replace web and ws one container at a time
 	@# Migrations first, while the old version still serves: they must be backward
-	@# compatible (expand now, contract in a later release; README "Upgrades").
+	@# compatible (expand now, contract in a later release; docs/operations.md "Upgrades without downtime").
 	$(DC) run --rm --no-deps migrate
 	deploy/docker/roll.sh $(COMPOSE_PROJECT) $(DC)
 
@@ -256,10 +272,11 @@ LOADTEST_KNOBS = --host $(LOADTEST_URL) --login-host $(LOADTEST_LOGIN_URL) --roo
 	--members $(MEMBERS) --users $$(($(ROOMS) * $(MEMBERS))) --spawn-rate 20 \
 	--send-rate $(SEND_RATE) --p99-threshold-ms $(P99_MS)
 
-# Seeding is a database-only command, so it runs in DEBUG mode (no SECRET_KEY needed).
+# Seeding is a database-only command, so it runs in DEBUG mode (no SECRET_KEY needed);
+# DATABASE_URL is always set, so DEBUG never means the embedded SQLite here.
 define loadtest_seed
 	DEBUG=1 DATABASE_URL=$${DATABASE_URL:-$(LOADTEST_DB)} $(PY) src/manage.py seed_loadtest \
-		--rooms $(ROOMS) --members $(MEMBERS) --password loadtest-pass --out $(1)
+		--rooms $(ROOMS) --members $(MEMBERS) --password $${PASSWORD:-loadtest-pass} --out $(1)
 endef
 
 .PHONY: loadtest
@@ -279,3 +296,7 @@ loadtest-ui: install ## Locust web UI on http://127.0.0.1:8089 against a running
 .PHONY: bench
 bench: install ## Benchmark on the native stack: rate sweep for both channel layers, idle sockets -> loadtest/RESULTS.md
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+.PHONY: bench-runtimes
+bench-runtimes: install ## Tuned runtime against stock, side by side (broadcast, idle memory, page) -> loadtest/RUNTIMES.md
+	$(PY) -m loadtest.runtimes $(BENCH_ARGS)

@@ -1,6 +1,6 @@
 """gunicorn config for the web role: `gunicorn -c deploy/gunicorn.conf.py parley.asgi:application`.
 
-Everything tunable comes from the environment (README, "Production serving"). Works from any
+Everything tunable comes from the environment (docs/serving.md "Production serving"). Works from any
 working directory: it chdirs to the repository root and puts src/ on the path.
 """
 

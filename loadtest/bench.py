@@ -50,6 +50,7 @@ class Step:
     backend: str
     rate: float
     summary: dict
+    label: str = ""  # "1.5x", "recovery": the overload run's steps
 
     @property
     def sustainable(self) -> bool:
@@ -59,7 +60,10 @@ class Step:
             s.get("sent", 0) > 0
             and p99 is not None
             and p99 <= SUSTAINABLE_P99_MS
-            and not (s["lost"] or s["duplicates"] or s["reordered"] or s["rejected"])
+            and not (
+                s["lost"] or s["duplicates"] or s["reordered"] or s["rejected"] or s.get("refused")
+            )
+            and not s.get("not_connected")  # the step carried less than its offered load
         )
 
 
@@ -136,8 +140,10 @@ def run_step(
     rooms: int,
     members: int,
     seconds: int,
+    label: str = "",
+    drain_seconds: int = 5,
 ) -> Step:
-    out = OUT / backend / f"rate-{rate:g}"
+    out = OUT / backend / (f"{label}-{rate:g}" if label else f"rate-{rate:g}")
     out.mkdir(parents=True, exist_ok=True)
     argv = [
         str(Path(sys.executable).with_name("locust")),
@@ -166,7 +172,7 @@ def run_step(
         "--p99-threshold-ms",
         str(SUSTAINABLE_P99_MS),
         "--drain-seconds",
-        "5",
+        str(drain_seconds),
         "--csv",
         str(out / "stats"),
         "--summary-json",
@@ -203,12 +209,21 @@ def run_step(
             "error": f"no summary; see {out / 'locust.log'}",
         }
     summary["cpu_percent"] = cpu
-    return Step(backend, rate, summary)
+    return Step(backend, rate, summary, label)
 
 
 def sweep(
-    backend: str, rates: list[float], rooms: int, members: int, seconds: int, ws_processes: int = 2
+    backend: str,
+    rates: list[float],
+    rooms: int,
+    members: int,
+    seconds: int,
+    ws_processes: int = 2,
+    overload: list[float] | None = None,
 ) -> list[Step]:
+    """The sustainable sweep (up to the first rate that is not), then, on the same stack,
+    each overload factor of the highest sustainable rate followed by a recovery step at
+    that rate 5 s after the overload ended."""
     steps: list[Step] = []
     with fresh_stack(backend) as stack:
         for name in stack.ws_names[ws_processes:]:
@@ -220,7 +235,140 @@ def sweep(
             print(row(step), flush=True)
             if not step.sustainable:
                 break
+        knee = max((s.rate for s in steps if s.sustainable), default=None)
+        for factor in overload or []:
+            if knee is None:
+                break
+            step = run_step(
+                stack,
+                users_file,
+                backend,
+                knee * factor,
+                rooms,
+                members,
+                seconds,
+                label=f"{factor:g}x",
+                drain_seconds=10,
+            )
+            steps.append(step)
+            print(row(step), flush=True)
+            time.sleep(5)  # the spec: a run at the sustainable rate 5 s after overload ends
+            step = run_step(
+                stack,
+                users_file,
+                backend,
+                knee,
+                rooms,
+                members,
+                max(10, seconds // 2),
+                label="recovery",
+            )
+            steps.append(step)
+            print(row(step), flush=True)
     return steps
+
+
+def ws_client_argv(module: str, stack: Stack, sessions_file: Path) -> list[str]:
+    """A websocket client module (loadtest.idle, loadtest.bigroom) aimed at the stack's
+    first daphne, with the sessions to use."""
+    return [
+        sys.executable,
+        "-m",
+        module,
+        "--url",
+        f"ws://127.0.0.1:{stack.config.ws_ports[0]}",
+        "--origin",
+        stack.config.url,
+        "--sessions",
+        str(sessions_file),
+    ]
+
+
+@dataclass
+class Big:
+    members: int
+    opened: int = 0
+    rss_kib: tuple[int, int] = (0, 0)  # the daphne's RSS before and with the sockets open
+    broadcast: dict | None = None
+    storm: dict | None = None
+
+
+def big_room(members: int, layer: str = "pubsub", storm: bool = True) -> Big:
+    """One conversation of `members` sockets on ONE daphne: memory per socket, broadcast
+    latency to all of them; then that daphne is killed (SIGKILL) and every socket reconnects
+    through nginx to the other one: how long until all are back and caught up."""
+    result = Big(members)
+    with fresh_stack(layer) as stack:
+        users = json.loads(stack.seed(1, members + 1, PASSWORD, "big").read_text())
+        sessions_file = stack.run_dir / "big-sessions.json"
+        sessions_file.write_text(
+            json.dumps(login_cookies(f"http://127.0.0.1:{stack.config.web_port}", users))
+        )
+        pid = stack.procs[stack.ws_names[0]]["pid"]
+        before = rss_kib(pid)
+        argv = ws_client_argv("loadtest.bigroom", stack, sessions_file)
+        if storm:
+            argv += ["--reconnect-url", stack.config.url.replace("http", "ws", 1)]
+        room = subprocess.Popen(
+            argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+        def answer() -> dict:
+            line = room.stdout.readline()
+            return json.loads(line) if line else {}
+
+        def go_on() -> None:
+            room.stdin.write("\n")
+            room.stdin.flush()
+
+        try:
+            result.opened = answer().get("open", 0)
+            time.sleep(2.0)  # let the handshakes' garbage settle before reading RSS
+            result.rss_kib = (before, rss_kib(pid))
+            print(f"big room: {result.opened} sockets open", flush=True)
+            go_on()
+            result.broadcast = answer().get("broadcast")
+            print(f"big room: broadcast {result.broadcast}", flush=True)
+            if storm:
+                os.kill(pid, 9)
+                go_on()
+                result.storm = answer().get("storm")
+                print(f"big room: storm {result.storm}", flush=True)
+                go_on()
+        finally:
+            room.stdin.close()
+            room.wait(timeout=60)
+    return result
+
+
+def big_lines(big: Big | None) -> list[str]:
+    if big is None or not big.opened:
+        return []
+    b = big.broadcast or {}
+    before, after = big.rss_kib
+    lines = [
+        "",
+        f"## One room of {big.members} members",
+        "",
+        f"{big.opened} sockets of one conversation open on ONE daphne process: "
+        f"{(after - before) / max(big.opened, 1):.1f} KiB of its resident memory per socket "
+        f"({before / 1024:.0f} MiB before, {after / 1024:.0f} MiB with them).",
+        "",
+        f"{b.get('messages', 0)} messages, 0.5 s apart, from one more member: time until ALL "
+        f"{b.get('listeners', 0)} had it p50 {ms(b.get('to_all_p50_ms'))} ms, p99 "
+        f"{ms(b.get('to_all_p99_ms'))} ms; each delivery p50 {ms(b.get('each_p50_ms'))} ms, "
+        f"p99 {ms(b.get('each_p99_ms'))} ms; missing {b.get('missing', '-')}.",
+    ]
+    if big.storm:
+        st = big.storm
+        lines += [
+            "",
+            f"Then that daphne was killed (SIGKILL): {st['back']} of {st['listeners']} sockets "
+            f"were back (through nginx, on the other daphne, with `?after=`) after "
+            f"{st['all_back_s']} s; {st['caught_up']} had a message sent once all were back, "
+            f"{st['caught_up_s']} s after the kill.",
+        ]
+    return lines
 
 
 def rss_kib(pid: int) -> int:
@@ -274,15 +422,7 @@ def idle_sockets(max_idle: int, step: int, layer: str = "pubsub") -> Idle:
         points.append((0, rss_kib(pid)))
         idler = subprocess.Popen(
             [
-                sys.executable,
-                "-m",
-                "loadtest.idle",
-                "--url",
-                f"ws://127.0.0.1:{stack.config.ws_ports[0]}",
-                "--origin",
-                stack.config.url,
-                "--sessions",
-                str(sessions_file),
+                *ws_client_argv("loadtest.idle", stack, sessions_file),
                 "--max",
                 str(max_idle),
                 "--step",
@@ -429,18 +569,20 @@ def ms(v: float | None) -> str:
 
 
 HEADER = (
-    "| layer | offered msg/s | deliveries/s | p50 ms | p95 ms | p99 ms | lost | dup "
-    "| sustainable | CPU % daphne / gunicorn / nginx / locust |\n"
-    "|---|---|---|---|---|---|---|---|---|---|"
+    "| layer | step | offered msg/s | deliveries/s | p50 ms | p95 ms | p99 ms | refused "
+    "| not arrived | dup | sustainable | CPU % daphne / gunicorn / nginx / locust |\n"
+    "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
 
 def row(step: Step) -> str:
     s = step.summary
     return (
-        f"| {step.backend} | {s.get('offered_msgs_per_s', 0):.1f} (target {step.rate:g}) "
+        f"| {step.backend} | {step.label or 'sweep'} "
+        f"| {s.get('offered_msgs_per_s', 0):.1f} (target {step.rate:g}) "
         f"| {s.get('deliveries_per_s', 0):.0f} | {ms(s.get('fanout_p50_ms'))} "
-        f"| {ms(s.get('fanout_p95_ms'))} | {ms(s.get('fanout_p99_ms'))} | {s['lost']} "
+        f"| {ms(s.get('fanout_p95_ms'))} | {ms(s.get('fanout_p99_ms'))} "
+        f"| {s.get('refused', 0)} | {s['lost']} of {s.get('expected', '?')} "
         f"| {s['duplicates']} | {'yes' if step.sustainable else 'no'} | {cpu_cell(s)} |"
     )
 
@@ -453,8 +595,40 @@ def cpu_cell(summary: dict) -> str:
     )
 
 
+def overload_lines(steps: dict[str, list[Step]]) -> list[str]:
+    """Goodput past the knee: each overload step's deliveries/s as a share of the highest
+    sustainable rate's, with what was refused, late (p99) and never arrived."""
+    lines: list[str] = []
+    for backend, ss in steps.items():
+        sweep_ok = [s for s in ss if s.sustainable and not s.label]
+        if not sweep_ok or not any(s.label for s in ss):
+            continue
+        knee = max(sweep_ok, key=lambda s: s.rate)
+        base = knee.summary.get("deliveries_per_s") or 0
+        if not lines:
+            lines += [
+                "",
+                "## Past the knee",
+                "",
+                "| layer | step | offered msg/s | deliveries/s (share of sustainable) | refused "
+                "| p99 ms of accepted | not arrived 10 s after |",
+                "|---|---|---|---|---|---|---|",
+            ]
+        for s in ss:
+            if not s.label:
+                continue
+            got = s.summary.get("deliveries_per_s") or 0
+            share = f"{got / base * 100:.0f}%" if base else "-"
+            lines.append(
+                f"| {backend} | {s.label} | {s.summary.get('offered_msgs_per_s', 0):.1f} "
+                f"| {got:.0f} ({share}) | {s.summary.get('refused', 0)} "
+                f"| {ms(s.summary.get('fanout_p99_ms'))} | {s.summary['lost']} |"
+            )
+    return lines
+
+
 def best(steps: list[Step]) -> float | None:
-    ok = [s.summary["offered_msgs_per_s"] for s in steps if s.sustainable]
+    ok = [s.summary["offered_msgs_per_s"] for s in steps if s.sustainable and not s.label]
     return max(ok) if ok else None
 
 
@@ -498,6 +672,7 @@ def write_results(
     idle: Idle,
     page: Page | None,
     notes: list[str],
+    big: Big | None = None,
 ) -> str:
     lines = [
         "# Benchmark results",
@@ -540,6 +715,7 @@ def write_results(
             f"| {backend} | {'none' if b is None else f'{b:.1f}'} "
             f"| {'-' if at is None else f'{at:.0f}'} |"
         )
+    lines += overload_lines(steps)
     core, pubsub = best(steps.get("core", [])), best(steps.get("pubsub", []))
     if core and pubsub:
         lines += ["", f"Ratio pubsub / core (highest sustainable rate): {pubsub / core:.2f}"]
@@ -572,6 +748,7 @@ def write_results(
             )
     else:
         lines.append("Not measured.")
+    lines += big_lines(big)
     lines += ["", "## Conversation page through nginx", ""]
     if page is not None and page.latencies_ms:
         lines += page_lines(page)
@@ -602,6 +779,11 @@ def main() -> int:
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--step-seconds", type=int, default=20)
     parser.add_argument("--backends", default="core,pubsub")
+    parser.add_argument(
+        "--overload",
+        default="1.5,2,3",
+        help="factors of the highest sustainable rate to offer after the sweep ('' skips)",
+    )
     parser.add_argument("--max-idle", type=int, default=10000)
     parser.add_argument("--idle-step", type=int, default=1000)
     parser.add_argument(
@@ -615,6 +797,9 @@ def main() -> int:
         help="page clients at once (default: --rooms; 0 skips the page benchmark)",
     )
     parser.add_argument("--http-seconds", type=int, default=20)
+    parser.add_argument(
+        "--big-room", type=int, default=2000, help="members of the big-room run (0 skips)"
+    )
     parser.add_argument("--note", action="append", default=[], help="add a note to RESULTS.md")
     args = parser.parse_args()
     # daphne inherits this: the idle-socket ceiling should be daphne's, not the fd limit's.
@@ -626,7 +811,15 @@ def main() -> int:
     rates = [float(r) for r in args.rates.split(",")]
     print(HEADER, flush=True)
     steps = {
-        b: sweep(b, rates, args.rooms, args.members, args.step_seconds, args.ws_processes)
+        b: sweep(
+            b,
+            rates,
+            args.rooms,
+            args.members,
+            args.step_seconds,
+            args.ws_processes,
+            [float(f) for f in args.overload.split(",") if f],
+        )
         for b in args.backends.split(",")
         if b
     }
@@ -636,6 +829,12 @@ def main() -> int:
             idle = idle_sockets(args.max_idle, args.idle_step, args.idle_layer)
         except Exception as exc:  # keep the sweep's results
             notes.append(f"idle-socket measurement failed: {exc!r}")
+    big = None
+    if args.big_room:
+        try:
+            big = big_room(args.big_room)
+        except Exception as exc:  # keep the other results
+            notes.append(f"big-room measurement failed: {exc!r}")
     page = None
     concurrency = args.rooms if args.http_concurrency is None else args.http_concurrency
     if concurrency:
@@ -644,7 +843,7 @@ def main() -> int:
             print("\n".join(page_lines(page)), flush=True)
         except Exception as exc:  # keep the other results
             notes.append(f"page measurement failed: {exc!r}")
-    print("\n" + write_results(args, steps, idle, page, notes))
+    print("\n" + write_results(args, steps, idle, page, notes, big))
     return 0
 
 

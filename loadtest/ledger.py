@@ -3,6 +3,10 @@
 Each Locust process (local, or every worker) keeps one Ledger. In a distributed run the
 workers ship theirs to the master, which merges them and checks the whole run: a recipient
 expects every message sent into its room, whichever worker sent it.
+
+A recipient is a user whose websocket connected. A user that never connected (its login or
+handshake still failed after the retries) is not one: it is listed by name with the reason,
+and the run fails only when too few users connected for the figures to mean anything.
 """
 
 from __future__ import annotations
@@ -19,17 +23,28 @@ class Ledger:
     sent: dict[str, tuple[int, str, int]] = field(default_factory=dict)
     # message id -> (room, sender username, server's error text)
     rejected: dict[str, tuple[int, str, str]] = field(default_factory=dict)
-    # recipient username -> room
+    # message id -> (room, sender username): refused past capacity, never stored
+    refused: dict[str, tuple[int, str]] = field(default_factory=dict)
+    # recipient username -> room (users whose websocket connected)
     recipients: dict[str, int] = field(default_factory=dict)
+    # username -> why it never connected (login or handshake refused, retries exhausted)
+    not_connected: dict[str, str] = field(default_factory=dict)
     # recipient username -> [(message id or None, seq, receive time ns)] in arrival order
     deliveries: dict[str, list[tuple[str | None, int, int]]] = field(default_factory=dict)
     # usernames that started sending before their whole room was online
     barrier_timeouts: list[str] = field(default_factory=list)
+    # usernames whose socket closed for good during the run (reconnects exhausted)
+    closed: list[str] = field(default_factory=list)
+    # error frames from the server that answered no message of ours
+    server_errors: list[str] = field(default_factory=list)
     reconnects: int = 0
 
     def add_recipient(self, username: str, room: int) -> None:
         self.recipients[username] = room
         self.deliveries.setdefault(username, [])
+
+    def record_not_connected(self, username: str, reason: str) -> None:
+        self.not_connected[username] = reason
 
     def record_sent(self, message_id: str, room: int, sender: str, sent_ns: int) -> None:
         self.sent[message_id] = (room, sender, sent_ns)
@@ -37,6 +52,10 @@ class Ledger:
     def record_rejected(self, message_id: str, text: str) -> None:
         room, sender, _ = self.sent.pop(message_id)
         self.rejected[message_id] = (room, sender, text)
+
+    def record_refused(self, message_id: str) -> None:
+        room, sender, _ = self.sent.pop(message_id)
+        self.refused[message_id] = (room, sender)
 
     def record_delivery(
         self, recipient: str, message_id: str | None, seq: int, recv_ns: int
@@ -64,10 +83,14 @@ class Ledger:
     def merge(self, data: dict[str, Any]) -> None:
         self.sent.update({k: tuple(v) for k, v in data["sent"].items()})
         self.rejected.update({k: tuple(v) for k, v in data["rejected"].items()})
+        self.refused.update({k: tuple(v) for k, v in data.get("refused", {}).items()})
         self.recipients.update(data["recipients"])
+        self.not_connected.update(data.get("not_connected", {}))
         for recipient, rows in data["deliveries"].items():
             self.deliveries.setdefault(recipient, []).extend(tuple(r) for r in rows)
         self.barrier_timeouts.extend(data["barrier_timeouts"])
+        self.closed.extend(data.get("closed", []))
+        self.server_errors.extend(data.get("server_errors", []))
         self.reconnects += data["reconnects"]
 
 
@@ -107,7 +130,14 @@ class Report:
     barrier_timeouts: list[str]
     reconnects: int
     p99_threshold_ms: float
+    users: int = 0  # the users meant to take part (0: the recipients)
+    # username -> why it never connected; not in `rows`, not in the completeness figures
+    not_connected: dict[str, str] = field(default_factory=dict)
+    min_connected: float = 0.0  # fraction of `users` that must connect
+    closed: list[str] = field(default_factory=list)
+    server_errors: list[str] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
+    refused: int = 0  # refused past capacity: not stored, the sender told at once
     # (seconds since the first send, fan-out ms): shows whether a tail is spread or a burst.
     fanout_timeline: list[tuple[float, float]] = field(default_factory=list)
 
@@ -128,9 +158,13 @@ class Report:
             "ok": self.ok,
             "failures": self.failures,
             "rooms": len({r.room for r in self.rows}),
+            "users": self.users or len(self.rows),
             "recipients": len(self.rows),
+            "not_connected": dict(sorted(self.not_connected.items())),
+            "min_connected": self.min_connected,
             "sent": self.sent,
             "rejected": self.rejected,
+            "refused": self.refused,
             "expected": self.total("expected"),
             "received": self.total("received"),
             "lost": self.total("lost"),
@@ -148,6 +182,8 @@ class Report:
             "p99_threshold_ms": self.p99_threshold_ms,
             "reconnects": self.reconnects,
             "barrier_timeouts": len(self.barrier_timeouts),
+            "closed": len(self.closed),
+            "server_errors": len(self.server_errors),
             "fanout_p99_ms_by_second": self.p99_by_second(),
         }
 
@@ -189,15 +225,23 @@ class Report:
         if len(bad) > 20:
             lines.append(f"  ! ... and {len(bad) - 20} more recipients with problems")
         s = self.summary()
+        if self.not_connected:
+            lines.append(
+                f"not connected: {len(self.not_connected)} of {s['users']} users "
+                "(not in the figures above or below):"
+            )
+            lines += [f"  - {name}: {why}" for name, why in sorted(self.not_connected.items())]
 
         def ms(v: float | None) -> str:
             return "-" if v is None else f"{v:.1f}"
 
         lines += [
-            f"sent {s['sent']} (rejected {s['rejected']}) at {s['offered_msgs_per_s']:.1f} msg/s; "
+            f"sent {s['sent']} (rejected {s['rejected']}, refused busy {s['refused']}) "
+            f"at {s['offered_msgs_per_s']:.1f} msg/s; "
             f"deliveries expected {s['expected']}, received {s['received']}, lost {s['lost']}, "
             f"duplicates {s['duplicates']}, reordered {s['reordered']}; "
-            f"{s['deliveries_per_s']:.1f} deliveries/s; reconnects {s['reconnects']}",
+            f"{s['deliveries_per_s']:.1f} deliveries/s; reconnects {s['reconnects']}; "
+            f"users connected {s['recipients']} of {s['users']}",
             f"fan-out ms: p50 {ms(s['fanout_p50_ms'])}  p95 {ms(s['fanout_p95_ms'])}  "
             f"p99 {ms(s['fanout_p99_ms'])}  max {ms(s['fanout_max_ms'])}  "
             f"(threshold p99 <= {self.p99_threshold_ms:g})",
@@ -206,12 +250,21 @@ class Report:
         return "\n".join(lines)
 
 
-def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
-    """Expected vs received per recipient, duplicates, reordering, and fan-out latency."""
+def check(
+    ledger: Ledger,
+    p99_threshold_ms: float,
+    users: list[str] | None = None,
+    min_connected: float = 0.0,
+) -> Report:
+    """Expected vs received per recipient, duplicates, reordering, and fan-out latency.
+
+    `users`: everyone meant to take part. Those that are not recipients are reported as not
+    connected (with the ledger's reason, if it has one) and left out of the figures; fewer
+    than `min_connected` of them connected fails the run."""
     expected_by_room: dict[int, set[str]] = {}
     for message_id, (room, _, _) in ledger.sent.items():
         expected_by_room.setdefault(room, set()).add(message_id)
-    known = set(ledger.sent) | set(ledger.rejected)
+    known = set(ledger.sent) | set(ledger.rejected) | set(ledger.refused)
     rows: list[RecipientResult] = []
     fanout: list[float] = []
     timeline: list[tuple[float, float]] = []
@@ -262,10 +315,12 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
         else 0.0
     )
     delivery_window = (last_recv - min(sent_times)) / 1e9 if sent_times and last_recv else 0.0
+    everyone = set(users or []) | set(ledger.recipients) | set(ledger.not_connected)
     report = Report(
         rows=rows,
         sent=len(ledger.sent),
         rejected=len(ledger.rejected),
+        refused=len(ledger.refused),
         fanout_ms=fanout,
         fanout_timeline=timeline,
         send_window_s=send_window,
@@ -273,6 +328,14 @@ def check(ledger: Ledger, p99_threshold_ms: float) -> Report:
         barrier_timeouts=ledger.barrier_timeouts,
         reconnects=ledger.reconnects,
         p99_threshold_ms=p99_threshold_ms,
+        users=len(everyone),
+        not_connected={
+            name: ledger.not_connected.get(name, "did not connect before the run ended")
+            for name in sorted(everyone - set(ledger.recipients))
+        },
+        min_connected=min_connected,
+        closed=ledger.closed,
+        server_errors=ledger.server_errors,
     )
     report.failures = _failures(report)
     return report
@@ -282,8 +345,19 @@ def _failures(report: Report) -> list[str]:
     failures = []
     if not report.rows:
         failures.append("no recipient connected")
+    need = math.ceil(report.min_connected * report.users - 1e-9)
+    if report.rows and len(report.rows) < need:
+        failures.append(
+            f"only {len(report.rows)} of {report.users} users connected "
+            f"(--min-connected {report.min_connected:g} needs {need})"
+        )
     if report.sent == 0:
-        failures.append("no message was sent")
+        failures.append(
+            "no message was sent (sending starts once every user is online or has given up: "
+            "was --run-time long enough for the logins?)"
+            if report.rows
+            else "no message was sent"
+        )
     for attr, label in (
         ("lost", "lost"),
         ("duplicates", "duplicated"),
@@ -293,6 +367,10 @@ def _failures(report: Report) -> list[str]:
             failures.append(f"{n} deliveries {label}")
     if report.rejected:
         failures.append(f"{report.rejected} messages rejected by the server")
+    if report.closed:
+        failures.append(f"{len(report.closed)} sockets closed for good during the run")
+    if report.server_errors:
+        failures.append(f"{len(report.server_errors)} error frames from the server")
     if report.barrier_timeouts:
         failures.append(f"{len(report.barrier_timeouts)} users sent before their room was online")
     p99 = report.fanout(99)

@@ -12,7 +12,7 @@ import json
 import re
 import time
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 BODY_PREFIX = "lt"
 
@@ -24,7 +24,8 @@ ARTICLE_RE = re.compile(
 )
 BODY_RE = re.compile(rf"^{BODY_PREFIX}:(?P<id>[0-9a-f]{{32}}):(?P<t_ns>\d+)$")
 ERROR_RE = re.compile(
-    r'<div id="chat-error"[^>]*?(?: data-client-id="(?P<cid>[^"]*)")?>(?P<text>.*?)</div>',
+    r'<div id="chat-error"[^>]*?(?: data-client-id="(?P<cid>[^"]*)")?'
+    r'(?: data-retry-after="(?P<retry>[^"]*)")?>(?P<text>.*?)</div>',
     re.DOTALL,
 )
 PRESENCE_RE = re.compile(
@@ -50,6 +51,8 @@ class Frame:
     deliveries: list[Delivery]
     errors: list[tuple[str | None, str]]  # (client_id, text)
     presence: list[tuple[int, bool]]  # (user id, online)
+    # client_ids the server refused past capacity (not stored; a page would retry them)
+    refusals: list[str] = field(default_factory=list)
 
 
 def new_message(now_ns: int | None = None) -> tuple[str, str, int]:
@@ -92,9 +95,14 @@ def parse_frame(text: str) -> Frame:
                 sent_ns=int(parsed["t_ns"]) if parsed else None,
             )
         )
-    errors = [(m["cid"] or None, html.unescape(m["text"]).strip()) for m in ERROR_RE.finditer(text)]
+    errors, refusals = [], []
+    for m in ERROR_RE.finditer(text):
+        if m["retry"] and m["cid"]:
+            refusals.append(m["cid"])
+        else:
+            errors.append((m["cid"] or None, html.unescape(m["text"]).strip()))
     presence = [(int(m["uid"]), m["online"] == "true") for m in PRESENCE_RE.finditer(text)]
-    return Frame(deliveries, errors, presence)
+    return Frame(deliveries, errors, presence, refusals)
 
 
 def client_id_hex(client_id: str | None) -> str | None:

@@ -12,6 +12,15 @@ dir=${dir:-./certs}
 # not write into that later.
 mkdir -p "$dir"
 [ "${listen:-tls/listen.conf}" = tls/listen.conf ] || exit 0
+# A fresh checkout has no certificate yet: `make up` is one command, so the default
+# directory gets a self-signed localhost pair (what `make certs` makes). A directory that
+# was configured on purpose and is empty is a mistake worth stopping for.
+if [ "$dir" = ./certs ] && [ ! -s "$dir/tls.crt" ] && [ ! -s "$dir/tls.key" ]; then
+  echo "up: no certificate in $dir: making a self-signed one for localhost (browsers warn" \
+       "until you trust $dir/tls.crt; \`make certs HOST=<name>\` for another host, or put a" \
+       "real certificate there)" >&2
+  "$(dirname "$0")/../tls/make-certs.sh" localhost "$dir" >&2
+fi
 for f in tls.crt tls.key; do
   if [ ! -s "$dir/$f" ]; then
     echo "up: HTTPS needs $dir/$f: run \`make certs\` (HOST=<name> for another host than" \

@@ -14,6 +14,7 @@ same class with other ports.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -147,6 +148,19 @@ def _start_time(pid: int) -> str | None:
     return None if fields[0] == "Z" else fields[19]
 
 
+def _live_group_members(pgid: int) -> list[int]:
+    """The processes of a process group that are not zombies."""
+    members = []
+    for stat_file in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat_file.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue  # gone meanwhile
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(stat_file.parent.name))
+    return members
+
+
 def _port_open(port: int) -> bool:
     with socket.socket() as sock:
         sock.settimeout(0.5)
@@ -217,8 +231,14 @@ class Stack:
             return os.environ["SECRET_KEY"]
         path = self.run_dir / "secret_key"
         if not path.exists():
-            path.write_text(secrets.token_urlsafe(50))
-            path.chmod(0o600)
+            # Written whole under another name, then linked: processes starting at once (the
+            # setup steps run in parallel) all read the one key that won, never a half file.
+            tmp = path.with_name(f".secret_key.{os.getpid()}")
+            tmp.write_text(secrets.token_urlsafe(50))
+            tmp.chmod(0o600)
+            with contextlib.suppress(FileExistsError):
+                os.link(tmp, path)
+            tmp.unlink()
         return path.read_text().strip()
 
     def app_env(self) -> dict[str, str]:
@@ -587,24 +607,28 @@ class Stack:
             self.send_signal(name, sig)
         if not self.wait_exit(name, timeout):
             print(f"stack: {name} did not stop in {timeout:g}s; killing it", file=sys.stderr)
-        self._kill_group(info["pid"])
+        self._kill_group(info["pid"], info["start_time"])
         popen = self.popens.pop(name, None)
         if popen is not None:
             popen.wait(timeout=5)
 
-    def _kill_group(self, pgid: int) -> None:
-        # Each process leads its own session (start_new_session), so its group holds exactly
-        # it and its workers; the group id is the recorded pid.
+    def _kill_group(self, pgid: int, start_time: str | None) -> None:
+        """Kills what is left of a process group: the recorded process and its workers.
+
+        Each process leads its own session (start_new_session), so its group holds exactly
+        it and its workers; the group id is the recorded pid. Zombies are dead already (their
+        parent, perhaps another test process, reaps them); a live leader that is not the
+        recorded process is a recycled pid, and its group is someone else's."""
+        leader = _start_time(pgid)
+        if leader is not None and leader != start_time:
+            return
         deadline = time.monotonic() + 5
-        while True:
-            try:
-                os.killpg(pgid, signal.SIGKILL)
-            except ProcessLookupError:
-                return
-            except PermissionError:
-                return  # pid recycled by another user's process group: not ours
+        while members := _live_group_members(pgid):
             if time.monotonic() > deadline:
-                raise StackError(f"process group {pgid} survived SIGKILL")
+                raise StackError(f"process group {pgid} survived SIGKILL: {members}")
+            for pid in members:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.kill(pid, signal.SIGKILL)
             time.sleep(0.05)
 
     def down(self, timeout: float = 20.0) -> None:

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Creates a self-signed certificate for local HTTPS (make certs HOST=chat.local).
-# Browsers will warn unless you trust certs/tls.crt (README "TLS"); tests pass it as their
+# Browsers will warn unless you trust certs/tls.crt (docs/tls.md); tests pass it as their
 # CA bundle.
 set -euo pipefail
 host="${1:-localhost}"

@@ -4,9 +4,10 @@ Every open chat socket must refresh its presence entry before CHAT_PRESENCE_TTL 
 learn the conversation's newest sequence number (to heal a tail gap the layer dropped). Done
 per socket, that is a sleeping task and a Redis round trip per socket per interval: at
 10,000 idle sockets, ~670 round trips a second and a few KB of task per socket. Here one
-task per event loop refreshes every socket in one pipeline per Redis shard, and a socket is
-woken only when its answer asks for work (presence changed, a newer sequence, a queued
-broadcast, a group to rejoin, a missed beat to heal).
+task per event loop refreshes every conversation hub's entries (chat.hub: one per user per
+conversation per process) in one pipeline per Redis shard, and a hub does work only when its
+answer asks for it (presence changed, a newer sequence, a queued broadcast, a missed beat to
+heal).
 
 The same beat asks the database, in one hop for the whole process: each conversation's newest
 sequence (a message stored by a process that died before broadcasting it is found here, and
@@ -21,33 +22,38 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-import weakref
 from typing import Protocol
 
 from django.conf import settings
 from django.db import DatabaseError
 
 from chat import dbcalls, selectors
+from chat.perloop import per_loop
 from chat.presence import presence_store
 
 logger = logging.getLogger(__name__)
 
 
 class Beating(Protocol):
+    """A conversation's hub (chat.hub): one per conversation per process."""
+
     conversation_id: int
-    user_id: int
-    channel_name: str
-    last_sent: int
     epoch: str
+
+    def position(self) -> tuple[int, str]:
+        """(newest sequence handed out, epoch)."""
+
+    def presence_entries(self) -> list[tuple[int, str]]:
+        """(user id, entry channel) for every user online through this process."""
 
     def on_heartbeat(
         self, answer: tuple[set[int], int, str | None] | None, before: tuple[int, str]
     ) -> None:
         """Called on the event loop with (online user ids, newest seq, epoch), or None when
         the presence store could not be reached. The epoch is None when the newest sequence
-        is Redis' note, not the database's. `before` is the socket's (last_sent, epoch) from
-        before the database was read: everything it had sent was committed by then, so only
-        a database that went back can answer less. Must not block; spawns work if any."""
+        is Redis' note, not the database's. `before` is the hub's position from before the
+        database was read: everything it had handed out was committed by then, so only a
+        database that went back can answer less. Must not block; spawns work if any."""
 
 
 class Authenticated(Protocol):
@@ -62,12 +68,12 @@ class Authenticated(Protocol):
 
 class Heartbeat:
     def __init__(self) -> None:
-        self.members: dict[int, set[Beating]] = {}
+        self.members: dict[int, Beating] = {}  # hubs, by conversation
         self.watched: set[Authenticated] = set()  # every open socket, chat and inbox
         self.task: asyncio.Task | None = None
 
-    def add(self, consumer: Beating) -> None:
-        self.members.setdefault(consumer.conversation_id, set()).add(consumer)
+    def add(self, hub: Beating) -> None:
+        self.members[hub.conversation_id] = hub
         self._start()
 
     def watch(self, consumer: Authenticated) -> None:
@@ -87,13 +93,9 @@ class Heartbeat:
             self.task.cancel()
             self.task = None
 
-    def remove(self, consumer: Beating) -> None:
-        group = self.members.get(consumer.conversation_id)
-        if group is None:
-            return
-        group.discard(consumer)
-        if not group:
-            del self.members[consumer.conversation_id]
+    def remove(self, hub: Beating) -> None:
+        if self.members.get(hub.conversation_id) is hub:
+            del self.members[hub.conversation_id]
         self._stop_if_idle()
 
     async def run(self) -> None:
@@ -108,24 +110,23 @@ class Heartbeat:
                 logger.exception("presence heartbeat failed")
 
     async def beat(self) -> None:
-        snapshot = {cid: list(group) for cid, group in self.members.items()}
+        snapshot = dict(self.members)
         watched = list(self.watched)
-        before = {c: (c.last_sent, c.epoch) for group in snapshot.values() for c in group}
+        before = {cid: hub.position() for cid, hub in snapshot.items()}
         db = await self._read_database(list(snapshot), watched)
         if snapshot:
             answers = await presence_store().heartbeat_many(
-                {cid: [(c.user_id, c.channel_name) for c in grp] for cid, grp in snapshot.items()},
-                {cid: grp[0].epoch for cid, grp in snapshot.items()},
+                {cid: hub.presence_entries() for cid, hub in snapshot.items()},
+                {cid: hub.epoch for cid, hub in snapshot.items()},
             )
-            for cid, group in snapshot.items():
+            for cid, hub in snapshot.items():
                 answer = answers.get(cid)
                 if answer is not None:
                     if db is not None and cid in db[0]:
                         answer = (answer[0], *db[0][cid])  # the database's, not Redis' note
                     else:
                         answer = (answer[0], answer[1], None)
-                for consumer in group:
-                    consumer.on_heartbeat(answer, before[consumer])
+                hub.on_heartbeat(answer, before[cid])
         if db is not None:
             _, live_sessions, auth_hashes = db
             for consumer in watched:
@@ -155,15 +156,5 @@ class Heartbeat:
             return None
 
 
-_beats: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, Heartbeat] = (
-    weakref.WeakKeyDictionary()
-)
-
-
-def heartbeat() -> Heartbeat:
-    """This event loop's heartbeat (tests run many loops in one process)."""
-    loop = asyncio.get_running_loop()
-    beat = _beats.get(loop)
-    if beat is None:
-        beat = _beats[loop] = Heartbeat()
-    return beat
+# This event loop's heartbeat (chat.perloop).
+heartbeat = per_loop(lambda _loop: Heartbeat())

@@ -1,8 +1,8 @@
 """Who is online in a conversation, and the newest sequence number seen by the layer.
 
-Entries are per socket and carry an expiry, refreshed by the process's heartbeat
-(chat.heartbeat): several tabs of one user count once, and a crashed process's entries
-lapse after CHAT_PRESENCE_TTL.
+Entries are per user per process (the conversation's hub, chat.hub) and carry an expiry,
+refreshed by the process's heartbeat (chat.heartbeat): several tabs of one user count once,
+and a crashed process's entries lapse after CHAT_PRESENCE_TTL.
 The newest-sequence key lets an idle consumer notice a broadcast the layer dropped (a "tail
 gap" that no later message reveals) and heal it from the database.
 """
@@ -17,8 +17,13 @@ from django.conf import settings
 
 
 class PresenceStore(Protocol):
-    async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
-    async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]: ...
+    async def update(
+        self, conversation_id: int, channel: str, joins: list[int], leaves: list[int]
+    ) -> set[int]:
+        """Writes users arriving at / leaving `channel` (a process's hub), returns who is
+        online in the conversation."""
+        ...
+
     async def heartbeat_many(
         self, entries: dict[int, list[tuple[int, str]]], epochs: dict[int, str] | None = None
     ) -> dict[int, tuple[set[int], int]]: ...
@@ -43,12 +48,14 @@ class LocalPresence:
             del entries[key]
         return {uid for uid, _ in entries.values()}
 
-    async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
-        self._entries.setdefault(conversation_id, {})[channel] = (user_id, time.time() + _ttl())
-        return self._online(conversation_id)
-
-    async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
-        self._entries.get(conversation_id, {}).pop(channel, None)
+    async def update(
+        self, conversation_id: int, channel: str, joins: list[int], leaves: list[int]
+    ) -> set[int]:
+        entries = self._entries.setdefault(conversation_id, {})
+        for user_id in joins:
+            entries[f"{user_id}|{channel}"] = (user_id, time.time() + _ttl())
+        for user_id in leaves:
+            entries.pop(f"{user_id}|{channel}", None)
         return self._online(conversation_id)
 
     async def heartbeat_many(
@@ -58,7 +65,7 @@ class LocalPresence:
         for conversation_id, sockets in entries.items():
             mine = self._entries.setdefault(conversation_id, {})
             for user_id, channel in sockets:
-                mine[channel] = (user_id, expires)
+                mine[f"{user_id}|{channel}"] = (user_id, expires)
         epochs = epochs or {}
         return {
             cid: (self._online(cid), self._seq.get((cid, epochs.get(cid, "")), 0))
@@ -123,24 +130,19 @@ class RedisPresence:
     def _answer(self, members: list[bytes], seq: bytes | None) -> tuple[set[int], int]:
         return self._uids(members), int(seq or 0)
 
-    async def _write(self, conversation_id: int, op: str, user_id: int, channel: str):
+    async def update(
+        self, conversation_id: int, channel: str, joins: list[int], leaves: list[int]
+    ) -> set[int]:
         now = time.time()
         key = self._key(conversation_id)
-        member = f"{user_id}|{channel}"
         pipe = self._client(conversation_id).pipeline(transaction=False)
-        if op == "add":
-            pipe.zadd(key, {member: now + _ttl()})
-        else:
-            pipe.zrem(key, member)
+        if joins:
+            pipe.zadd(key, {f"{uid}|{channel}": now + _ttl() for uid in joins})
+        if leaves:
+            pipe.zrem(key, *(f"{uid}|{channel}" for uid in leaves))
         self._expire_and_read(pipe, conversation_id, now)
         result = await pipe.execute()
-        return self._answer(*result[-2:])
-
-    async def join(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
-        return (await self._write(conversation_id, "add", user_id, channel))[0]
-
-    async def leave(self, conversation_id: int, user_id: int, channel: str) -> set[int]:
-        return (await self._write(conversation_id, "rem", user_id, channel))[0]
+        return self._answer(*result[-2:])[0]
 
     async def heartbeat_many(
         self, entries: dict[int, list[tuple[int, str]]], epochs: dict[int, str] | None = None
@@ -157,8 +159,11 @@ class RedisPresence:
             now = time.time()
             pipe = self._client(cids[0]).pipeline(transaction=False)
             for cid in cids:
-                expiry = now + _ttl()
-                pipe.zadd(self._key(cid), {f"{uid}|{ch}": expiry for uid, ch in entries[cid]})
+                e = now + _ttl()
+                if entries[cid]:
+                    pipe.zadd(self._key(cid), {f"{uid}|{ch}": e for uid, ch in entries[cid]})
+                else:  # a big room without presence: keeps the answer's layout
+                    pipe.exists(self._key(cid))
                 self._expire_and_read(pipe, cid, now, (epochs or {}).get(cid, ""))
             result = await pipe.execute()
             for i, cid in enumerate(cids):

@@ -1,4 +1,5 @@
-"""Reads. Keyset pagination by sequence number: no OFFSET scans.
+"""Reads: data only (fragments.py makes the HTML). Keyset pagination by sequence number: no
+OFFSET scans.
 
 The two reads of every conversation page are written out in SQL: building and compiling
 them with the ORM cost more CPU than running them (loadtest/experiments/2026-11-27-page.md).
@@ -6,9 +7,11 @@ them with the ORM cost more CPU than running them (loadtest/experiments/2026-11-
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 
 from django.conf import settings
+from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
 from django.db.models import F
@@ -29,18 +32,33 @@ class Members:
 
 
 _MEMBERS_SQL = (
-    "SELECT p.user_id, u.username, p.last_read_seq, c.title, c.last_seq, c.epoch "
-    "FROM chat_participant p "
-    "JOIN auth_user u ON u.id = p.user_id "
-    "JOIN chat_conversation c ON c.id = p.conversation_id "
-    "WHERE p.conversation_id = %s ORDER BY u.username"
+    "SELECT p.user_id, u.{username}, p.last_read_seq, c.title, c.last_seq, c.epoch "
+    "FROM {participant} p "
+    "JOIN {user} u ON u.{user_pk} = p.user_id "
+    "JOIN {conversation} c ON c.id = p.conversation_id "
+    "WHERE p.conversation_id = %s ORDER BY u.{username}"
 )
+
+
+@functools.cache
+def _members_sql() -> str:
+    """Tables and columns by the models' names (a swapped user model has its own table);
+    quoted identifiers from the models, never input."""
+    User = get_user_model()
+    q = connection.ops.quote_name
+    return _MEMBERS_SQL.format(
+        user=q(User._meta.db_table),
+        user_pk=q(User._meta.pk.column),
+        username=q(User._meta.get_field(User.USERNAME_FIELD).column),
+        participant=q(Participant._meta.db_table),
+        conversation=q(Conversation._meta.db_table),
+    )
 
 
 def conversation_members(conversation_id: int) -> Members | None:
     """The conversation, its participants and their read markers; None if it has none."""
     with connection.cursor() as cursor:
-        cursor.execute(_MEMBERS_SQL, [conversation_id])
+        cursor.execute(_members_sql(), [conversation_id])
         rows = cursor.fetchall()
     if not rows:
         return None
@@ -51,11 +69,11 @@ def conversation_members(conversation_id: int) -> Members | None:
 
 
 _HISTORY_SQL = (
-    "SELECT id, seq, sender_id, created_at FROM chat_message WHERE conversation_id = %s "
+    "SELECT id, seq, sender_id, created_at FROM {message} WHERE conversation_id = %s "
     "ORDER BY seq DESC LIMIT %s"
 )
 _HISTORY_BEFORE_SQL = (
-    "SELECT id, seq, sender_id, created_at FROM chat_message "
+    "SELECT id, seq, sender_id, created_at FROM {message} "
     "WHERE conversation_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s"
 )
 
@@ -67,10 +85,13 @@ def history_keys(
     oldest first: enough to find their fragments in the cache without loading the messages."""
     limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
     with connection.cursor() as cursor:
+        message = connection.ops.quote_name(Message._meta.db_table)
         if before_seq is None:
-            cursor.execute(_HISTORY_SQL, [conversation_id, limit])
+            cursor.execute(_HISTORY_SQL.format(message=message), [conversation_id, limit])
         else:
-            cursor.execute(_HISTORY_BEFORE_SQL, [conversation_id, before_seq, limit])
+            cursor.execute(
+                _HISTORY_BEFORE_SQL.format(message=message), [conversation_id, before_seq, limit]
+            )
         return [tuple(row) for row in reversed(cursor.fetchall())]
 
 
@@ -165,18 +186,6 @@ def participant_user_ids(conversation_id: int) -> list[int]:
     )
 
 
-def rendered_messages_after(
-    conversation_id: int, after_seq: int, upto: int | None, limit: int
-) -> list[tuple[int, str]]:
-    """(seq, fragment) pairs for replay and gap healing, oldest first."""
-    from chat.rendering import message_html
-
-    return [
-        (m.seq, message_html(m))
-        for m in messages_after(conversation_id, after_seq, upto=upto, limit=limit)
-    ]
-
-
 def recent_conversation_ids(user_id: int, limit: int) -> list[int]:
     return list(
         Participant.objects.filter(user_id=user_id)
@@ -230,8 +239,6 @@ def live_session_keys(session_keys: list[str]) -> set[str]:
 def session_auth_hashes(user_ids: list[int]) -> dict[int, str]:
     """The session auth hash (changes with the password) of each active user, by id; an
     inactive or deleted user is left out."""
-    from django.contrib.auth import get_user_model
-
     User = get_user_model()
     rows = User.objects.filter(pk__in=user_ids, is_active=True).values_list("pk", "password")
     return {pk: User(pk=pk, password=password).get_session_auth_hash() for pk, password in rows}

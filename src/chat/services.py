@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import uuid
 from collections.abc import Iterable
 from contextlib import nullcontext
@@ -9,11 +10,14 @@ from contextlib import nullcontext
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, connection, transaction
+from django.db import IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
+from chat import fragments
 from chat.models import Conversation, Message, Participant
+
+logger = logging.getLogger(__name__)
 
 User = get_user_model()
 
@@ -148,6 +152,33 @@ def message_create(
 
 
 @transaction.atomic
+def message_create_and_render(
+    conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
+) -> tuple[int, str, bool]:
+    """Stores a message sent over a websocket and renders the one frame every recipient gets:
+    (sequence, frame, created). Runs in a database thread.
+
+    Not atomic as a whole, on purpose: message_create is its own transaction, and a
+    connection that died with its server (Postgres restarted) fails it once; with an
+    idempotency key the send is retried on a fresh connection, since a retry cannot store
+    it twice.
+    """
+    sender = get_user_model()(pk=user_id, **{get_user_model().USERNAME_FIELD: username})
+    attempts = 2 if client_id is not None else 1
+    for attempt in range(attempts):
+        try:
+            message, created = message_create(
+                conversation_id=conversation_id, sender=sender, body=body, client_id=client_id
+            )
+            break
+        except OperationalError:
+            if attempt + 1 == attempts:
+                raise
+            logger.warning("store failed on a dead connection; retrying once")
+            connection.close()
+    return message.seq, fragments.ws_messages([fragments.message_html(message)]), created
+
+
 def conversation_start(
     *, creator: AbstractBaseUser, usernames: Iterable[str], title: str = ""
 ) -> Conversation:

@@ -16,7 +16,7 @@ logger = logging.getLogger(__name__)
 def end_user_sockets(sender, request, user, **kwargs) -> None:
     if user is None:
         return
-    from chat.consumers import user_group
+    from chat.groups import user_group
 
     try:
         async_to_sync(get_channel_layer().group_send)(user_group(user.pk), {"type": "session.end"})

@@ -19,10 +19,11 @@ from django.shortcuts import redirect, render
 from django.views.decorators.cache import never_cache
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
-from chat import rendering, selectors, services
-from chat.consumers import user_group
+from chat import fragments, selectors, services
 from chat.forms import ConversationStartForm, SignupForm
+from chat.groups import user_group
 from parley import drain, metrics
+from parley.auth import hashing
 
 logger = logging.getLogger(__name__)
 
@@ -89,8 +90,8 @@ def _select_one() -> None:
 
 def _database_check() -> Future:
     """A `SELECT 1` on its own thread. With Postgres down it waits out the pool's timeout
-    (10 s), longer than a probe waits; one at a time (a probe that comes while one is still
-    waiting shares its answer)."""
+    (DB_POOL_TIMEOUT), which may be set longer than a probe waits; one at a time (a probe
+    that comes while one is still waiting shares its answer)."""
     global _db_check
     with _db_check_lock:
         if _db_check is None or _db_check.done():
@@ -132,8 +133,10 @@ def signup(request: HttpRequest) -> HttpResponse:
         return redirect("chat:conversation_list")
     form = SignupForm(request.POST or None)
     if request.method == "POST" and form.is_valid():
-        user = form.save()
-        login(request, user, backend="django.contrib.auth.backends.ModelBackend")
+        with hashing():  # the new password's hash: no connection held, bounded per process
+            user = form.save(commit=False)
+        user.save()
+        login(request, user, backend=settings.AUTHENTICATION_BACKENDS[0])
         return redirect("chat:conversation_list")
     return render(
         request, "registration/signup.html", {"form": form}, status=400 if form.errors else 200
@@ -211,7 +214,7 @@ def _history_context(members: selectors.Members, before_seq: int | None = None) 
     keys = selectors.history_keys(members.pk, before_seq=before_seq)
     return {
         "conversation": members,
-        "messages_html": rendering.history_html(members.pk, keys),
+        "messages_html": fragments.history_html(members.pk, keys),
         "first_seq": keys[0][1] if keys else 0,
         "last_seq": keys[-1][1] if keys else 0,
         "has_older": bool(keys) and keys[0][1] > 1,
@@ -232,6 +235,7 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
     context.update(
         title=selectors.conversation_title(members, names, request.user.get_username()),
         participants=list(members.names.items()),
+        presence=len(members.names) <= settings.CHAT_PRESENCE_MAX_MEMBERS,
         max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
     )
     return render(request, "chat/conversation_detail.html", context)

@@ -75,7 +75,7 @@ async def begin_drain(grace: float) -> int:
 
 class DrainMiddleware:
     """Refuses new websocket handshakes while the process drains. Otherwise it hands over to
-    the application rather than awaiting it (see parley.routing)."""
+    the application rather than awaiting it (see parley_runtime.routing)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app

@@ -195,22 +195,54 @@ class _Connection:
         return message
 
 
-def json_logging_config(level: str, loggers: dict | None = None) -> dict:
+class ConsoleFormatter(logging.Formatter):
+    """One short human-readable line per record, for `make dev` (DEBUG): time, level,
+    logger, message, and an access line's duration."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        line = (
+            time.strftime("%H:%M:%S", time.localtime(record.created))
+            + f" {record.levelname:<7} {record.name}: {record.getMessage()}"
+        )
+        duration = getattr(record, "duration_ms", None)
+        if duration is not None:
+            line += f" ({duration} ms)"
+        if record.exc_info:
+            line += "\n" + self.formatException(record.exc_info)
+        return line
+
+
+def json_logging_config(level: str, loggers: dict | None = None, human: bool = False) -> dict:
     """dictConfig for one JSON line per record on stdout, with the request id; shared by
-    Django's LOGGING and the gunicorn master (deploy/gunicorn.conf.py)."""
+    Django's LOGGING and the gunicorn master (deploy/gunicorn.conf.py).
+
+    human=True (DEBUG, `make dev`): one readable line per record instead, and one line per
+    request: parley.access logs it, so the development server's own request line
+    (django.channels.server) and Django's DEBUG console handler (which printed every
+    `django.*` record a second time) are silenced."""
+    loggers = dict(loggers or {})
+    if human:
+        # A NullHandler, not none: a logger without handlers falls back to logging's
+        # lastResort, which prints warnings (every 404) anyway.
+        loggers["django.channels.server"] = {"handlers": ["null"], "propagate": False}
+        loggers["django"] = {"handlers": [], "propagate": True}
     return {
         "version": 1,
         "disable_existing_loggers": False,
         "filters": {"request_id": {"()": "parley.logging.RequestIdFilter"}},
-        "formatters": {"json": {"()": "parley.logging.JsonFormatter"}},
+        "formatters": {
+            "json": {"()": "parley.logging.JsonFormatter"},
+            "console": {"()": "parley.logging.ConsoleFormatter"},
+        },
         "handlers": {
             "stdout": {
                 "class": "logging.StreamHandler",
                 "stream": "ext://sys.stdout",
-                "formatter": "json",
+                "formatter": "console" if human else "json",
                 "filters": ["request_id"],
-            }
+            },
+            "null": {"class": "logging.NullHandler"},
         },
         "root": {"handlers": ["stdout"], "level": level.upper()},
-        "loggers": loggers or {},
+        "loggers": loggers,
     }

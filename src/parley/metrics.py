@@ -27,7 +27,7 @@ WEBSOCKETS_OPEN = Gauge(
 )
 CONVERSATIONS_ACTIVE = Gauge(
     "parley_conversations_active",
-    "Conversations with at least one open socket in this process",
+    "Conversations with at least one open socket in this process (their hubs)",
     multiprocess_mode="livesum",
 )
 WEBSOCKET_CONNECTS = Counter("parley_websocket_connects_total", "Websockets accepted", ["kind"])
@@ -50,13 +50,42 @@ DELIVERIES = Counter(
 )
 REPLAYS = Counter("parley_replays_total", "Reconnects served a backlog (?after=)")
 MESSAGES_REPLAYED = Counter("parley_messages_replayed_total", "Messages sent from backlogs")
+BACKLOG_READS = Counter(
+    "parley_backlog_reads_total",
+    "Database reads for sockets catching up (a socket only a little behind is served from "
+    "its conversation hub's recent frames instead)",
+)
 GAPS_DETECTED = Counter(
     "parley_sequence_gaps_total",
-    "Sequence gaps noticed by consumers (a broadcast the layer dropped)",
+    "Sequence gaps noticed by conversation hubs (a broadcast the layer dropped or delayed)",
     ["how"],  # live (a later message revealed it), tail (heartbeat), recovery (layer back)
+)
+HEAL_READS = Counter(
+    "parley_heal_reads_total",
+    "Database reads by conversation hubs to fill sequence gaps (one per gap per process, "
+    "whatever the room's size)",
+    ["how"],
+)
+PRESENCE_BROADCASTS = Counter(
+    "parley_presence_broadcasts_total",
+    "Presence changes broadcast (coalesced: at most one per conversation per process per "
+    "CHAT_PRESENCE_COALESCE_SECONDS, none when nobody's presence changed)",
 )
 GAP_MESSAGES_HEALED = Counter(
     "parley_gap_messages_healed_total", "Messages sent from the database to fill gaps"
+)
+MESSAGES_REFUSED = Counter(
+    "parley_messages_refused_total",
+    "Sends refused to their sender because the process was past capacity (the page retries)",
+    # queued (its frame waited too long), lag (event loop late), delivery_delay (broadcasts
+    # arrive late), store_wait (database thread queue), db_busy (too many calls waiting)
+    ["reason"],
+)
+EVENT_LOOP_LAG = Gauge(
+    "parley_event_loop_lag_seconds",
+    "How late this process's event loop runs (smoothed); sends are refused past "
+    "CHAT_OVERLOAD_LAG_SECONDS",
+    multiprocess_mode="livemax",
 )
 RATE_LIMITED = Counter("parley_rate_limited_total", "Sends refused by the per-socket rate limit")
 HTTP_REQUEST_SECONDS = Histogram(
@@ -64,6 +93,11 @@ HTTP_REQUEST_SECONDS = Histogram(
     "HTTP request latency by route",
     ["route", "method", "status"],
     buckets=LATENCY_BUCKETS,
+)
+HTTP_REFUSALS = Counter(
+    "parley_http_refusals_total",
+    "HTTP requests answered 503 (Retry-After) because the process was over capacity, by reason",
+    ["reason"],  # queue_timeout (no request slot), pool_timeout (no connection), hashing_busy
 )
 READINESS_FAILURES = Counter(
     "parley_readiness_failures_total", "Failed /readyz checks by dependency", ["dependency"]

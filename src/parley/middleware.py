@@ -1,4 +1,4 @@
-"""Request latency by route, for Prometheus."""
+"""Request latency by route, for Prometheus; health checks; 503 past capacity."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ from django.http import HttpRequest, HttpResponse
 from django.urls import resolve
 
 from parley import metrics
+from parley.overload import busy_response, note_refusal, refusal_reason
 
 # Label values come from closed sets: every new value is a new series in every process's
 # multiprocess file, and a client chooses the method it sends.
@@ -65,3 +66,30 @@ class HealthCheckMiddleware:
         match = resolve(request.path_info)
         request.resolver_match = match  # for the route label of the latency metric
         return match.func(request)
+
+
+class OverloadMiddleware:
+    """Answers 503 with Retry-After, not 500, when a view found the process over capacity:
+    no pooled database connection within DB_POOL_TIMEOUT, or no password hashing slot
+    (parley.auth).
+
+    Django hands middleware `process_exception` for exceptions from the view (decorators
+    such as login_required, which loads the session, and TemplateResponse rendering
+    included). Every database access of a request in this project starts in its view, and
+    the connection it takes is the request's until the end, so the middlewares' response
+    phase (session save) never waits for the pool. One warning line per refusal, no
+    traceback: a storm would otherwise write one per request.
+    """
+
+    def __init__(self, get_response: Callable[[HttpRequest], HttpResponse]) -> None:
+        self.get_response = get_response
+
+    def __call__(self, request: HttpRequest) -> HttpResponse:
+        return self.get_response(request)
+
+    def process_exception(self, request: HttpRequest, exception: Exception) -> HttpResponse | None:
+        reason = refusal_reason(exception)
+        if reason is None:
+            return None  # Django's handling: a 500, logged with its traceback
+        note_refusal(reason, request.method, request.path)
+        return busy_response()

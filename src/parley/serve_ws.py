@@ -16,9 +16,9 @@ WS_PING_TIMEOUT (30), WS_DRAIN_DELAY (0), WS_DRAIN_GRACE (5). Logs are JSON line
 
 from __future__ import annotations
 
-# daphne.server installs the asyncio Twisted reactor; it must be imported before anything
-# else imports Twisted.
-import daphne.server  # isort: skip  # noqa: I001
+# parley_runtime.websocket imports daphne.server, which installs the asyncio Twisted reactor:
+# first, before anything else imports Twisted.
+from parley_runtime import websocket  # isort: skip  # noqa: I001
 
 import asyncio
 import logging
@@ -26,151 +26,12 @@ import os
 import signal
 import sys
 import threading
-from functools import partial
 from typing import Any
 
-from daphne.ws_protocol import WebSocketProtocol
-from twisted.web.http import HTTPChannel
-
+import parley_runtime
 from parley import metrics
-from parley.slimqueue import SlimQueue
 
 logger = logging.getLogger("parley.serve_ws")
-
-# Registered close codes a server sends (RFC 6455 7.4, IANA registry) that autobahn's
-# sendClose() refuses (it allows only 1000 and 3000-4999). The HTMX extension reconnects only
-# after 1006, 1011, 1012 and 1013, so the app's 1012/1013 must reach the browser as sent.
-SERVER_CLOSE_CODES = frozenset({1011, 1012, 1013})
-
-
-# What autobahn and daphne keep on every protocol instance from the opening handshake and
-# read only while connecting (connectionMade, processHandshake, succeedHandshake, daphne's
-# onConnect): the raw request, its parsed headers, the response and the options that only
-# the handshake reads.
-# tests/parley/test_serve_ws.py finds every method that reads each of them, so an upgrade
-# that starts reading one after the handshake fails there.
-HANDSHAKE_ATTRIBUTES = (
-    "http_request_data",
-    "http_status_line",
-    "http_headers",
-    "http_request_uri",
-    "http_request_path",
-    "http_request_params",
-    "http_request_host",
-    "http_response_data",
-    "websocket_origin",
-    "websocket_protocols",
-    "websocket_extensions",
-    "_wskey",
-    "clean_headers",  # daphne's; the application's scope keeps its own reference
-    "_raw_query_string",
-    "application_deferred",
-    # Factory options autobahn copies onto every instance, read only while connecting.
-    "openHandshakeTimeout",
-    "tcpNoDelay",
-    "versions",
-    "webStatus",
-    "maxConnections",
-    "trustXForwardedFor",
-    "allowedOrigins",
-    "allowedOriginsPatterns",
-    "allowNullOrigin",
-    "serveFlashSocketPolicy",
-    "flashSocketPolicy",
-    "perMessageCompressionAccept",
-)
-
-
-class _OpenedRequest:
-    """What daphne reads of autobahn's ConnectionRequest once the socket is open: the path
-    (for log_action in onOpen, onClose and serverReject)."""
-
-    __slots__ = ("path",)
-
-    def __init__(self, path: str) -> None:
-        self.path = path
-
-
-class _SendQueue(list):
-    """autobahn's send queue (a deque, ~760 bytes even when empty, and empty almost always:
-    it only holds chopped or `sync` writes) as a list: autobahn uses append, len, popleft."""
-
-    __slots__ = ()
-
-    def popleft(self) -> Any:
-        return self.pop(0)
-
-
-class _UpgradedChannel:
-    """Stands in for the HTTP channel as the transport's producer once a socket is open.
-
-    daphne upgrades the connection from inside the HTTP request, which never finishes:
-    Twisted's HTTPChannel stays the transport's registered push producer, and with it the
-    request, its headers, cookies and body buffer, for the socket's lifetime. With a request
-    still being handled (`_handlingRequest`) and no request producer, HTTPChannel's
-    pause/resume/stopProducing do nothing; so does this, shared by every socket."""
-
-    __slots__ = ()
-
-    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's names)
-        pass
-
-    def resumeProducing(self) -> None:  # noqa: N802
-        pass
-
-    def stopProducing(self) -> None:  # noqa: N802
-        pass
-
-
-UPGRADED_CHANNEL = _UpgradedChannel()
-
-
-class ParleyWebSocketProtocol(WebSocketProtocol):
-    """daphne's websocket protocol with two fixes for how Parley closes sockets, and less
-    memory kept per open socket (idle sockets are many: see HANDSHAKE_ATTRIBUTES)."""
-
-    def _connectionMade(self) -> None:
-        super()._connectionMade()
-        self.send_queue = _SendQueue()
-
-    def onOpen(self) -> None:  # noqa: N802 (daphne's name)
-        super().onOpen()
-        self.release_handshake()
-
-    def release_handshake(self) -> None:
-        """Drops what only the opening handshake needed (called once the socket is open)."""
-        state = self.__dict__
-        for name in HANDSHAKE_ATTRIBUTES:
-            state.pop(name, None)
-        request = state.get("request")
-        if request is not None:
-            self.request = _OpenedRequest(request.path)
-        # A dict never shrinks when keys go; a copy is sized for what is left (100
-        # attributes -> 75: 3.3 -> 1.7 KiB).
-        self.__dict__ = dict(state)
-        transport = self.transport
-        if isinstance(getattr(transport, "producer", None), HTTPChannel) and (
-            transport.producer._handlingRequest and transport.producer._requestProducer is None
-        ):
-            transport.producer = UPGRADED_CHANNEL
-
-    def serverClose(self, code: int | None = None) -> None:  # noqa: N802 (daphne's name)
-        # Stock daphne raises inside the application's close() for 1011/1012/1013: the
-        # socket stays open and the consumer never hears of its own close (a drain would
-        # hang until its deadline, then the client sees 1006 instead of 1012).
-        if code in SERVER_CLOSE_CODES:
-            self.sendCloseFrame(code=code, isReply=False)
-        else:
-            super().serverClose(code)
-
-    def serverSend(self, content: str | bytes, binary: bool = False) -> None:  # noqa: N802
-        # The client has started closing (e.g. it left during a replay). daphne drops sends
-        # after the disconnect; autobahn raises in this short window before it, which would
-        # crash the consumer and skip its clean-up (groups, presence). Drop them too: the
-        # consumer gets websocket.disconnect next.
-        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
-            return
-        super().serverSend(content, binary)
 
 
 def _env_float(name: str, default: float) -> float:
@@ -181,8 +42,9 @@ def _env_float(name: str, default: float) -> float:
         sys.exit(f"{name} must be a number of seconds, got {raw!r}")
 
 
-class DrainingServer(daphne.server.Server):
-    """daphne's Server, plus the listening ports (to close them) and a drain on signals."""
+class Draining:
+    """Mixed into the runtime's daphne Server: the listening ports (to close them) and a
+    drain on signals."""
 
     def __init__(
         self, *args: Any, drain_seconds: float, drain_delay: float, grace: float, **kwargs: Any
@@ -193,32 +55,6 @@ class DrainingServer(daphne.server.Server):
         self.drain_delay = drain_delay
         self.grace = grace
         self.drain_task: asyncio.Task | None = None
-
-    @property
-    def ws_factory(self) -> Any:
-        return self._ws_factory
-
-    @ws_factory.setter
-    def ws_factory(self, factory: Any) -> None:
-        # daphne.server.Server.run() builds the factory itself; this is where it is set.
-        factory.protocol = ParleyWebSocketProtocol
-        self._ws_factory = factory
-
-    def create_application(self, protocol: Any, scope: dict) -> SlimQueue | None:
-        """daphne's create_application with a bounded SlimQueue as the application's input
-        queue (daphne makes an unbounded asyncio.Queue, ~2.6 KiB, for every socket it holds)."""
-        assert "application_instance" not in self.connections[protocol]
-        input_queue = InputQueue()
-        scope.setdefault("asgi", {"version": "3.0"})
-        application_instance = self.application(
-            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
-        )
-        if protocol not in self.connections:
-            return None
-        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
-            application_instance, loop=asyncio.get_event_loop()
-        )
-        return input_queue
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)
@@ -266,23 +102,6 @@ class DrainingServer(daphne.server.Server):
             self.stop()
 
 
-class InputQueue(SlimQueue):
-    """What a client sent, waiting for its consumer. Bounded (CHAT_SOCKET_QUEUE_LIMIT, set in
-    main()): a consumer stalled on the database no longer lets one socket queue without end.
-    A page sends at most CHAT_RATE_LIMIT messages per 10 s, and a client 5x over that is
-    closed (4429) as soon as the consumer reads on, so only a flood is dropped. The end of
-    the socket (a disconnect) is never dropped: the consumer must hear of it."""
-
-    __slots__ = ()
-
-    def overflowed(self, item: dict) -> None:
-        if item.get("type", "").endswith(".disconnect"):
-            self._items.append(item)
-            self._wake_one()
-            return
-        metrics.WEBSOCKET_FRAMES_DROPPED.inc()
-
-
 def main() -> None:
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
     from daphne.endpoints import build_endpoint_description_strings
@@ -290,11 +109,15 @@ def main() -> None:
 
     from parley.asgi import application  # sets Django up, including JSON logging
 
-    InputQueue.maxsize = settings.CHAT_SOCKET_QUEUE_LIMIT
+    websocket.InputQueue.maxsize = settings.CHAT_SOCKET_QUEUE_LIMIT
+    websocket.InputQueue.on_overflow = metrics.WEBSOCKET_FRAMES_DROPPED.inc
+    server_class = type(
+        "DrainingServer", (Draining, websocket.server_class(parley_runtime.mode())), {}
+    )
 
     host = os.environ.get("WS_BIND", "0.0.0.0")  # noqa: S104 (containers listen on all)
     port = int(os.environ.get("WS_PORT", "8001"))
-    server = DrainingServer(
+    server = server_class(
         application=application,
         # Twisted listens with a backlog of 50: a reconnect storm (every client of a restarted
         # pod at once) overflows it and the kernel resets handshakes it could have queued.

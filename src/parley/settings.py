@@ -12,7 +12,9 @@ from pathlib import Path
 import environ
 from django.core.exceptions import ImproperlyConfigured
 
+import parley_runtime
 from parley.logging import json_logging_config
+from parley_runtime import layers as runtime_layers
 
 BASE_DIR = Path(__file__).resolve().parent.parent  # src/
 REPO_DIR = BASE_DIR.parent
@@ -39,6 +41,14 @@ elif not DEBUG and (
     )
 SECRET_KEY_FALLBACKS: list[str] = env.list("SECRET_KEY_FALLBACKS", default=[])
 
+# The tuned runtime (docs/runtime.md) or daphne/Channels/channels-redis/Django as shipped
+# ("stock"). "tuned" runs stock, with one warning at startup, when a library it patches is
+# not at its pinned version.
+try:
+    PARLEY_RUNTIME: str = parley_runtime.select(env.str("PARLEY_RUNTIME", default="tuned"))
+except ValueError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
+
 ALLOWED_HOSTS: list[str] = env.list(
     "ALLOWED_HOSTS", default=["localhost", "127.0.0.1", "[::1]"] if DEBUG else []
 )
@@ -54,6 +64,7 @@ INSTALLED_APPS = [
     "whitenoise.runserver_nostatic",
     "django.contrib.staticfiles",
     "channels",
+    "parley_runtime.apps.RuntimeConfig",  # logs which runtime runs, and why
     "chat",
 ]
 
@@ -61,6 +72,7 @@ MIDDLEWARE = [
     "parley.logging.RequestIdMiddleware",
     "parley.middleware.RequestMetricsMiddleware",
     "parley.middleware.HealthCheckMiddleware",  # before anything checks the Host header
+    "parley.middleware.OverloadMiddleware",  # a view over capacity: 503, not 500
     "django.middleware.security.SecurityMiddleware",
     "whitenoise.middleware.WhiteNoiseMiddleware",
     "django.contrib.sessions.middleware.SessionMiddleware",
@@ -104,8 +116,11 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
     DATABASES["default"].setdefault("OPTIONS", {})["pool"] = {
         "min_size": env.int("DB_POOL_MIN_SIZE", default=1),
         "max_size": env.int("DB_POOL_MAX_SIZE", default=4),
-        # Fail a request after this long rather than queue forever behind a dead database.
-        "timeout": env.float("DB_POOL_TIMEOUT", default=10.0),
+        # Past capacity, degrade: a request that gets no connection within this long is
+        # answered 503 with Retry-After (parley.middleware.OverloadMiddleware), well within
+        # the 2 s a refusal may take. (10 s before: a login storm queued for 10 s, then 500.)
+        # No max_waiting: WEB_REQUEST_SLOTS already bounds the requests that can wait here.
+        "timeout": env.float("DB_POOL_TIMEOUT", default=1.0),
     }
     DATABASES["default"]["OPTIONS"].setdefault(
         "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
@@ -132,8 +147,8 @@ if REDIS_URLS:
     if CHANNEL_LAYER_BACKEND == "pubsub":
         CHANNEL_LAYERS = {
             "default": {
-                # channels-redis's pub/sub layer with a small per-channel queue.
-                "BACKEND": "parley.layers.PubSubChannelLayer",
+                # channels-redis's pub/sub layer; tuned: a small per-channel queue.
+                "BACKEND": runtime_layers.backend(PARLEY_RUNTIME),
                 "CONFIG": {
                     "hosts": [{"address": url} for url in REDIS_URLS],
                     "prefix": CHANNEL_LAYER_PREFIX,
@@ -171,6 +186,17 @@ PASSWORD_HASHERS = env.list(
         "django.contrib.auth.hashers.ScryptPasswordHasher",
     ],
 )
+# Logins hash the password without holding a database connection (parley.auth).
+AUTHENTICATION_BACKENDS = [
+    "parley.auth.PoolFriendlyModelBackend",
+    # Never reached for a password (the first one answers all of them); listed so sessions
+    # logged in through it before stay valid (a session names its backend).
+    "django.contrib.auth.backends.ModelBackend",
+]
+# Password hashes (logins, signups) one process runs at once (0: the CPUs it may use); a login
+# that cannot start hashing within LOGIN_HASH_WAIT_SECONDS of its arrival gets 503.
+LOGIN_HASH_CONCURRENCY: int = env.int("LOGIN_HASH_CONCURRENCY", default=0)
+LOGIN_HASH_WAIT_SECONDS: float = env.float("LOGIN_HASH_WAIT_SECONDS", default=1.0)
 LOGIN_URL = "login"
 LOGIN_REDIRECT_URL = "chat:conversation_list"
 LOGOUT_REDIRECT_URL = "login"
@@ -226,11 +252,25 @@ if SECURE_HSTS_SECONDS == 0:
     # the app's copy, so SECURE_HSTS_SECONDS only matters without nginx.
     SILENCED_SYSTEM_CHECKS.append("security.W004")
 
+# --- Past capacity (parley.overload) --------------------------------------------------------
+# Requests one process runs at once, a thread each; more wait on the event loop at most
+# WEB_QUEUE_SECONDS, then get 503 with Retry-After. Health checks are never held back, and a
+# login lends its slot out while it waits for or does its hash (parley.auth). Default: the
+# pool's size, so a request never waits for a connection unless the database is slow. More
+# were measured worse at 4x the sustainable page rate (tests/stack/test_overload_http.py):
+# the surplus queued for the pool too, and every runnable request thread took the GIL from
+# the event loop, which then could not even read the requests it was to refuse in time.
+WEB_REQUEST_SLOTS: int = env.int(
+    "WEB_REQUEST_SLOTS",
+    default=DATABASES["default"].get("OPTIONS", {}).get("pool", {}).get("max_size", 4),
+)
+WEB_QUEUE_SECONDS: float = env.float("WEB_QUEUE_SECONDS", default=0.5)
+
 # --- Chat ---------------------------------------------------------------------------------
 CHAT_MAX_MESSAGE_LENGTH: int = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_RATE_LIMIT: int = env.int("CHAT_RATE_LIMIT", default=30)  # messages per 10 s per socket
 CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
-# Rendered message fragments (chat.rendering.fragments) each process keeps: stored messages
+# Rendered message fragments (chat.fragments.message_cache) each process keeps: stored messages
 # never change. Per process on purpose: a deploy with changed templates starts empty. Bounded
 # in bytes (a fragment's size is up to its sender); 32 MiB is ~30,000 typical messages and
 # leaves most of a 384 MiB container limit to the sockets.
@@ -239,16 +279,40 @@ CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"
 
 # Websocket database calls (chat.dbcalls): at most this many waiting per process, and after
 # a call could not reach the database, others are refused at once for this many seconds.
-# The server's max_connections the connection budget was sized for (README); wait_for_deps
-# warns when the real server allows fewer. 0: not stated.
+# The server's max_connections the connection budget was sized for (docs/kubernetes.md,
+# "Connection budget"); wait_for_deps warns when the real server allows fewer. 0: not stated.
 DB_MAX_CONNECTIONS: int = env.int("DB_MAX_CONNECTIONS", default=0)
 CHAT_DB_MAX_PENDING: int = env.int("CHAT_DB_MAX_PENDING", default=64)
 CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
+# A websocket handshake that finds CHAT_DB_MAX_PENDING calls pending waits for a slot up to
+# this long, in a line of at most CHAT_DB_MAX_SLOT_WAITERS, before it is refused (1013, which
+# the browser retries with backoff): a reconnect storm is served in order instead of bounced.
+CHAT_DB_CONNECT_WAIT_SECONDS: float = env.float("CHAT_DB_CONNECT_WAIT_SECONDS", default=1.0)
+CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=256)
+# Past capacity a send is refused to its sender at once (chat.admission): while this
+# process's event loop runs later than this (smoothed), broadcasts reach it later than this
+# after their store, or calls wait longer than this for its database thread. The page keeps
+# the text and retries after CHAT_OVERLOAD_RETRY_SECONDS (with backoff).
+CHAT_OVERLOAD_LAG_SECONDS: float = env.float("CHAT_OVERLOAD_LAG_SECONDS", default=0.15)
+CHAT_OVERLOAD_DELIVERY_SECONDS: float = env.float("CHAT_OVERLOAD_DELIVERY_SECONDS", default=0.5)
+CHAT_OVERLOAD_STORE_WAIT_SECONDS: float = env.float(
+    "CHAT_OVERLOAD_STORE_WAIT_SECONDS", default=0.25
+)
+# A send whose frame waited longer than this in its socket's queue (behind that socket's
+# earlier sends) is refused too.
+CHAT_OVERLOAD_QUEUE_SECONDS: float = env.float("CHAT_OVERLOAD_QUEUE_SECONDS", default=0.3)
+CHAT_OVERLOAD_RETRY_SECONDS: float = env.float("CHAT_OVERLOAD_RETRY_SECONDS", default=2.0)
 # Messages a socket's queues hold (the layer's broadcasts to it; its own frames to the
 # consumer) when its consumer is stalled: past it, broadcasts are dropped and healed from the
 # database by sequence, and frames of a client this far over its rate limit are dropped.
 CHAT_SOCKET_QUEUE_LIMIT: int = env.int("CHAT_SOCKET_QUEUE_LIMIT", default=1000)
 CHAT_PRESENCE_TTL: int = env.int("CHAT_PRESENCE_TTL", default=45)
+# Arrivals and departures in a conversation are written and broadcast together, at most once
+# per this interval per process: a reconnect storm into a big room costs O(N), not O(N^2).
+# Conversations with more members than this show no per-member presence: every connecting
+# socket would be sent every online member (O(N^2) in a reconnect storm of a big room).
+CHAT_PRESENCE_MAX_MEMBERS: int = env.int("CHAT_PRESENCE_MAX_MEMBERS", default=200)
+CHAT_PRESENCE_COALESCE_SECONDS: float = env.float("CHAT_PRESENCE_COALESCE_SECONDS", default=0.25)
 # A websocket frame larger than this is refused before it is parsed (bytes).
 CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)
 # A draining daphne answers /readyz with 503 while it closes its sockets with 1012.
@@ -262,4 +326,6 @@ logging.captureWarnings(True)
 LOGGING = json_logging_config(
     LOG_LEVEL,
     {"django.db.backends": {"level": "INFO"}, "daphne": {"level": "INFO"}},
+    # DEBUG (`make dev`): readable lines for a person at a terminal; JSON for collectors.
+    human=env.bool("LOG_HUMAN", default=DEBUG),
 )

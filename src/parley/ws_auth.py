@@ -11,6 +11,7 @@ one scope with `user` to the router; the session and cookies are not kept.
 
 from __future__ import annotations
 
+import logging
 from importlib import import_module
 from typing import Any
 
@@ -18,7 +19,10 @@ from channels.auth import get_user
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
+from chat.dbcalls import DatabaseUnavailable, db
 from parley.logging import scope_header
+
+logger = logging.getLogger(__name__)
 
 
 class WebsocketAuthMiddleware:
@@ -28,7 +32,15 @@ class WebsocketAuthMiddleware:
     async def __call__(self, scope: dict, receive: Any, send: Any) -> Any:
         # This coroutine waits on the inner application for the socket's lifetime: the
         # cookies and the session are looked at in another, which is then gone.
-        user, session_key = await scope_user(scope)
+        try:
+            user, session_key = await scope_user(scope)
+        except DatabaseUnavailable as exc:
+            # A reconnect storm (or Postgres down): refused at the handshake in microseconds,
+            # which the browser retries with backoff, instead of queueing every handshake
+            # of the storm on the database thread.
+            logger.warning("websocket handshake refused", extra={"why": str(exc)})
+            await send({"type": "websocket.close", "code": 1013})
+            return None
         # The key, not the session: the process heartbeat re-checks it (chat.heartbeat).
         inner = self.inner(dict(scope, user=user, session_key=session_key), receive, send)
         del scope, receive, send  # the application's now, for as long as it runs
@@ -42,4 +54,8 @@ async def scope_user(scope: dict) -> tuple[Any, str | None]:
     cookies = parse_cookie(header.decode("latin1")) if header else {}
     store = import_module(settings.SESSION_ENGINE).SessionStore
     key = cookies.get(settings.SESSION_COOKIE_NAME)
-    return await get_user({"session": store(key)}), key
+    # channels' get_user, on the database thread through the consumers' bounded gate.
+    user = await db(get_user.func, slot_wait=settings.CHAT_DB_CONNECT_WAIT_SECONDS)(
+        {"session": store(key)}
+    )
+    return user, key

@@ -10,46 +10,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import override_settings
 
-from chat.models import Message
-from tests.factories import communicator, make_conversation, make_user, session_cookie
-from tests.frames import Inbox
+from chat.presence import presence_store
+from tests.factories import communicator, make_user, session_cookie
+from tests.helpers.ws import open_socket, room, send, stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
-
-
-@sync_to_async
-def room(n: int = 2, title: str = ""):
-    users = [make_user() for _ in range(n)]
-    conversation = make_conversation(*users, title=title)
-    return conversation, users, [session_cookie(u) for u in users]
-
-
-async def open_socket(
-    conversation_id: int,
-    cookie: bytes | None,
-    after: int | None = None,
-    origin: bytes | None = b"http://localhost",
-):
-    path = f"/ws/chat/{conversation_id}" + (f"?after={after}" if after is not None else "")
-    comm = communicator(path, cookie, origin=origin)
-    connected, _ = await comm.connect(timeout=5)
-    return comm, connected, Inbox(comm)
-
-
-def send(comm, text: str, client_id: str | None = None):
-    payload = {"chat_message": text, "HEADERS": {"HX-Request": "true"}}
-    if client_id:
-        payload["client_id"] = client_id
-    return comm.send_to(text_data=json.dumps(payload))
-
-
-@sync_to_async
-def stored(conversation_id: int) -> list[tuple[int, str]]:
-    return list(
-        Message.objects.filter(conversation_id=conversation_id)
-        .order_by("seq")
-        .values_list("seq", "body")
-    )
 
 
 # --- refusals -------------------------------------------------------------------------------
@@ -224,12 +189,18 @@ async def test_flooding_is_throttled_then_closed_and_others_are_unaffected():
 
 
 @pytest.mark.slow
-async def test_idle_socket_still_receives_after_30_seconds():
-    conversation, _, cookies = await room()
+async def test_an_idle_socket_outlives_three_presence_ttls_online_and_receiving(settings):
+    """Nothing times an idle socket out: over three presence TTLs (the heartbeat refreshes
+    the entries every TTL/3) both users stay online and the socket still receives. The TTL
+    is short so the idling is too (production: 45 s)."""
+    settings.CHAT_PRESENCE_TTL = 3
+    conversation, users, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
-    await asyncio.sleep(31)  # the idleness itself is what is under test
+    await asyncio.sleep(3 * settings.CHAT_PRESENCE_TTL)  # the idleness itself is under test
     assert not alice.future.done() and not bob.future.done()
+    online = await presence_store().update(conversation.pk, "probe", [], [])
+    assert online == {u.pk for u in users}
     await send(alice, "after the silence")
     await bob_in.wait_text("after the silence")
     await alice.disconnect()

@@ -19,9 +19,9 @@ import pytest
 import requests
 
 from tests._env import RUN_TAG
+from tests.helpers.wsclient import ChatSocket
 from tests.redis_server import delete_keys, free_port
 from tests.stack.harness import login, wait_until
-from tests.stack.wsclient import ChatSocket
 
 REPO = Path(__file__).resolve().parents[2]
 DIED = 17
@@ -31,16 +31,16 @@ FAULT_APP = '''
 import os
 
 from parley.asgi import application  # noqa: F401 (sets Django up)
-from chat import consumers
+from chat import consumers, hub
 
-_deliver = consumers.ChatConsumer.deliver
-_flush = consumers.ChatConsumer.flush_broadcasts
+_push = consumers.ChatConsumer.push
+_flush = hub.ConversationHub.flush_broadcasts
 
 
-async def deliver(self, seq, frame):
-    if "die-before-confirm" in frame:  # stored, the sender not yet told
+async def push(self, rows):
+    if any("die-before-confirm" in frame for _, frame in rows):  # stored, the sender not told
         os._exit(17)
-    return await _deliver(self, seq, frame)
+    return await _push(self, rows)
 
 
 async def flush_broadcasts(self):
@@ -49,8 +49,8 @@ async def flush_broadcasts(self):
     return await _flush(self)
 
 
-consumers.ChatConsumer.deliver = deliver
-consumers.ChatConsumer.flush_broadcasts = flush_broadcasts
+consumers.ChatConsumer.push = push
+hub.ConversationHub.flush_broadcasts = flush_broadcasts
 '''
 
 

@@ -9,7 +9,7 @@ from asgiref.sync import sync_to_async
 from chat import services
 from chat.models import Conversation, Message
 from chat.presence import RedisPresence
-from tests.chat.test_consumers import open_socket, room, send
+from tests.helpers.ws import open_socket, room, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
@@ -48,7 +48,7 @@ async def test_a_page_of_another_epoch_is_told_to_start_over():
     new = await epoch_of(conversation.pk)
     path_after = f"/ws/chat/{conversation.pk}?after=5&epoch=oldepoch"
     from tests.factories import communicator
-    from tests.frames import Inbox
+    from tests.helpers.frames import Inbox
 
     comm = communicator(path_after, cookies[0])
     assert (await comm.connect(timeout=5))[0]
@@ -67,7 +67,7 @@ async def test_a_page_that_saw_more_than_the_database_has_starts_a_new_epoch():
     await alice.disconnect()
     old = await rewind(conversation.pk, 2)  # nobody announced it
     from tests.factories import communicator
-    from tests.frames import Inbox
+    from tests.helpers.frames import Inbox
 
     comm = communicator(f"/ws/chat/{conversation.pk}?after=5&epoch={old}", cookies[0])
     assert (await comm.connect(timeout=5))[0]

@@ -8,16 +8,17 @@ import types
 
 import pytest
 
-from tests.chat.test_consumers import open_socket, room
+import parley_runtime
+from tests.helpers.ws import open_socket, room
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
 # Between the server and the consumer's dispatch loop: the access log (it logs when the
-# socket ends) and the auth layer; every other layer handed over (parley.routing).
+# socket ends) and the auth layer; every other layer handed over (parley_runtime.routing).
 IDLE_CHAIN = [
     "AccessLogMiddleware.__call__",
     "WebsocketAuthMiddleware.__call__",
-    "ResilientConsumer.__call__",
+    "_tuned_loop",  # parley_runtime.consumer: the consumer's dispatch loop
 ]
 
 
@@ -30,6 +31,8 @@ def await_chain(task: asyncio.Future) -> tuple[list[str], object]:
 
 
 async def test_an_idle_socket_waits_in_three_coroutines_on_one_future():
+    if parley_runtime.mode() != "tuned":
+        pytest.skip("the tuned runtime's footprint (docs/runtime.md)")
     conversation, _, cookies = await room()
     comm, connected, _ = await open_socket(conversation.pk, cookies[0])
     assert connected

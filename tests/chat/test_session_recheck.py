@@ -12,9 +12,9 @@ from django.conf import settings as django_settings
 from django.contrib.sessions.models import Session
 from django.utils import timezone
 
-from tests.chat.test_consumers import open_socket, room, send
 from tests.factories import communicator
-from tests.frames import Inbox
+from tests.helpers.frames import Inbox
+from tests.helpers.ws import open_socket, room, send
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

@@ -30,7 +30,7 @@ import requests
 
 from tests import instance
 from tests.containers import engine as eng
-from tests.containers.wsclient import ChatClient
+from tests.helpers.wsclient import ChatSocket
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -438,8 +438,8 @@ def test_stack_end_to_end(stack: Stack, images: str) -> None:
     conversation = start_conversation(stack.base, alice, f"bob{tag}")
     ws_base = f"ws://127.0.0.1:{stack.port}"
     clients = {
-        name: ChatClient(
-            ws_base, stack.base, f"sessionid={session.cookies['sessionid']}", conversation
+        name: ChatSocket(
+            ws_base, stack.base, conversation, f"sessionid={session.cookies['sessionid']}"
         )
         for name, session in (("alice", alice), ("bob", bob))
     }
@@ -486,7 +486,7 @@ SCRAPE = (
 
 
 def redis_outage(
-    stack: Stack, session: requests.Session, conversation: int, a: ChatClient, b: ChatClient
+    stack: Stack, session: requests.Session, conversation: int, a: ChatSocket, b: ChatSocket
 ) -> None:
     redis_id = stack.containers()["redis"][0]["Id"]
     stopped_at = datetime.datetime.now(datetime.UTC)
@@ -496,7 +496,7 @@ def redis_outage(
         assert page.status_code == 200, page.text[:300]
         for client in (a, b):  # sockets on a live daphne stay open through the outage
             if not client.is_open:
-                client.connect(timeout=30)
+                client.reconnect(timeout=30, retry=True)
         during = {a.send("while redis is down")}
         a.wait_client_ids(during, timeout=15)  # stored and confirmed to the sender
         # readiness says degraded, not unready: every web and ws container's healthchecks
@@ -586,8 +586,8 @@ def check_redeploy(
     page = session.get(f"{stack.base}/c/{conversation}", timeout=10)
     assert page.status_code == 200, addresses(stack)
     assert len(re.findall(r'class="msg" data-seq="\d+"', page.text)) == messages
-    client = ChatClient(
-        ws_base, stack.base, f"sessionid={session.cookies['sessionid']}", conversation
+    client = ChatSocket(
+        ws_base, stack.base, conversation, f"sessionid={session.cookies['sessionid']}"
     )
     try:
         client.connect()
@@ -598,7 +598,7 @@ def check_redeploy(
 
 
 def restart_conversation(
-    stack: Stack, a: ChatClient, b: ChatClient, victim: str, earlier: set[str]
+    stack: Stack, a: ChatSocket, b: ChatSocket, victim: str, earlier: set[str]
 ) -> None:
     """Alice keeps talking while one ws container restarts."""
 
@@ -623,8 +623,8 @@ def restart_conversation(
 
 def converse_during(
     disruption: Callable[[], None],
-    senders: tuple[ChatClient, ...],
-    clients: tuple[ChatClient, ...],
+    senders: tuple[ChatSocket, ...],
+    clients: tuple[ChatSocket, ...],
     earlier: set[str],
 ) -> int:
     """`senders` take turns sending while `disruption` runs in a thread, and at least six
@@ -632,7 +632,7 @@ def converse_during(
     ?after=<last seq> and re-sends, under the same client_id (the server stores it once), what
     was never echoed back. Then every client has every message, each once, with gapless seqs.
     Returns how many messages were sent during the disruption."""
-    sent: dict[ChatClient, dict[str, str]] = {c: {} for c in senders}  # client_id -> text
+    sent: dict[ChatSocket, dict[str, str]] = {c: {} for c in senders}  # client_id -> text
     error: list[BaseException] = []
 
     def disrupt() -> None:
@@ -644,7 +644,7 @@ def converse_during(
     def reconnect_and_resend() -> None:
         for client in clients:
             if not client.is_open:
-                client.connect(timeout=60)
+                client.reconnect(timeout=60, retry=True)
                 resend_unacknowledged(client, sent.get(client, {}))
 
     thread = threading.Thread(target=disrupt)
@@ -688,7 +688,7 @@ def converse_during(
     return sum(len(texts) for texts in sent.values())
 
 
-def resend_unacknowledged(client: ChatClient, sent: dict[str, str]) -> None:
+def resend_unacknowledged(client: ChatSocket, sent: dict[str, str]) -> None:
     for client_id in [c for c in sent if c not in client.client_ids()]:
         try:
             client.send(sent[client_id], client_id=client_id)

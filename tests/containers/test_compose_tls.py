@@ -23,7 +23,7 @@ from tests.containers.test_compose import (
     sign_up_and_log_in,
     start_conversation,
 )
-from tests.containers.wsclient import ChatClient
+from tests.helpers.wsclient import ChatSocket
 from tests.stack.harness import make_certs
 from tests.stack.test_tls import believes_https, post_without_referer
 
@@ -101,7 +101,7 @@ def test_make_up_serves_https(
     conversation = start_conversation(base, alice, f"bob{tag}")
     ws_base = f"wss://127.0.0.1:{stack.https_port}"
     a, b = (
-        ChatClient(ws_base, base, f"sessionid={s.cookies['sessionid']}", conversation)
+        ChatSocket(ws_base, base, conversation, f"sessionid={s.cookies['sessionid']}")
         for s in (alice, bob)
     )
     try:

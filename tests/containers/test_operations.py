@@ -26,12 +26,13 @@ from tests.containers.test_compose import (
     sign_up_and_log_in,
     start_conversation,
 )
-from tests.containers.wsclient import ChatClient
+from tests.helpers.wsclient import ChatSocket
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
-# 5xx answers through nginx allowed during `make upgrade` (README "Upgrades"): none. GETs
-# that meet a stopping gunicorn are retried on the other replica (proxy_next_upstream).
+# 5xx answers through nginx allowed during `make upgrade` (docs/operations.md "Upgrades
+# without downtime"): none. GETs that meet a stopping gunicorn are retried on the other
+# replica (proxy_next_upstream).
 UPGRADE_5XX_BUDGET = 0
 
 # What must survive a backup/restore exactly; {c} is the conversation under test.
@@ -66,12 +67,12 @@ def db_rows(stack: Stack, conversation: int) -> dict[str, list[str]]:
     return {name: psql(stack, q.format(c=conversation)) for name, q in ROWS.items()}
 
 
-def chat_client(stack: Stack, session: requests.Session, conversation: int) -> ChatClient:
-    client = ChatClient(
+def chat_client(stack: Stack, session: requests.Session, conversation: int) -> ChatSocket:
+    client = ChatSocket(
         f"ws://127.0.0.1:{stack.port}",
         stack.base,
-        f"sessionid={session.cookies['sessionid']}",
         conversation,
+        f"sessionid={session.cookies['sessionid']}",
     )
     client.connect()
     return client
@@ -87,7 +88,7 @@ class Writer(threading.Thread):
     """Sends a message every 0.4 s until stopped: the app writes while pg_dump runs (25 per
     10 s stays under CHAT_RATE_LIMIT, 30)."""
 
-    def __init__(self, client: ChatClient) -> None:
+    def __init__(self, client: ChatSocket) -> None:
         super().__init__(daemon=True)
         self.client, self.stop, self.sent = client, threading.Event(), 0
 
@@ -151,7 +152,7 @@ def test_backup_restore_and_rolling_upgrade(stack: Stack, tmp_path: Path) -> Non
             client.close()
 
 
-def backup_while_writing(stack: Stack, folder: Path, client: ChatClient) -> Path:
+def backup_while_writing(stack: Stack, folder: Path, client: ChatSocket) -> Path:
     writer = Writer(client)
     writer.start()
     started = time.monotonic()
@@ -187,21 +188,34 @@ def rolling_upgrade(
     stack: Stack,
     session: requests.Session,
     conversation: int,
-    a: ChatClient,
-    b: ChatClient,
+    a: ChatSocket,
+    b: ChatSocket,
     earlier: set[str],
 ) -> None:
     """`make upgrade` replaces every web and ws container one at a time while both clients
     chat and a poller GETs the conversation page through nginx."""
     before = {i["Id"] for svc in ("web", "ws") for i in stack.containers()[svc]}
     statuses: collections.Counter[int | str] = collections.Counter()
+    errors: list[str] = []
     stop = threading.Event()
+
+    def get() -> int:
+        return session.get(f"{stack.base}/c/{conversation}", timeout=30).status_code
 
     def poll() -> None:
         while not stop.wait(0.05):
             try:
-                r = session.get(f"{stack.base}/c/{conversation}", timeout=30)
-                statuses[r.status_code] += 1
+                statuses[get()] += 1
+            except requests.ConnectionError as exc:
+                # Each roll step reloads nginx: the old workers close their idle keep-alive
+                # connections, and a GET written onto one at that instant meets a closed
+                # socket before any answer. Browsers retry such a request once on a new
+                # connection (RFC 9112 9.3.1); so does this poller, and the retry must succeed.
+                errors.append(repr(exc))
+                try:
+                    statuses[f"retried:{get()}"] += 1
+                except requests.RequestException as again:
+                    statuses[type(again).__name__] += 1
             except requests.RequestException as exc:
                 statuses[type(exc).__name__] += 1
 
@@ -227,6 +241,8 @@ def rolling_upgrade(
     services = stack.containers()
     assert not before & after, "some web/ws container was not replaced"
     assert len(services["web"]) == len(services["ws"]) == 2
-    failed = sum(n for code, n in statuses.items() if not isinstance(code, int) or code >= 500)
-    print(f"upgrade: {sent} messages during it; GET statuses {dict(statuses)}")
+    failed = sum(
+        n for code, n in statuses.items() if not isinstance(code, int) and code != "retried:200"
+    ) + sum(n for code, n in statuses.items() if isinstance(code, int) and code >= 500)
+    print(f"upgrade: {sent} messages during it; GET statuses {dict(statuses)}; dropped {errors}")
     assert statuses[200] > 0 and failed <= UPGRADE_5XX_BUDGET, dict(statuses)

@@ -761,7 +761,7 @@ def test_web_and_ws_export_metrics_only_to_the_scraper(
 def test_backup_cronjob_runs_the_compose_backup_onto_its_claim(docs: list[Doc]) -> None:
     """The CronJob (deploy/backup) runs what `make backup` runs: the same image, command and
     script (its ConfigMap is deploy/backup/pg-backup.sh verbatim), one at a time, into the
-    PersistentVolumeClaim, with the retention README "Operating Parley" documents."""
+    PersistentVolumeClaim, with the retention docs/operations.md documents."""
     cron = one(docs, "CronJob", "pg-backup")
     assert cron["spec"]["concurrencyPolicy"] == "Forbid"
     spec = pod(cron)

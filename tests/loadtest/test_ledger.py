@@ -9,7 +9,7 @@ import uuid
 
 import pytest
 
-from chat import rendering
+from chat import fragments
 from chat.services import message_create
 from loadtest import protocol
 from loadtest.ledger import Ledger, check, percentile
@@ -29,7 +29,7 @@ def test_parses_the_fragment_the_server_renders():
         client_id=uuid.UUID(hex=message_id),
     )
     other, _ = message_create(conversation_id=conversation.pk, sender=bob, body='<b>"hi" & bye</b>')
-    frame = rendering.ws_messages([rendering.message_html(message), rendering.message_html(other)])
+    frame = fragments.ws_messages([fragments.message_html(message), fragments.message_html(other)])
 
     first, second = protocol.parse_frame(frame).deliveries
     assert (first.seq, first.sender_id, first.message_id, first.sent_ns) == (
@@ -45,9 +45,9 @@ def test_parses_the_fragment_the_server_renders():
 def test_parses_errors_and_presence():
     cid = str(uuid.uuid4())
     frame = protocol.parse_frame(
-        rendering.error_html("You are sending messages too fast.", client_id=cid)
-        + rendering.presence_html(7, "amy", True)
-        + rendering.presence_html(8, "bo", False)
+        fragments.error_html("You are sending messages too fast.", client_id=cid)
+        + fragments.presence_html(7, "amy", True)
+        + fragments.presence_html(8, "bo", False)
     )
     assert frame.errors == [(cid, "You are sending messages too fast.")]
     assert frame.presence == [(7, True), (8, False)]
@@ -123,7 +123,12 @@ def test_rejected_messages_are_not_expected_but_fail_the_run():
 
 
 def test_a_run_that_sent_nothing_fails():
-    assert check(_run({}, []), p99_threshold_ms=100).failures == ["no message was sent"]
+    (failure,) = check(_run({}, []), p99_threshold_ms=100).failures
+    assert failure.startswith("no message was sent (sending starts once every user is online")
+    assert check(Ledger(), p99_threshold_ms=100).failures == [
+        "no recipient connected",
+        "no message was sent",
+    ]
 
 
 def test_ledgers_from_workers_merge_into_one_check():
@@ -177,3 +182,55 @@ def test_fanout_p99_is_also_given_per_second_of_sending():
         None,
         300.0,
     ]
+
+
+def test_users_that_never_connected_are_named_and_left_out():
+    ledger = _run({"a": ALL, "b": ALL, "c": ALL}, SENT)
+    ledger.record_not_connected("d", "login refused: HTTP 200, the login form again")
+    report = check(ledger, p99_threshold_ms=100, users=["a", "b", "c", "d", "e"], min_connected=0.5)
+    assert report.ok, report.failures
+    assert report.not_connected == {
+        "d": "login refused: HTTP 200, the login form again",
+        "e": "did not connect before the run ended",
+    }
+    assert [r.recipient for r in report.rows] == ["a", "b", "c"]  # d and e expect nothing
+    summary = report.summary()
+    assert (summary["users"], summary["recipients"], summary["lost"]) == (5, 3, 0)
+    assert summary["not_connected"]["d"].startswith("login refused")
+    table = report.table()
+    assert "not connected: 2 of 5 users" in table
+    assert "  - d: login refused: HTTP 200" in table
+    assert "users connected 3 of 5" in table
+
+
+def test_too_few_connected_fails_the_run():
+    ledger = _run({"a": ALL, "b": ALL, "c": ALL}, SENT)
+    users = ["a", "b", "c", "d", "e", "f", "g"]
+    report = check(ledger, p99_threshold_ms=100, users=users, min_connected=0.5)
+    assert report.failures == ["only 3 of 7 users connected (--min-connected 0.5 needs 4)"]
+    assert check(ledger, p99_threshold_ms=100, users=users[:6], min_connected=0.5).ok
+
+
+def test_the_connected_users_still_need_every_message():
+    ledger = _run({"a": ALL, "b": ALL[:2], "c": ALL}, SENT)
+    ledger.record_not_connected("d", "login failed 8 times over 60 s, last: HTTP 503")
+    report = check(ledger, p99_threshold_ms=100, users=["a", "b", "c", "d"], min_connected=0.5)
+    assert report.failures == ["1 deliveries lost"]
+    assert "  - d: login failed 8 times" in report.table()
+
+
+def test_sockets_closed_for_good_and_server_errors_fail_the_run():
+    ledger = _run({"a": ALL, "b": ALL, "c": ALL}, SENT)
+    ledger.closed.append("b")
+    ledger.server_errors.append("Something went wrong.")
+    assert check(ledger, p99_threshold_ms=100).failures == [
+        "1 sockets closed for good during the run",
+        "1 error frames from the server",
+    ]
+
+
+def test_not_connected_users_merge_from_workers():
+    one, two = Ledger(), Ledger()
+    two.record_not_connected("x", "websocket refused: HTTP 403")
+    one.merge(two.to_dict())
+    assert one.not_connected == {"x": "websocket refused: HTTP 403"}

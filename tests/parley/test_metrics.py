@@ -11,8 +11,8 @@ from prometheus_client import REGISTRY
 
 from chat import services
 from parley import metrics_export
-from tests.chat.test_consumers import open_socket, room, send
 from tests.factories import communicator, make_user, session_cookie
+from tests.helpers.ws import open_socket, room, send
 from tests.redis_server import free_port
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -212,7 +212,7 @@ WHO_AM_I = (
 
 
 def test_secret_key_rotation_keeps_sessions_through_fallbacks(tmp_path):
-    """README "Rotating SECRET_KEY": the new key in SECRET_KEY, the old one in
+    """docs/operations.md "Rotating SECRET_KEY": the new key in SECRET_KEY, the old one in
     SECRET_KEY_FALLBACKS; a session signed with the old key stays logged in, and its first
     request re-keys it under the new key, after which it no longer needs the fallback.
     Without the fallback the old session is logged out (so the check can fail)."""

@@ -7,7 +7,7 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.contrib.sessions.models import Session
 
-from tests.chat.test_consumers import open_socket, room
+from tests.helpers.ws import open_socket, room
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

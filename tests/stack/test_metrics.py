@@ -7,8 +7,8 @@ import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.helpers.wsclient import ChatSocket
 from tests.stack.harness import wait_until
-from tests.stack.wsclient import ChatSocket
 
 pytestmark = [pytest.mark.stack]
 

@@ -21,6 +21,7 @@ import pytest
 import requests
 import websocket
 
+from tests.helpers.wsclient import ChatSocket
 from tests.stack.harness import (
     REPO,
     Stack,
@@ -30,7 +31,6 @@ from tests.stack.harness import (
     session_trusting,
     wait_until,
 )
-from tests.stack.wsclient import ChatSocket
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -394,3 +394,33 @@ def test_stack_tls_mode_needs_the_certificate(tmp_path: Path) -> None:
     stack = Stack(name="tls-nocert", https_port=18243, cert_dir=tmp_path)
     with pytest.raises(StackError, match="run `make certs`"):
         stack.up()
+
+
+def test_make_up_makes_a_self_signed_certificate_on_a_fresh_checkout(tmp_path: Path) -> None:
+    """A fresh checkout has no ./certs: `make up` makes a self-signed localhost pair there
+    itself, says so, and nginx can read it; an existing pair is left alone."""
+    env_file = tmp_path / "env"
+    env_file.write_text("TLS_CERT_DIR=./certs\n")
+    result = subprocess.run(
+        [str(REPO / "deploy" / "docker" / "check-tls.sh"), str(env_file)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+        cwd=tmp_path,
+        env={"PATH": "/usr/bin:/bin"},
+    )
+    assert result.returncode == 0, result.stderr
+    assert "making a self-signed one for localhost" in result.stderr
+    cert = tmp_path / "certs" / "tls.crt"
+    text = subprocess.run(
+        ["openssl", "x509", "-in", str(cert), "-noout", "-subject", "-ext", "subjectAltName"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "CN = localhost" in text and "IP Address:127.0.0.1" in text, text
+    made = cert.read_bytes()
+    again = check_tls(env_file, TLS_CERT_DIR=str(tmp_path / "certs"))
+    assert again.returncode == 0 and "self-signed" not in again.stderr
+    assert cert.read_bytes() == made

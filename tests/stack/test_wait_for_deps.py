@@ -78,8 +78,9 @@ def test_a_database_that_is_down_is_named():
 
 
 def test_a_server_allowing_fewer_connections_than_the_budget_is_named():
-    """DB_MAX_CONNECTIONS is what the deployment's pools were sized for (README, Connection
-    budget); a server with a lower max_connections fails logins only at full scale."""
+    """DB_MAX_CONNECTIONS is what the deployment's pools were sized for (docs/kubernetes.md,
+    "Connection budget"); a server with a lower max_connections fails logins only at full
+    scale."""
     code, lines, stderr, _ = wait_for_deps(
         5, DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres", DB_MAX_CONNECTIONS="100000"
     )

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import requests
 
+from tests.helpers.wsclient import CLOSE_ABNORMAL, ChatSocket
 from tests.stack.harness import child_pids, wait_until
-from tests.stack.wsclient import CLOSE_ABNORMAL, ChatSocket
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
@@ -200,7 +200,11 @@ def test_socket_lifetime_closes_with_1012_through_daphne(stack, room, cookies):
         direct = ChatSocket(
             f"ws://127.0.0.1:{stack.ws_port(1)}", stack.url, conversation_id, cookies(alice)
         ).connect()
-        b = connect(stack, conversation_id, cookies(bob))
+        # Bob straight at the other daphne: through nginx he could land on the one whose
+        # sockets live 2 s, and be closed himself before his second send.
+        b = ChatSocket(
+            f"ws://127.0.0.1:{stack.ws_port(0)}", stack.url, conversation_id, cookies(bob)
+        ).connect()
         b.send("before the lifetime ends")
         direct.wait_seq(1)
         assert direct.wait_close(timeout=10) == 1012
@@ -237,3 +241,35 @@ def test_daphne_listens_with_a_deep_accept_queue(stack):
         ).stdout.split()
         somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
         assert int(out[2]) == min(1024, somaxconn)  # Send-Q of a listener: its backlog
+
+
+def test_the_stock_runtime_serves_chat_and_drains_with_1012(stack, room, cookies):
+    """PARLEY_RUNTIME=stock (docs/runtime.md): plain daphne, Channels' routers and
+    channels-redis' own layer in one process, next to a tuned one: messages cross between
+    them, and a SIGTERM still closes with 1012 (the close-code fix is on both runtimes)."""
+    conversation_id, (alice, bob, _) = room
+    stack.restart_ws(1, env={"PARLEY_RUNTIME": "stock"})
+    stock = ChatSocket(
+        f"ws://127.0.0.1:{stack.ws_port(1)}", stack.url, conversation_id, cookies(alice)
+    )
+    tuned = ChatSocket(
+        f"ws://127.0.0.1:{stack.ws_port(0)}", stack.url, conversation_id, cookies(bob)
+    )
+    try:
+        selected = [
+            r for r in stack.log_records(stack.ws_names[1]) if r.get("logger") == "parley_runtime"
+        ]
+        assert selected[-1].get("runtime") == "stock", selected  # this start's line
+        stock.connect()
+        tuned.connect()
+        stock.send("from the stock daphne")
+        tuned.wait_text("from the stock daphne")
+        tuned.send("from the tuned daphne")
+        stock.wait_text("from the tuned daphne")
+        assert stock.last_seq == tuned.last_seq == 2
+        assert stack.kill_ws(1, signal.SIGTERM) == 0
+        assert stock.wait_close() == 1012
+    finally:
+        stock.close()
+        tuned.close()
+        stack.restart_ws(1)

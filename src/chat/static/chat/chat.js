@@ -129,6 +129,8 @@
         delete state.pending[cid];
         var p = document.getElementById("pending-" + cid);
         if (p) { p.remove(); }
+        var status = document.getElementById("conn-status");
+        if (status && status.dataset.kind === "busy") { setStatus("", ""); showError(""); }
       }
       /* Their message is here: they are no longer typing it. */
       var typing = document.getElementById("typing-" + m.dataset.senderId);
@@ -137,6 +139,11 @@
     tpl.content.querySelectorAll(".chat-error[data-client-id]").forEach(function (e) {
       var cid = e.dataset.clientId;
       var payload = state.pending[cid];
+      if (payload && e.dataset.retryAfter) {
+        /* The server is past capacity: it did not store this. Keep it, say so, retry. */
+        retryLater(cid, parseFloat(e.dataset.retryAfter) || 2);
+        return;
+      }
       delete state.pending[cid];
       var p = document.getElementById("pending-" + cid);
       if (p) { p.classList.add("failed"); p.title = e.textContent; }
@@ -159,6 +166,25 @@
       out.push(c.outerHTML);
     });
     return out.join("");
+  }
+
+  /* A refused send is sent again after the server's hint, doubling per refusal (full
+     jitter, capped): many pages refused at once do not come back at once. */
+  var RETRY_CAP_MS = 30000;
+  function retryLater(cid, seconds) {
+    var payload = state.pending[cid];
+    payload.attempts = (payload.attempts || 0) + 1;
+    var base = Math.min(RETRY_CAP_MS, seconds * 1000 * Math.pow(2, payload.attempts - 1));
+    var p = document.getElementById("pending-" + cid);
+    if (p) { p.classList.add("retrying"); p.title = "Server busy: retrying"; }
+    setStatus("Server busy: retrying your message…", "busy");
+    setTimeout(function () {
+      if (!state.pending[cid]) { return; }
+      if (state.open && state.lastSock) {
+        var again = { chat_message: payload.chat_message, client_id: cid };
+        state.lastSock.send(JSON.stringify(again));
+      } /* else: the reconnect sends every pending message */
+    }, base / 2 + Math.random() * base / 2);
   }
 
   function addPendingBubble(cid, text) {

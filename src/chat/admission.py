@@ -1,0 +1,98 @@
+"""Admission of sends: past capacity, a message is refused to its sender at once (an error
+fragment with its client_id and a retry hint; the page keeps the text and retries with
+backoff), never accepted and then delivered seconds late.
+
+Why: every accepted message becomes one store and a frame per member, so a process that
+accepts more than it can deliver falls behind on every socket at once (issue 17 measured 20%
+over the knee cutting deliveries by 40-80%, with messages arriving tens of seconds late).
+Two signals, both local and cheap:
+
+- event-loop lag: how late this process's loop runs a timer due every TICK_SECONDS. Fan-out,
+  frames in and out and the layer all run on the loop; when it lags, every delivery is late.
+- delivery delay: how long broadcasts took from their store to this process's hub (they carry
+  their publish time): queues in the layer and in this process, which loop lag alone misses.
+- store wait: how long a call waits for the one database thread (chat.dbcalls).
+- frame wait: how long the send's frame waited in its socket's input queue (parley.serve_ws
+  stamps frames on arrival) behind the socket's earlier frames.
+
+Lag and delay are smoothed (a moving average per tick), so a single pause (a GC, a slow
+callback) does not refuse anything; a sustained one does.
+
+A send is refused while any is over its limit (CHAT_OVERLOAD_LAG_SECONDS,
+CHAT_OVERLOAD_DELIVERY_SECONDS, CHAT_OVERLOAD_STORE_WAIT_SECONDS,
+CHAT_OVERLOAD_QUEUE_SECONDS). Nothing that multiplies
+with sockets runs for a refused send.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+from django.conf import settings
+
+from chat import dbcalls
+from chat.perloop import per_loop
+from parley import metrics
+
+TICK_SECONDS = 0.05
+
+
+class Admission:
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.lag = 0.0  # seconds, smoothed
+        self.delay = 0.0  # seconds, smoothed
+        self.delays: list[float] = []  # delivery delays seen since the last tick
+        self.timer: asyncio.TimerHandle | None = None
+        self.due = 0.0
+
+    def start(self) -> None:
+        if self.timer is None:
+            self.due = self.loop.time() + TICK_SECONDS
+            self.timer = self.loop.call_at(self.due, self._tick)
+
+    def stop(self) -> None:
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        self.lag = self.delay = 0.0
+        self.delays.clear()
+
+    def note_delay(self, seconds: float) -> None:
+        """A broadcast reached this process's hub `seconds` after it was published."""
+        if self.timer is not None and len(self.delays) < 1000:
+            self.delays.append(seconds)
+
+    def _tick(self) -> None:
+        now = self.loop.time()
+        lag = max(0.0, now - self.due)
+        self.lag = self.lag * 0.7 + lag * 0.3
+        delay = max(self.delays) if self.delays else 0.0  # none: nothing is queued
+        self.delays.clear()
+        self.delay = self.delay * 0.7 + delay * 0.3
+        self.due = now + TICK_SECONDS
+        self.timer = self.loop.call_at(self.due, self._tick)
+        metrics.EVENT_LOOP_LAG.set(round(self.lag, 3))
+
+    def current_lag(self) -> float:
+        return self.lag if self.timer is not None else 0.0
+
+    def refusal(self, received_at: float | None = None) -> str | None:
+        """Why a send would be refused now ("queued", "lag", "delivery_delay", "store_wait"),
+        or None to take it. `received_at`: when its frame reached the process (monotonic)."""
+        if received_at is not None and (
+            time.monotonic() - received_at > settings.CHAT_OVERLOAD_QUEUE_SECONDS
+        ):
+            return "queued"  # this frame waited behind others longer than a send may
+        if self.current_lag() > settings.CHAT_OVERLOAD_LAG_SECONDS:
+            return "lag"
+        if self.delay > settings.CHAT_OVERLOAD_DELIVERY_SECONDS:
+            return "delivery_delay"
+        if dbcalls.gate.queue_delay() > settings.CHAT_OVERLOAD_STORE_WAIT_SECONDS:
+            return "store_wait"
+        return None
+
+
+# This event loop's admission (chat.perloop).
+admission = per_loop(Admission)

@@ -1,0 +1,176 @@
+"""Every HTML fragment Parley sends, rendered from the templates in chat/partials/: the
+pages' message history and every websocket frame (messages and their out-of-band wrapper,
+errors, presence, typing, conversation-list rows, the history reset). Nothing else in the
+project makes HTML.
+
+A message is rendered once and the same bytes go to every recipient: the mine/theirs look
+comes from the page (a per-user CSS rule on data-sender-id), not from rendering twice.
+Stored messages never change, so their fragments are also kept in the process's fragment
+cache (`message_cache`): a conversation page or a replay renders only what it has not
+rendered before. Every fragment a page may receive twice carries an id, so a replay
+replaces rather than duplicates.
+"""
+
+from __future__ import annotations
+
+import sys
+import threading
+from collections import OrderedDict
+from collections.abc import Iterable
+
+from django.conf import settings
+from django.template.loader import get_template
+from django.utils.safestring import SafeString, mark_safe
+
+from chat import selectors
+from chat.models import Message
+from chat.selectors import ConversationRow
+
+
+class FragmentCache:
+    """Rendered fragments by key, the least recently used dropped past `max_bytes`.
+
+    Bounded by memory, not by count: a fragment's size is up to the sender (4,000 `"` render
+    to 24,218 characters), so a count bound let one user push a process past its container's
+    memory limit. Each entry is charged what it holds: the str's own size (sys.getsizeof:
+    1, 2 or 4 bytes a character, by the widest one) and the key and dict slot around it.
+
+    In process memory on purpose: a deploy with changed templates starts empty, with no
+    stale HTML shared across versions. Values are str, kept as they are (Django's LocMemCache
+    pickles every value and checks every key, which cost a page of 50 messages ~7% of its
+    CPU). Thread-safe: request threads and the websocket process's threads share it.
+    """
+
+    ENTRY_OVERHEAD = 250  # the key tuple and its ints, the OrderedDict's slot and links
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.bytes = 0  # what the entries are charged, in all
+        self._entries: OrderedDict[tuple, tuple[str, int]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def get_many(self, keys: Iterable[tuple]) -> dict[tuple, str]:
+        found = {}
+        with self._lock:
+            entries = self._entries
+            for key in keys:
+                entry = entries.get(key)
+                if entry is not None:
+                    entries.move_to_end(key)
+                    found[key] = entry[0]
+        return found
+
+    def set_many(self, fragments: dict[tuple, str]) -> None:
+        with self._lock:
+            entries = self._entries
+            for key, html in fragments.items():
+                size = sys.getsizeof(html) + self.ENTRY_OVERHEAD
+                if size > self.max_bytes:
+                    continue  # never worth the whole cache
+                old = entries.pop(key, None)
+                if old is not None:
+                    self.bytes -= old[1]
+                entries[key] = (html, size)
+                self.bytes += size
+            while self.bytes > self.max_bytes:
+                self.bytes -= entries.popitem(last=False)[1][1]
+
+    def clear(self) -> None:
+        with self._lock:
+            self._entries.clear()
+            self.bytes = 0
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+
+message_cache = FragmentCache(settings.CHAT_FRAGMENT_CACHE_BYTES)
+
+
+def _fragment_key(
+    pk: int, conversation_id: int, seq: int, sender_id: int, created_at: object
+) -> tuple:
+    # Not the id alone: a database restored or recreated under a running process reuses
+    # ids, and after a restore a new message can take an old one's id, sequence and sender.
+    return (pk, conversation_id, seq, sender_id, created_at)
+
+
+def message_html(message: Message) -> str:
+    key = _fragment_key(
+        message.pk, message.conversation_id, message.seq, message.sender_id, message.created_at
+    )
+    html = message_cache.get_many((key,)).get(key)
+    if html is None:
+        html = get_template("chat/partials/message.html").render({"message": message})
+        message_cache.set_many({key: html})
+    return html
+
+
+def history_html(conversation_id: int, keys: list[tuple]) -> SafeString:
+    """Fragments for the messages `keys` names ((id, seq, sender id, created_at) from
+    selectors.history_keys), in order. Only the messages not in the fragment cache are
+    loaded and rendered: on a busy conversation, none."""
+    wanted = {key[0]: _fragment_key(key[0], conversation_id, *key[1:]) for key in keys}
+    cached = message_cache.get_many(wanted.values())
+    missing = [pk for pk, key in wanted.items() if key not in cached]
+    if missing:
+        template = get_template("chat/partials/message.html")
+        fresh = {
+            wanted[m.pk]: template.render({"message": m})
+            for m in selectors.messages_by_id(missing)
+            if m.conversation_id == conversation_id
+        }
+        message_cache.set_many(fresh)
+        cached.update(fresh)
+    # Each part is the autoescaped output of the message template.
+    return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308
+
+
+def reset_html(epoch: str) -> str:
+    """Tells the page its history is gone (restored or failed over): chat.js starts over."""
+    return _render("chat/partials/reset.html", {"epoch": epoch})
+
+
+def ws_messages(fragments: Iterable[str]) -> str:
+    """Wraps message fragments so the ws extension appends them to #messages."""
+    # Each part is the autoescaped output of the message template.
+    joined = mark_safe("".join(fragments))  # noqa: S308
+    return _render("chat/partials/messages_oob.html", {"messages": joined})
+
+
+def messages_after_html(
+    conversation_id: int, after_seq: int, upto: int | None, limit: int
+) -> list[tuple[int, str]]:
+    """(seq, fragment) pairs of the stored messages after `after_seq`, oldest first: replay
+    and gap healing. Runs in a database thread."""
+    return [
+        (m.seq, message_html(m))
+        for m in selectors.messages_after(conversation_id, after_seq, upto=upto, limit=limit)
+    ]
+
+
+def error_html(text: str, *, client_id: str | None = None, retry_after: float | None = None) -> str:
+    """The error line; with `retry_after` (seconds) the page keeps the send and retries it."""
+    return _render(
+        "chat/partials/error.html",
+        {"text": text, "client_id": client_id, "retry_after": retry_after},
+    )
+
+
+def presence_html(user_id: int, username: str, online: bool) -> str:
+    return _render(
+        "chat/partials/presence.html", {"user_id": user_id, "username": username, "online": online}
+    )
+
+
+def typing_html(user_id: int, username: str) -> str:
+    return _render("chat/partials/typing.html", {"user_id": user_id, "username": username})
+
+
+def conversation_row_html(row: ConversationRow) -> str:
+    """A conversation-list row that moves to the top of the list (chat.js drops the old one)."""
+    return _render("chat/partials/conversation_row_oob.html", {"row": row})
+
+
+def _render(template: str, context: dict) -> str:
+    return get_template(template).render(context)

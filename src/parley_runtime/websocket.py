@@ -1,0 +1,240 @@
+"""daphne's websocket server, tuned: what each open socket keeps after the handshake.
+
+- `FixedWebSocketProtocol` (both runtimes): a server-side 1011/1012/1013 close reaches the
+  client (stock daphne raises on them), and a send racing the client's close is dropped.
+- `ParleyWebSocketProtocol` (tuned): after the handshake, the socket lets go of the raw
+  request, its headers, handshake-only options, autobahn's send deque and Twisted's HTTP
+  channel (HANDSHAKE_ATTRIBUTES, `_UpgradedChannel`).
+- `TunedServer.create_application` (tuned): a bounded, two-slot InputQueue per socket
+  instead of daphne's unbounded asyncio.Queue (~2.6 KiB each).
+
+`server_class(mode)` gives the daphne Server subclass for a runtime mode; the project's
+websocket role (parley.serve_ws) adds its drain on top. Relies on
+(tests/parley_runtime/test_canary_{daphne,autobahn,twisted}.py): daphne Server's
+`ws_factory` attribute being set in run() and its `create_application`/`connections`;
+autobahn's handshake attributes and `send_queue`; HTTPChannel's `_handlingRequest` and
+`_requestProducer`.
+"""
+
+from __future__ import annotations
+
+# daphne.server installs the asyncio Twisted reactor; it must be imported before anything
+# else imports Twisted.
+import daphne.server  # isort: skip  # noqa: I001
+
+import asyncio
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from daphne.ws_protocol import WebSocketProtocol
+from twisted.web.http import HTTPChannel
+
+from parley_runtime.slimqueue import SlimQueue
+
+# Registered close codes a server sends (RFC 6455 7.4, IANA registry) that autobahn's
+# sendClose() refuses (it allows only 1000 and 3000-4999). The HTMX extension reconnects only
+# after 1006, 1011, 1012 and 1013, so the app's 1012/1013 must reach the browser as sent.
+SERVER_CLOSE_CODES = frozenset({1011, 1012, 1013})
+
+
+# What autobahn and daphne keep on every protocol instance from the opening handshake and
+# read only while connecting (connectionMade, processHandshake, succeedHandshake, daphne's
+# onConnect): the raw request, its parsed headers, the response and the options that only
+# the handshake reads.
+# tests/parley_runtime/test_websocket.py finds every method that reads each of them, so an upgrade
+# that starts reading one after the handshake fails there.
+HANDSHAKE_ATTRIBUTES = (
+    "http_request_data",
+    "http_status_line",
+    "http_headers",
+    "http_request_uri",
+    "http_request_path",
+    "http_request_params",
+    "http_request_host",
+    "http_response_data",
+    "websocket_origin",
+    "websocket_protocols",
+    "websocket_extensions",
+    "_wskey",
+    "clean_headers",  # daphne's; the application's scope keeps its own reference
+    "_raw_query_string",
+    "application_deferred",
+    # Factory options autobahn copies onto every instance, read only while connecting.
+    "openHandshakeTimeout",
+    "tcpNoDelay",
+    "versions",
+    "webStatus",
+    "maxConnections",
+    "trustXForwardedFor",
+    "allowedOrigins",
+    "allowedOriginsPatterns",
+    "allowNullOrigin",
+    "serveFlashSocketPolicy",
+    "flashSocketPolicy",
+    "perMessageCompressionAccept",
+)
+
+
+class _OpenedRequest:
+    """What daphne reads of autobahn's ConnectionRequest once the socket is open: the path
+    (for log_action in onOpen, onClose and serverReject)."""
+
+    __slots__ = ("path",)
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+
+
+class _SendQueue(list):
+    """autobahn's send queue (a deque, ~760 bytes even when empty, and empty almost always:
+    it only holds chopped or `sync` writes) as a list: autobahn uses append, len, popleft."""
+
+    __slots__ = ()
+
+    def popleft(self) -> Any:
+        return self.pop(0)
+
+
+class _UpgradedChannel:
+    """Stands in for the HTTP channel as the transport's producer once a socket is open.
+
+    daphne upgrades the connection from inside the HTTP request, which never finishes:
+    Twisted's HTTPChannel stays the transport's registered push producer, and with it the
+    request, its headers, cookies and body buffer, for the socket's lifetime. With a request
+    still being handled (`_handlingRequest`) and no request producer, HTTPChannel's
+    pause/resume/stopProducing do nothing; so does this, shared by every socket."""
+
+    __slots__ = ()
+
+    def pauseProducing(self) -> None:  # noqa: N802 (Twisted's names)
+        pass
+
+    def resumeProducing(self) -> None:  # noqa: N802
+        pass
+
+    def stopProducing(self) -> None:  # noqa: N802
+        pass
+
+
+UPGRADED_CHANNEL = _UpgradedChannel()
+
+
+class FixedWebSocketProtocol(WebSocketProtocol):
+    """daphne's websocket protocol with two fixes for how Parley closes sockets: on both
+    runtimes, since without them a server-side 1012 (drain, socket lifetime) never reaches
+    the client."""
+
+    def serverClose(self, code: int | None = None) -> None:  # noqa: N802 (daphne's name)
+        # Stock daphne raises inside the application's close() for 1011/1012/1013: the
+        # socket stays open and the consumer never hears of its own close (a drain would
+        # hang until its deadline, then the client sees 1006 instead of 1012).
+        if code in SERVER_CLOSE_CODES:
+            self.sendCloseFrame(code=code, isReply=False)
+        else:
+            super().serverClose(code)
+
+    def serverSend(self, content: str | bytes, binary: bool = False) -> None:  # noqa: N802
+        # The client has started closing (e.g. it left during a replay). daphne drops sends
+        # after the disconnect; autobahn raises in this short window before it, which would
+        # crash the consumer and skip its clean-up (groups, presence). Drop them too: the
+        # consumer gets websocket.disconnect next.
+        if self.state in (self.STATE_CLOSING, self.STATE_CLOSED):
+            return
+        super().serverSend(content, binary)
+
+
+class ParleyWebSocketProtocol(FixedWebSocketProtocol):
+    """The tuned protocol: less memory kept per open socket (idle sockets are many: see
+    HANDSHAKE_ATTRIBUTES)."""
+
+    def _connectionMade(self) -> None:
+        super()._connectionMade()
+        self.send_queue = _SendQueue()
+
+    def onOpen(self) -> None:  # noqa: N802 (daphne's name)
+        super().onOpen()
+        self.release_handshake()
+
+    def release_handshake(self) -> None:
+        """Drops what only the opening handshake needed (called once the socket is open)."""
+        state = self.__dict__
+        for name in HANDSHAKE_ATTRIBUTES:
+            state.pop(name, None)
+        request = state.get("request")
+        if request is not None:
+            self.request = _OpenedRequest(request.path)
+        # A dict never shrinks when keys go; a copy is sized for what is left (100
+        # attributes -> 75: 3.3 -> 1.7 KiB).
+        self.__dict__ = dict(state)
+        transport = self.transport
+        if isinstance(getattr(transport, "producer", None), HTTPChannel) and (
+            transport.producer._handlingRequest and transport.producer._requestProducer is None
+        ):
+            transport.producer = UPGRADED_CHANNEL
+
+
+class StockServer(daphne.server.Server):
+    """daphne's Server with FixedWebSocketProtocol (daphne builds its websocket factory in
+    run(): the protocol class is set as the factory is)."""
+
+    protocol_class: type[WebSocketProtocol] = FixedWebSocketProtocol
+
+    @property
+    def ws_factory(self) -> Any:
+        return self._ws_factory
+
+    @ws_factory.setter
+    def ws_factory(self, factory: Any) -> None:
+        factory.protocol = self.protocol_class
+        self._ws_factory = factory
+
+
+class TunedServer(StockServer):
+    protocol_class = ParleyWebSocketProtocol
+
+    def create_application(self, protocol: Any, scope: dict) -> SlimQueue | None:
+        """daphne's create_application with a bounded InputQueue as the application's input
+        queue (daphne makes an unbounded asyncio.Queue, ~2.6 KiB, for every socket it holds)."""
+        assert "application_instance" not in self.connections[protocol]
+        input_queue = InputQueue()
+        scope.setdefault("asgi", {"version": "3.0"})
+        application_instance = self.application(
+            scope=scope, receive=input_queue.get, send=partial(self.handle_reply, protocol)
+        )
+        if protocol not in self.connections:
+            return None
+        self.connections[protocol]["application_instance"] = asyncio.ensure_future(
+            application_instance, loop=asyncio.get_event_loop()
+        )
+        return input_queue
+
+
+def server_class(mode: str) -> type[StockServer]:
+    return TunedServer if mode == "tuned" else StockServer
+
+
+class InputQueue(SlimQueue):
+    """What a client sent, waiting for its consumer. Bounded (`maxsize`, which the project
+    sets): a consumer stalled on the database no longer lets one socket queue without end;
+    past it a frame is dropped and `on_overflow` called. The end of the socket (a
+    disconnect) is never dropped: the consumer must hear of it."""
+
+    __slots__ = ()
+    maxsize = 1000
+    on_overflow: Callable[[], None] = staticmethod(lambda: None)
+
+    def put_nowait(self, item: dict) -> None:
+        if item.get("type") == "websocket.receive":
+            # When the frame reached the process: the project can refuse a send that waited
+            # here too long instead of storing it late (the stock queue has no such stamp).
+            item["received_at"] = time.monotonic()
+        super().put_nowait(item)
+
+    def overflowed(self, item: dict) -> None:
+        if item.get("type", "").endswith(".disconnect"):
+            self._items.append(item)
+            self._wake_one()
+            return
+        InputQueue.on_overflow()

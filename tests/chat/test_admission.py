@@ -1,0 +1,128 @@
+"""Past capacity a send is refused to its sender at once, with its client_id and a retry hint,
+and nothing is stored; once the process keeps up, the same send is stored once (chat.admission).
+Real Postgres and Redis; the overload is real too: a loop that runs late, a busy DB thread."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+
+import pytest
+from asgiref.sync import sync_to_async
+
+from chat import dbcalls
+from tests.helpers.ws import open_socket, room, send, stored
+from tests.parley.test_metrics import value
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+async def wait_until(predicate, timeout: float = 5.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, "timed out"
+        await asyncio.sleep(0.01)
+
+
+async def test_a_send_while_the_event_loop_runs_late_is_refused_then_taken_on_retry(settings):
+    settings.CHAT_OVERLOAD_LAG_SECONDS = 0.05
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    refused = value("parley_messages_refused_total", reason="lag")
+    cid = str(uuid.uuid4())
+    await send(alice, "too late", client_id=cid)
+    time.sleep(0.3)  # noqa: ASYNC251 - the overload itself: this loop runs 300 ms late
+    err = await alice_in.wait_text('id="chat-error"')
+    assert cid in err and "data-retry-after=" in err and "busy" in err
+    assert value("parley_messages_refused_total", reason="lag") == refused + 1
+    assert await stored(conversation.pk) == []
+    from chat.admission import admission
+
+    await wait_until(lambda: admission().current_lag() < settings.CHAT_OVERLOAD_LAG_SECONDS)
+    await send(alice, "too late", client_id=cid)  # what the page does after the hint
+    assert await bob_in.wait_seqs([1]) == [1]
+    assert await alice_in.wait_seqs([1]) == [1]
+    assert await stored(conversation.pk) == [(1, "too late")]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_a_send_behind_a_long_database_queue_is_refused_in_milliseconds(settings):
+    settings.CHAT_OVERLOAD_STORE_WAIT_SECONDS = 0.2
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def occupy() -> None:  # the database thread, busy with a slow call
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=30)
+
+    blocker = asyncio.ensure_future(dbcalls.db(occupy)())
+    await send(alice, "first, waits its turn", client_id=str(uuid.uuid4()))
+    await wait_until(lambda: dbcalls.gate.queue_delay() > 0.2)
+    refused = value("parley_messages_refused_total", reason="store_wait")
+    cid = str(uuid.uuid4())
+    started = time.monotonic()
+    await send(bob, "second", client_id=cid)
+    err = await bob_in.wait_text(cid)
+    took = time.monotonic() - started
+    assert "data-retry-after=" in err and took < 1.0  # not after the queue: at once
+    assert value("parley_messages_refused_total", reason="store_wait") == refused + 1
+    release.set()
+    await blocker
+    assert await alice_in.wait_seqs([1]) == [1]  # the one that was taken is not lost
+    assert await bob_in.wait_seqs([1]) == [1]
+    assert await stored(conversation.pk) == [(1, "first, waits its turn")]
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_they_do_not(
+    settings,
+):
+    """Broadcasts reaching this process seconds after their store (queues in the layer or
+    behind a busy loop elsewhere): accepting more would only make every delivery later."""
+    from chat import services
+    from chat.admission import admission
+    from tests.chat.test_delivery import broadcast
+
+    settings.CHAT_OVERLOAD_DELIVERY_SECONDS = 0.5
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    create = sync_to_async(services.message_create)
+    late, _ = await create(conversation_id=conversation.pk, sender=users[1], body="late")
+
+    async def keep_arriving_late() -> None:  # stored 3 s before it got here, again and again
+        while True:
+            await broadcast(late, published_at=time.time() - 3.0)
+            await asyncio.sleep(0.02)
+
+    lateness = asyncio.ensure_future(keep_arriving_late())
+    assert await alice_in.wait_seqs([1]) == [1]
+    await wait_until(lambda: admission().delay > settings.CHAT_OVERLOAD_DELIVERY_SECONDS)
+    cid = str(uuid.uuid4())
+    await send(alice, "now?", client_id=cid)
+    err = await alice_in.wait_text(cid)
+    assert "data-retry-after=" in err
+    lateness.cancel()
+    await wait_until(lambda: admission().delay < settings.CHAT_OVERLOAD_DELIVERY_SECONDS)
+    await send(alice, "now?", client_id=cid)
+    assert await alice_in.wait_seqs([1, 2]) == [1, 2]
+    await alice.disconnect()
+
+
+async def test_a_send_whose_frame_waited_too_long_in_its_socket_queue_is_refused(settings):
+    """parley.serve_ws stamps each frame on arrival; a send that waited behind its socket's
+    earlier frames longer than CHAT_OVERLOAD_QUEUE_SECONDS is refused, a fresh one is not."""
+    from chat.admission import admission
+    from parley_runtime.websocket import InputQueue
+
+    settings.CHAT_OVERLOAD_QUEUE_SECONDS = 0.3
+    queue = InputQueue()
+    queue.put_nowait({"type": "websocket.receive", "text": "{}"})
+    frame = queue.get_nowait()
+    assert admission().refusal(frame["received_at"]) is None
+    assert admission().refusal(frame["received_at"] - 1.0) == "queued"

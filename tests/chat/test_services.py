@@ -1,0 +1,82 @@
+"""chat.services: the writes, against the real Postgres."""
+
+from __future__ import annotations
+
+import uuid
+
+import pytest
+
+from chat import services
+from chat.models import Message, Participant
+from tests.factories import make_conversation, make_user
+
+pytestmark = pytest.mark.django_db
+
+
+def test_messages_take_consecutive_sequences_and_a_client_id_stores_once():
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    cid = uuid.uuid4()
+    first, created = services.message_create(conversation_id=conv.pk, sender=a, body="one")
+    assert created and first.seq == 1
+    second, created = services.message_create(
+        conversation_id=conv.pk, sender=b, body="two", client_id=cid
+    )
+    assert created and second.seq == 2
+    again, created = services.message_create(
+        conversation_id=conv.pk, sender=b, body="two", client_id=cid
+    )
+    assert not created and again.pk == second.pk  # a resend after a lost confirmation
+    assert list(Message.objects.filter(conversation=conv).values_list("seq", flat=True)) == [1, 2]
+
+
+def test_create_and_render_gives_the_one_frame_every_recipient_gets():
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    cid = uuid.uuid4()
+    seq, frame, created = services.message_create_and_render(
+        conv.pk, a.pk, a.get_username(), "<b>hi</b>", cid
+    )
+    assert (seq, created) == (1, True)
+    assert frame.startswith('<div hx-swap-oob="beforeend:#messages"><article id="msg-')
+    assert f'data-client-id="{cid}"' in frame and "&lt;b&gt;hi&lt;/b&gt;" in frame
+    # The same send again (the page retried): the stored message, not a second one.
+    assert services.message_create_and_render(conv.pk, a.pk, a.get_username(), "x", cid) == (
+        1,
+        frame,
+        False,
+    )
+
+
+def test_bodies_are_normalised_and_unstorable_text_refused():
+    assert services.normalise_body("  hi \n") == "hi"
+    with pytest.raises(services.MessageRejected, match="NUL"):
+        services.normalise_body("nul \x00 inside")
+
+
+def test_read_markers_only_move_forward():
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    for body in "abc":
+        services.message_create(conversation_id=conv.pk, sender=a, body=body)
+    services.conversation_mark_read(conversation_id=conv.pk, user_id=b.pk, seq=3)
+    services.conversation_mark_read(conversation_id=conv.pk, user_id=b.pk, seq=1)
+    assert Participant.objects.get(conversation=conv, user=b).last_read_seq == 3
+
+
+def test_message_create_is_one_statement_on_postgres():
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    with CaptureQueriesContext(connection) as ctx:
+        message, created = services.message_create(conversation_id=conv.pk, sender=a, body="x")
+    # inside the test's transaction, atomic() adds SAVEPOINT/RELEASE instead of BEGIN/COMMIT
+    statements = [
+        q["sql"].split()[0]
+        for q in ctx.captured_queries
+        if not q["sql"].startswith(("SAVEPOINT", "RELEASE SAVEPOINT"))
+    ]
+    assert statements == ["WITH"]  # UPDATE ... RETURNING feeding the INSERT: one round trip
+    assert created and message.seq == 1

@@ -1,0 +1,186 @@
+"""parley_runtime.websocket: what an open socket's protocol lets go of after the handshake, and the
+daphne/autobahn/Twisted behaviour that relies on (so an upgrade that changes it fails here)."""
+
+from __future__ import annotations
+
+import ast
+import inspect
+from unittest import mock
+
+import autobahn.twisted.websocket
+import autobahn.websocket.protocol
+import daphne.ws_protocol
+from twisted.web.http import HTTPChannel
+
+from parley_runtime import websocket as serve_ws
+from parley_runtime.websocket import (
+    HANDSHAKE_ATTRIBUTES,
+    UPGRADED_CHANNEL,
+    ParleyWebSocketProtocol,
+)
+
+# The methods of a server-side protocol that run before the socket is open.
+HANDSHAKE_METHODS = {
+    "WebSocketProtocol.__init__",
+    "WebSocketProtocol._connectionMade",
+    "WebSocketAdapterProtocol.connectionMade",
+    "WebSocketServerProtocol.processHandshake",
+    "WebSocketServerProtocol.succeedHandshake",
+    "WebSocketProtocol.onConnect",  # daphne's
+}
+PROTOCOL_MODULES = (
+    autobahn.websocket.protocol,
+    autobahn.twisted.websocket,
+    daphne.ws_protocol,
+)
+
+
+def _self_reads(modules, names) -> dict[str, set[str]]:
+    """For each attribute name, every `Class.method` of the server-side protocol classes in
+    `modules` that mentions `self.<name>`."""
+    found: dict[str, set[str]] = {name: set() for name in names}
+    for cls, fn in _protocol_methods(modules):
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr in found
+                and isinstance(node.value, ast.Name)
+                and node.value.id == "self"
+            ):
+                found[node.attr].add(f"{cls.name}.{fn.name}")
+    return found
+
+
+def _protocol_methods(modules):
+    """(class, method) AST nodes of the server-side protocol classes in `modules`."""
+    for module in modules:
+        tree = ast.parse(inspect.getsource(module))
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            if "Client" in cls.name or "Factory" in cls.name:
+                continue
+            for fn in cls.body:
+                if isinstance(fn, ast.FunctionDef | ast.AsyncFunctionDef):
+                    yield cls, fn
+
+
+def test_handshake_attributes_are_read_only_while_connecting():
+    reads = _self_reads(PROTOCOL_MODULES, HANDSHAKE_ATTRIBUTES)
+    late = {name: where - HANDSHAKE_METHODS for name, where in reads.items()}
+    assert not any(late.values()), f"read after the handshake: {late}"
+    # ...and each is still there to drop (a renamed one would silently stay): read while
+    # connecting, or one of the options autobahn copies onto every instance.
+    options = set(ParleyWebSocketProtocol.CONFIG_ATTRS)
+    assert [n for n, where in reads.items() if not where and n not in options] == []
+
+
+def test_no_protocol_method_reads_a_dropped_attribute_by_name():
+    """The check above sees `self.name`; getattr(self, ...) would escape it. The only one
+    with a computed name is autobahn's copy of the factory options, while connecting."""
+    by_name, computed = set(), set()
+    for cls, fn in _protocol_methods(PROTOCOL_MODULES):
+        for node in ast.walk(fn):
+            if (
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Name)
+                and node.func.id in ("getattr", "hasattr", "setattr", "delattr", "vars")
+                and node.args
+                and isinstance(node.args[0], ast.Name)
+                and node.args[0].id == "self"
+            ):
+                name = node.args[1] if len(node.args) > 1 else None
+                if isinstance(name, ast.Constant):
+                    by_name.add(name.value)
+                else:
+                    computed.add(f"{cls.name}.{fn.name}")
+    assert not by_name & set(HANDSHAKE_ATTRIBUTES)
+    assert computed == {"WebSocketProtocol._connectionMade"}
+
+
+def test_daphne_reads_only_the_path_of_the_request_once_open():
+    tree = ast.parse(inspect.getsource(daphne.ws_protocol.WebSocketProtocol))
+    reads = set()
+    for fn in ast.walk(tree):
+        if isinstance(fn, ast.FunctionDef) and fn.name != "onConnect":
+            for node in ast.walk(fn):
+                if (
+                    isinstance(node, ast.Attribute)
+                    and isinstance(node.value, ast.Attribute)
+                    and node.value.attr == "request"
+                ):
+                    reads.add(node.attr)
+    assert reads == {"path"}
+
+
+def test_autobahn_uses_only_append_len_and_popleft_of_the_send_queue():
+    source = inspect.getsource(autobahn.websocket.protocol)
+    uses = set()
+    for node in ast.walk(ast.parse(source)):
+        if (
+            isinstance(node, ast.Attribute)
+            and isinstance(node.value, ast.Attribute)
+            and node.value.attr == "send_queue"
+        ):
+            uses.add(node.attr)
+    assert uses == {"append", "popleft"}
+    queue = serve_ws._SendQueue()
+    queue.append((b"a", True))
+    queue.append((b"b", False))
+    assert (len(queue), queue.popleft(), len(queue)) == (2, (b"a", True), 1)
+
+
+def test_an_upgraded_http_channel_does_nothing_as_a_producer():
+    """daphne's HTTP request never finishes after an upgrade: the channel is handling it and
+    has no request producer, so pausing, resuming and stopping it reach nothing."""
+    channel = HTTPChannel()
+    channel._networkProducer = network = mock.Mock()
+    channel._handlingRequest = True
+    assert channel._requestProducer is None
+    channel.pauseProducing()
+    channel.resumeProducing()
+    channel.stopProducing()
+    assert network.mock_calls == []
+    UPGRADED_CHANNEL.pauseProducing()
+    UPGRADED_CHANNEL.resumeProducing()
+    UPGRADED_CHANNEL.stopProducing()
+
+
+def _opened_protocol() -> tuple[ParleyWebSocketProtocol, HTTPChannel]:
+    protocol = ParleyWebSocketProtocol()
+    for name in HANDSHAKE_ATTRIBUTES:
+        setattr(protocol, name, object())
+    protocol.request = mock.Mock(path="/ws/chat/1", headers={"cookie": "x"})
+    channel = HTTPChannel()
+    channel._handlingRequest = True
+    protocol.transport = mock.Mock(producer=channel)
+    protocol.state = protocol.STATE_OPEN
+    return protocol, channel
+
+
+def test_release_handshake_drops_the_handshake_and_the_http_channel():
+    protocol, _ = _opened_protocol()
+    before = len(vars(protocol))
+    protocol.release_handshake()
+    assert not [name for name in HANDSHAKE_ATTRIBUTES if hasattr(protocol, name)]
+    assert protocol.request.path == "/ws/chat/1"
+    assert not hasattr(protocol.request, "headers")
+    assert protocol.transport.producer is UPGRADED_CHANNEL
+    assert protocol.state == protocol.STATE_OPEN
+    assert len(vars(protocol)) == before - len(HANDSHAKE_ATTRIBUTES)
+
+
+def test_release_handshake_keeps_a_producer_that_still_does_something():
+    protocol, channel = _opened_protocol()
+    channel._handlingRequest = False  # a finished request: pausing would pause the socket
+    protocol.release_handshake()
+    assert protocol.transport.producer is channel
+
+
+def test_the_protocol_releases_the_handshake_when_it_opens():
+    protocol = ParleyWebSocketProtocol()
+    with (
+        mock.patch.object(daphne.ws_protocol.WebSocketProtocol, "onOpen") as daphne_on_open,
+        mock.patch.object(ParleyWebSocketProtocol, "release_handshake") as release,
+    ):
+        protocol.onOpen()
+    daphne_on_open.assert_called_once_with()
+    release.assert_called_once_with()
