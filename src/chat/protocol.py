@@ -1,4 +1,4 @@
-"""The websocket protocol's client frames, parsed: what a page may send (README "The
+"""The websocket protocol's client frames, parsed: what a page may send (README "Websocket
 protocol") and the error each malformed frame gets. No socket, no database."""
 
 from __future__ import annotations

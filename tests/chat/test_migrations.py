@@ -1,4 +1,5 @@
-"""Migrations stay backward compatible (README "Upgrades": expand, then contract).
+"""Migrations stay backward compatible (docs/operations.md "Upgrades without downtime":
+expand, then contract).
 
 `make upgrade` and a Kubernetes rollout migrate first, while the previous version still
 serves, so every migration must leave a schema that version can use: no dropped or renamed
@@ -70,8 +71,9 @@ def test_every_migration_is_an_expand_step_unless_marked_contract() -> None:
         before = loader.project_state(key, at_end=False)  # the schema it starts from
         problems += contract_operations(migration, before)
     assert not problems, (
-        "backward-incompatible migration operations (README 'Upgrades'): ship them in a "
-        "later release as a migration with `contract = True`:\n" + "\n".join(problems)
+        "backward-incompatible migration operations (docs/operations.md 'Upgrades without "
+        "downtime'): ship them in a later release as a migration with `contract = True`:\n"
+        + "\n".join(problems)
     )
 
 

@@ -2,7 +2,7 @@
 
 The restored history may be older than what pages have shown: its sequence numbers will be
 used again for new messages. A new epoch per conversation makes every page and socket start
-over (README "Restore"). `make restore` runs it; run it yourself after a failover.
+over (docs/operations.md "Restore"). `make restore` runs it; run it yourself after a failover.
 """
 
 from __future__ import annotations

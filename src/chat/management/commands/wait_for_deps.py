@@ -38,8 +38,8 @@ def check_database(alias: str = "default") -> str:
         if budget and allowed < budget:
             logger.warning(
                 "the database allows %d connections, but this deployment's connection budget "
-                "was sized for DB_MAX_CONNECTIONS=%d (README, Connection budget): at full scale "
-                "logins will fail with 'too many clients'",
+                "was sized for DB_MAX_CONNECTIONS=%d (docs/kubernetes.md, Connection budget): "
+                "at full scale logins will fail with 'too many clients'",
                 allowed,
                 budget,
                 extra={"dependency": "database"},
