@@ -126,6 +126,9 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "connect_timeout", env.int("DB_CONNECT_TIMEOUT", default=5)
     )
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
+# The server's max_connections the connection budget was sized for (docs/kubernetes.md,
+# "Connection budget"); wait_for_deps warns when the real server allows fewer. 0: not stated.
+DB_MAX_CONNECTIONS: int = env.int("DB_MAX_CONNECTIONS", default=0)
 
 # --- Channel layer ------------------------------------------------------------------------
 # REDIS_URL may list several Redis servers (comma separated): channels-redis shards channels
@@ -206,7 +209,7 @@ TIME_ZONE = env.str("TIME_ZONE", default="UTC")
 USE_I18N = True
 USE_TZ = True
 
-# --- Static files (whitenoise serves them with far-future caching for hashed names) --------
+# --- Static files (whitenoise serves them with far-future caching for hashed names) -------
 STATIC_URL = "/static/"
 STATIC_ROOT = env.path("STATIC_ROOT", default=REPO_DIR / "staticfiles")
 STORAGES = {
@@ -220,7 +223,7 @@ STORAGES = {
 }
 WHITENOISE_MAX_AGE = 31536000 if not DEBUG else 0
 
-# --- Security (nginx terminates TLS and overwrites X-Forwarded-Proto) ----------------------
+# --- Security (nginx terminates TLS and overwrites X-Forwarded-Proto) ---------------------
 # HTTPS=1: the site is served over https (nginx, or a TLS-terminating proxy before it), so
 # the session and CSRF cookies carry the Secure flag.
 HTTPS: bool = env.bool("HTTPS", default=not DEBUG)
@@ -252,7 +255,7 @@ if SECURE_HSTS_SECONDS == 0:
     # the app's copy, so SECURE_HSTS_SECONDS only matters without nginx.
     SILENCED_SYSTEM_CHECKS.append("security.W004")
 
-# --- Past capacity (parley.overload) --------------------------------------------------------
+# --- Past capacity (parley.overload) ------------------------------------------------------
 # Requests one process runs at once, a thread each; more wait on the event loop at most
 # WEB_QUEUE_SECONDS, then get 503 with Retry-After. Health checks are never held back, and a
 # login lends its slot out while it waits for or does its hash (parley.auth). Default: the
@@ -270,6 +273,10 @@ WEB_QUEUE_SECONDS: float = env.float("WEB_QUEUE_SECONDS", default=0.5)
 CHAT_MAX_MESSAGE_LENGTH: int = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_RATE_LIMIT: int = env.int("CHAT_RATE_LIMIT", default=30)  # messages per 10 s per socket
 CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
+# A websocket frame larger than this is refused before it is parsed (bytes).
+CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)
+# A draining daphne answers /readyz with 503 while it closes its sockets with 1012.
+CHAT_DRAIN_SECONDS: float = env.float("CHAT_DRAIN_SECONDS", default=10.0)
 # Rendered message fragments (chat.fragments.message_cache) each process keeps: stored messages
 # never change. Per process on purpose: a deploy with changed templates starts empty. Bounded
 # in bytes (a fragment's size is up to its sender); 32 MiB is ~30,000 typical messages and
@@ -277,11 +284,9 @@ CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
 CHAT_FRAGMENT_CACHE_BYTES: int = env.int("CHAT_FRAGMENT_CACHE_BYTES", default=32 * 1024 * 1024)
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
+# --- Websocket database calls and overload ------------------------------------------------
 # Websocket database calls (chat.dbcalls): at most this many waiting per process, and after
 # a call could not reach the database, others are refused at once for this many seconds.
-# The server's max_connections the connection budget was sized for (docs/kubernetes.md,
-# "Connection budget"); wait_for_deps warns when the real server allows fewer. 0: not stated.
-DB_MAX_CONNECTIONS: int = env.int("DB_MAX_CONNECTIONS", default=0)
 CHAT_DB_MAX_PENDING: int = env.int("CHAT_DB_MAX_PENDING", default=64)
 CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
 # A websocket handshake that finds CHAT_DB_MAX_PENDING calls pending waits for a slot up to
@@ -306,17 +311,15 @@ CHAT_OVERLOAD_RETRY_SECONDS: float = env.float("CHAT_OVERLOAD_RETRY_SECONDS", de
 # consumer) when its consumer is stalled: past it, broadcasts are dropped and healed from the
 # database by sequence, and frames of a client this far over its rate limit are dropped.
 CHAT_SOCKET_QUEUE_LIMIT: int = env.int("CHAT_SOCKET_QUEUE_LIMIT", default=1000)
+
+# --- Presence -----------------------------------------------------------------------------
 CHAT_PRESENCE_TTL: int = env.int("CHAT_PRESENCE_TTL", default=45)
-# Arrivals and departures in a conversation are written and broadcast together, at most once
-# per this interval per process: a reconnect storm into a big room costs O(N), not O(N^2).
 # Conversations with more members than this show no per-member presence: every connecting
 # socket would be sent every online member (O(N^2) in a reconnect storm of a big room).
 CHAT_PRESENCE_MAX_MEMBERS: int = env.int("CHAT_PRESENCE_MAX_MEMBERS", default=200)
+# Arrivals and departures in a conversation are written and broadcast together, at most once
+# per this interval per process: a reconnect storm into a big room costs O(N), not O(N^2).
 CHAT_PRESENCE_COALESCE_SECONDS: float = env.float("CHAT_PRESENCE_COALESCE_SECONDS", default=0.25)
-# A websocket frame larger than this is refused before it is parsed (bytes).
-CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)
-# A draining daphne answers /readyz with 503 while it closes its sockets with 1012.
-CHAT_DRAIN_SECONDS: float = env.float("CHAT_DRAIN_SECONDS", default=10.0)
 
 # --- Logging: one JSON object per line on stdout ------------------------------------------
 LOG_LEVEL: str = env.str("LOG_LEVEL", default="INFO")
