@@ -40,7 +40,9 @@ def wait_for_deps(timeout: float, **env: str) -> tuple[int, list[dict], str, flo
         timeout=60,
         check=False,
     )
-    lines = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    records = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    # The command's own lines (every process also logs its runtime selection at startup).
+    lines = [record for record in records if record["logger"] == "parley.wait_for_deps"]
     return result.returncode, lines, result.stderr, time.monotonic() - started
 
 
