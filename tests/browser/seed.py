@@ -140,6 +140,9 @@ OPS = {
 
 
 def main() -> None:
+    # stdout carries the answers: everything else printed, log lines included (the runtime
+    # selection at startup), goes to stderr.
+    answers, sys.stdout = sys.stdout, sys.stderr
     os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
     django.setup()
     for line in sys.stdin:
@@ -148,8 +151,8 @@ def main() -> None:
             answer = {"ok": OPS[request.pop("op")](**request)}
         except Exception:
             answer = {"error": traceback.format_exc()}
-        sys.stdout.write(json.dumps(answer) + "\n")
-        sys.stdout.flush()
+        answers.write(json.dumps(answer) + "\n")
+        answers.flush()
 
 
 if __name__ == "__main__":

@@ -40,7 +40,9 @@ def probe(**env: str) -> tuple[dict, str]:
     result = subprocess.run(
         [sys.executable, "-c", PROBE],
         env={
-            **os.environ,
+            # The default is what is probed unless a test sets it (`make test-stock` sets
+            # PARLEY_RUNTIME=stock for its own process).
+            **{k: v for k, v in os.environ.items() if k != "PARLEY_RUNTIME"},
             "DJANGO_SETTINGS_MODULE": "parley.settings",
             "LOG_LEVEL": "INFO",
             "PYTHONPATH": str(REPO / "src"),
