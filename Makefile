@@ -44,7 +44,7 @@ dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PO
 # process beside everything else. PYTEST_ARGS or TEST_LANES=0: one process.
 TEST_LANES ?= 2
 # The whole suite (PYTEST_ARGS empty) includes the websocket suite on the stock runtime
-# (test-stock): in the lanes, after the main lane.
+# (test-stock): in the lanes, after the container tests, beside the main lane.
 LANED := $(and $(filter-out 0,$(TEST_LANES)),$(if $(PYTEST_ARGS),,1))
 test: install ## Run the test suite against the local Postgres and Redis (and test-stock)
 	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m $(if $(LANED),tests.lanes,pytest $(PYTEST_ARGS))

@@ -1,77 +1,98 @@
-"""`make test` in two lanes: the container tests (mostly waiting for Docker builds and
-Compose) in one pytest process beside everything else in another, on a 2-core machine; the
-second lane then runs the websocket suite on the stock runtime (`make test-stock`).
+"""`make test` in two lanes on a 2-core machine: everything but the container tests in one
+pytest process; beside it, the container tests (mostly waiting for Docker builds and
+Compose) and then the websocket suite on the stock runtime (`make test-stock`), each in a
+pytest process of its own.
 
-Each lane is its own pytest run with its own test database and Redis key prefixes
+Each run is its own pytest process with its own test database and Redis key prefixes
 (PARLEY_TEST_LANE, read by tests/_env.py); the native stacks' fixed ports, run directories
-and Redis dbs are all in the main lane. The main lane prints as it goes; the container
-lane's output is kept in a file and printed after it, so the two never interleave.
+and Redis dbs are all in the main lane. The main lane prints as it goes; the side lane's
+output is kept in files and printed after it, so the two never interleave.
 
-Usage: python -m tests.lanes [pytest args for both lanes...]; exit status: the first lane's
+Usage: python -m tests.lanes [pytest args for every run...]; exit status: the first run's
 that failed, else 0.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 
-LANES = {
-    "main": ["-m", "not containers"],
-    "containers": ["-m", "containers"],
+MAIN = ["-m", "not containers"]
+# Beside the main lane, one after the other.
+SIDE = {
+    "containers": (["-m", "containers"], {}),
+    # What `make test-stock` runs.
+    "stock": (
+        [
+            "tests/chat",
+            "tests/parley_runtime",
+            "-m",
+            "not slow and not stack and not browser and not containers",
+        ],
+        {"PARLEY_RUNTIME": "stock"},
+    ),
 }
-# After the main lane, in its place: what `make test-stock` runs.
-STOCK = [
-    "tests/chat",
-    "tests/parley_runtime",
-    "-m",
-    "not slow and not stack and not browser and not containers",
-]
 NO_TESTS_COLLECTED = 5  # pytest's exit status when a lane's marker selects nothing
+
+
+def pytest(args: list[str], lane: str, env: dict[str, str], **kwargs) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "pytest", *args],
+        env={**os.environ, "PARLEY_TEST_LANE": lane, **env},
+        **kwargs,
+    )
 
 
 def run(extra: list[str]) -> int:
     started = time.monotonic()
-    with tempfile.NamedTemporaryFile("w+", prefix="lane-containers-", suffix=".log") as log:
-        side = subprocess.Popen(
-            [sys.executable, "-m", "pytest", *LANES["containers"], *extra],
-            env={**os.environ, "PARLEY_TEST_LANE": "containers"},
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
+    results: dict[str, int] = {}
+    took: dict[str, float] = {}
+    current: list[subprocess.Popen] = []
+    stopping = threading.Event()
+    with contextlib.ExitStack() as files:
+        logs = {name: files.enter_context(tempfile.TemporaryFile("w+")) for name in SIDE}
+
+        def side_lane() -> None:
+            for name, (args, env) in SIDE.items():
+                if stopping.is_set():
+                    return
+                proc = pytest(
+                    [*args, *extra], name, env, stdout=logs[name], stderr=subprocess.STDOUT
+                )
+                current[:] = [proc]
+                results[name] = proc.wait()
+                took[name] = time.monotonic() - started
+
+        side = threading.Thread(target=side_lane)
+        side.start()
         try:
-            main = subprocess.call(
-                [sys.executable, "-m", "pytest", *LANES["main"], *extra],
-                env={**os.environ, "PARLEY_TEST_LANE": "main"},
-            )
+            results["main"] = pytest([*MAIN, *extra], "main", {}).wait()
+            took["main"] = time.monotonic() - started
             print(
-                f"\n=== lanes: main lane done ({time.monotonic() - started:.0f} s); "
-                "the websocket suite on the stock runtime",
+                f"\n=== lanes: main lane done ({took['main']:.0f} s); "
+                "waiting for the side lane (containers, then stock)",
                 flush=True,
             )
-            stock = subprocess.call(
-                [sys.executable, "-m", "pytest", *STOCK, *extra],
-                env={**os.environ, "PARLEY_TEST_LANE": "stock", "PARLEY_RUNTIME": "stock"},
-            )
-            print(
-                f"\n=== lanes: main lane done ({time.monotonic() - started:.0f} s); "
-                "waiting for the container lane",
-                flush=True,
-            )
-            containers = side.wait()
+            side.join()
         finally:
-            if side.poll() is None:
-                side.terminate()
-                side.wait(timeout=60)
-        log.seek(0)
-        print(f"=== lanes: container lane output ({time.monotonic() - started:.0f} s)")
-        sys.stdout.write(log.read())
-    results = {"main": main, "stock": stock, "containers": containers}
+            stopping.set()
+            for proc in current:
+                if proc.poll() is None:
+                    proc.terminate()
+                    proc.wait(timeout=60)
+            side.join()
+        for name, log in logs.items():
+            log.seek(0)
+            print(f"=== lanes: {name} output (done at {took.get(name, 0):.0f} s)")
+            sys.stdout.write(log.read())
     print("=== lanes: " + ", ".join(f"{lane} exit {code}" for lane, code in results.items()))
-    for code in results.values():
+    for lane in ("main", *SIDE):
+        code = results.get(lane, 1)  # a run that never finished failed
         if code not in (0, NO_TESTS_COLLECTED):
             return code
     return 0
