@@ -147,14 +147,12 @@ def browser_stack():
 
 @pytest.fixture(scope="session")
 def site() -> Iterator[Site]:
-    stack = browser_stack()
-    stack.start()
-    s = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
-    try:
-        yield s
-    finally:
-        s.close()
-        stack.stop()
+    with browser_stack().running() as stack:
+        s = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
+        try:
+            yield s
+        finally:
+            s.close()
 
 
 # --- the browser --------------------------------------------------------------------------

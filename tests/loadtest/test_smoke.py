@@ -39,11 +39,8 @@ def stack():
     stack = Stack(
         name="loadtest", nginx_port=18180, web_port=18100, ws_ports=(18101, 18102), redis_db=5
     )
-    stack.start()
-    try:
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 def run_locust(

@@ -15,12 +15,8 @@ PASSWORD = "stack-test-pass"  # noqa: S105
 
 @pytest.fixture(scope="session")
 def stack():
-    stack = Stack()
-    stack.start()
-    try:
+    with Stack().running() as stack:
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="session")

@@ -4,7 +4,9 @@ Reusable by any test suite: give it its own ports, database and Redis db index.
 
     stack = Stack(name="serving", nginx_port=18080, web_port=18000, ws_ports=(18001, 18002),
                   redis_db=4)
-    stack.start()            # fresh database, migrations, processes up and healthy
+    with stack.running():    # fresh database, migrations, processes up and healthy
+        ...                  # and on the way out: stack.stop()
+    stack.start()            # the same by hand
     stack.url                # http://127.0.0.1:18080 (nginx; https://... with https_port=)
     stack.kill_ws(0, signal.SIGTERM)   # daphne #0 (ws_ports[0]); waits for it to exit
     stack.restart_ws(0)
@@ -15,11 +17,12 @@ Process management lives in deploy/stack/stackctl.py, the same code `make stack`
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import psycopg
@@ -167,6 +170,16 @@ class Stack(_Stack):
         self.down()  # a previous run's leftovers (recorded pids only)
         redis.Redis.from_url(self.redis_url).flushdb()
         self.up(fresh_db=True)
+
+    @contextlib.contextmanager
+    def running(self) -> Iterator[Stack]:
+        """The stack, started fresh; stopped on the way out (processes gone, database
+        dropped), a start that failed half-way included."""
+        try:
+            self.start()
+            yield self
+        finally:
+            self.stop()
 
     def stop(self) -> None:
         self.down()

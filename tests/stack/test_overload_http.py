@@ -52,11 +52,8 @@ def stack() -> Iterator[Stack]:
             "DB_POOL_MAX_SIZE": "4",
         },
     )
-    stack.start()
-    try:
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")

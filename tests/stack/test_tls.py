@@ -59,11 +59,8 @@ def tls_stack(certs: Path) -> Iterator[Stack]:
         redis_db=7,
         cert_dir=certs,
     )
-    stack.start()
-    try:
+    with stack.running():
         yield stack
-    finally:
-        stack.stop()
 
 
 @pytest.fixture(scope="module")
