@@ -147,7 +147,7 @@ def browser_stack():
 
 @pytest.fixture(scope="session")
 def site() -> Iterator[Site]:
-    with browser_stack().running() as stack:
+    with browser_stack().started() as stack:
         s = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
         try:
             yield s

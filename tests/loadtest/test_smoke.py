@@ -39,7 +39,7 @@ def stack():
     stack = Stack(
         name="loadtest", nginx_port=18180, web_port=18100, ws_ports=(18101, 18102), redis_db=5
     )
-    with stack.running():
+    with stack.started():
         yield stack
 
 

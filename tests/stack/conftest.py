@@ -15,7 +15,7 @@ PASSWORD = "stack-test-pass"  # noqa: S105
 
 @pytest.fixture(scope="session")
 def stack():
-    with Stack().running() as stack:
+    with Stack().started() as stack:
         yield stack
 
 

@@ -4,7 +4,7 @@ Reusable by any test suite: give it its own ports, database and Redis db index.
 
     stack = Stack(name="serving", nginx_port=18080, web_port=18000, ws_ports=(18001, 18002),
                   redis_db=4)
-    with stack.running():    # fresh database, migrations, processes up and healthy
+    with stack.started():    # fresh database, migrations, processes up and healthy
         ...                  # and on the way out: stack.stop()
     stack.start()            # the same by hand
     stack.url                # http://127.0.0.1:18080 (nginx; https://... with https_port=)
@@ -172,7 +172,7 @@ class Stack(_Stack):
         self.up(fresh_db=True)
 
     @contextlib.contextmanager
-    def running(self) -> Iterator[Stack]:
+    def started(self) -> Iterator[Stack]:
         """The stack, started fresh; stopped on the way out (processes gone, database
         dropped), a start that failed half-way included."""
         try:

@@ -52,7 +52,7 @@ def stack() -> Iterator[Stack]:
             "DB_POOL_MAX_SIZE": "4",
         },
     )
-    with stack.running():
+    with stack.started():
         yield stack
 
 

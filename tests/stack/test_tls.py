@@ -59,7 +59,7 @@ def tls_stack(certs: Path) -> Iterator[Stack]:
         redis_db=7,
         cert_dir=certs,
     )
-    with stack.running():
+    with stack.started():
         yield stack
 
 
