@@ -24,6 +24,7 @@ import socket
 import ssl
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -231,14 +232,17 @@ class Stack:
             return os.environ["SECRET_KEY"]
         path = self.run_dir / "secret_key"
         if not path.exists():
-            # Written whole under another name, then linked: processes starting at once (the
-            # setup steps run in parallel) all read the one key that won, never a half file.
-            tmp = path.with_name(f".secret_key.{os.getpid()}")
-            tmp.write_text(secrets.token_urlsafe(50))
-            tmp.chmod(0o600)
-            with contextlib.suppress(FileExistsError):
-                os.link(tmp, path)
-            tmp.unlink()
+            # Written whole under a name of its own (mkstemp: 0600, unique per caller, the
+            # parallel setup threads of one process included), then linked: callers starting
+            # at once all read the one key that won, never a half file.
+            fd, tmp = tempfile.mkstemp(dir=self.run_dir, prefix=".secret_key.")
+            try:
+                with os.fdopen(fd, "w") as out:
+                    out.write(secrets.token_urlsafe(50))
+                with contextlib.suppress(FileExistsError):
+                    os.link(tmp, path)
+            finally:
+                os.unlink(tmp)
         return path.read_text().strip()
 
     def app_env(self) -> dict[str, str]:
