@@ -14,7 +14,6 @@ sender gets its error fragment with the client_id; a connect gets 1013).
 
 from __future__ import annotations
 
-import asyncio
 import itertools
 import time
 from collections.abc import Awaitable, Callable
@@ -25,6 +24,7 @@ from django.conf import settings
 from django.db import DatabaseError, OperationalError
 
 from parley import metrics
+from parley.overload import AdmissionGate
 
 T = TypeVar("T")
 
@@ -42,13 +42,24 @@ class DatabaseGate:
         self.reset()
 
     def reset(self) -> None:
-        self.pending = 0
+        # At most CHAT_DB_MAX_PENDING calls pending; a freed slot is handed to the longest
+        # waiter, so a handshake in the line is not overtaken by calls arriving after it.
+        self.slots = AdmissionGate(settings.CHAT_DB_MAX_PENDING)
         self.down = False  # a call could not reach the database, and none has since
         self.retry_at = 0.0
         self.probing = False  # the one call let through to see whether it is back
         self.waiting: dict[int, float] = {}  # calls not started on the thread: submitted at
         self.tokens = itertools.count()
-        self.slot_waiters: list[asyncio.Future] = []  # calls waiting for a slot (bounded)
+
+    @property
+    def pending(self) -> int:
+        """Calls holding a slot: on the database thread or queued for it."""
+        return self.slots.active
+
+    @property
+    def slot_waiters(self) -> int:
+        """Calls waiting for a slot."""
+        return self.slots.waiting
 
     def queue_delay(self) -> float:
         """How long the oldest call not yet started on the database thread has waited (0
@@ -65,34 +76,19 @@ class DatabaseGate:
         return run
 
     async def _slot(self, slot_wait: float) -> None:
-        """Returns once fewer than CHAT_DB_MAX_PENDING calls are pending; waits for that at
+        """Returns holding a slot (release it with self.slots.leave()); waits for one at
         most `slot_wait` seconds, in a bounded line (CHAT_DB_MAX_SLOT_WAITERS), else raises
         DatabaseBusy."""
-        if self.pending < settings.CHAT_DB_MAX_PENDING:
-            return
-        if slot_wait <= 0 or len(self.slot_waiters) >= settings.CHAT_DB_MAX_SLOT_WAITERS:
+        self.slots.limit = settings.CHAT_DB_MAX_PENDING  # read per call, as every setting
+        if slot_wait > 0 and self.slots.waiting >= settings.CHAT_DB_MAX_SLOT_WAITERS:
+            slot_wait = 0.0  # the line is full: only a free slot will do
+        if not await self.slots.enter(slot_wait):
             metrics.DB_CALLS_REFUSED.labels(reason="busy").inc()
-            raise DatabaseBusy("too many database calls waiting in this process")
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + slot_wait
-        while self.pending >= settings.CHAT_DB_MAX_PENDING:
-            waiter = loop.create_future()
-            self.slot_waiters.append(waiter)
-            try:
-                await asyncio.wait_for(waiter, max(0.0, deadline - loop.time()))
-            except TimeoutError:
-                metrics.DB_CALLS_REFUSED.labels(reason="busy").inc()
-                raise DatabaseBusy("no database slot in time in this process") from None
-            finally:
-                if waiter in self.slot_waiters:
-                    self.slot_waiters.remove(waiter)
-
-    def _wake_slot_waiter(self) -> None:
-        while self.slot_waiters:
-            waiter = self.slot_waiters.pop(0)
-            if not waiter.done():
-                waiter.set_result(None)
-                return
+            raise DatabaseBusy(
+                "no database slot in time in this process"
+                if slot_wait > 0
+                else "too many database calls waiting in this process"
+            )
 
     async def call(
         self, fn: Callable[..., T], *args: Any, slot_wait: float = 0.0, **kwargs: Any
@@ -106,10 +102,10 @@ class DatabaseGate:
         await self._slot(slot_wait)
         if self.down:
             if self.probing or time.monotonic() < self.retry_at:
+                self.slots.leave()
                 metrics.DB_CALLS_REFUSED.labels(reason="down").inc()
                 raise DatabaseUnavailable("the database is down; retrying shortly")
             probe = self.probing = True  # one call tries; the rest are refused meanwhile
-        self.pending += 1
         token = next(self.tokens)
         self.waiting[token] = time.monotonic()
         try:
@@ -120,9 +116,8 @@ class DatabaseGate:
             self.retry_at = time.monotonic() + settings.CHAT_DB_RETRY_SECONDS
             raise
         finally:
-            self.pending -= 1
+            self.slots.leave()
             self.waiting.pop(token, None)
-            self._wake_slot_waiter()
             if probe:
                 self.probing = False
         self.down = False
