@@ -112,6 +112,14 @@ class Site:
             self.stack.spawn(name)
         self.stack.wait_healthy(self.stack.ws_names)
 
+    def ensure_ws(self) -> None:
+        """Starts any daphne a failed test left stopped, so its failure stays its own."""
+        stopped = [name for name in self.stack.ws_names if not self.stack.alive(name)]
+        for name in stopped:
+            self.stack.spawn(name)
+        if stopped:
+            self.stack.wait_healthy(stopped)
+
     def users(self, *names: str) -> dict[str, dict]:
         return self.manage({"op": "users", "names": list(names)})
 
@@ -256,6 +264,7 @@ class Pages:
 
 @pytest.fixture
 def pages(browser, site, request) -> Iterator[Pages]:
+    site.ensure_ws()
     p = Pages(browser, site, request.node.name)
     try:
         yield p

@@ -175,3 +175,21 @@ def test_unread_counts_update_live_on_the_conversation_list(pages, site):
     expect(reader.locator("#messages article.msg", has_text="news 4")).to_have_count(1)
     expect(ann_row.locator(".preview")).to_contain_text("news 4")
     expect(ann_row.locator(".unread")).to_have_text("")
+
+
+def test_a_page_that_loses_the_network_says_so_at_once(pages, site):
+    """The browser knows it is offline before its socket does (an offline page may hear of a
+    closed socket only seconds later): the status says so at once, and goes once the page
+    is connected again; nothing sent meanwhile is lost."""
+    cid, ann, bob, people = open_pair(pages, site)
+    bob.context.set_offline(True)
+    expect(bob.locator("#conn-status")).to_have_text("Reconnecting…", timeout=2000)
+    expect(bob.locator("#conn-status")).to_have_attribute("data-kind", "warn")
+    expect(ann.locator("#conn-status")).to_have_text("")
+    send(ann, "while Bob was offline")
+    bob.context.set_offline(False)
+    expect(bob.locator("#conn-status")).to_have_text("", timeout=20_000)
+    expect(bob.locator("body")).to_have_attribute("data-socket", "open")
+    expect(bob.locator("#messages article.msg", has_text="while Bob was offline")).to_have_count(
+        1, timeout=20_000
+    )

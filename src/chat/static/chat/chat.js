@@ -305,6 +305,19 @@
       }
     });
 
+    /* The browser knows it lost the network before the socket does: a server's close frame
+       or a dead TCP connection may reach an offline page only seconds later (or, for a
+       silent network, after the next ping). Say so at once; the socket's own close and
+       open events take over from here. */
+    window.addEventListener("offline", function () {
+      var status = document.getElementById("conn-status");
+      if (status && status.dataset.kind !== "fatal") { setStatus("Reconnecting…", "warn"); }
+    });
+    window.addEventListener("online", function () {
+      var status = document.getElementById("conn-status");
+      if (state.open && status && status.dataset.kind === "warn") { setStatus("", ""); }
+    });
+
     /* Follow new messages only if the reader was already at the bottom (decided before the
        swap: a tall message would otherwise look like the reader had scrolled away). */
     document.body.addEventListener("htmx:wsBeforeMessage", function () { state.stick = nearBottom(); });
