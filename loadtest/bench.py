@@ -341,6 +341,101 @@ def big_room(members: int, layer: str = "pubsub", storm: bool = True) -> Big:
     return result
 
 
+@dataclass
+class StormRun:
+    rooms: int
+    room_size: int
+    big: int
+    opened: int = 0
+    result: dict | None = None
+    cpu_percent: dict[str, float] | None = None  # per stack process (and the client), in the storm
+
+
+def reconnect_storm(rooms: int, room_size: int, big: int, layer: str = "pubsub") -> StormRun:
+    """`rooms` rooms of `room_size` plus one room of `big` members, every member's socket on
+    ONE daphne, which is killed (SIGKILL): how long until every socket is back through nginx
+    on the other daphne, and has the message its room was sent while it was gone."""
+    run = StormRun(rooms, room_size, big)
+    with fresh_stack(layer) as stack:
+        users = json.loads(stack.seed(rooms, room_size, PASSWORD, "storm").read_text())
+        if big:
+            users += json.loads(stack.seed(1, big, PASSWORD, "stormbig").read_text())
+        sessions = login_cookies(f"http://127.0.0.1:{stack.config.web_port}", users)
+        senders = list({s["conversation"]: s for s in sessions}.values())  # one per room
+        sessions_file = stack.run_dir / "storm-sessions.json"
+        sessions_file.write_text(json.dumps({"listeners": sessions, "senders": senders}))
+        pid = stack.procs[stack.ws_names[0]]["pid"]
+        ws_url = stack.config.url.replace("http", "ws", 1)
+        argv = ws_client_argv("loadtest.storm", stack, sessions_file) + [
+            "--sender-url",
+            f"ws://127.0.0.1:{stack.config.ws_ports[1]}",
+            "--reconnect-url",
+            ws_url,
+        ]
+        client = subprocess.Popen(
+            argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+        def answer() -> dict:
+            line = client.stdout.readline()
+            return json.loads(line) if line else {}
+
+        def go_on() -> None:
+            client.stdin.write("\n")
+            client.stdin.flush()
+
+        try:
+            opened = answer()
+            run.opened = opened.get("open", 0)
+            print(f"storm: {opened}", flush=True)
+            time.sleep(5.0)  # presence and the handshakes' work settle first
+            cpu_before, client_before, t0 = stack_cpu(stack), _cpu_seconds(client.pid), time.time()
+            os.kill(pid, 9)
+            go_on()
+            run.result = answer().get("storm")
+            elapsed = time.time() - t0
+            cpu_after = stack_cpu(stack)
+            run.cpu_percent = {
+                name: round(100 * (cpu_after[name] - cpu_before[name]) / elapsed)
+                for name in cpu_after
+                if name != stack.ws_names[0]
+            }
+            run.cpu_percent["client"] = round(
+                100 * (_cpu_seconds(client.pid) - client_before) / elapsed
+            )
+            print(f"storm: {run.result}", flush=True)
+            go_on()
+        finally:
+            client.stdin.close()
+            client.wait(timeout=60)
+    return run
+
+
+def _cpu_seconds(pid: int) -> float:
+    return _tree_cpu_seconds(pid, {})
+
+
+def storm_lines(run: StormRun | None) -> list[str]:
+    if run is None or not run.result:
+        return []
+    st = run.result
+    return [
+        "",
+        f"## Reconnect storm: {run.opened} sockets on one daphne, killed",
+        "",
+        f"{run.rooms} rooms of {run.room_size} and one room of {run.big}, every socket on ONE "
+        f"daphne; one more socket per room on the other daphne sends a message into its room "
+        f"right after the kill (SIGKILL). {st['back']} of {st['listeners']} sockets were back "
+        f"(through nginx, on the daphne left, with `?after=`) after {st['all_back_s']} s "
+        f"(p50 {st['back_p50_s']} s, p99 {st['back_p99_s']} s), {st['handshakes']} handshakes "
+        f"in all; {st['caught_up']} had their room's message after {st['caught_up_s']} s.",
+        "",
+        "CPU % during the storm: "
+        + ", ".join(f"{name} {pc}" for name, pc in (run.cpu_percent or {}).items())
+        + ".",
+    ]
+
+
 def big_lines(big: Big | None) -> list[str]:
     if big is None or not big.opened:
         return []
@@ -673,6 +768,7 @@ def write_results(
     page: Page | None,
     notes: list[str],
     big: Big | None = None,
+    storm: StormRun | None = None,
 ) -> str:
     lines = [
         "# Benchmark results",
@@ -749,6 +845,7 @@ def write_results(
     else:
         lines.append("Not measured.")
     lines += big_lines(big)
+    lines += storm_lines(storm)
     lines += ["", "## Conversation page through nginx", ""]
     if page is not None and page.latencies_ms:
         lines += page_lines(page)
@@ -800,6 +897,11 @@ def main() -> int:
     parser.add_argument(
         "--big-room", type=int, default=2000, help="members of the big-room run (0 skips)"
     )
+    parser.add_argument(
+        "--storm",
+        default="400x10+1000",
+        help="reconnect storm: ROOMSxSIZE+BIG sockets on one daphne, killed ('' skips)",
+    )
     parser.add_argument("--note", action="append", default=[], help="add a note to RESULTS.md")
     args = parser.parse_args()
     # daphne inherits this: the idle-socket ceiling should be daphne's, not the fd limit's.
@@ -835,6 +937,14 @@ def main() -> int:
             big = big_room(args.big_room)
         except Exception as exc:  # keep the other results
             notes.append(f"big-room measurement failed: {exc!r}")
+    storm = None
+    if args.storm:
+        shape, _, big_members = args.storm.partition("+")
+        storm_rooms, _, storm_size = shape.partition("x")
+        try:
+            storm = reconnect_storm(int(storm_rooms), int(storm_size), int(big_members or 0))
+        except Exception as exc:  # keep the other results
+            notes.append(f"reconnect-storm measurement failed: {exc!r}")
     page = None
     concurrency = args.rooms if args.http_concurrency is None else args.http_concurrency
     if concurrency:
@@ -843,7 +953,7 @@ def main() -> int:
             print("\n".join(page_lines(page)), flush=True)
         except Exception as exc:  # keep the other results
             notes.append(f"page measurement failed: {exc!r}")
-    print("\n" + write_results(args, steps, idle, page, notes, big))
+    print("\n" + write_results(args, steps, idle, page, notes, big, storm))
     return 0
 
 

@@ -34,8 +34,10 @@ from chat.sockets import (
     ResilientConsumer,
 )
 from parley import metrics
+from parley.logging import Throttled
 
 logger = logging.getLogger(__name__)
+refused_at_connect = Throttled(logger, "database refused at connect")
 
 # Frames a socket keeps from its hub while it reads its backlog; past this it reads again.
 CATCH_UP_HOLD_LIMIT = 5 * BACKLOG_BATCH
@@ -73,11 +75,16 @@ class ChatConsumer(ResilientConsumer):
 
     async def _connect_to(self, hub: ConversationHub, user) -> None:
         try:
+            # The handshake's second read (the session and user were the first): at the head
+            # of the line, so a storm does not throw away half-done handshakes.
             members, newest, epoch = await dbcalls.db(
-                selectors.connect_info, slot_wait=settings.CHAT_DB_CONNECT_WAIT_SECONDS
+                selectors.connect_info,
+                slot_wait=settings.CHAT_DB_CONNECT_WAIT_SECONDS,
+                read=True,
+                first=True,
             )(self.conversation_id)
         except dbcalls.DatabaseUnavailable as exc:
-            logger.warning("database refused at connect", extra={"why": str(exc)})
+            refused_at_connect.warning(str(exc))
             await hub.release()
             await self.close(code=CLOSE_TRY_AGAIN_LATER)  # the browser retries with backoff
             return
@@ -203,7 +210,7 @@ class ChatConsumer(ResilientConsumer):
                             sent += await self._send_backlog(recent, "".join(f for _, f in recent))
                         break
                     metrics.BACKLOG_READS.inc()
-                    rows = await _db(fragments.messages_after_html)(
+                    rows = await _db(fragments.messages_after_html, read=True)(
                         self.conversation_id, cursor.last_sent, None, BACKLOG_BATCH
                     )
                     if rows:

@@ -17,11 +17,12 @@ from __future__ import annotations
 import itertools
 import time
 from collections.abc import Awaitable, Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
-from channels.db import database_sync_to_async
+from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from django.conf import settings
-from django.db import DatabaseError, OperationalError
+from django.db import DatabaseError, OperationalError, connection
 
 from parley import metrics
 from parley.overload import AdmissionGate
@@ -37,8 +38,22 @@ class DatabaseBusy(DatabaseUnavailable):
     """Refused without asking the database: too many calls are waiting in this process."""
 
 
+def _returning_connection(fn: Callable[..., T]) -> Callable[..., T]:
+    """fn, then this thread's connection back to the pool: a reader thread holds none between
+    calls, so the pool's other users (the store thread, /readyz) never wait on an idle one."""
+
+    def run(*args: Any, **kwargs: Any) -> T:
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            connection.close()
+
+    return run
+
+
 class DatabaseGate:
     def __init__(self) -> None:
+        self.readers: ThreadPoolExecutor | None = None
         self.reset()
 
     def reset(self) -> None:
@@ -50,6 +65,19 @@ class DatabaseGate:
         self.probing = False  # the one call let through to see whether it is back
         self.waiting: dict[int, float] = {}  # calls not started on the thread: submitted at
         self.tokens = itertools.count()
+
+    def _reader(self, fn: Callable[..., T]) -> Callable[..., Awaitable[T]]:
+        """fn on one of the CHAT_DB_READ_THREADS handshake reader threads (each borrows its
+        own pooled connection), or on the database thread when there are none."""
+        if settings.CHAT_DB_READ_THREADS <= 0:
+            return database_sync_to_async(fn)
+        if self.readers is None:
+            self.readers = ThreadPoolExecutor(
+                settings.CHAT_DB_READ_THREADS, thread_name_prefix="db-read"
+            )
+        return DatabaseSyncToAsync(
+            _returning_connection(fn), thread_sensitive=False, executor=self.readers
+        )
 
     @property
     def pending(self) -> int:
@@ -75,14 +103,16 @@ class DatabaseGate:
 
         return run
 
-    async def _slot(self, slot_wait: float) -> None:
+    async def _slot(self, slot_wait: float, first: bool = False) -> None:
         """Returns holding a slot (release it with self.slots.leave()); waits for one at
         most `slot_wait` seconds, in a bounded line (CHAT_DB_MAX_SLOT_WAITERS), else raises
-        DatabaseBusy."""
+        DatabaseBusy. `first`: a handshake's second read, at the head of the line and never
+        turned away for its length (such reads are bounded by the handshakes in flight):
+        refusing it would throw away the first read's work."""
         self.slots.limit = settings.CHAT_DB_MAX_PENDING  # read per call, as every setting
-        if slot_wait > 0 and self.slots.waiting >= settings.CHAT_DB_MAX_SLOT_WAITERS:
+        if slot_wait > 0 and not first and self.slots.waiting >= settings.CHAT_DB_MAX_SLOT_WAITERS:
             slot_wait = 0.0  # the line is full: only a free slot will do
-        if not await self.slots.enter(slot_wait):
+        if not await self.slots.enter(slot_wait, first=first):
             metrics.DB_CALLS_REFUSED.labels(reason="busy").inc()
             raise DatabaseBusy(
                 "no database slot in time in this process"
@@ -91,15 +121,23 @@ class DatabaseGate:
             )
 
     async def call(
-        self, fn: Callable[..., T], *args: Any, slot_wait: float = 0.0, **kwargs: Any
+        self,
+        fn: Callable[..., T],
+        *args: Any,
+        slot_wait: float = 0.0,
+        read: bool = False,
+        first: bool = False,
+        **kwargs: Any,
     ) -> T:
         """`slot_wait`: how long to wait for a slot when CHAT_DB_MAX_PENDING calls are
-        pending (0: refused at once, as a send is: its page retries)."""
+        pending (0: refused at once, as a send is: its page retries). `read`: a handshake's
+        read, run on the reader threads; it neither waits behind stores nor delays them
+        (queue_delay counts the database thread's line only). `first`: see _slot."""
         probe = False
         if self.down and (self.probing or time.monotonic() < self.retry_at):
             metrics.DB_CALLS_REFUSED.labels(reason="down").inc()
             raise DatabaseUnavailable("the database is down; retrying shortly")
-        await self._slot(slot_wait)
+        await self._slot(slot_wait, first)
         if self.down:
             if self.probing or time.monotonic() < self.retry_at:
                 self.slots.leave()
@@ -107,9 +145,12 @@ class DatabaseGate:
                 raise DatabaseUnavailable("the database is down; retrying shortly")
             probe = self.probing = True  # one call tries; the rest are refused meanwhile
         token = next(self.tokens)
-        self.waiting[token] = time.monotonic()
         try:
-            result = await database_sync_to_async(self._timed(fn, token))(*args, **kwargs)
+            if read:
+                result = await self._reader(fn)(*args, **kwargs)
+            else:
+                self.waiting[token] = time.monotonic()
+                result = await database_sync_to_async(self._timed(fn, token))(*args, **kwargs)
         except OperationalError:
             # Could not reach it (or the connection died): let it recover before asking again.
             self.down = True
@@ -127,11 +168,14 @@ class DatabaseGate:
 gate = DatabaseGate()
 
 
-def db(fn: Callable[..., T], slot_wait: float = 0.0) -> Callable[..., Awaitable[T]]:
-    """`await db(fn)(*args)`: fn on the database thread, through the gate. `slot_wait`: see
-    DatabaseGate.call (handshakes wait a little in a storm; sends do not)."""
+def db(
+    fn: Callable[..., T], slot_wait: float = 0.0, read: bool = False, first: bool = False
+) -> Callable[..., Awaitable[T]]:
+    """`await db(fn)(*args)`: fn on the database thread, through the gate. `slot_wait`,
+    `read`, `first`: see DatabaseGate.call (handshakes wait a little in a storm, and read on
+    threads of their own; sends do neither)."""
 
     def call(*args: Any, **kwargs: Any) -> Awaitable[T]:
-        return gate.call(fn, *args, slot_wait=slot_wait, **kwargs)
+        return gate.call(fn, *args, slot_wait=slot_wait, read=read, first=first, **kwargs)
 
     return call

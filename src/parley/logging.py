@@ -26,6 +26,28 @@ def clean_request_id(raw: str | bytes | None) -> str:
     return uuid.uuid4().hex
 
 
+class Throttled:
+    """A warning that may fire thousands of times a second (a reconnect storm's refusals):
+    logged at most once per `every` seconds per reason, with how many were not logged since.
+    Writing a JSON line per refusal cost more CPU than the refusal itself, in exactly the
+    moment the process has none to spare."""
+
+    def __init__(self, logger: logging.Logger, msg: str, every: float = 1.0) -> None:
+        self.logger, self.msg, self.every = logger, msg, every
+        self.last: dict[str, float] = {}
+        self.suppressed: dict[str, int] = {}
+
+    def warning(self, why: str) -> None:
+        now = time.monotonic()
+        if now - self.last.get(why, -self.every) < self.every:
+            self.suppressed[why] = self.suppressed.get(why, 0) + 1
+            return
+        self.last[why] = now
+        self.logger.warning(
+            self.msg, extra={"why": why, "not_logged_since": self.suppressed.pop(why, 0)}
+        )
+
+
 class RequestIdFilter(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         if not hasattr(record, "request_id"):

@@ -116,10 +116,11 @@ class AdmissionGate:
         self.limit = limit
         self.active = 0
         self.waiters: deque[asyncio.Future] = deque()
+        self._waiting = 0  # waiters not yet served nor given up (a storm asks per refusal)
 
-    async def enter(self, wait: float) -> bool:
+    async def enter(self, wait: float, first: bool = False) -> bool:
         """True once a slot is this caller's (leave() it later); False after `wait`
-        seconds without one."""
+        seconds without one. `first`: served before every waiter already in line."""
         while self.waiters and self.waiters[0].done():
             self.waiters.popleft()  # timed out earlier
         if self.active < self.limit and not self.waiters:
@@ -128,7 +129,11 @@ class AdmissionGate:
         if wait <= 0:
             return False
         slot = asyncio.get_running_loop().create_future()
-        self.waiters.append(slot)
+        if first:
+            self.waiters.appendleft(slot)
+        else:
+            self.waiters.append(slot)
+        self._waiting += 1
         try:
             async with asyncio.timeout(wait):
                 await slot
@@ -142,6 +147,8 @@ class AdmissionGate:
         finally:
             if not slot.done():
                 slot.cancel()  # leave() skips it
+            if slot.cancelled():
+                self._waiting -= 1  # gave up (timed out or cancelled); leave() counts the rest
         return not slot.cancelled()  # handed a slot, even as the timeout fired
 
     def reclaim(self) -> None:
@@ -155,12 +162,13 @@ class AdmissionGate:
             slot = self.waiters.popleft()
             if not slot.done():
                 slot.set_result(None)
+                self._waiting -= 1
                 return
         self.active -= 1
 
     @property
     def waiting(self) -> int:
-        return sum(1 for slot in self.waiters if not slot.done())
+        return self._waiting
 
 
 # The gate that admitted this request, and its loop (set by HTTPAdmission; None elsewhere).

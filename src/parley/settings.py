@@ -292,8 +292,26 @@ CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
 # A websocket handshake that finds CHAT_DB_MAX_PENDING calls pending waits for a slot up to
 # this long, in a line of at most CHAT_DB_MAX_SLOT_WAITERS, before it is refused (1013, which
 # the browser retries with backoff): a reconnect storm is served in order instead of bounced.
-CHAT_DB_CONNECT_WAIT_SECONDS: float = env.float("CHAT_DB_CONNECT_WAIT_SECONDS", default=1.0)
-CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=256)
+# A waiting handshake costs no CPU; a refused one costs a whole handshake now and another
+# later, so the line is long and the wait stays under daphne's 5 s handshake timeout (5,000
+# sockets back: 45 s with 1 s and 256, 37 s with these; loadtest/RESULTS.md).
+CHAT_DB_CONNECT_WAIT_SECONDS: float = env.float("CHAT_DB_CONNECT_WAIT_SECONDS", default=3.0)
+CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=2048)
+# A handshake's reads (session, user, members, backlog) run on this many threads of their own,
+# beside the one thread that stores: in a reconnect storm they were one Postgres round trip
+# after another on that thread (three quarters of its time waiting), which bounded how fast
+# sockets came back. Each thread borrows a pooled connection, so the pool keeps two more for
+# the stores and /readyz (default DB_POOL_MAX_SIZE - 2; 0: reads on the one thread, as SQLite).
+_pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
+CHAT_DB_READ_THREADS: int = env.int(
+    "CHAT_DB_READ_THREADS", default=max(0, _pool["max_size"] - 2) if _pool else 0
+)
+if _pool and _pool["max_size"] - 2 < CHAT_DB_READ_THREADS:
+    raise ImproperlyConfigured(
+        f"CHAT_DB_READ_THREADS={CHAT_DB_READ_THREADS} needs DB_POOL_MAX_SIZE of at least "
+        f"{CHAT_DB_READ_THREADS + 2} (it is {_pool['max_size']}): each reader thread holds a "
+        "connection, and the stores and /readyz need two more"
+    )
 # Past capacity a send is refused to its sender at once (chat.admission): while this
 # process's event loop runs later than this (smoothed), broadcasts reach it later than this
 # after their store, or calls wait longer than this for its database thread. The page keeps

@@ -20,9 +20,10 @@ from django.conf import settings
 from django.http.cookie import parse_cookie
 
 from chat.dbcalls import DatabaseUnavailable, db
-from parley.logging import scope_header
+from parley.logging import Throttled, scope_header
 
 logger = logging.getLogger(__name__)
+refused = Throttled(logger, "websocket handshake refused")
 
 
 class WebsocketAuthMiddleware:
@@ -38,7 +39,7 @@ class WebsocketAuthMiddleware:
             # A reconnect storm (or Postgres down): refused at the handshake in microseconds,
             # which the browser retries with backoff, instead of queueing every handshake
             # of the storm on the database thread.
-            logger.warning("websocket handshake refused", extra={"why": str(exc)})
+            refused.warning(str(exc))
             await send({"type": "websocket.close", "code": 1013})
             return None
         # The key, not the session: the process heartbeat re-checks it (chat.heartbeat).
@@ -54,8 +55,8 @@ async def scope_user(scope: dict) -> tuple[Any, str | None]:
     cookies = parse_cookie(header.decode("latin1")) if header else {}
     store = import_module(settings.SESSION_ENGINE).SessionStore
     key = cookies.get(settings.SESSION_COOKIE_NAME)
-    # channels' get_user, on the database thread through the consumers' bounded gate.
-    user = await db(get_user.func, slot_wait=settings.CHAT_DB_CONNECT_WAIT_SECONDS)(
+    # channels' get_user, on a handshake reader thread through the consumers' bounded gate.
+    user = await db(get_user.func, slot_wait=settings.CHAT_DB_CONNECT_WAIT_SECONDS, read=True)(
         {"session": store(key)}
     )
     return user, key

@@ -28,6 +28,7 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+from autobahn.websocket.protocol import WebSocketServerProtocol
 from daphne.ws_protocol import WebSocketProtocol
 from twisted.web.http import HTTPChannel
 
@@ -61,19 +62,8 @@ HANDSHAKE_ATTRIBUTES = (
     "clean_headers",  # daphne's; the application's scope keeps its own reference
     "_raw_query_string",
     "application_deferred",
-    # Factory options autobahn copies onto every instance, read only while connecting.
-    "openHandshakeTimeout",
-    "tcpNoDelay",
-    "versions",
-    "webStatus",
-    "maxConnections",
-    "trustXForwardedFor",
-    "allowedOrigins",
-    "allowedOriginsPatterns",
-    "allowNullOrigin",
-    "serveFlashSocketPolicy",
-    "flashSocketPolicy",
-    "perMessageCompressionAccept",
+    # (autobahn's factory options are not copied onto the tuned protocol at all: see
+    # ParleyWebSocketProtocol.)
 )
 
 
@@ -145,9 +135,33 @@ class FixedWebSocketProtocol(WebSocketProtocol):
         super().serverSend(content, binary)
 
 
+class _FactoryOption:
+    """A factory option read through the factory instead of copied onto every socket."""
+
+    __slots__ = ("name",)
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def __get__(self, protocol: Any, owner: type | None = None) -> Any:
+        if protocol is None:
+            return self
+        return getattr(protocol.factory, self.name)
+
+
 class ParleyWebSocketProtocol(FixedWebSocketProtocol):
     """The tuned protocol: less memory kept per open socket (idle sockets are many: see
-    HANDSHAKE_ATTRIBUTES)."""
+    HANDSHAKE_ATTRIBUTES), less work per handshake.
+
+    autobahn's _connectionMade copies every factory option (CONFIG_ATTRS, ~40) onto the new
+    socket and pretty-prints them all for a debug line whether or not debug is logged: a
+    seventh of a daphne's CPU in a reconnect storm. Here CONFIG_ATTRS is empty and each
+    option is read from the factory (daphne sets them once, before it listens); an option
+    the protocol sets on itself (trackTimings) still lands on the instance.
+    """
+
+    CONFIG_ATTRS = ()
+    locals().update({name: _FactoryOption(name) for name in WebSocketServerProtocol.CONFIG_ATTRS})
 
     def _connectionMade(self) -> None:
         super()._connectionMade()

@@ -62,3 +62,39 @@ async def test_handshakes_wait_for_a_slot_in_a_bounded_line_then_are_refused(set
     )
     assert outcomes[:2] == [1, 1] and isinstance(outcomes[2], DatabaseUnavailable)
     assert gate.pending == 0 and not gate.slot_waiters
+
+
+async def test_a_handshakes_second_read_goes_first_even_when_the_line_is_full(settings):
+    """Its first read (session, user) is done: turning it away would waste that work, and a
+    storm then refuses half-done handshakes by the thousand."""
+    settings.CHAT_DB_MAX_PENDING = 1
+    settings.CHAT_DB_MAX_SLOT_WAITERS = 1
+    done: list[str] = []
+
+    async def call(name: str, seconds: float, **kwargs) -> None:
+        await gate.call(slow_query, seconds, **kwargs)
+        done.append(name)
+
+    running = asyncio.create_task(call("running", 0.3))
+    await asyncio.sleep(0.05)
+    queued = asyncio.create_task(call("queued", 0.01, slot_wait=5.0))
+    await asyncio.sleep(0.05)
+    with pytest.raises(DatabaseUnavailable):  # the line is full
+        await gate.call(slow_query, 0.01, slot_wait=5.0)
+    second = asyncio.create_task(call("second read", 0.01, slot_wait=5.0, first=True))
+    await asyncio.gather(running, queued, second)
+    assert done == ["running", "second read", "queued"]
+
+
+async def test_handshake_reads_run_beside_a_store_the_database_thread_is_busy_with(settings):
+    """A reconnect storm's reads no longer wait behind stores on the one database thread,
+    nor make a send look late (queue_delay counts that thread's line only)."""
+    settings.CHAT_DB_READ_THREADS = 2
+    store = asyncio.create_task(gate.call(slow_query, 1.0))
+    await asyncio.sleep(0.05)
+    behind = asyncio.create_task(gate.call(slow_query, 0.0))  # waits for the thread
+    reads = asyncio.gather(*(gate.call(slow_query, 0.0, read=True) for _ in range(4)))
+    finished, _ = await asyncio.wait({store, reads}, return_when=asyncio.FIRST_COMPLETED)
+    assert finished == {reads} and reads.result() == [1] * 4
+    assert not store.done() and not behind.done()
+    assert await store == 1 and await behind == 1

@@ -83,3 +83,25 @@ async def test_a_lent_slot_is_taken_back_without_waiting():
     gate.leave()
     gate.leave()
     assert gate.active == 0
+
+
+async def test_a_first_waiter_is_served_before_the_line_and_the_count_stays_exact():
+    gate = AdmissionGate(1)
+    assert await gate.enter(0)
+    queued = asyncio.create_task(gate.enter(5))
+    timing_out = asyncio.create_task(gate.enter(0.05))
+    cancelled = asyncio.create_task(gate.enter(5))
+    await asyncio.sleep(0)
+    ahead = asyncio.create_task(gate.enter(5, first=True))
+    await asyncio.sleep(0)
+    assert gate.waiting == 4
+    cancelled.cancel()
+    await asyncio.gather(cancelled, return_exceptions=True)
+    assert await timing_out is False
+    assert gate.waiting == 2
+    gate.leave()
+    assert await ahead is True and not queued.done()
+    assert gate.waiting == 1
+    gate.leave()
+    assert await queued is True
+    assert gate.waiting == 0 and gate.active == 1

@@ -260,3 +260,25 @@ for text in ("a\\x00b", "a\\ud800b", "fine"):
 print(*out)
 """
     assert run_embedded_default(code, tmp_path) == ["refused", "refused", "ok"]
+
+
+def test_reader_threads_beyond_the_pool_refuse_to_start():
+    """Each handshake reader thread holds a pooled connection; the stores and /readyz need
+    two more: a pool too small for them would time out under exactly the storm they serve."""
+    url = "postgres://postgres@127.0.0.1:5432/postgres"
+    ok = run_python(
+        "from django.conf import settings; print(settings.CHAT_DB_READ_THREADS)",
+        DATABASE_URL=url,
+        DB_POOL_MAX_SIZE="4",
+        CHAT_DB_READ_THREADS=None,
+    )
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == "2"  # the default: the pool less two
+    result = run_python(
+        "import django; django.setup()",
+        DATABASE_URL=url,
+        DB_POOL_MAX_SIZE="4",
+        CHAT_DB_READ_THREADS="3",
+    )
+    assert result.returncode != 0
+    assert "CHAT_DB_READ_THREADS=3 needs DB_POOL_MAX_SIZE of at least 5" in result.stderr

@@ -68,9 +68,8 @@ def test_handshake_attributes_are_read_only_while_connecting():
     late = {name: where - HANDSHAKE_METHODS for name, where in reads.items()}
     assert not any(late.values()), f"read after the handshake: {late}"
     # ...and each is still there to drop (a renamed one would silently stay): read while
-    # connecting, or one of the options autobahn copies onto every instance.
-    options = set(ParleyWebSocketProtocol.CONFIG_ATTRS)
-    assert [n for n, where in reads.items() if not where and n not in options] == []
+    # connecting.
+    assert [n for n, where in reads.items() if not where] == []
 
 
 def test_no_protocol_method_reads_a_dropped_attribute_by_name():
@@ -184,3 +183,25 @@ def test_the_protocol_releases_the_handshake_when_it_opens():
         protocol.onOpen()
     daphne_on_open.assert_called_once_with()
     release.assert_called_once_with()
+
+
+def test_a_socket_reads_the_factory_options_instead_of_copying_them():
+    """autobahn copied ~40 factory options onto every socket and pretty-printed them for a
+    debug line per connection; the tuned protocol reads them from the factory."""
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    factory = WebSocketServerFactory()
+    factory.protocol = ParleyWebSocketProtocol
+    factory.setProtocolOptions(openHandshakeTimeout=7, autoPingInterval=3)
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+    with mock.patch.object(autobahn.websocket.protocol, "pformat") as pformat:
+        protocol.makeConnection(StringTransport())
+    assert protocol.state == protocol.STATE_CONNECTING
+    assert (protocol.openHandshakeTimeout, protocol.autoPingInterval) == (7, 3)
+    options = set(autobahn.websocket.protocol.WebSocketServerProtocol.CONFIG_ATTRS)
+    assert options & set(vars(protocol)) <= {"trackTimings"}  # set by the protocol itself
+    assert all(call.args == ([],) for call in pformat.call_args_list)
+    factory.setProtocolOptions(autoPingInterval=5)  # read live, not a copy
+    assert protocol.autoPingInterval == 5
