@@ -59,7 +59,10 @@ class DatabaseGate:
     def reset(self) -> None:
         # At most CHAT_DB_MAX_PENDING calls pending; a freed slot is handed to the longest
         # waiter, so a handshake in the line is not overtaken by calls arriving after it.
+        # Reads on the reader threads have slots of their own: a reconnect storm's handshakes
+        # fill those, never the ones a send needs.
         self.slots = AdmissionGate(settings.CHAT_DB_MAX_PENDING)
+        self.read_slots = AdmissionGate(settings.CHAT_DB_MAX_PENDING)
         self.down = False  # a call could not reach the database, and none has since
         self.retry_at = 0.0
         self.probing = False  # the one call let through to see whether it is back
@@ -81,13 +84,16 @@ class DatabaseGate:
 
     @property
     def pending(self) -> int:
-        """Calls holding a slot: on the database thread or queued for it."""
-        return self.slots.active
+        """Calls holding a slot: on a database thread or queued for it."""
+        return self.slots.active + self.read_slots.active
 
     @property
     def slot_waiters(self) -> int:
-        """Calls waiting for a slot."""
-        return self.slots.waiting
+        """Calls waiting for a slot (in a storm, handshakes)."""
+        return self.slots.waiting + self.read_slots.waiting
+
+    def _line(self, read: bool) -> AdmissionGate:
+        return self.read_slots if read and settings.CHAT_DB_READ_THREADS > 0 else self.slots
 
     def queue_delay(self) -> float:
         """How long the oldest call not yet started on the database thread has waited (0
@@ -103,16 +109,16 @@ class DatabaseGate:
 
         return run
 
-    async def _slot(self, slot_wait: float, first: bool = False) -> None:
-        """Returns holding a slot (release it with self.slots.leave()); waits for one at
+    async def _slot(self, slots: AdmissionGate, slot_wait: float, first: bool = False) -> None:
+        """Returns holding one of `slots` (release it with slots.leave()); waits for one at
         most `slot_wait` seconds, in a bounded line (CHAT_DB_MAX_SLOT_WAITERS), else raises
         DatabaseBusy. `first`: a handshake's second read, at the head of the line and never
         turned away for its length (such reads are bounded by the handshakes in flight):
         refusing it would throw away the first read's work."""
-        self.slots.limit = settings.CHAT_DB_MAX_PENDING  # read per call, as every setting
-        if slot_wait > 0 and not first and self.slots.waiting >= settings.CHAT_DB_MAX_SLOT_WAITERS:
+        slots.limit = settings.CHAT_DB_MAX_PENDING  # read per call, as every setting
+        if slot_wait > 0 and not first and slots.waiting >= settings.CHAT_DB_MAX_SLOT_WAITERS:
             slot_wait = 0.0  # the line is full: only a free slot will do
-        if not await self.slots.enter(slot_wait, first=first):
+        if not await slots.enter(slot_wait, first=first):
             metrics.DB_CALLS_REFUSED.labels(reason="busy").inc()
             raise DatabaseBusy(
                 "no database slot in time in this process"
@@ -137,10 +143,11 @@ class DatabaseGate:
         if self.down and (self.probing or time.monotonic() < self.retry_at):
             metrics.DB_CALLS_REFUSED.labels(reason="down").inc()
             raise DatabaseUnavailable("the database is down; retrying shortly")
-        await self._slot(slot_wait, first)
+        slots = self._line(read)
+        await self._slot(slots, slot_wait, first)
         if self.down:
             if self.probing or time.monotonic() < self.retry_at:
-                self.slots.leave()
+                slots.leave()
                 metrics.DB_CALLS_REFUSED.labels(reason="down").inc()
                 raise DatabaseUnavailable("the database is down; retrying shortly")
             probe = self.probing = True  # one call tries; the rest are refused meanwhile
@@ -157,7 +164,7 @@ class DatabaseGate:
             self.retry_at = time.monotonic() + settings.CHAT_DB_RETRY_SECONDS
             raise
         finally:
-            self.slots.leave()
+            slots.leave()
             self.waiting.pop(token, None)
             if probe:
                 self.probing = False

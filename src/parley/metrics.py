@@ -31,6 +31,11 @@ CONVERSATIONS_ACTIVE = Gauge(
     multiprocess_mode="livesum",
 )
 WEBSOCKET_CONNECTS = Counter("parley_websocket_connects_total", "Websockets accepted", ["kind"])
+WEBSOCKET_ACCEPT_PAUSES = Counter(
+    "parley_websocket_accept_pauses_total",
+    "Times a websocket process stopped accepting connections while handshakes waited for "
+    "the database (a reconnect storm's backpressure)",
+)
 WEBSOCKET_REFUSALS = Counter(
     "parley_websocket_refusals_total",
     "Websockets refused or closed by policy, by reason",

@@ -34,6 +34,12 @@ from parley import metrics
 logger = logging.getLogger("parley.serve_ws")
 
 
+def drain_started() -> bool:
+    from parley import drain
+
+    return drain.is_draining()
+
+
 def _env_float(name: str, default: float) -> float:
     raw = os.environ.get(name, "")
     try:
@@ -55,10 +61,48 @@ class Draining:
         self.drain_delay = drain_delay
         self.grace = grace
         self.drain_task: asyncio.Task | None = None
+        self.accept_paused = False
+        self.pacing: asyncio.Task | None = None
 
     def listen_success(self, port: Any) -> None:
         self.ports.append(port)
         super().listen_success(port)
+
+    def start_pacing(self) -> None:
+        """Called once the reactor runs (its asyncio loop is then the current one)."""
+        self.pacing = asyncio.get_event_loop().create_task(self.pace_accepts())  # kept: weak
+
+    async def pace_accepts(self) -> None:
+        """Backpressure in a reconnect storm: while WS_ACCEPT_PAUSE_WAITERS handshakes wait
+        for the database, stop accepting connections; resume once a quarter of them are
+        left. New ones wait in the kernel's accept queue (WS_BACKLOG) at no cost, and are
+        taken in order, instead of each costing a whole handshake here only to be refused
+        and come back later (16,000 such refusals for 5,000 sockets, half the CPU)."""
+        from django.conf import settings
+
+        from chat.dbcalls import gate
+
+        pause_at = settings.WS_ACCEPT_PAUSE_WAITERS
+        if pause_at <= 0:
+            return
+        while self.ports and not self.ports[0].disconnected:
+            waiting = gate.slot_waiters
+            if not self.accept_paused and waiting >= pause_at:
+                self.set_accepting(False)
+            elif self.accept_paused and (waiting <= pause_at // 4 or drain_started()):
+                self.set_accepting(True)
+            await asyncio.sleep(0.02)
+
+    def set_accepting(self, accepting: bool) -> None:
+        for port in self.ports:
+            if not port.disconnected:
+                if accepting:
+                    port.startReading()
+                else:
+                    port.stopReading()
+        self.accept_paused = not accepting
+        if not accepting:
+            metrics.WEBSOCKET_ACCEPT_PAUSES.inc()
 
     def install_signal_handlers(self) -> None:
         loop = asyncio.get_event_loop()
@@ -155,6 +199,7 @@ def main() -> None:
     # handshakes' reads were mostly that wait: 1 ms took 1,500 sockets back in 7.5 s, not 11.
     sys.setswitchinterval(_env_float("WS_GIL_SWITCH_INTERVAL", 0.001))
     reactor.callWhenRunning(server.install_signal_handlers)
+    reactor.callWhenRunning(server.start_pacing)
     logger.info("websocket server starting", extra={"bind": host, "port": port})
     server.run()
     logger.info("websocket server stopped")

@@ -98,3 +98,20 @@ async def test_handshake_reads_run_beside_a_store_the_database_thread_is_busy_wi
     assert finished == {reads} and reads.result() == [1] * 4
     assert not store.done() and not behind.done()
     assert await store == 1 and await behind == 1
+
+
+async def test_a_send_is_admitted_while_handshakes_fill_every_read_slot(settings):
+    """A reconnect storm's handshakes wait in a line of their own: a live conversation's send
+    is not refused because other people's sockets are coming back."""
+    settings.CHAT_DB_READ_THREADS = 2
+    settings.CHAT_DB_MAX_PENDING = 2
+    settings.CHAT_DB_MAX_SLOT_WAITERS = 2
+    storm = [
+        asyncio.create_task(gate.call(slow_query, 0.3, read=True, slot_wait=5.0))
+        for _ in range(4)  # 2 hold the read slots, 2 wait: that line is full
+    ]
+    await asyncio.sleep(0.05)
+    with pytest.raises(DatabaseUnavailable):
+        await gate.call(slow_query, 0.0, read=True, slot_wait=5.0)
+    assert await gate.call(slow_query, 0.0) == 1  # the send: at once, no slot wait
+    assert await asyncio.gather(*storm) == [1] * 4

@@ -273,3 +273,68 @@ def test_the_stock_runtime_serves_chat_and_drains_with_1012(stack, room, cookies
         stock.close()
         tuned.close()
         stack.restart_ws(1)
+
+
+def _answered(port: int, timeout: float) -> bool:
+    """Whether daphne answers a plain HTTP request on its port within `timeout`."""
+    import socket
+
+    with socket.create_connection(("127.0.0.1", port), timeout=timeout) as s:
+        s.sendall(b"GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n")
+        try:
+            return s.recv(64).startswith(b"HTTP/1.1 200")
+        except TimeoutError:
+            return False
+
+
+def test_daphne_stops_accepting_while_handshakes_wait_for_the_database(stack, room, cookies):
+    """Backpressure in a reconnect storm: while WS_ACCEPT_PAUSE_WAITERS handshakes wait for a
+    database slot, the process accepts no more connections (they wait in the kernel's accept
+    queue, in order, at no cost) instead of taking each one only to refuse it; it accepts
+    again as the line drains, and every waiting handshake and connection is served."""
+    import threading
+
+    import psycopg
+
+    conversation_id, members = room
+    stack.restart_ws(
+        1,
+        env={
+            "WS_ACCEPT_PAUSE_WAITERS": "2",
+            "CHAT_DB_MAX_PENDING": "1",
+            "CHAT_DB_CONNECT_WAIT_SECONDS": "30",
+        },
+    )
+    port = stack.ws_port(1)
+    sockets = [
+        ChatSocket(f"ws://127.0.0.1:{port}", stack.url, conversation_id, cookies(user))
+        for user in members
+    ]
+    lock = psycopg.connect(stack.config.database_url, autocommit=False)
+    try:
+        # Every handshake reads the session first: they queue behind this lock.
+        lock.execute("LOCK TABLE django_session IN ACCESS EXCLUSIVE MODE")
+        threads = [threading.Thread(target=s.connect, kwargs={"timeout": 60}) for s in sockets]
+        for t in threads:
+            t.start()
+        wait_until(lambda: not _answered(port, 0.5), timeout=15, what="accepting paused")
+        late = threading.Thread(target=lambda: late_answer.append(_answered(port, 30)))
+        late_answer: list[bool] = []
+        late.start()  # accepted by the kernel, waiting for daphne
+        lock.rollback()  # the database answers again
+        for t in threads:
+            t.join(timeout=60)
+        late.join(timeout=60)
+        assert all(s.is_open for s in sockets)
+        assert late_answer == [True]  # queued, then served: not refused
+        assert _answered(port, 5)
+        text = requests.get(stack.metrics_url, timeout=5).text
+        assert any(
+            line.startswith("parley_websocket_accept_pauses_total") and float(line.split()[-1]) >= 1
+            for line in text.splitlines()
+        ), "the pause is counted"
+    finally:
+        lock.close()
+        for s in sockets:
+            s.close()
+        stack.restart_ws(1)
