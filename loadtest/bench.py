@@ -284,6 +284,28 @@ def ws_client_argv(module: str, stack: Stack, sessions_file: Path) -> list[str]:
     ]
 
 
+class LineClient:
+    """A websocket client module (loadtest.bigroom, loadtest.storm) run as a child process:
+    one JSON line answers each step; a line to it starts the next."""
+
+    def __init__(self, argv: list[str]) -> None:
+        self.process = subprocess.Popen(
+            argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+        )
+
+    def answer(self) -> dict:
+        line = self.process.stdout.readline()
+        return json.loads(line) if line else {}
+
+    def go_on(self) -> None:
+        self.process.stdin.write("\n")
+        self.process.stdin.flush()
+
+    def close(self) -> None:
+        self.process.stdin.close()
+        self.process.wait(timeout=60)
+
+
 @dataclass
 class Big:
     members: int
@@ -309,18 +331,8 @@ def big_room(members: int, layer: str = "pubsub", storm: bool = True) -> Big:
         argv = ws_client_argv("loadtest.bigroom", stack, sessions_file)
         if storm:
             argv += ["--reconnect-url", stack.config.url.replace("http", "ws", 1)]
-        room = subprocess.Popen(
-            argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-
-        def answer() -> dict:
-            line = room.stdout.readline()
-            return json.loads(line) if line else {}
-
-        def go_on() -> None:
-            room.stdin.write("\n")
-            room.stdin.flush()
-
+        room = LineClient(argv)
+        answer, go_on = room.answer, room.go_on
         try:
             result.opened = answer().get("open", 0)
             time.sleep(2.0)  # let the handshakes' garbage settle before reading RSS
@@ -336,8 +348,7 @@ def big_room(members: int, layer: str = "pubsub", storm: bool = True) -> Big:
                 print(f"big room: storm {result.storm}", flush=True)
                 go_on()
         finally:
-            room.stdin.close()
-            room.wait(timeout=60)
+            room.close()
     return result
 
 
@@ -372,24 +383,15 @@ def reconnect_storm(rooms: int, room_size: int, big: int, layer: str = "pubsub")
             "--reconnect-url",
             ws_url,
         ]
-        client = subprocess.Popen(
-            argv, cwd=REPO, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-        )
-
-        def answer() -> dict:
-            line = client.stdout.readline()
-            return json.loads(line) if line else {}
-
-        def go_on() -> None:
-            client.stdin.write("\n")
-            client.stdin.flush()
-
+        client = LineClient(argv)
+        answer, go_on = client.answer, client.go_on
         try:
             opened = answer()
             run.opened = opened.get("open", 0)
             print(f"storm: {opened}", flush=True)
             time.sleep(5.0)  # presence and the handshakes' work settle first
-            cpu_before, client_before, t0 = stack_cpu(stack), _cpu_seconds(client.pid), time.time()
+            cpu_before, t0 = stack_cpu(stack), time.time()
+            client_before = _cpu_seconds(client.process.pid)
             os.kill(pid, 9)
             go_on()
             run.result = answer().get("storm")
@@ -401,13 +403,12 @@ def reconnect_storm(rooms: int, room_size: int, big: int, layer: str = "pubsub")
                 if name != stack.ws_names[0]
             }
             run.cpu_percent["client"] = round(
-                100 * (_cpu_seconds(client.pid) - client_before) / elapsed
+                100 * (_cpu_seconds(client.process.pid) - client_before) / elapsed
             )
             print(f"storm: {run.result}", flush=True)
             go_on()
         finally:
-            client.stdin.close()
-            client.wait(timeout=60)
+            client.close()
     return run
 
 

@@ -32,6 +32,7 @@ import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
+from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import gevent  # noqa: E402
@@ -50,6 +51,25 @@ def pct(values: list[float], q: float) -> float | None:
         return None
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, int(q / 100 * len(ordered)))]
+
+
+def echoed_numbers(
+    ws: websocket.WebSocket, on_frame: Callable[[str], None] | None = None
+) -> Iterator[int]:
+    """The numbers of the bench's messages in what a socket receives, until it closes
+    (`on_frame` sees every frame first)."""
+    while True:
+        try:
+            opcode, data = ws.recv_data()
+        except (websocket.WebSocketException, OSError):
+            return
+        if opcode == websocket.ABNF.OPCODE_CLOSE:
+            return
+        text = data.decode("utf-8", "replace")
+        if on_frame is not None:
+            on_frame(text)
+        for number, _ in BODY_RE.findall(text):
+            yield int(number)
 
 
 class Listener:
@@ -116,6 +136,12 @@ class BigRoom:
         self.sender: websocket.WebSocket | None = None
         self.confirm: dict[int, gevent.event.Event] = {}
 
+    def stop(self) -> None:
+        self.stopping = True  # no reconnects from here on
+        for lis in self.listeners:
+            if lis.ws is not None:
+                lis.ws.abort()
+
     def open_all(self) -> int:
         pool = Pool(50)
         results = pool.map(lambda lis: lis.connect(self.url, after=False), self.listeners)
@@ -151,17 +177,10 @@ class BigRoom:
             self.sender = None  # no echo: a dead socket; resend on a new one
 
     def _read_sender(self, ws: websocket.WebSocket) -> None:
-        while True:
-            try:
-                opcode, data = ws.recv_data()
-            except (websocket.WebSocketException, OSError):
-                return
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return
-            for number, _ in BODY_RE.findall(data.decode("utf-8", "replace")):
-                event = self.confirm.get(int(number))
-                if event is not None:
-                    event.set()
+        for number in echoed_numbers(ws):
+            event = self.confirm.get(number)
+            if event is not None:
+                event.set()
 
     def wait_all(self, numbers: list[int], timeout: float) -> None:
         deadline = time.monotonic() + timeout
@@ -248,10 +267,7 @@ def main() -> int:
             flush=True,
         )
         wait_line()
-    room.stopping = True
-    for lis in room.listeners:
-        if lis.ws is not None:
-            lis.ws.abort()
+    room.stop()
     return 0
 
 

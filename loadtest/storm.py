@@ -27,6 +27,8 @@ monkey.patch_all()
 
 import argparse  # noqa: E402
 import json  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
 import sys  # noqa: E402
 import time  # noqa: E402
 import uuid  # noqa: E402
@@ -37,10 +39,11 @@ import gevent.event  # noqa: E402
 import websocket  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from loadtest.bigroom import BODY_RE, Listener, pct, wait_line  # noqa: E402
+from loadtest.bigroom import BigRoom, Listener, echoed_numbers, pct, wait_line  # noqa: E402
 from loadtest.idle import raise_fd_limit  # noqa: E402
 
 STORM_MESSAGE = 0  # the number every room's storm message carries (bigroom's body format)
+RETRY_AFTER_RE = re.compile(r'data-retry-after="([0-9.]+)"')
 
 
 class StormListener(Listener):
@@ -66,6 +69,9 @@ class Sender:
         self.storm, self.session = storm, session
         self.ws: websocket.WebSocket | None = None
         self.confirmed = gevent.event.Event()
+        self.retry = gevent.event.Event()
+        self.retry_in = 1.0
+        self.client_id = ""
         self.sent_at: int | None = None
 
     def connect(self, url: str) -> bool:
@@ -84,36 +90,46 @@ class Sender:
         return True
 
     def _read(self, ws: websocket.WebSocket) -> None:
-        while True:
-            try:
-                opcode, data = ws.recv_data()
-            except (websocket.WebSocketException, OSError):
-                return
-            if opcode == websocket.ABNF.OPCODE_CLOSE:
-                return
-            for number, _ in BODY_RE.findall(data.decode("utf-8", "replace")):
-                if int(number) == STORM_MESSAGE:
-                    self.confirmed.set()
+        for number in echoed_numbers(ws, self.refused):
+            if number == STORM_MESSAGE:
+                self.confirmed.set()
+
+    def refused(self, frame: str) -> None:
+        """An error fragment for this send ("busy, retrying"): resend after its
+        data-retry-after, jittered, as chat.js does."""
+        if self.client_id and f'data-client-id="{self.client_id}"' in frame:
+            match = RETRY_AFTER_RE.search(frame)
+            self.retry_in = float(match.group(1)) if match else 1.0
+            self.retry.set()
 
     def send(self) -> None:
-        client_id = str(uuid.uuid4())
+        self.client_id = client_id = str(uuid.uuid4())
         self.sent_at = time.time_ns()
         body = f"bigroom:{STORM_MESSAGE}:{self.sent_at}"
-        for _ in range(10):
+        backoff = 1.0
+        for _ in range(20):
             try:
                 if self.ws is None and not self.connect(self.storm.reconnect_url):
                     raise OSError("no socket")
+                self.retry.clear()
                 self.ws.send(json.dumps({"chat_message": body, "client_id": client_id}))
             except (websocket.WebSocketException, OSError):
                 self.ws = None
                 gevent.sleep(0.5)
                 continue
-            if self.confirmed.wait(timeout=5.0):
+            gevent.wait([self.confirmed, self.retry], timeout=5.0, count=1)
+            if self.confirmed.is_set():
                 return
-            self.ws = None
+            if self.retry.is_set():  # refused past capacity: not stored, try again later
+                gevent.sleep(random.uniform(0.5, 1.0) * max(self.retry_in, backoff))
+                backoff = min(backoff * 2, 8.0)
+                continue
+            self.ws = None  # no answer: a dead socket; resend on a new one
 
 
-class Storm:
+class Storm(BigRoom):
+    """Listeners in many rooms, and a sender per room on the daphne that stays."""
+
     def __init__(self, args: argparse.Namespace, sessions: dict) -> None:
         self.url, self.origin = args.url, args.origin
         self.sender_url, self.reconnect_url = args.sender_url, args.reconnect_url
@@ -191,10 +207,7 @@ def main() -> int:
     if wait_line():
         print(json.dumps({"storm": storm.run(args.deadline)}), flush=True)
         wait_line()
-    storm.stopping = True
-    for lis in storm.listeners:
-        if lis.ws is not None:
-            lis.ws.abort()
+    storm.stop()
     return 0
 
 

@@ -33,8 +33,8 @@ CONVERSATIONS_ACTIVE = Gauge(
 WEBSOCKET_CONNECTS = Counter("parley_websocket_connects_total", "Websockets accepted", ["kind"])
 WEBSOCKET_ACCEPT_PAUSES = Counter(
     "parley_websocket_accept_pauses_total",
-    "Times a websocket process stopped accepting connections while handshakes waited for "
-    "the database (a reconnect storm's backpressure)",
+    "Times a websocket process stopped accepting connections while WS_MAX_HANDSHAKES "
+    "handshakes were in progress (a reconnect storm's backpressure)",
 )
 WEBSOCKET_REFUSALS = Counter(
     "parley_websocket_refusals_total",

@@ -9,7 +9,7 @@ the HTMX extension treats as "reconnect". Here SIGTERM (or SIGINT) instead:
 3. closes every open socket with 1012 and waits up to CHAT_DRAIN_SECONDS for them to go,
 4. exits. A second signal, or WS_DRAIN_GRACE seconds past the drain budget, exits at once.
 
-Environment: WS_BIND (0.0.0.0), WS_PORT (8001), WS_BACKLOG (1024), WS_PING_INTERVAL (20),
+Environment: WS_BIND (0.0.0.0), WS_PORT (8001), WS_BACKLOG (4096), WS_PING_INTERVAL (20),
 WS_PING_TIMEOUT (30), WS_DRAIN_DELAY (0), WS_DRAIN_GRACE (5). Logs are JSON lines on stdout
 (Django's LOGGING).
 """
@@ -73,23 +73,24 @@ class Draining:
         self.pacing = asyncio.get_event_loop().create_task(self.pace_accepts())  # kept: weak
 
     async def pace_accepts(self) -> None:
-        """Backpressure in a reconnect storm: while WS_ACCEPT_PAUSE_WAITERS handshakes wait
-        for the database, stop accepting connections; resume once a quarter of them are
-        left. New ones wait in the kernel's accept queue (WS_BACKLOG) at no cost, and are
-        taken in order, instead of each costing a whole handshake here only to be refused
-        and come back later (16,000 such refusals for 5,000 sockets, half the CPU)."""
+        """Backpressure in a reconnect storm: while WS_MAX_HANDSHAKES websocket handshakes
+        are in progress, stop accepting connections; resume once a quarter of them are left.
+        New ones wait in the kernel's accept queue (WS_BACKLOG) at no cost, and are taken in
+        order, instead of each costing a handshake here only to be refused, or to run past
+        daphne's 5 s handshake timeout, and come back later (5,000 sockets back after a
+        kill: 16,000 refusals without this)."""
         from django.conf import settings
 
-        from chat.dbcalls import gate
-
-        pause_at = settings.WS_ACCEPT_PAUSE_WAITERS
-        if pause_at <= 0:
+        limit = settings.WS_MAX_HANDSHAKES
+        if limit <= 0:
             return
-        while self.ports and not self.ports[0].disconnected:
-            waiting = gate.slot_waiters
-            if not self.accept_paused and waiting >= pause_at:
+        # Until the drain, which stops listening itself (connections still in the accept
+        # queue are then reset, and nginx takes them to another daphne).
+        while not drain_started():
+            handshaking = websocket.FixedWebSocketProtocol.handshaking
+            if not self.accept_paused and handshaking >= limit:
                 self.set_accepting(False)
-            elif self.accept_paused and (waiting <= pause_at // 4 or drain_started()):
+            elif self.accept_paused and handshaking <= limit // 4:
                 self.set_accepting(True)
             await asyncio.sleep(0.02)
 
@@ -166,7 +167,7 @@ def main() -> None:
         # Twisted listens with a backlog of 50: a reconnect storm (every client of a restarted
         # pod at once) overflows it and the kernel resets handshakes it could have queued.
         endpoints=[
-            f"{e}:backlog={int(os.environ.get('WS_BACKLOG', '1024'))}"
+            f"{e}:backlog={int(os.environ.get('WS_BACKLOG', '4096'))}"
             for e in build_endpoint_description_strings(host=host, port=port)
         ],
         # Access lines come from parley.logging.AccessLogMiddleware (with the request id).
@@ -194,10 +195,6 @@ def main() -> None:
     from parley.gc_heap import freeze_startup_heap
 
     freeze_startup_heap("ws")
-    # The event loop keeps the GIL busy; a database thread whose reply has arrived waits
-    # for it up to the switch interval (5 ms by default) per query. In a reconnect storm the
-    # handshakes' reads were mostly that wait: 1 ms took 1,500 sockets back in 7.5 s, not 11.
-    sys.setswitchinterval(_env_float("WS_GIL_SWITCH_INTERVAL", 0.001))
     reactor.callWhenRunning(server.install_signal_handlers)
     reactor.callWhenRunning(server.start_pacing)
     logger.info("websocket server starting", extra={"bind": host, "port": port})

@@ -297,9 +297,9 @@ CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
 # sockets back: 45 s with 1 s and 256, 37 s with these; loadtest/RESULTS.md).
 CHAT_DB_CONNECT_WAIT_SECONDS: float = env.float("CHAT_DB_CONNECT_WAIT_SECONDS", default=3.0)
 CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=2048)
-# While this many handshakes wait for a database slot, daphne stops accepting connections
+# While this many websocket handshakes are in progress, daphne stops accepting connections
 # (parley.serve_ws); they wait in the kernel's accept queue for free, in order. 0: never.
-WS_ACCEPT_PAUSE_WAITERS: int = env.int("WS_ACCEPT_PAUSE_WAITERS", default=256)
+WS_MAX_HANDSHAKES: int = env.int("WS_MAX_HANDSHAKES", default=200)
 # A handshake's reads (session, user, members, backlog) run on this many threads of their own,
 # beside the one thread that stores: in a reconnect storm they were one Postgres round trip
 # after another on that thread (three quarters of its time waiting), which bounded how fast

@@ -116,6 +116,28 @@ class FixedWebSocketProtocol(WebSocketProtocol):
     runtimes, since without them a server-side 1012 (drain, socket lifetime) never reaches
     the client."""
 
+    # Sockets past the HTTP upgrade whose websocket handshake has not finished (opened or
+    # gone), in this process: what a reconnect storm has in progress (parley.serve_ws stops
+    # accepting connections while there are too many).
+    handshaking = 0
+
+    def connectionMade(self) -> None:  # noqa: N802 (Twisted's name)
+        FixedWebSocketProtocol.handshaking += 1
+        self._handshaking = True
+        super().connectionMade()
+
+    def _handshake_over(self) -> None:
+        if self.__dict__.pop("_handshaking", False):
+            FixedWebSocketProtocol.handshaking -= 1
+
+    def onOpen(self) -> None:  # noqa: N802 (daphne's name)
+        self._handshake_over()
+        super().onOpen()
+
+    def connectionLost(self, reason: Any) -> None:  # noqa: N802 (Twisted's name)
+        self._handshake_over()
+        super().connectionLost(reason)
+
     def serverClose(self, code: int | None = None) -> None:  # noqa: N802 (daphne's name)
         # Stock daphne raises inside the application's close() for 1011/1012/1013: the
         # socket stays open and the consumer never hears of its own close (a drain would

@@ -205,3 +205,29 @@ def test_a_socket_reads_the_factory_options_instead_of_copying_them():
     assert all(call.args == ([],) for call in pformat.call_args_list)
     factory.setProtocolOptions(autoPingInterval=5)  # read live, not a copy
     assert protocol.autoPingInterval == 5
+
+
+def test_handshakes_in_progress_are_counted_until_open_or_gone():
+    """What parley.serve_ws paces accepts by: upgraded sockets whose handshake has not
+    finished, each counted once however it ends."""
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    factory = WebSocketServerFactory()
+    factory.protocol = ParleyWebSocketProtocol
+    before = ParleyWebSocketProtocol.handshaking
+    opened, lost = (
+        factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", port)) for port in (40001, 40002)
+    )
+    for protocol in (opened, lost):
+        protocol.makeConnection(StringTransport())
+    assert ParleyWebSocketProtocol.handshaking == before + 2
+    with mock.patch.object(daphne.ws_protocol.WebSocketProtocol, "onOpen"):
+        opened.onOpen()
+    assert ParleyWebSocketProtocol.handshaking == before + 1
+    with mock.patch.object(daphne.ws_protocol.WebSocketProtocol, "connectionLost"):
+        lost.connectionLost(None)
+        lost.connectionLost(None)  # twice: still counted once
+        opened.connectionLost(None)  # gone after it opened: already counted out
+    assert ParleyWebSocketProtocol.handshaking == before

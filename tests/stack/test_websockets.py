@@ -240,7 +240,7 @@ def test_daphne_listens_with_a_deep_accept_queue(stack):
             ["ss", "-Hltn", f"sport = :{port}"], capture_output=True, text=True, check=True
         ).stdout.split()
         somaxconn = int(Path("/proc/sys/net/core/somaxconn").read_text())
-        assert int(out[2]) == min(1024, somaxconn)  # Send-Q of a listener: its backlog
+        assert int(out[2]) == min(4096, somaxconn)  # Send-Q of a listener: its backlog
 
 
 def test_the_stock_runtime_serves_chat_and_drains_with_1012(stack, room, cookies):
@@ -288,10 +288,11 @@ def _answered(port: int, timeout: float) -> bool:
 
 
 def test_daphne_stops_accepting_while_handshakes_wait_for_the_database(stack, room, cookies):
-    """Backpressure in a reconnect storm: while WS_ACCEPT_PAUSE_WAITERS handshakes wait for a
-    database slot, the process accepts no more connections (they wait in the kernel's accept
-    queue, in order, at no cost) instead of taking each one only to refuse it; it accepts
-    again as the line drains, and every waiting handshake and connection is served."""
+    """Backpressure in a reconnect storm: while WS_MAX_HANDSHAKES handshakes are in progress
+    (here: waiting for the database), the process accepts no more connections (they wait in
+    the kernel's accept queue, in order, at no cost) instead of taking each one only to
+    refuse it; it accepts again as they finish, and every waiting handshake and connection
+    is served."""
     import threading
 
     import psycopg
@@ -300,7 +301,7 @@ def test_daphne_stops_accepting_while_handshakes_wait_for_the_database(stack, ro
     stack.restart_ws(
         1,
         env={
-            "WS_ACCEPT_PAUSE_WAITERS": "2",
+            "WS_MAX_HANDSHAKES": "2",
             "CHAT_DB_MAX_PENDING": "1",
             "CHAT_DB_CONNECT_WAIT_SECONDS": "30",
         },
