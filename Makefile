@@ -294,7 +294,7 @@ loadtest-ui: install ## Locust web UI on http://127.0.0.1:8089 against a running
 	$(LOCUST) $(LOADTEST_KNOBS) --users-file results/users.json --web-host 127.0.0.1
 
 .PHONY: bench
-bench: install ## Benchmark on the native stack: rate sweep for both channel layers, idle sockets -> loadtest/RESULTS.md
+bench: install ## Benchmark on the native stack: rate sweep past the knee, idle sockets, a big room, a reconnect storm -> loadtest/RESULTS.md
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
 
 .PHONY: bench-runtimes
