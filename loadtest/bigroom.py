@@ -34,6 +34,7 @@ import time  # noqa: E402
 import uuid  # noqa: E402
 from collections.abc import Callable, Iterator  # noqa: E402
 from pathlib import Path  # noqa: E402
+from typing import Any  # noqa: E402
 
 import gevent  # noqa: E402
 import gevent.event  # noqa: E402
@@ -126,6 +127,15 @@ class Listener:
             delay = min(delay * 2, 8.0)
 
 
+def stop(room: Any) -> None:
+    """Aborts every listener's socket, with no reconnects from here on (`room`: anything with
+    `stopping` and `listeners`, a BigRoom or loadtest.storm's Storm)."""
+    room.stopping = True
+    for lis in room.listeners:
+        if lis.ws is not None:
+            lis.ws.abort()
+
+
 class BigRoom:
     def __init__(self, url: str, origin: str, sessions: list[dict], reconnect_url: str) -> None:
         self.url, self.origin, self.reconnect_url = url, origin, reconnect_url
@@ -135,12 +145,6 @@ class BigRoom:
         self.sent: dict[int, int] = {}  # message number -> send time ns
         self.sender: websocket.WebSocket | None = None
         self.confirm: dict[int, gevent.event.Event] = {}
-
-    def stop(self) -> None:
-        self.stopping = True  # no reconnects from here on
-        for lis in self.listeners:
-            if lis.ws is not None:
-                lis.ws.abort()
 
     def open_all(self) -> int:
         pool = Pool(50)
@@ -267,7 +271,7 @@ def main() -> int:
             flush=True,
         )
         wait_line()
-    room.stop()
+    stop(room)
     return 0
 
 

@@ -39,7 +39,7 @@ import gevent.event  # noqa: E402
 import websocket  # noqa: E402
 from gevent.pool import Pool  # noqa: E402
 
-from loadtest.bigroom import BigRoom, Listener, echoed_numbers, pct, wait_line  # noqa: E402
+from loadtest.bigroom import Listener, echoed_numbers, pct, stop, wait_line  # noqa: E402
 from loadtest.idle import raise_fd_limit  # noqa: E402
 
 STORM_MESSAGE = 0  # the number every room's storm message carries (bigroom's body format)
@@ -127,7 +127,7 @@ class Sender:
             self.ws = None  # no answer: a dead socket; resend on a new one
 
 
-class Storm(BigRoom):
+class Storm:
     """Listeners in many rooms, and a sender per room on the daphne that stays."""
 
     def __init__(self, args: argparse.Namespace, sessions: dict) -> None:
@@ -207,7 +207,7 @@ def main() -> int:
     if wait_line():
         print(json.dumps({"storm": storm.run(args.deadline)}), flush=True)
         wait_line()
-    storm.stop()
+    stop(storm)
     return 0
 
 
