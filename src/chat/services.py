@@ -151,17 +151,18 @@ def message_create(
     return message, True
 
 
-@transaction.atomic
 def message_create_and_render(
     conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
 ) -> tuple[int, str, bool]:
     """Stores a message sent over a websocket and renders the one frame every recipient gets:
     (sequence, frame, created). Runs in a database thread.
 
-    Not atomic as a whole, on purpose: message_create is its own transaction, and a
-    connection that died with its server (Postgres restarted) fails it once; with an
-    idempotency key the send is retried on a fresh connection, since a retry cannot store
-    it twice.
+    Not wrapped in a transaction, on purpose: message_create is one statement, so its own
+    transaction, and one round trip on the thread every send of the process waits for (a
+    BEGIN/SAVEPOINT/RELEASE/COMMIT around it made it five). A connection that died with its
+    server (Postgres restarted) fails it once; with an idempotency key the send is retried
+    on a fresh connection, since a retry cannot store it twice (inside a transaction the
+    retry could not open one).
     """
     sender = get_user_model()(pk=user_id, **{get_user_model().USERNAME_FIELD: username})
     attempts = 2 if client_id is not None else 1

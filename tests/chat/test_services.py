@@ -80,3 +80,48 @@ def test_message_create_is_one_statement_on_postgres():
     ]
     assert statements == ["WITH"]  # UPDATE ... RETURNING feeding the INSERT: one round trip
     assert created and message.seq == 1
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_websocket_send_is_one_statement_with_no_transaction_around_it():
+    """The send path's store is one round trip: no BEGIN, SAVEPOINT, RELEASE or COMMIT
+    around the statement (each is another round trip, on the one thread every send of a
+    process waits for)."""
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    with CaptureQueriesContext(connection) as ctx:
+        seq, _frame, created = services.message_create_and_render(
+            conv.pk, a.pk, a.get_username(), "hi", uuid.uuid4()
+        )
+    assert [q["sql"].split()[0] for q in ctx.captured_queries] == ["WITH"]
+    assert (seq, created) == (1, True)
+    assert connection.get_autocommit() and not connection.in_atomic_block
+
+
+@pytest.mark.django_db(transaction=True)
+def test_a_send_on_a_connection_the_server_dropped_is_stored_once_on_a_fresh_one():
+    from django.db import connection, connections
+
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    with connection.cursor() as cursor:
+        cursor.execute("SELECT pg_backend_pid()")
+        (pid,) = cursor.fetchone()
+    # Another connection ends this one's server process, as a Postgres restart does.
+    other = connections.create_connection("default")
+    try:
+        with other.cursor() as cursor:
+            cursor.execute("SELECT pg_terminate_backend(%s)", [pid])
+    finally:
+        other.close()
+    cid = uuid.uuid4()
+    seq, _frame, created = services.message_create_and_render(
+        conv.pk, a.pk, a.get_username(), "after the restart", cid
+    )
+    assert (seq, created) == (1, True)
+    assert list(Message.objects.filter(conversation=conv).values_list("body", flat=True)) == [
+        "after the restart"
+    ]
