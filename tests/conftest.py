@@ -32,8 +32,11 @@ def django_db_setup(django_db_setup):
     from asgiref.sync import sync_to_async
     from django.db import connections
 
+    from chat import loopdb
+
     asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
     connections.close_all()
+    loopdb.close_all_idle()
     for connection in connections.all(initialized_only=True):
         if connection.alias in getattr(connection, "_connection_pools", {}):
             connection.close_pool()
@@ -42,7 +45,8 @@ def django_db_setup(django_db_setup):
 @pytest.fixture(autouse=True)
 def _fresh_channel_layer():
     """Each async test runs in its own event loop; channels-redis binds its receive lock
-    to the loop that first used it, so every test gets a fresh layer instance."""
+    to the loop that first used it, so every test gets a fresh layer instance (and the
+    loop's store connections are closed after it)."""
     from channels.layers import channel_layers
 
     from chat.presence import reset_presence_store
@@ -52,6 +56,11 @@ def _fresh_channel_layer():
     yield
     channel_layers.backends.clear()
     reset_presence_store()
+    # Each test's event loop stores sends on connections of its own (chat.loopdb): closed
+    # with the test, not left open for the rest of the run.
+    from chat import loopdb
+
+    loopdb.close_all_idle()
 
 
 @pytest.fixture

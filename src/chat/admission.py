@@ -11,7 +11,8 @@ Two signals, both local and cheap:
   frames in and out and the layer all run on the loop; when it lags, every delivery is late.
 - delivery delay: how long broadcasts took from their store to this process's hub (they carry
   their publish time): queues in the layer and in this process, which loop lag alone misses.
-- store wait: how long a call waits for the one database thread (chat.dbcalls).
+- store wait: how long a call waits for the one database thread, or a send for one of the
+  event loop's store connections (chat.dbcalls, chat.loopdb).
 - frame wait: how long the send's frame waited in its socket's input queue (parley.serve_ws
   stamps frames on arrival) behind the socket's earlier frames.
 

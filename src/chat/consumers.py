@@ -341,9 +341,9 @@ class ChatConsumer(ResilientConsumer):
             await self.refuse_send(reason, cid)
             return
         try:
-            seq, frame, created = await _db(services.message_create_and_render)(
-                self.conversation_id, self.user_id, self.username, body, frame.client_id
-            )
+            seq, frame, created = await dbcalls.store(
+                services.message_create_and_render, services.message_store
+            )(self.conversation_id, self.user_id, self.username, body, frame.client_id)
         except Conversation.DoesNotExist:
             await self.close(code=CLOSE_FORBIDDEN)
             return

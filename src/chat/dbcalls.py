@@ -24,6 +24,7 @@ from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection
 
+from chat import loopdb
 from parley import metrics
 from parley.overload import AdmissionGate
 
@@ -96,11 +97,14 @@ class DatabaseGate:
         return self.read_slots if read and settings.CHAT_DB_READ_THREADS > 0 else self.slots
 
     def queue_delay(self) -> float:
-        """How long the oldest call not yet started on the database thread has waited (0
-        when none waits): how long a store asked for now would wait, at least."""
+        """How long the oldest call not yet started on the database thread (or store not yet
+        given a connection, chat.loopdb) has waited (0 when none waits): how long a store
+        asked for now would wait, at least."""
+        delay = loopdb.loop_connections().queue_delay() if loopdb.enabled() else 0.0
         if not self.waiting:
-            return 0.0
-        return time.monotonic() - min(tuple(self.waiting.values()), default=time.monotonic())
+            return delay
+        oldest = min(tuple(self.waiting.values()), default=time.monotonic())
+        return max(delay, time.monotonic() - oldest)
 
     def _timed(self, fn: Callable[..., T], token: int) -> Callable[..., T]:
         def run(*args: Any, **kwargs: Any) -> T:
@@ -133,12 +137,14 @@ class DatabaseGate:
         slot_wait: float = 0.0,
         read: bool = False,
         first: bool = False,
+        on_loop: bool = False,
         **kwargs: Any,
     ) -> T:
         """`slot_wait`: how long to wait for a slot when CHAT_DB_MAX_PENDING calls are
         pending (0: refused at once, as a send is: its page retries). `read`: a handshake's
         read, run on the reader threads; it neither waits behind stores nor delays them
-        (queue_delay counts the database thread's line only). `first`: see _slot."""
+        (queue_delay counts the database thread's line only). `first`: see _slot.
+        `on_loop`: fn is a coroutine function run on the event loop (chat.loopdb)."""
         probe = False
         if self.down and (self.probing or time.monotonic() < self.retry_at):
             metrics.DB_CALLS_REFUSED.labels(reason="down").inc()
@@ -153,11 +159,16 @@ class DatabaseGate:
             probe = self.probing = True  # one call tries; the rest are refused meanwhile
         token = next(self.tokens)
         try:
-            if read:
+            if on_loop:
+                result = await fn(*args, **kwargs)
+            elif read:
                 result = await self._reader(fn)(*args, **kwargs)
             else:
                 self.waiting[token] = time.monotonic()
                 result = await database_sync_to_async(self._timed(fn, token))(*args, **kwargs)
+        except loopdb.NoConnectionInTime:
+            metrics.DB_CALLS_REFUSED.labels(reason="busy").inc()
+            raise DatabaseBusy("no store connection in time in this process") from None
         except OperationalError:
             # Could not reach it (or the connection died): let it recover before asking again.
             self.down = True
@@ -173,6 +184,20 @@ class DatabaseGate:
 
 
 gate = DatabaseGate()
+
+
+def store(
+    on_thread: Callable[..., T], on_loop: Callable[..., Awaitable[T]]
+) -> Callable[..., Awaitable[T]]:
+    """A send's store through the gate: `on_loop` on the event loop's own connections
+    (chat.loopdb) where there are any, else `on_thread` on the database thread."""
+
+    def call(*args: Any, **kwargs: Any) -> Awaitable[T]:
+        if loopdb.enabled():
+            return gate.call(on_loop, *args, on_loop=True, **kwargs)
+        return gate.call(on_thread, *args, **kwargs)
+
+    return call
 
 
 def db(

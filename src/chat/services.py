@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import datetime
 import logging
 import uuid
 from collections.abc import Iterable
 from contextlib import nullcontext
 
+import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
-from django.db import IntegrityError, OperationalError, connection, transaction
+from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
 from django.db.models import Count
 from django.utils import timezone
 
@@ -137,18 +139,7 @@ def message_create(
         return existing, False
     if row is None:
         raise Conversation.DoesNotExist(conversation_id)
-    message = Message(
-        id=row[0],
-        conversation_id=conversation_id,
-        sender=sender,
-        seq=row[1],
-        client_id=client_id,
-        body=body,
-        created_at=now,
-    )
-    message._state.adding = False
-    message._state.db = connection.alias
-    return message, True
+    return _stored(row[0], conversation_id, sender, row[1], body, now, client_id), True
 
 
 def message_create_and_render(
@@ -178,6 +169,88 @@ def message_create_and_render(
             logger.warning("store failed on a dead connection; retrying once")
             connection.close()
     return message.seq, fragments.ws_messages([fragments.message_html(message)]), created
+
+
+_EXISTING_SQL = (
+    "SELECT id, seq, body, created_at FROM chat_message "
+    "WHERE conversation_id = %(conversation)s AND sender_id = %(sender)s "
+    "AND client_id = %(client_id)s"
+)
+
+
+async def message_store(
+    conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
+) -> tuple[int, str, bool]:
+    """message_create_and_render on the event loop (chat.loopdb: Postgres only): the same
+    one statement, the same idempotency and the same frame, with no database thread in
+    between. Raises Django's DatabaseError family, as the thread's version does, and
+    chat.loopdb.NoConnectionInTime when every store connection stayed busy."""
+    from chat import loopdb
+
+    sender = get_user_model()(pk=user_id, **{get_user_model().USERNAME_FIELD: username})
+    now = timezone.now()
+    params = {
+        "now": now,
+        "preview": body[:140],
+        "sender_name": username,
+        "conversation": conversation_id,
+        "sender": user_id,
+        "client_id": client_id,
+        "body": body,
+    }
+    pool = loopdb.loop_connections()
+    attempts = 2 if client_id is not None else 1
+    for attempt in range(attempts):
+        try:
+            async with pool.connection() as conn:
+                try:
+                    row = await (await conn.execute(_STORE_SQL_POSTGRES, params)).fetchone()
+                except psycopg.errors.UniqueViolation as exc:
+                    if client_id is None:
+                        raise IntegrityError(str(exc)) from exc
+                    existing = await (await conn.execute(_EXISTING_SQL, params)).fetchone()
+                    if existing is None:
+                        raise IntegrityError(str(exc)) from exc
+                    pk, seq, stored_body, created_at = existing
+                    message = _stored(
+                        pk, conversation_id, sender, seq, stored_body, created_at, client_id
+                    )
+                    return seq, fragments.ws_messages([fragments.message_html(message)]), False
+            break
+        except psycopg.OperationalError as exc:
+            if attempt + 1 == attempts:
+                raise OperationalError(str(exc)) from exc
+            logger.warning("store failed on a dead connection; retrying once")
+        except psycopg.Error as exc:
+            raise DatabaseError(str(exc)) from exc
+    if row is None:
+        raise Conversation.DoesNotExist(conversation_id)
+    message = _stored(row[0], conversation_id, sender, row[1], body, now, client_id)
+    return message.seq, fragments.ws_messages([fragments.message_html(message)]), True
+
+
+def _stored(
+    pk: int,
+    conversation_id: int,
+    sender: AbstractBaseUser,
+    seq: int,
+    body: str,
+    created_at: datetime.datetime,
+    client_id: uuid.UUID | None,
+) -> Message:
+    """The Message a store wrote, built from what it sent and got back (no read)."""
+    message = Message(
+        id=pk,
+        conversation_id=conversation_id,
+        sender=sender,
+        seq=seq,
+        client_id=client_id,
+        body=body,
+        created_at=created_at,
+    )
+    message._state.adding = False
+    message._state.db = connection.alias
+    return message
 
 
 def conversation_start(

@@ -301,11 +301,15 @@ CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=2048
 # (parley.serve_ws); they wait in the kernel's accept queue for free, in order. 0: never.
 WS_MAX_HANDSHAKES: int = env.int("WS_MAX_HANDSHAKES", default=200)
 # A handshake's reads (session, user, members, backlog) run on this many threads of their own,
-# beside the one thread that stores: in a reconnect storm they were one Postgres round trip
+# beside the one database thread: in a reconnect storm they were one Postgres round trip
 # after another on that thread (three quarters of its time waiting), which bounded how fast
 # sockets came back. Each thread borrows a pooled connection, so the pool keeps two more for
-# the stores and /readyz (default DB_POOL_MAX_SIZE - 2; 0: reads on the one thread, as SQLite).
+# that thread and /readyz (default DB_POOL_MAX_SIZE - 2; 0: reads on the one thread, as SQLite).
 _pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
+# A send's store runs on the event loop, on up to this many connections of its own per daphne
+# (chat.loopdb): on the one database thread the stores queued for 100-400 ms at 300 msg/s,
+# each step waiting for the GIL. They come on top of DB_POOL_MAX_SIZE. 0: on that thread.
+CHAT_DB_STORE_CONNECTIONS: int = env.int("CHAT_DB_STORE_CONNECTIONS", default=2) if _pool else 0
 CHAT_DB_READ_THREADS: int = env.int(
     "CHAT_DB_READ_THREADS", default=max(0, _pool["max_size"] - 2) if _pool else 0
 )
@@ -313,7 +317,7 @@ if _pool and _pool["max_size"] - 2 < CHAT_DB_READ_THREADS:
     raise ImproperlyConfigured(
         f"CHAT_DB_READ_THREADS={CHAT_DB_READ_THREADS} needs DB_POOL_MAX_SIZE of at least "
         f"{CHAT_DB_READ_THREADS + 2} (it is {_pool['max_size']}): each reader thread holds a "
-        "connection, and the stores and /readyz need two more"
+        "connection, and the database thread and /readyz need two more"
     )
 # Past capacity a send is refused to its sender at once (chat.admission): while this
 # process's event loop runs later than this (smoothed), broadcasts reach it later than this

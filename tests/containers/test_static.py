@@ -270,7 +270,8 @@ def env_example() -> dict[str, str]:
 
 
 def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -> None:
-    """Every web worker and daphne holds up to DB_POOL_MAX_SIZE connections. Web workers
+    """Every web worker and daphne holds up to DB_POOL_MAX_SIZE connections (a daphne
+    CHAT_DB_STORE_CONNECTIONS more). Web workers
     default to the container's CPU limit (parley.cpus), not the host's cores, which on a
     16-core host gave 136 connections against Postgres's default max_connections of 100."""
     services, env = compose["services"], env_example()
@@ -280,7 +281,9 @@ def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -
         deploy = services[name]["deploy"]
         cpus = float(deploy["resources"]["limits"]["cpus"])
         processes = int(env.get("WEB_WORKERS") or math.ceil(cpus)) if name == "web" else 1
-        total += deploy.get("replicas", 1) * processes * pool
+        # A daphne also stores sends on connections of its own (chat.loopdb).
+        per_process = pool + (int(env.get("CHAT_DB_STORE_CONNECTIONS", "2")) if name == "ws" else 0)
+        total += deploy.get("replicas", 1) * processes * per_process
     total += pool + 1 + 10  # migrate, the backup's pg_dump, people
     command = " ".join(map(str, services["postgres"].get("command", [])))
     found = re.search(r"max_connections=(\d+)", command)

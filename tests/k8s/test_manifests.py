@@ -804,8 +804,9 @@ def env_of(container: Doc, config: dict[str, str]) -> dict[str, str]:
 
 def connection_budget(docs: list[Doc]) -> tuple[int, list[str]]:
     """Connections at the HPAs' maxima: for web and ws, maxReplicas x processes x
-    DB_POOL_MAX_SIZE, where web's processes are WEB_WORKERS or its CPU limit rounded up
-    (parley.cpus) and ws runs one; plus the migrate Job's pool and one for the backup."""
+    DB_POOL_MAX_SIZE (ws: + CHAT_DB_STORE_CONNECTIONS), where web's processes are
+    WEB_WORKERS or its CPU limit rounded up (parley.cpus) and ws runs one; plus the migrate
+    Job's pool and one for the backup."""
     config = app_config(docs)
     hpa_max = {
         h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"]
@@ -823,6 +824,8 @@ def connection_budget(docs: list[Doc]) -> tuple[int, list[str]]:
         else:
             processes = 1
         pool = int(env.get("DB_POOL_MAX_SIZE", "4"))
+        if name == "ws":  # and the event loop's own, for sends (chat.loopdb)
+            pool += int(env.get("CHAT_DB_STORE_CONNECTIONS", "2"))
         total += replicas * processes * pool
         lines.append(f"{name}: {replicas} x {processes} x {pool}")
     total += int(config.get("DB_POOL_MAX_SIZE", "4"))  # the migrate Job

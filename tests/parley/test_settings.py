@@ -282,3 +282,15 @@ def test_reader_threads_beyond_the_pool_refuse_to_start():
     )
     assert result.returncode != 0
     assert "CHAT_DB_READ_THREADS=3 needs DB_POOL_MAX_SIZE of at least 5" in result.stderr
+
+
+def test_sends_are_stored_on_the_event_loop_on_postgres_only():
+    """chat.loopdb: two connections of its own per process on Postgres by default; none on
+    SQLite (the embedded default), where sends stay on the database thread."""
+    code = "from django.conf import settings; print(settings.CHAT_DB_STORE_CONNECTIONS)"
+    pg = run_python(code, DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")
+    assert pg.returncode == 0, pg.stderr
+    assert pg.stdout.strip().splitlines()[-1] == "2"
+    lite = run_python(code, DATABASE_URL="sqlite:///:memory:", CHAT_DB_STORE_CONNECTIONS="4")
+    assert lite.returncode == 0, lite.stderr
+    assert lite.stdout.strip().splitlines()[-1] == "0"
