@@ -166,6 +166,12 @@ class Stack(_Stack):
     def pool_size(self) -> int:
         return int(self.config.env["DB_POOL_MAX_SIZE"])
 
+    @property
+    def connection_limit(self) -> int:
+        """Every process's pool, and each daphne's store connections (chat.loopdb)."""
+        stores = int(self.config.env.get("CHAT_DB_STORE_CONNECTIONS", "2"))
+        return self.processes * self.pool_size + len(self.config.ws_ports) * stores
+
     def start(self) -> None:
         self.down()  # a previous run's leftovers (recorded pids only)
         redis.Redis.from_url(self.redis_url).flushdb()

@@ -1,6 +1,7 @@
 """Database connections stay bounded: CONN_MAX_AGE=0 plus psycopg's pool (DB_POOL_MAX_SIZE per
-process). 1,000 websocket connect/disconnect cycles through nginx, with steady chat and page
-traffic alongside, never push the app's rows in pg_stat_activity past processes x pool size."""
+process) and each daphne's store connections (CHAT_DB_STORE_CONNECTIONS). 1,000 websocket
+connect/disconnect cycles through nginx, with steady chat and page traffic alongside, never
+push the app's rows in pg_stat_activity past processes x pool size + daphnes x stores."""
 
 from __future__ import annotations
 
@@ -43,7 +44,7 @@ class Sampler(threading.Thread):
 
 def test_db_connections_stay_bounded_under_socket_churn_and_chat(stack, room, cookies):
     conversation_id, (alice, bob, carol) = room
-    limit = stack.processes * stack.pool_size
+    limit = stack.connection_limit
     sampler = Sampler(stack)
     sampler.start()
     stop = threading.Event()
