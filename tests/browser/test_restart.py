@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 from playwright.sync_api import expect
 
@@ -30,6 +32,27 @@ RECORD_STATUS = """() => { window.sameDocument = true; window.statuses = []; win
         document.getElementById('conn-status').textContent)
     ).observe(document.getElementById('conn-status'), { childList: true, subtree: true,
                                                          characterData: true }); }"""
+
+
+class SocketGate:
+    """Keeps a browser context's new websockets from reaching the server while shut.
+
+    Chromium's offline emulation (`context.set_offline`) fails HTTP but not websockets
+    (microsoft/playwright#4910): an "offline" page reconnected as soon as the server was
+    back, at a moment set by its jittered backoff, and the test raced it. A shut gate
+    answers each attempt itself with 1013 (try again later), which the page retries with
+    backoff; an open one passes it on to the server untouched."""
+
+    def __init__(self, *contexts) -> None:
+        self.shut = False
+        for context in contexts:
+            context.route_web_socket(re.compile(r"/ws/"), self._route)
+
+    def _route(self, ws) -> None:
+        if self.shut:
+            ws.close(code=1013, reason="offline")
+        else:
+            ws.connect_to_server()
 
 
 def open_pair(pages, site):
@@ -90,9 +113,15 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
 
     # Bob's browsers cannot reach the server until we say so: his sockets stay down after
     # the restart while Ann writes.
+    bob_gate, bob_list_gate = SocketGate(bob.context), SocketGate(bob_list.context)
+    bob_gate.shut = bob_list_gate.shut = True
+    site.stop_ws()
+    # Offline only once his pages have seen their sockets close: an offline context may
+    # never pass a socket's close on to its page, which then shows it open for good.
+    for page in (bob, bob_list):
+        expect(page.locator("body")).not_to_have_attribute("data-socket", "open")
     bob.context.set_offline(True)
     bob_list.context.set_offline(True)
-    site.stop_ws()
     for page in (ann, bob):
         expect(page.locator("#conn-status")).to_have_text("Reconnecting…")
     expect(ann.locator("body")).not_to_have_attribute("data-socket", "open")
@@ -116,6 +145,7 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
 
     # His list comes back first: it shows what it missed (the list socket replays nothing,
     # the page fetches its rows again).
+    bob_list_gate.shut = False
     bob_list.context.set_offline(False)
     expect(row.locator(".preview")).to_contain_text(
         "written while Bob was away", timeout=RECONNECT_TIMEOUT_MS
@@ -123,6 +153,7 @@ def test_restart_every_websocket_process_mid_conversation(pages, site):
     expect(row.locator(".unread")).to_have_text("2")
     pages.shot(bob_list, "list-caught-up")
 
+    bob_gate.shut = False
     bob.context.set_offline(False)
     expect(bob.locator("body")).to_have_attribute(
         "data-socket", "open", timeout=RECONNECT_TIMEOUT_MS
