@@ -16,7 +16,7 @@ from django.db import DatabaseError, IntegrityError, OperationalError, connectio
 from django.db.models import Count
 from django.utils import timezone
 
-from chat import fragments
+from chat import fragments, loopdb
 from chat.models import Conversation, Message, Participant
 
 logger = logging.getLogger(__name__)
@@ -155,7 +155,7 @@ def message_create_and_render(
     on a fresh connection, since a retry cannot store it twice (inside a transaction the
     retry could not open one).
     """
-    sender = get_user_model()(pk=user_id, **{get_user_model().USERNAME_FIELD: username})
+    sender = _sender(user_id, username)
     attempts = 2 if client_id is not None else 1
     for attempt in range(attempts):
         try:
@@ -168,7 +168,7 @@ def message_create_and_render(
                 raise
             logger.warning("store failed on a dead connection; retrying once")
             connection.close()
-    return message.seq, fragments.ws_messages([fragments.message_html(message)]), created
+    return message.seq, _frame(message), created
 
 
 _EXISTING_SQL = (
@@ -185,9 +185,7 @@ async def message_store(
     one statement, the same idempotency and the same frame, with no database thread in
     between. Raises Django's DatabaseError family, as the thread's version does, and
     chat.loopdb.NoConnectionInTime when every store connection stayed busy."""
-    from chat import loopdb
-
-    sender = get_user_model()(pk=user_id, **{get_user_model().USERNAME_FIELD: username})
+    sender = _sender(user_id, username)
     now = timezone.now()
     params = {
         "now": now,
@@ -215,7 +213,7 @@ async def message_store(
                     message = _stored(
                         pk, conversation_id, sender, seq, stored_body, created_at, client_id
                     )
-                    return seq, fragments.ws_messages([fragments.message_html(message)]), False
+                    return seq, _frame(message), False
             break
         except psycopg.OperationalError as exc:
             if attempt + 1 == attempts:
@@ -226,7 +224,17 @@ async def message_store(
     if row is None:
         raise Conversation.DoesNotExist(conversation_id)
     message = _stored(row[0], conversation_id, sender, row[1], body, now, client_id)
-    return message.seq, fragments.ws_messages([fragments.message_html(message)]), True
+    return message.seq, _frame(message), True
+
+
+def _sender(user_id: int, username: str) -> AbstractBaseUser:
+    """The sender as a store needs it (id and name), without reading the user."""
+    return get_user_model()(pk=user_id, **{get_user_model().USERNAME_FIELD: username})
+
+
+def _frame(message: Message) -> str:
+    """The one frame every recipient of a stored message gets."""
+    return fragments.ws_messages([fragments.message_html(message)])
 
 
 def _stored(
