@@ -177,16 +177,18 @@ class ChatConsumer(ResilientConsumer):
 
     # --- delivery (the hub calls these) ---------------------------------------------------
 
-    async def push(self, rows: list[Row]) -> None:
-        """Consecutive sequences from the hub (chat.delivery decides what is sent)."""
+    async def push(self, rows: list[Row]) -> int:
+        """Consecutive sequences from the hub (chat.delivery decides what is sent). Returns
+        how many were sent (the hub counts them, once for all its sockets)."""
         offer, rows = self.cursor.offer(rows)
         if offer is Offer.SEND:
-            metrics.DELIVERIES.inc(len(rows))
             await self.send(text_data=rows[0][1] if len(rows) == 1 else "".join(f for _, f in rows))
-        elif offer is Offer.READ:  # behind the hub (a catch-up that dropped frames)
+            return len(rows)
+        if offer is Offer.READ:  # behind the hub (a catch-up that dropped frames)
             task = asyncio.ensure_future(self._catch_up_or_close())
             self.tasks.add(task)
             task.add_done_callback(self.tasks.discard)
+        return 0
 
     async def send_frame(self, frame: str) -> None:
         if not self.closed:

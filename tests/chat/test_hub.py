@@ -11,7 +11,9 @@ import pytest
 from asgiref.sync import sync_to_async
 
 from chat import services
+from chat.presence import presence_store
 from tests.chat.test_delivery import broadcast
+from tests.chat.test_presence import wait_until
 from tests.helpers.ws import open_socket, room, send
 from tests.parley.test_metrics import value
 
@@ -128,3 +130,38 @@ async def test_a_room_bigger_than_the_presence_limit_sends_no_presence(settings)
     assert value("parley_presence_broadcasts_total") == broadcasts
     for comm, _, _ in sockets:
         await comm.disconnect()
+
+
+async def test_a_slow_note_of_the_newest_sequence_holds_up_no_send_and_is_coalesced(monkeypatch):
+    """The newest-sequence note (other processes heal a tail gap from it) is written off the
+    send's path, one at a time per conversation: while one hangs, twenty sends from four
+    sockets are stored and delivered in order, and once it returns a single note writes the
+    newest sequence (it used to hold each broadcast for a Redis round trip, one per send)."""
+    conversation, users, cookies = await room(4)
+    sockets = await asyncio.gather(*(open_socket(conversation.pk, c) for c in cookies))
+    store = presence_store()
+    real, release, notes = store.note_seq, asyncio.Event(), []
+
+    async def slow_then_real(conversation_id: int, seq: int, epoch: str = "") -> None:
+        notes.append((seq, epoch))
+        await release.wait()
+        await real(conversation_id, seq, epoch)
+
+    monkeypatch.setattr(store, "note_seq", slow_then_real)
+    for i in range(20):
+        await send(sockets[i % 4][0], f"m{i}")
+    for _, _, inbox in sockets:
+        assert await inbox.wait_seqs(list(range(1, 21)), timeout=10) == list(range(1, 21))
+    assert len(notes) == 1  # the first, still in flight
+    release.set()
+    epoch = notes[0][1]
+
+    async def noted_newest() -> bool:
+        answer = await real.__self__.heartbeat_many(
+            {conversation.pk: [(users[0].pk, "probe")]}, {conversation.pk: epoch}
+        )
+        return answer[conversation.pk][1] == 20
+
+    await wait_until(noted_newest)
+    assert [seq for seq, _ in notes] == [notes[0][0], 20]
+    await asyncio.gather(*(comm.disconnect() for comm, _, _ in sockets))
