@@ -5,9 +5,9 @@ learn the conversation's newest sequence number (to heal a tail gap the layer dr
 per socket, that is a sleeping task and a Redis round trip per socket per interval: at
 10,000 idle sockets, ~670 round trips a second and a few KB of task per socket. Here one
 task per event loop refreshes every conversation hub's entries (chat.hub: one per user per
-conversation per process) in one pipeline per Redis shard, and a hub does work only when its
-answer asks for it (presence changed, a newer sequence, a queued broadcast, a missed beat to
-heal).
+conversation per process) and notes its newest sequence, in one pipeline per Redis shard,
+and a hub does work only when its answer asks for it (presence changed, a newer sequence, a
+queued broadcast, a missed beat to heal).
 
 The same beat asks the database, in one hop for the whole process: each conversation's newest
 sequence (a message stored by a process that died before broadcasting it is found here, and
@@ -118,6 +118,7 @@ class Heartbeat:
             answers = await presence_store().heartbeat_many(
                 {cid: hub.presence_entries() for cid, hub in snapshot.items()},
                 {cid: hub.epoch for cid, hub in snapshot.items()},
+                {cid: position[0] for cid, position in before.items()},
             )
             for cid, hub in snapshot.items():
                 answer = answers.get(cid)

@@ -100,10 +100,6 @@ class ConversationHub:
         # Broadcasts of messages stored here that the layer has not taken yet, in order.
         self.unbroadcast: list[dict] = []
         self.broadcast_lock = asyncio.Lock()
-        # (epoch, newest sequence broadcast from here) for the presence store's note: one
-        # note in flight per conversation at a time (see note_newest).
-        self.note_wanted = (self.epoch, 0)
-        self.note_task: asyncio.Task | None = None
         # Presence: local sockets per user, the conversation's online users as last heard,
         # and local arrivals/departures not yet written.
         self.local_users: dict[int, int] = {}
@@ -352,36 +348,13 @@ class ConversationHub:
         if not self.unbroadcast:
             return True
         async with self.broadcast_lock:
-            sent = None  # the other flush may have emptied the queue while we waited
             while self.unbroadcast:
                 # Published now: one the layer refused earlier is not "late" on arrival.
                 self.unbroadcast[0]["t"] = time.time()
                 if not await self.group_send(self.unbroadcast[0]):
                     return False
-                sent = self.unbroadcast.pop(0)
-            if sent is not None:
-                self.note_newest(sent["seq"])
+                self.unbroadcast.pop(0)
             return True
-
-    def note_newest(self, seq: int) -> None:
-        """Notes `seq` as the conversation's newest in the presence store (other processes'
-        heartbeats heal a tail gap from it), off the send's path and coalesced: while one
-        note is in flight, later sends only raise the sequence the next one writes. Awaited
-        in the broadcast lock, a note held up the next send's broadcast for a Redis round
-        trip, and it cost one Redis call per send (measured, issue 17)."""
-        epoch, newest = self.note_wanted
-        self.note_wanted = (self.epoch, max(newest, seq) if epoch == self.epoch else seq)
-        if self.note_task is None or self.note_task.done():
-            self.note_task = asyncio.ensure_future(self._write_notes())
-
-    async def _write_notes(self) -> None:
-        written = None
-        while self.note_wanted != written:
-            written = self.note_wanted
-            try:
-                await presence_store().note_seq(self.conversation_id, written[1], written[0])
-            except LAYER_ERRORS:
-                return  # the layer's recovery and the heartbeat bring it back
 
     async def group_send(self, event: dict) -> bool:
         try:
@@ -639,15 +612,13 @@ class ConversationHub:
         if self.presence_timer is not None:
             self.presence_timer.cancel()
             self.presence_timer = None
-        for task in (self.healing, self.beat_task, self.presence_task, self.note_task, self.task):
+        for task in (self.healing, self.beat_task, self.presence_task, self.task):
             if task is not None and not task.done():
                 task.cancel()
 
     async def close(self) -> None:
         if self.closed:
             return
-        if self.note_task is not None and not self.note_task.done():
-            await asyncio.wait([self.note_task])  # the last send's note (it ends on its own)
         task = self.task
         self.task = None  # not cancelled by abandon: awaited below, after the goodbyes
         self.abandon()

@@ -55,6 +55,17 @@ async def test_the_newest_sequence_note_only_grows(store):
     assert answer[cid][1] == 5
 
 
+async def test_a_heartbeat_notes_each_conversations_newest_sequence_in_its_epoch(store):
+    """What every send used to write itself: a beat notes it, it only grows, and a note
+    made in one epoch is never read in another."""
+    cid = int(time.time() * 1000) % 10_000_000 + 3
+    await store.heartbeat_many({cid: [(1, "hub-a")]}, {cid: "ep"}, {cid: 7})
+    answer = await store.heartbeat_many({cid: [(1, "hub-a")]}, {cid: "ep"}, {cid: 4})
+    assert answer[cid][1] == 7
+    other = await store.heartbeat_many({cid: []}, {cid: "restored"})
+    assert other[cid] == ({1}, 0)
+
+
 # --- through the consumers: what members see -----------------------------------------------
 
 pytestmark_consumers = pytest.mark.django_db(transaction=True)
