@@ -69,6 +69,7 @@ class Authenticated(Protocol):
 class Heartbeat:
     def __init__(self) -> None:
         self.members: dict[int, Beating] = {}  # hubs, by conversation
+        self.noted: dict[int, tuple[int, str]] = {}  # the position each hub's newest note wrote
         self.watched: set[Authenticated] = set()  # every open socket, chat and inbox
         self.task: asyncio.Task | None = None
 
@@ -96,6 +97,7 @@ class Heartbeat:
     def remove(self, hub: Beating) -> None:
         if self.members.get(hub.conversation_id) is hub:
             del self.members[hub.conversation_id]
+            self.noted.pop(hub.conversation_id, None)
         self._stop_if_idle()
 
     async def run(self) -> None:
@@ -115,11 +117,21 @@ class Heartbeat:
         before = {cid: hub.position() for cid, hub in snapshot.items()}
         db = await self._read_database(list(snapshot), watched)
         if snapshot:
+            # Each hub's newest sequence, noted when it moved since the last beat's note (and
+            # not across a restore that happened while the database was read).
+            newest = {
+                cid: position[0]
+                for cid, position in before.items()
+                if position[0]
+                and position[1] == snapshot[cid].epoch
+                and self.noted.get(cid) != position
+            }
             answers = await presence_store().heartbeat_many(
                 {cid: hub.presence_entries() for cid, hub in snapshot.items()},
                 {cid: hub.epoch for cid, hub in snapshot.items()},
-                {cid: position[0] for cid, position in before.items()},
+                newest,
             )
+            self.noted.update((cid, before[cid]) for cid in newest if cid in answers)
             for cid, hub in snapshot.items():
                 answer = answers.get(cid)
                 if answer is not None:

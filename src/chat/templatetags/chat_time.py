@@ -18,14 +18,16 @@ register = template.Library()
 
 
 @register.filter(expects_localtime=True)
-def iso_time(value: datetime.datetime) -> str:
+def iso_time(value: datetime.datetime | None) -> str:
     """As `|date:'c'`."""
-    return value.isoformat()
+    return value.isoformat() if value else ""
 
 
 @register.filter(expects_localtime=True)
-def short_time(value: datetime.datetime) -> str:
+def short_time(value: datetime.datetime | None) -> str:
     """As `|date:"M j, H:i"`, kept per local minute and language."""
+    if not value:
+        return ""
     return _short_time(
         value.replace(second=0, microsecond=0, tzinfo=None), translation.get_language()
     )

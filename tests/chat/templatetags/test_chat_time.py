@@ -41,3 +41,7 @@ def test_a_kept_label_is_not_reused_for_another_zone_or_language():
                 assert ours == DJANGOS.render({"t": moment})
                 seen.add(ours)
     assert len(seen) == 4  # "Dec" is "Dez" in German; in Kolkata it is 14:29
+
+
+def test_no_time_writes_nothing_as_the_date_filter_does():
+    assert OURS.render({"t": None}) == DJANGOS.render({"t": None}) == "|"
