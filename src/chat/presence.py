@@ -183,8 +183,7 @@ class RedisPresence:
                 if entries[cid]:
                     pipe.zadd(self._key(cid), {f"{uid}|{ch}": e for uid, ch in entries[cid]})
                 if newest.get(cid):
-                    key = self._seq_key(cid, epochs.get(cid, ""))
-                    pipe.eval(_NOTE_SEQ, 1, key, newest[cid], 86400)
+                    self._note(pipe, cid, newest[cid], epochs.get(cid, ""))
                 self._expire_and_read(pipe, cid, now, epochs.get(cid, ""))
                 ends.append(len(pipe))
             result = await pipe.execute()
@@ -198,9 +197,11 @@ class RedisPresence:
         return answers
 
     async def note_seq(self, conversation_id: int, seq: int, epoch: str = "") -> None:
-        await self._client(conversation_id).eval(
-            _NOTE_SEQ, 1, self._seq_key(conversation_id, epoch), seq, 86400
-        )
+        await self._note(self._client(conversation_id), conversation_id, seq, epoch)
+
+    def _note(self, target, conversation_id: int, seq: int, epoch: str):
+        """The note on a client (awaitable) or queued on a pipeline: it only grows."""
+        return target.eval(_NOTE_SEQ, 1, self._seq_key(conversation_id, epoch), seq, 86400)
 
 
 _store: PresenceStore | None = None
