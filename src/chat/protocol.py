@@ -4,6 +4,7 @@ protocol") and the error each malformed frame gets. No socket, no database."""
 from __future__ import annotations
 
 import json
+import re
 import uuid
 from dataclasses import dataclass
 
@@ -39,6 +40,28 @@ class Read:
 
 Frame = SendMessage | Typing | Read
 
+# A page's frames are a flat object (htmx adds one nested HEADERS object). json.loads recurses
+# once per level: a frame nested a few thousand deep exhausts the interpreter's recursion limit
+# deep inside it, and whatever else runs on that exhausted stack (a garbage collection's
+# finalizers, say) fails too. So depth is counted first, without recursion.
+MAX_DEPTH = 16
+_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
+_BRACKETS = re.compile(r"[\[\]{}]")
+
+
+def _too_deep(text: str) -> bool:
+    if text.count("[") + text.count("{") <= MAX_DEPTH:  # cannot nest deeper: the usual case
+        return False
+    depth = 0
+    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
+        if bracket in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return True
+        else:
+            depth -= 1
+    return False
+
 
 def parse_frame(text: str | None, max_bytes: int) -> Frame:
     """One client frame (None: a binary one). Raises FrameError."""
@@ -46,9 +69,11 @@ def parse_frame(text: str | None, max_bytes: int) -> Frame:
         raise FrameError("Binary frames are not supported; send JSON text.")
     if len(text) > max_bytes:
         raise FrameError("Frame too large.")
+    if _too_deep(text):
+        raise FrameError("Malformed message: expected a JSON object.")
     try:
         data = json.loads(text)
-    except (ValueError, RecursionError):  # RecursionError: hostile nesting depth
+    except ValueError:
         raise FrameError("Malformed message: expected a JSON object.") from None
     if not isinstance(data, dict):
         raise FrameError("Malformed message: expected a JSON object.")

@@ -48,3 +48,49 @@ def test_each_bad_frame_gets_its_own_error(text, error):
     with pytest.raises(FrameError) as refused:
         parse_frame(text, MAX)
     assert str(refused.value) == error
+
+
+def _stack_headroom(limit: int = 200) -> int:
+    """How many more Python calls fit on the stack from here (at most `limit`)."""
+
+    def down(n: int) -> int:
+        return n if n >= limit else down(n + 1)
+
+    try:
+        return down(0)
+    except RecursionError:
+        return 0
+
+
+def test_a_hostile_nesting_depth_leaves_the_stack_for_whatever_runs_during_its_parse():
+    """A collection during the parse runs finalizers on the parser's stack: with the frame
+    parsed to the recursion limit they failed (a dead socket's cleanup, say). Now the frame is
+    refused before any deep parse, and a collection meanwhile has room to run."""
+    import gc
+
+    headroom: list[int] = []
+
+    def during_collection(phase: str, info: dict) -> None:
+        if phase == "start":
+            headroom.append(_stack_headroom())
+
+    threshold = gc.get_threshold()
+    gc.callbacks.append(during_collection)
+    gc.set_threshold(1)  # a collection at every allocation, so one runs inside the parse
+    try:
+        for hostile in ("[" * 4000 + "]" * 4000, '{"a":' * 4000 + "1" + "}" * 4000):
+            with pytest.raises(FrameError, match="expected a JSON object"):
+                parse_frame(hostile, 100_000)
+    finally:
+        gc.set_threshold(*threshold)
+        gc.callbacks.remove(during_collection)
+    assert headroom and min(headroom) >= 100
+
+
+def test_brackets_inside_text_and_a_flat_object_with_headers_are_not_depth():
+    text = "[{" * 2000 + " ]]}"
+    frame = parse_frame(json.dumps({"chat_message": text, "HEADERS": {"HX-Request": "true"}}), MAX)
+    assert frame == SendMessage(text, None)
+    nested = json.dumps({"chat_message": "x", "a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]})  # 17 deep
+    with pytest.raises(FrameError, match="expected a JSON object"):
+        parse_frame(nested, MAX)
