@@ -27,7 +27,23 @@ CLOSE_SERVICE_RESTART = 1012
 CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
+CLOSE_NOT_FOUND = 4404
 CLOSE_RATE_LIMITED = 4429
+
+
+async def no_such_socket(scope: dict, receive, send) -> None:
+    """Every websocket path no consumer serves: accepted, then closed with 4404, as a refusal
+    (logged and counted, no traceback; without it the router raised, the server logged an
+    error and the client got a 500). A bare ASGI app: no channel layer, no heartbeat."""
+    if (await receive())["type"] != "websocket.connect":
+        return
+    logger.info(
+        "websocket refused",
+        extra={"code": CLOSE_NOT_FOUND, "reason": "not_found", "path": scope.get("path")},
+    )
+    metrics.WEBSOCKET_REFUSALS.labels(reason="not_found").inc()
+    await send({"type": "websocket.accept"})
+    await send({"type": "websocket.close", "code": CLOSE_NOT_FOUND})
 
 
 class ResilientConsumer(AsyncWebsocketConsumer):

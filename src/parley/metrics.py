@@ -39,7 +39,7 @@ WEBSOCKET_ACCEPT_PAUSES = Counter(
 WEBSOCKET_REFUSALS = Counter(
     "parley_websocket_refusals_total",
     "Websockets refused or closed by policy, by reason",
-    ["reason"],  # unauthenticated, forbidden, origin, rate_limit, draining
+    ["reason"],  # unauthenticated, forbidden, not_found, origin, rate_limit, draining
 )
 MESSAGES_STORED = Counter("parley_messages_stored_total", "Chat messages stored")
 BROADCAST_SECONDS = Histogram(
