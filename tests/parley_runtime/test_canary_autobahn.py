@@ -15,6 +15,11 @@ def test_the_send_queue_is_made_when_the_connection_is():
     assert fingerprint(WebSocketProtocol._connectionMade) == "575642b88288a04e"
 
 
+def test_send_data_is_the_one_the_tuned_protocol_copies():
+    # ParleyWebSocketProtocol.sendData is this, without the per-frame debug line.
+    assert fingerprint(WebSocketProtocol.sendData) == "fae96de9f3677639"
+
+
 def test_send_close_still_refuses_the_codes_a_server_must_send():
     # Why FixedWebSocketProtocol sends 1011/1012/1013 with sendCloseFrame: sendClose allows
     # only 1000 and 3000-4999. When this starts passing, the fix can go.

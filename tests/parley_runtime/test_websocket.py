@@ -231,3 +231,55 @@ def test_handshakes_in_progress_are_counted_until_open_or_gone():
         lost.connectionLost(None)  # twice: still counted once
         opened.connectionLost(None)  # gone after it opened: already counted out
     assert ParleyWebSocketProtocol.handshaking == before
+
+
+def _open_server_protocol(protocol_class):
+    from autobahn.twisted.websocket import WebSocketServerFactory
+    from twisted.internet.address import IPv4Address
+    from twisted.internet.testing import StringTransport
+
+    factory = WebSocketServerFactory()
+    factory.protocol = protocol_class
+    protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40003))
+    transport = StringTransport()
+    protocol.makeConnection(transport)
+    protocol.state = protocol.STATE_OPEN  # as after a handshake (no extension negotiated)
+    protocol.websocket_version = 13
+    protocol._perMessageCompress = None
+    transport.clear()
+    return protocol, transport
+
+
+def test_a_frame_is_written_as_autobahn_writes_it_without_formatting_a_debug_line():
+    """The tuned protocol's sendData: the same bytes on the wire and the same traffic counts
+    as autobahn's, without building the three highlighted strings of autobahn's per-frame
+    debug line."""
+    stock, stock_wire = _open_server_protocol(autobahn.twisted.websocket.WebSocketServerProtocol)
+    tuned, tuned_wire = _open_server_protocol(ParleyWebSocketProtocol)
+    frames = [(b"<p>hi</p>", False), (("é" * 70_000).encode(), False), (b"\x00\x01", True)]
+    for protocol in (stock, tuned):
+        with mock.patch.object(
+            autobahn.websocket.protocol, "hltype", wraps=autobahn.websocket.protocol.hltype
+        ) as hltype:
+            for payload, binary in frames:
+                protocol.sendMessage(payload, isBinary=binary)
+        protocol.highlighted = hltype.call_count
+    assert tuned_wire.value() == stock_wire.value() and len(tuned_wire.value()) > 140_000
+    assert (
+        tuned.trafficStats.outgoingOctetsWireLevel
+        == stock.trafficStats.outgoingOctetsWireLevel
+        == len(stock_wire.value())
+    )
+    assert stock.highlighted == 3 and tuned.highlighted == 0
+
+
+def test_queued_and_chopped_writes_keep_autobahns_order():
+    tuned, wire = _open_server_protocol(ParleyWebSocketProtocol)
+    with mock.patch.object(autobahn.websocket.protocol.WebSocketProtocol, "_trigger"):
+        tuned.sendData(b"first", sync=True)  # queued: waits for the reactor
+        tuned.sendData(b"second")  # behind it, not before
+    assert wire.value() == b"" and list(tuned.send_queue) == [(b"first", True), (b"second", False)]
+    tuned.send_queue.clear()
+    with mock.patch.object(autobahn.websocket.protocol.WebSocketProtocol, "_trigger"):
+        tuned.sendData(b"abcdef", chopsize=4)
+    assert list(tuned.send_queue) == [(b"abcd", True), (b"ef", True)]
