@@ -5,7 +5,8 @@
 - `ParleyWebSocketProtocol` (tuned): after the handshake, the socket lets go of the raw
   request, its headers, handshake-only options, autobahn's send deque and Twisted's HTTP
   channel (HANDSHAKE_ATTRIBUTES, `_UpgradedChannel`); a frame is written without the debug
-  line autobahn formats for each one (`sendData`).
+  line autobahn formats for each one, and at once when nothing waits before it (`sendData`,
+  `write_now`).
 - `TunedServer.create_application` (tuned): a bounded, two-slot InputQueue per socket
   instead of daphne's unbounded asyncio.Queue (~2.6 KiB each).
 
@@ -13,7 +14,8 @@
 websocket role (parley.serve_ws) adds its drain on top. Relies on
 (tests/parley_runtime/test_canary_{daphne,autobahn,twisted}.py): daphne Server's
 `ws_factory` attribute being set in run() and its `create_application`/`connections`;
-autobahn's handshake attributes, `send_queue` and `sendData`; HTTPChannel's `_handlingRequest` and
+autobahn's handshake attributes, `send_queue` and `sendData`; Twisted's TCP transport
+buffers (`write_now`); HTTPChannel's `_handlingRequest` and
 `_requestProducer`.
 """
 
@@ -31,6 +33,7 @@ from typing import Any
 
 from autobahn.websocket.protocol import WebSocketServerProtocol
 from daphne.ws_protocol import WebSocketProtocol
+from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
 from parley_runtime.slimqueue import SlimQueue
@@ -158,6 +161,30 @@ class FixedWebSocketProtocol(WebSocketProtocol):
         super().serverSend(content, binary)
 
 
+def write_now(transport: Any, data: bytes) -> None:
+    """transport.write(data), sent at once when nothing is waiting to be sent before it.
+
+    Twisted's write only buffers and registers the socket with the event loop: the bytes go
+    in a later turn of the loop, after every callback already due (a fan-out to 500 sockets
+    waited for each of them), each write paying two selector registrations and a callback.
+    Like asyncio's own transports, a plain TCP connection with an empty buffer is written
+    to directly; what the kernel does not take (or any other transport, TLS, a closing one)
+    goes through transport.write, in order behind it."""
+    if (
+        type(transport) is tcp.Server
+        and transport.connected
+        and not (transport.disconnecting or transport._writeDisconnected or transport.TLS)
+        and not transport._tempDataLen
+        and transport.offset == len(transport.dataBuffer)
+    ):
+        sent = transport.writeSomeData(data)
+        if isinstance(sent, int) and sent > 0:
+            if sent == len(data):
+                return
+            data = data[sent:]
+    transport.write(data)  # also when sending failed: Twisted finds the lost connection
+
+
 class _FactoryOption:
     """A factory option read through the factory instead of copied onto every socket."""
 
@@ -193,14 +220,14 @@ class ParleyWebSocketProtocol(FixedWebSocketProtocol):
     def sendData(  # noqa: N802 (autobahn's name)
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
-        """autobahn's sendData without the debug line it builds for every frame it writes:
-        three colour-highlighted strings made whether or not debug is logged, 4-5% of a
-        daphne's CPU fanning out 300 msg/s to 1,000 sockets (py-spy). Chopped, `sync` and
-        queued writes are autobahn's own path."""
+        """autobahn's sendData without the debug line it builds for every frame it writes
+        (three colour-highlighted strings made whether or not debug is logged, 4-5% of a
+        daphne's CPU fanning out 300 msg/s to 1,000 sockets, py-spy), and written at once
+        (write_now). Chopped, `sync` and queued writes are autobahn's own path."""
         if chopsize or sync or self.send_queue:
             super().sendData(data, sync, chopsize)
             return
-        self.transport.write(data)
+        write_now(self.transport, data)
         if self.state == self.STATE_OPEN:
             self.trafficStats.outgoingOctetsWireLevel += len(data)
         elif self.state in (self.STATE_CONNECTING, self.STATE_PROXY_CONNECTING):

@@ -283,3 +283,84 @@ def test_queued_and_chopped_writes_keep_autobahns_order():
     with mock.patch.object(autobahn.websocket.protocol.WebSocketProtocol, "_trigger"):
         tuned.sendData(b"abcdef", chopsize=4)
     assert list(tuned.send_queue) == [(b"abcd", True), (b"ef", True)]
+
+
+def _socket_pair_transport():
+    """A tuned protocol, open, on Twisted's real TCP transport over a socket pair; the other
+    end, non-blocking, to read what reached the kernel."""
+    import socket
+
+    from twisted.internet import reactor, tcp
+
+    ours, theirs = socket.socketpair()
+    ours.setblocking(False)
+    theirs.setblocking(False)
+    protocol, _ = _open_server_protocol(ParleyWebSocketProtocol)
+    transport = tcp.Server(ours, protocol, ("127.0.0.1", 40004), mock.Mock(), 1, reactor)
+    transport.stopReading()  # nothing here runs the reactor; the test plays it
+    protocol.transport = transport
+    return protocol, transport, theirs
+
+
+def _read_all(sock) -> bytes:
+    out = b""
+    while True:
+        try:
+            chunk = sock.recv(1 << 20)
+        except BlockingIOError:
+            return out
+        if not chunk:
+            return out
+        out += chunk
+
+
+def test_a_frame_reaches_the_kernel_at_once_without_waiting_for_the_event_loop():
+    protocol, transport, peer = _socket_pair_transport()
+    try:
+        with mock.patch.object(transport, "startWriting") as start_writing:
+            protocol.sendMessage(b"<p>now</p>")
+        assert _read_all(peer) == b"\x81\x0a<p>now</p>"  # a text frame, unmasked, as sent
+        start_writing.assert_not_called()  # no selector registration, no later callback
+        assert protocol.trafficStats.outgoingOctetsWireLevel == 12
+    finally:
+        transport.socket.close()
+        peer.close()
+
+
+def test_what_the_kernel_does_not_take_is_buffered_and_later_frames_queue_behind_it():
+    protocol, transport, peer = _socket_pair_transport()
+    try:
+        big = bytes(range(256)) * 40_000  # 10 MB: more than the socket buffers hold
+        with mock.patch.object(transport, "startWriting") as start_writing:
+            protocol.sendMessage(big, isBinary=True)
+            protocol.sendMessage(b"after", isBinary=True)
+        assert start_writing.called and transport._tempDataLen > 0  # the rest waits in order
+        received = b""
+        while transport._tempDataLen or transport.offset < len(transport.dataBuffer):
+            received += _read_all(peer)
+            assert transport.doWrite() is None  # what the reactor does once writable
+        received += _read_all(peer)
+        header = b"\x82\x7f" + len(big).to_bytes(8, "big")
+        assert received == header + big + b"\x82\x05after"
+    finally:
+        transport.socket.close()
+        peer.close()
+
+
+def test_a_lost_connection_is_left_to_twisted_to_find():
+    protocol, transport, peer = _socket_pair_transport()
+    peer.close()
+    try:
+        with mock.patch.object(transport, "startWriting") as start_writing:
+            protocol.sendMessage(b"x")  # no exception here: Twisted's write path takes it
+        assert start_writing.called
+        assert transport.doWrite() is not None  # the reactor's next write reports it lost
+    finally:
+        transport.socket.close()
+
+
+def test_a_transport_that_is_not_plain_tcp_gets_twisteds_write():
+    protocol, transport = _open_server_protocol(ParleyWebSocketProtocol)  # StringTransport
+    with mock.patch.object(transport, "write", wraps=transport.write) as write:
+        protocol.sendMessage(b"x")
+    write.assert_called_once_with(b"\x81\x01x")
