@@ -45,20 +45,22 @@ Frame = SendMessage | Typing | Read
 # deep inside it, and whatever else runs on that exhausted stack (a garbage collection's
 # finalizers, say) fails too. So depth is counted first, without recursion.
 MAX_DEPTH = 16
-_STRING = re.compile(r'"(?:[^"\\]|\\.)*"')
-_BRACKETS = re.compile(r"[\[\]{}]")
+# One left-to-right pass: a string (to its closing quote, or to the end if it has none) or a
+# bracket. A string never starts inside another, so no position is scanned twice (a pattern
+# that tried each quote as a start spent ~0.6 s on 10 KB of `\"` pairs).
+_TOKENS = re.compile(r'"(?:[^"\\]|\\.)*"?|[\[\]{}]')
 
 
 def _too_deep(text: str) -> bool:
     if text.count("[") + text.count("{") <= MAX_DEPTH:  # cannot nest deeper: the usual case
         return False
     depth = 0
-    for bracket in _BRACKETS.findall(_STRING.sub("", text)):
-        if bracket in "[{":
+    for part in _TOKENS.findall(text):
+        if part == "[" or part == "{":
             depth += 1
             if depth > MAX_DEPTH:
                 return True
-        else:
+        elif part == "]" or part == "}":
             depth -= 1
     return False
 

@@ -94,3 +94,13 @@ def test_brackets_inside_text_and_a_flat_object_with_headers_are_not_depth():
     nested = json.dumps({"chat_message": "x", "a": [[[[[[[[[[[[[[[[1]]]]]]]]]]]]]]]]})  # 17 deep
     with pytest.raises(FrameError, match="expected a JSON object"):
         parse_frame(nested, MAX)
+
+
+@pytest.mark.parametrize("filler", ['\\"', '"\\', '\\\\"', '"a'])
+def test_the_depth_count_reads_a_frame_once_whatever_its_quotes_and_backslashes(filler):
+    """Counting depth is one pass over the frame: a pattern that tried every quote as the
+    start of a string spent ~0.6 s on 10 KB of `\\"` pairs, and on the 1 MB here would
+    run for hours (the suite's timeout fails it); one pass takes milliseconds."""
+    hostile = "[]" * 20 + '"' + filler * (1_000_000 // len(filler))
+    with pytest.raises(FrameError, match="expected a JSON object"):
+        parse_frame(hostile, 2_000_000)
