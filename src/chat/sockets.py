@@ -31,17 +31,19 @@ CLOSE_NOT_FOUND = 4404
 CLOSE_RATE_LIMITED = 4429
 
 
+def note_refusal(code: int, reason: str, path: str | None) -> None:
+    """Logs and counts a websocket refused by policy (parley_websocket_refusals_total)."""
+    logger.info("websocket refused", extra={"code": code, "reason": reason, "path": path})
+    metrics.WEBSOCKET_REFUSALS.labels(reason=reason).inc()
+
+
 async def no_such_socket(scope: dict, receive, send) -> None:
     """Every websocket path no consumer serves: accepted, then closed with 4404, as a refusal
     (logged and counted, no traceback; without it the router raised, the server logged an
     error and the client got a 500). A bare ASGI app: no channel layer, no heartbeat."""
     if (await receive())["type"] != "websocket.connect":
         return
-    logger.info(
-        "websocket refused",
-        extra={"code": CLOSE_NOT_FOUND, "reason": "not_found", "path": scope.get("path")},
-    )
-    metrics.WEBSOCKET_REFUSALS.labels(reason="not_found").inc()
+    note_refusal(CLOSE_NOT_FOUND, "not_found", scope.get("path"))
     await send({"type": "websocket.accept"})
     await send({"type": "websocket.close", "code": CLOSE_NOT_FOUND})
 
@@ -193,11 +195,7 @@ class ResilientConsumer(AsyncWebsocketConsumer):
     async def refuse(self, code: int, reason: str) -> None:
         """Accept, then close with a 4xxx code the browser sees (a pre-accept refusal reaches
         it as 1006, which the HTMX extension retries forever). Nothing else is sent."""
-        logger.info(
-            "websocket refused",
-            extra={"code": code, "reason": reason, "path": self.scope.get("path")},
-        )
-        metrics.WEBSOCKET_REFUSALS.labels(reason=reason).inc()
+        note_refusal(code, reason, self.scope.get("path"))
         await super().accept()
         await self.close(code=code)
 
