@@ -33,7 +33,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
     PATH=/opt/venv/bin:$PATH \
     PYTHONPATH=/app/src \
-    DJANGO_SETTINGS_MODULE=parley.settings \
+    DJANGO_SETTINGS_MODULE=config.settings \
     STATIC_ROOT=/app/staticfiles
 RUN groupadd --system --gid "$APP_UID" parley \
  && useradd --system --uid "$APP_UID" --gid parley --home-dir /app --no-create-home \

@@ -93,8 +93,9 @@ browser-deps: ## Install Debian's chromium for the browser tests (Playwright nev
 	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
 
 .PHONY: lint
-lint: install ## ruff check and format check
+lint: install ## ruff check and format check, the import layers (lint-imports)
 	$(VENV)/bin/ruff check src tests deploy loadtest
+	cd src && PYTHONPATH=. ../$(VENV)/bin/lint-imports ../pyproject.toml
 	$(VENV)/bin/ruff format --check src tests deploy loadtest
 	$(MAKE) --no-print-directory lint-docker
 

@@ -1,4 +1,4 @@
-"""gunicorn config for the web role: `gunicorn -c deploy/gunicorn.conf.py parley.asgi:application`.
+"""gunicorn config for the web role: `gunicorn -c deploy/gunicorn.conf.py config.asgi:application`.
 
 Everything tunable comes from the environment (docs/serving.md "Production serving"). Works from any
 working directory: it chdirs to the repository root and puts src/ on the path.
@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "src"))  # for the log formatter below, before Django loads
 chdir = str(ROOT)
 pythonpath = str(ROOT / "src")
-os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
+os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
 
 from parley.cpus import available_cpus  # noqa: E402  (src/ is on the path now)
 from parley.logging import json_logging_config  # noqa: E402

@@ -32,7 +32,7 @@ def django_db_setup(django_db_setup):
     from asgiref.sync import sync_to_async
     from django.db import connections
 
-    from chat import loopdb
+    from parley import loopdb
 
     asyncio.run(sync_to_async(connections.close_all, thread_sensitive=True)())
     connections.close_all()
@@ -56,9 +56,9 @@ def _fresh_channel_layer():
     yield
     channel_layers.backends.clear()
     reset_presence_store()
-    # Each test's event loop stores sends on connections of its own (chat.loopdb): closed
+    # Each test's event loop stores sends on connections of its own (parley.loopdb): closed
     # with the test, not left open for the rest of the run.
-    from chat import loopdb
+    from parley import loopdb
 
     loopdb.close_all_idle()
 

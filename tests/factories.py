@@ -39,7 +39,7 @@ def session_cookie(user) -> bytes:
 
 
 def communicator(path: str, cookie: bytes | None = None, origin: bytes | None = ORIGIN):
-    from parley.asgi import application
+    from config.asgi import application
 
     headers = [(b"host", b"localhost")]
     if origin is not None:

@@ -7,7 +7,7 @@ usage() {
   cat >&2 <<'USAGE'
 usage: <image> ROLE [ARGS...]
   web       gunicorn + uvicorn workers (deploy/gunicorn.conf.py), after wait_for_deps
-  ws        daphne (python -m parley.serve_ws), after wait_for_deps
+  ws        daphne (python -m config.serve_ws), after wait_for_deps
   migrate   python src/manage.py migrate --noinput
   manage    python src/manage.py ARGS... (e.g. createsuperuser, shell)
 USAGE
@@ -29,12 +29,12 @@ case "$role" in
   web)
     metrics_dir
     python src/manage.py wait_for_deps
-    exec gunicorn -c deploy/gunicorn.conf.py "$@" parley.asgi:application
+    exec gunicorn -c deploy/gunicorn.conf.py "$@" config.asgi:application
     ;;
   ws)
     metrics_dir
     python src/manage.py wait_for_deps
-    exec python -m parley.serve_ws "$@"
+    exec python -m config.serve_ws "$@"
     ;;
   migrate)
     exec python src/manage.py migrate --noinput "$@"

@@ -2,7 +2,7 @@
 
 The role is read from the processes' command lines: docker-init (compose `init: true`)
 keeps `parley-entrypoint <role>` as PID 1's; without it the entrypoint's shell shows the role
-until it execs gunicorn or parley.serve_ws. A web or ws container is unhealthy until its
+until it execs gunicorn or config.serve_ws. A web or ws container is unhealthy until its
 server answers, including while it still waits for Postgres and Redis. One-shot roles
 (migrate, manage) have nothing to probe and report healthy. The Host header is one of
 ALLOWED_HOSTS, since Django refuses any other.
@@ -34,7 +34,7 @@ def target_port(procs: str, env: dict[str, str]) -> int | None:
     """The port to probe, WAITING, or None for a one-shot role."""
     if "gunicorn" in procs or "parley-entrypoint web" in procs:
         return int(env.get("WEB_BIND", "0.0.0.0:8000").rsplit(":", 1)[1])
-    if "parley.serve_ws" in procs or "parley-entrypoint ws" in procs:
+    if "config.serve_ws" in procs or "parley-entrypoint ws" in procs:
         return int(env.get("WS_PORT", "8001"))
     if "wait_for_deps" in procs:  # the default command (web) before its server starts
         return WAITING

@@ -266,7 +266,7 @@ class Stack:
             "PROMETHEUS_MULTIPROC_DIR": str(self.run_dir / "metrics"),
             "PYTHONPATH": str(REPO / "src"),
             "PYTHONUNBUFFERED": "1",
-            "DJANGO_SETTINGS_MODULE": "parley.settings",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
             **c.env,
         }
         return env
@@ -414,13 +414,13 @@ class Stack:
                 "gunicorn",
                 "-c",
                 str(REPO / "deploy" / "gunicorn.conf.py"),
-                "parley.asgi:application",
+                "config.asgi:application",
             ], env
         if name in self.ws_names:
             env["WS_BIND"] = "127.0.0.1"
             env["WS_PORT"] = str(c.ws_ports[self.ws_names.index(name)])
             env.pop("METRICS_PORT", None)  # gunicorn's master exports the shared directory
-            return [py, "-m", "parley.serve_ws"], env
+            return [py, "-m", "config.serve_ws"], env
         if name == "nginx":
             return self.nginx_argv(), env
         raise StackError(f"unknown process {name!r}")

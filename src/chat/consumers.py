@@ -18,8 +18,7 @@ from urllib.parse import parse_qs
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import dbcalls, fragments, protocol, selectors, services
-from chat.admission import admission
+from chat import fragments, protocol, selectors, services
 from chat.delivery import Offer, SocketCursor
 from chat.groups import conversation_group, user_group
 from chat.hub import BACKLOG_BATCH, ConversationHub, Row, hubs
@@ -33,7 +32,8 @@ from chat.sockets import (
     CLOSE_UNAUTHENTICATED,
     ResilientConsumer,
 )
-from parley import metrics
+from parley import dbcalls, metrics
+from parley.admission import admission
 from parley.logging import Throttled
 
 logger = logging.getLogger(__name__)

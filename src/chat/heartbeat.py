@@ -27,9 +27,10 @@ from typing import Protocol
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import dbcalls, selectors
-from chat.perloop import per_loop
+from chat import selectors
 from chat.presence import presence_store
+from parley import dbcalls
+from parley.perloop import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -169,5 +170,5 @@ class Heartbeat:
             return None
 
 
-# This event loop's heartbeat (chat.perloop).
+# This event loop's heartbeat (parley.perloop).
 heartbeat = per_loop(lambda _loop: Heartbeat())

@@ -33,13 +33,13 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import dbcalls, fragments, services
-from chat.admission import admission
+from chat import fragments, services
 from chat.groups import LAYER_ERRORS, conversation_group
 from chat.heartbeat import heartbeat
-from chat.perloop import per_loop
 from chat.presence import presence_store
-from parley import metrics
+from parley import dbcalls, metrics
+from parley.admission import admission
+from parley.perloop import per_loop
 
 logger = logging.getLogger(__name__)
 
@@ -666,5 +666,5 @@ class Hubs:
                 admission().stop()  # no sockets: nothing to measure the loop for
 
 
-# This event loop's hubs (chat.perloop).
+# This event loop's hubs (parley.perloop).
 hubs = per_loop(lambda _loop: Hubs())

@@ -7,9 +7,10 @@ from urllib.parse import parse_qs
 
 from django.db import DatabaseError
 
-from chat import dbcalls, fragments, selectors
+from chat import fragments, selectors
 from chat.groups import LAYER_ERRORS, conversation_group, conversation_id_of, user_group
 from chat.sockets import CLOSE_TRY_AGAIN_LATER, CLOSE_UNAUTHENTICATED, ResilientConsumer
+from parley import dbcalls
 
 _db = dbcalls.db  # bounded, and refused at once while the database is down
 

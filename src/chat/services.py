@@ -16,8 +16,9 @@ from django.db import DatabaseError, IntegrityError, OperationalError, connectio
 from django.db.models import Count
 from django.utils import timezone
 
-from chat import fragments, loopdb
+from chat import fragments
 from chat.models import Conversation, Message, Participant
+from parley import loopdb
 
 logger = logging.getLogger(__name__)
 
@@ -181,10 +182,10 @@ _EXISTING_SQL = (
 async def message_store(
     conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
 ) -> tuple[int, str, bool]:
-    """message_create_and_render on the event loop (chat.loopdb: Postgres only): the same
+    """message_create_and_render on the event loop (parley.loopdb: Postgres only): the same
     one statement, the same idempotency and the same frame, with no database thread in
     between. Raises Django's DatabaseError family, as the thread's version does, and
-    chat.loopdb.NoConnectionInTime when every store connection stayed busy."""
+    parley.loopdb.NoConnectionInTime when every store connection stayed busy."""
     sender = _sender(user_id, username)
     now = timezone.now()
     params = {

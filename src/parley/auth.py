@@ -88,7 +88,7 @@ def release_connection() -> None:
 def hashing() -> Iterator[None]:
     """Run a password hash inside: without a pooled connection, in one of the process's
     hashing slots; raises Overloaded when no slot frees up in time. Meanwhile the request's
-    admission slot (parley.asgi) serves other requests: this thread needs no GIL."""
+    admission slot (config.asgi) serves other requests: this thread needs no GIL."""
     release_connection()
     slots = hash_slots()
     with slot_lent():

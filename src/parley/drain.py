@@ -1,6 +1,6 @@
 """Graceful drain for websocket processes.
 
-On SIGTERM the daphne runner (parley.serve_ws) calls `begin_drain()`: /readyz answers 503 at
+On SIGTERM the daphne runner (config.serve_ws) calls `begin_drain()`: /readyz answers 503 at
 once, new websocket handshakes are refused, and every open socket is closed with 1012
 (Service Restart), a code the HTMX extension reconnects after; the client then lands on
 another daphne and replays what it missed from its last sequence number.

@@ -19,7 +19,7 @@ from channels.auth import get_user
 from django.conf import settings
 from django.http.cookie import parse_cookie
 
-from chat.dbcalls import DatabaseUnavailable, db
+from parley.dbcalls import DatabaseUnavailable, db
 from parley.logging import Throttled, scope_header
 
 logger = logging.getLogger(__name__)

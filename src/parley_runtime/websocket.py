@@ -11,7 +11,7 @@
   instead of daphne's unbounded asyncio.Queue (~2.6 KiB each).
 
 `server_class(mode)` gives the daphne Server subclass for a runtime mode; the project's
-websocket role (parley.serve_ws) adds its drain on top. Relies on
+websocket role (config.serve_ws) adds its drain on top. Relies on
 (tests/parley_runtime/test_canary_{daphne,autobahn,twisted}.py): daphne Server's
 `ws_factory` attribute being set in run() and its `create_application`/`connections`;
 autobahn's handshake attributes, `send_queue` and `sendData`; Twisted's TCP transport
@@ -121,7 +121,7 @@ class FixedWebSocketProtocol(WebSocketProtocol):
     the client."""
 
     # Sockets past the HTTP upgrade whose websocket handshake has not finished (opened or
-    # gone), in this process: what a reconnect storm has in progress (parley.serve_ws stops
+    # gone), in this process: what a reconnect storm has in progress (config.serve_ws stops
     # accepting connections while there are too many).
     handshaking = 0
 

@@ -143,7 +143,7 @@ def main() -> None:
     # stdout carries the answers: everything else printed, log lines included (the runtime
     # selection at startup), goes to stderr.
     answers, sys.stdout = sys.stdout, sys.stderr
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     django.setup()
     for line in sys.stdin:
         request = json.loads(line)

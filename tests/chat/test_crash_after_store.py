@@ -30,7 +30,7 @@ FAULT_APP = '''
 """Ends this process at a step of the send path, for a message whose text names the step."""
 import os
 
-from parley.asgi import application  # noqa: F401 (sets Django up)
+from config.asgi import application  # noqa: F401 (sets Django up)
 from chat import consumers, hub
 
 _push = consumers.ChatConsumer.push
@@ -128,7 +128,7 @@ def test_a_retried_send_of_a_message_stored_by_a_dead_process_reaches_every_memb
     must bring it."""
     start, users = two_daphnes
     dying, dying_base = start("faultapp:application")
-    _, base = start("parley.asgi:application", CHAT_PRESENCE_TTL="900")
+    _, base = start("config.asgi:application", CHAT_PRESENCE_TTL="900")
     bob = socket_for(base, users[1])
     alice = socket_for(dying_base, users[0])
     client_id = alice.send("die-before-confirm", str(uuid.uuid4()))
@@ -151,7 +151,7 @@ def test_a_message_confirmed_by_a_process_that_died_before_broadcasting_reaches_
     (CHAT_PRESENCE_TTL / 3 apart; 2 s here)."""
     start, users = two_daphnes
     dying, dying_base = start("faultapp:application")
-    _, base = start("parley.asgi:application")
+    _, base = start("config.asgi:application")
     bob = socket_for(base, users[1])
     alice = socket_for(dying_base, users[0])
     alice.send("die-before-broadcast")  # and the sender never retries it

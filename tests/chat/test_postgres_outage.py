@@ -69,7 +69,7 @@ def app_on_throwaway_postgres(tmp_path):
             "127.0.0.1",
             "-p",
             str(port),
-            "parley.asgi:application",
+            "config.asgi:application",
         ],
         env=env,
         stdout=log,
@@ -131,7 +131,7 @@ def send_until_stored(sock: websocket.WebSocket, text: str, timeout: float = 15)
     """What a person does with a send refused as "could not be saved" (the page gives the
     text back): send it again, under the same client_id. Just after Postgres returns, a
     process refuses sends for up to CHAT_DB_RETRY_SECONDS before it asks the database again
-    (chat.dbcalls). Returns the confirmation."""
+    (parley.dbcalls). Returns the confirmation."""
     client_id = str(uuid.uuid4())
     deadline = time.monotonic() + timeout
     while True:

@@ -7,7 +7,7 @@ import logging
 import pytest
 from asgiref.sync import sync_to_async
 
-import parley.asgi  # noqa: F401  (its setup configures logging: before caplog, not during a test)
+import config.asgi  # noqa: F401  (its setup configures logging: before caplog, not during a test)
 from tests.factories import communicator, make_user, session_cookie
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -219,12 +219,12 @@ def _healthcheck():
         ),
         (
             "/opt/venv/bin/python /opt/venv/bin/gunicorn -c deploy/gunicorn.conf.py"
-            " parley.asgi:application",
+            " config.asgi:application",
             {"WEB_BIND": "0.0.0.0:9000"},
             9000,
         ),
-        ("/sbin/docker-init -- parley-entrypoint ws python -m parley.serve_ws", {}, 8001),
-        ("python -m parley.serve_ws", {"WS_PORT": "8002"}, 8002),
+        ("/sbin/docker-init -- parley-entrypoint ws python -m config.serve_ws", {}, 8001),
+        ("python -m config.serve_ws", {"WS_PORT": "8002"}, 8002),
         # `docker run IMAGE` (default command, no init) before the server starts.
         ("/bin/sh /usr/local/bin/parley-entrypoint python src/manage.py wait_for_deps", {}, -1),
         ("/sbin/docker-init -- parley-entrypoint migrate python src/manage.py migrate", {}, None),
@@ -281,7 +281,7 @@ def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -
         deploy = services[name]["deploy"]
         cpus = float(deploy["resources"]["limits"]["cpus"])
         processes = int(env.get("WEB_WORKERS") or math.ceil(cpus)) if name == "web" else 1
-        # A daphne also stores sends on connections of its own (chat.loopdb).
+        # A daphne also stores sends on connections of its own (parley.loopdb).
         per_process = pool + (int(env.get("CHAT_DB_STORE_CONNECTIONS", "2")) if name == "ws" else 0)
         total += deploy.get("replicas", 1) * processes * per_process
     total += pool + 1 + 10  # migrate, the backup's pg_dump, people

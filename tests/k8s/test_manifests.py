@@ -285,7 +285,7 @@ def test_ws_grace_period_covers_prestop_and_drain(docs: list[Doc]) -> None:
     spec = pod(one(docs, "Deployment", "ws"))
     pre_stop = spec["containers"][0]["lifecycle"]["preStop"]["sleep"]["seconds"]
     config = app_config(docs)
-    # parley.serve_ws exits at the latest WS_DRAIN_DELAY + CHAT_DRAIN_SECONDS + WS_DRAIN_GRACE
+    # config.serve_ws exits at the latest WS_DRAIN_DELAY + CHAT_DRAIN_SECONDS + WS_DRAIN_GRACE
     # after SIGTERM, which comes after the preStop hook.
     drain = sum(
         float(config[k]) for k in ("WS_DRAIN_DELAY", "CHAT_DRAIN_SECONDS", "WS_DRAIN_GRACE")
@@ -824,7 +824,7 @@ def connection_budget(docs: list[Doc]) -> tuple[int, list[str]]:
         else:
             processes = 1
         pool = int(env.get("DB_POOL_MAX_SIZE", "4"))
-        if name == "ws":  # and the event loop's own, for sends (chat.loopdb)
+        if name == "ws":  # and the event loop's own, for sends (parley.loopdb)
             pool += int(env.get("CHAT_DB_STORE_CONNECTIONS", "2"))
         total += replicas * processes * pool
         lines.append(f"{name}: {replicas} x {processes} x {pool}")

@@ -49,7 +49,7 @@ def test_gunicorn_sizes_its_workers_by_the_cpus_it_may_use():
     env = {k: v for k, v in os.environ.items() if k != "WEB_WORKERS"}
     out = subprocess.run(
         [sys.executable, "-m", "gunicorn", "-c", "deploy/gunicorn.conf.py", "--print-config"]
-        + ["parley.asgi:application"],
+        + ["config.asgi:application"],
         cwd=REPO,
         env=env,
         capture_output=True,

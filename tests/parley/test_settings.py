@@ -28,7 +28,7 @@ PROBE_READYZ = (
 
 def run_python(code: str, **env_overrides: str) -> subprocess.CompletedProcess:
     env = {k: v for k, v in os.environ.items() if not k.startswith("PYTEST")}
-    env.update({"PYTHONPATH": str(REPO / "src"), "DJANGO_SETTINGS_MODULE": "parley.settings"})
+    env.update({"PYTHONPATH": str(REPO / "src"), "DJANGO_SETTINGS_MODULE": "config.settings"})
     for key, value in env_overrides.items():
         if value is None:
             env.pop(key, None)
@@ -285,7 +285,7 @@ def test_reader_threads_beyond_the_pool_refuse_to_start():
 
 
 def test_sends_are_stored_on_the_event_loop_on_postgres_only():
-    """chat.loopdb: two connections of its own per process on Postgres by default; none on
+    """parley.loopdb: two connections of its own per process on Postgres by default; none on
     SQLite (the embedded default), where sends stay on the database thread."""
     code = "from django.conf import settings; print(settings.CHAT_DB_STORE_CONNECTIONS)"
     pg = run_python(code, DATABASE_URL="postgres://postgres@127.0.0.1:5432/postgres")

@@ -32,7 +32,7 @@ def test_the_close_and_send_methods_the_fixes_override():
 
 
 def test_the_server_calls_the_hooks_the_drain_uses():
-    # parley.serve_ws: listen_success collects the ports to stop listening on a drain.
+    # config.serve_ws: listen_success collects the ports to stop listening on a drain.
     params = inspect.signature(daphne.server.Server.__init__).parameters
     assert {"signal_handlers", "websocket_timeout", "ping_interval", "ping_timeout"} <= set(params)
     assert callable(daphne.server.Server.listen_success)

@@ -31,7 +31,7 @@ def own_urls():
 
 
 def handler(mode: str = "tuned"):
-    """The HTTP application as parley.asgi makes it, on either runtime."""
+    """The HTTP application as config.asgi makes it, on either runtime."""
     admission = HTTPAdmission(settings.WEB_REQUEST_SLOTS, settings.WEB_QUEUE_SECONDS)
     return http.http_application(mode, admission)
 

@@ -27,11 +27,11 @@ import django
 django.setup()
 from django.conf import settings
 from channels.layers import get_channel_layer
-import parley.asgi
+import config.asgi
 print(json.dumps({
     "mode": settings.PARLEY_RUNTIME,
     "layer": type(get_channel_layer()).__module__,
-    "http": type(parley.asgi.django_asgi_app).__name__,
+    "http": type(config.asgi.django_asgi_app).__name__,
 }))
 """
 
@@ -43,7 +43,7 @@ def probe(**env: str) -> tuple[dict, str]:
             # The default is what is probed unless a test sets it (`make test-stock` sets
             # PARLEY_RUNTIME=stock for its own process).
             **{k: v for k, v in os.environ.items() if k != "PARLEY_RUNTIME"},
-            "DJANGO_SETTINGS_MODULE": "parley.settings",
+            "DJANGO_SETTINGS_MODULE": "config.settings",
             "LOG_LEVEL": "INFO",
             "PYTHONPATH": str(REPO / "src"),
             **env,

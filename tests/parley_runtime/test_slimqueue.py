@@ -68,7 +68,7 @@ def test_an_idle_queue_is_a_fraction_of_an_asyncio_queue():
 
 
 def test_a_bounded_queue_drops_past_its_size_and_says_so():
-    import parley.asgi  # noqa: F401 (wires the queue's counter)
+    import config.asgi  # noqa: F401 (wires the queue's counter)
     from parley_runtime.layers import ChannelQueue
 
     class Small(ChannelQueue):
@@ -102,7 +102,7 @@ def test_the_input_queue_drops_a_flood_but_never_the_disconnect():
 
 
 def test_the_socket_queues_are_bounded_by_the_setting(settings):
-    import parley.asgi  # noqa: F401 (sets the bound)
+    import config.asgi  # noqa: F401 (sets the bound)
     from parley_runtime.layers import ChannelQueue
 
     assert ChannelQueue.maxsize == settings.CHAT_SOCKET_QUEUE_LIMIT > 0

@@ -208,7 +208,7 @@ def test_a_socket_reads_the_factory_options_instead_of_copying_them():
 
 
 def test_handshakes_in_progress_are_counted_until_open_or_gone():
-    """What parley.serve_ws paces accepts by: upgraded sockets whose handshake has not
+    """What config.serve_ws paces accepts by: upgraded sockets whose handshake has not
     finished, each counted once however it ends."""
     from autobahn.twisted.websocket import WebSocketServerFactory
     from twisted.internet.address import IPv4Address

@@ -168,7 +168,7 @@ class Stack(_Stack):
 
     @property
     def connection_limit(self) -> int:
-        """Every process's pool, and each daphne's store connections (chat.loopdb)."""
+        """Every process's pool, and each daphne's store connections (parley.loopdb)."""
         stores = int(self.config.env.get("CHAT_DB_STORE_CONNECTIONS", "2"))
         return self.processes * self.pool_size + len(self.config.ws_ports) * stores
 

@@ -1,4 +1,4 @@
-"""chat.loopdb and services.message_store: a send's store on the event loop's own Postgres
+"""parley.loopdb and services.message_store: a send's store on the event loop's own Postgres
 connections, against the real Postgres."""
 
 from __future__ import annotations
@@ -11,8 +11,9 @@ import psycopg
 import pytest
 from django.db import OperationalError
 
-from chat import dbcalls, loopdb, services
+from chat import services
 from chat.models import Conversation, Message
+from parley import dbcalls, loopdb
 from tests.factories import make_conversation, make_user
 
 pytestmark = pytest.mark.django_db(transaction=True)

@@ -28,7 +28,7 @@ import psycopg
 from django.conf import settings
 from django.db import connections
 
-from chat.perloop import per_loop
+from parley.perloop import per_loop
 
 
 class NoConnectionInTime(Exception):

@@ -1,5 +1,5 @@
 """Past capacity a send is refused to its sender at once, with its client_id and a retry hint,
-and nothing is stored; once the process keeps up, the same send is stored once (chat.admission).
+and nothing is stored; once the process keeps up, the same send is stored once (parley.admission).
 Real Postgres and Redis; the overload is real too: a loop that runs late, a busy DB thread."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import uuid
 import pytest
 from asgiref.sync import sync_to_async
 
-from chat import dbcalls
+from parley import dbcalls
 from tests.helpers.ws import open_socket, room, send, stored
 from tests.parley.test_metrics import value
 
@@ -38,7 +38,7 @@ async def test_a_send_while_the_event_loop_runs_late_is_refused_then_taken_on_re
     assert cid in err and "data-retry-after=" in err and "busy" in err
     assert value("parley_messages_refused_total", reason="lag") == refused + 1
     assert await stored(conversation.pk) == []
-    from chat.admission import admission
+    from parley.admission import admission
 
     await wait_until(lambda: admission().current_lag() < settings.CHAT_OVERLOAD_LAG_SECONDS)
     await send(alice, "too late", client_id=cid)  # what the page does after the hint
@@ -86,7 +86,7 @@ async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_the
     """Broadcasts reaching this process seconds after their store (queues in the layer or
     behind a busy loop elsewhere): accepting more would only make every delivery later."""
     from chat import services
-    from chat.admission import admission
+    from parley.admission import admission
     from tests.chat.test_delivery import broadcast
 
     settings.CHAT_OVERLOAD_DELIVERY_SECONDS = 0.5
@@ -115,9 +115,9 @@ async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_the
 
 
 async def test_a_send_whose_frame_waited_too_long_in_its_socket_queue_is_refused(settings):
-    """parley.serve_ws stamps each frame on arrival; a send that waited behind its socket's
+    """config.serve_ws stamps each frame on arrival; a send that waited behind its socket's
     earlier frames longer than CHAT_OVERLOAD_QUEUE_SECONDS is refused, a fresh one is not."""
-    from chat.admission import admission
+    from parley.admission import admission
     from parley_runtime.websocket import InputQueue
 
     settings.CHAT_OVERLOAD_QUEUE_SECONDS = 0.3

@@ -1,4 +1,4 @@
-"""The websocket role: `python -m parley.serve_ws` runs daphne with Parley's drain on SIGTERM.
+"""The websocket role: `python -m config.serve_ws` runs daphne with Parley's drain on SIGTERM.
 
 daphne's own CLI stops the reactor on SIGTERM, which drops every socket without a close code
 the HTMX extension treats as "reconnect". Here SIGTERM (or SIGINT) instead:
@@ -31,7 +31,7 @@ from typing import Any
 import parley_runtime
 from parley import metrics
 
-logger = logging.getLogger("parley.serve_ws")
+logger = logging.getLogger("config.serve_ws")
 
 
 def drain_started() -> bool:
@@ -148,11 +148,11 @@ class Draining:
 
 
 def main() -> None:
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "parley.settings")
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "config.settings")
     from daphne.endpoints import build_endpoint_description_strings
     from django.conf import settings
 
-    from parley.asgi import application  # sets Django up, including JSON logging
+    from config.asgi import application  # sets Django up, including JSON logging
 
     websocket.InputQueue.maxsize = settings.CHAT_SOCKET_QUEUE_LIMIT
     websocket.InputQueue.on_overflow = metrics.WEBSOCKET_FRAMES_DROPPED.inc

@@ -12,8 +12,8 @@ Two signals, both local and cheap:
 - delivery delay: how long broadcasts took from their store to this process's hub (they carry
   their publish time): queues in the layer and in this process, which loop lag alone misses.
 - store wait: how long a call waits for the one database thread, or a send for one of the
-  event loop's store connections (chat.dbcalls, chat.loopdb).
-- frame wait: how long the send's frame waited in its socket's input queue (parley.serve_ws
+  event loop's store connections (parley.dbcalls, parley.loopdb).
+- frame wait: how long the send's frame waited in its socket's input queue (config.serve_ws
   stamps frames on arrival) behind the socket's earlier frames.
 
 Lag and delay are smoothed (a moving average per tick), so a single pause (a GC, a slow
@@ -32,9 +32,8 @@ import time
 
 from django.conf import settings
 
-from chat import dbcalls
-from chat.perloop import per_loop
-from parley import metrics
+from parley import dbcalls, metrics
+from parley.perloop import per_loop
 
 TICK_SECONDS = 0.05
 
@@ -95,5 +94,5 @@ class Admission:
         return None
 
 
-# This event loop's admission (chat.perloop).
+# This event loop's admission (parley.perloop).
 admission = per_loop(Admission)

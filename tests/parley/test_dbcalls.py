@@ -1,4 +1,4 @@
-"""chat.dbcalls against the real Postgres: a bound on waiting calls, refusals at once."""
+"""parley.dbcalls against the real Postgres: a bound on waiting calls, refusals at once."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import time
 import pytest
 from django.db import connection
 
-from chat.dbcalls import DatabaseUnavailable, gate
+from parley.dbcalls import DatabaseUnavailable, gate
 
 pytestmark = pytest.mark.django_db(transaction=True)
 

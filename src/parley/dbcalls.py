@@ -24,8 +24,7 @@ from channels.db import DatabaseSyncToAsync, database_sync_to_async
 from django.conf import settings
 from django.db import DatabaseError, OperationalError, connection
 
-from chat import loopdb
-from parley import metrics
+from parley import loopdb, metrics
 from parley.overload import AdmissionGate
 
 T = TypeVar("T")
@@ -98,7 +97,7 @@ class DatabaseGate:
 
     def queue_delay(self) -> float:
         """How long the oldest call not yet started on the database thread (or store not yet
-        given a connection, chat.loopdb) has waited (0 when none waits): how long a store
+        given a connection, parley.loopdb) has waited (0 when none waits): how long a store
         asked for now would wait, at least."""
         delay = loopdb.loop_connections().queue_delay() if loopdb.enabled() else 0.0
         if not self.waiting:
@@ -144,7 +143,7 @@ class DatabaseGate:
         pending (0: refused at once, as a send is: its page retries). `read`: a handshake's
         read, run on the reader threads; it neither waits behind stores nor delays them
         (queue_delay counts the database thread's line only). `first`: see _slot.
-        `on_loop`: fn is a coroutine function run on the event loop (chat.loopdb)."""
+        `on_loop`: fn is a coroutine function run on the event loop (parley.loopdb)."""
         probe = False
         if self.down and (self.probing or time.monotonic() < self.retry_at):
             metrics.DB_CALLS_REFUSED.labels(reason="down").inc()
@@ -190,7 +189,7 @@ def store(
     on_thread: Callable[..., T], on_loop: Callable[..., Awaitable[T]]
 ) -> Callable[..., Awaitable[T]]:
     """A send's store through the gate: `on_loop` on the event loop's own connections
-    (chat.loopdb) where there are any, else `on_thread` on the database thread."""
+    (parley.loopdb) where there are any, else `on_thread` on the database thread."""
 
     def call(*args: Any, **kwargs: Any) -> Awaitable[T]:
         if loopdb.enabled():

@@ -83,9 +83,9 @@ MIDDLEWARE = [
     "django.middleware.clickjacking.XFrameOptionsMiddleware",
 ]
 
-ROOT_URLCONF = "parley.urls"
-WSGI_APPLICATION = "parley.wsgi.application"
-ASGI_APPLICATION = "parley.asgi.application"
+ROOT_URLCONF = "config.urls"
+WSGI_APPLICATION = "config.wsgi.application"
+ASGI_APPLICATION = "config.asgi.application"
 
 TEMPLATES = [
     {
@@ -285,7 +285,7 @@ CHAT_FRAGMENT_CACHE_BYTES: int = env.int("CHAT_FRAGMENT_CACHE_BYTES", default=32
 CACHES = {"default": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache"}}
 
 # --- Websocket database calls and overload ------------------------------------------------
-# Websocket database calls (chat.dbcalls): at most this many waiting per process, and after
+# Websocket database calls (parley.dbcalls): at most this many waiting per process, and after
 # a call could not reach the database, others are refused at once for this many seconds.
 CHAT_DB_MAX_PENDING: int = env.int("CHAT_DB_MAX_PENDING", default=64)
 CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
@@ -298,7 +298,7 @@ CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
 CHAT_DB_CONNECT_WAIT_SECONDS: float = env.float("CHAT_DB_CONNECT_WAIT_SECONDS", default=3.0)
 CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=2048)
 # While this many websocket handshakes are in progress, daphne stops accepting connections
-# (parley.serve_ws); they wait in the kernel's accept queue for free, in order. 0: never.
+# (config.serve_ws); they wait in the kernel's accept queue for free, in order. 0: never.
 WS_MAX_HANDSHAKES: int = env.int("WS_MAX_HANDSHAKES", default=200)
 # A handshake's reads (session, user, members, backlog) run on this many threads of their own,
 # beside the one database thread: in a reconnect storm they were one Postgres round trip
@@ -307,7 +307,7 @@ WS_MAX_HANDSHAKES: int = env.int("WS_MAX_HANDSHAKES", default=200)
 # that thread and /readyz (default DB_POOL_MAX_SIZE - 2; 0: reads on the one thread, as SQLite).
 _pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
 # A send's store runs on the event loop, on up to this many connections of its own per daphne
-# (chat.loopdb): on the one database thread the stores queued for 100-400 ms at 300 msg/s,
+# (parley.loopdb): on the one database thread the stores queued for 100-400 ms at 300 msg/s,
 # each step waiting for the GIL. They come on top of DB_POOL_MAX_SIZE. 0: on that thread.
 CHAT_DB_STORE_CONNECTIONS: int = env.int("CHAT_DB_STORE_CONNECTIONS", default=2) if _pool else 0
 CHAT_DB_READ_THREADS: int = env.int(
@@ -319,7 +319,7 @@ if _pool and _pool["max_size"] - 2 < CHAT_DB_READ_THREADS:
         f"{CHAT_DB_READ_THREADS + 2} (it is {_pool['max_size']}): each reader thread holds a "
         "connection, and the database thread and /readyz need two more"
     )
-# Past capacity a send is refused to its sender at once (chat.admission): while this
+# Past capacity a send is refused to its sender at once (parley.admission): while this
 # process's event loop runs later than this (smoothed), broadcasts reach it later than this
 # after their store, or calls wait longer than this for its database thread. The page keeps
 # the text and retries after CHAT_OVERLOAD_RETRY_SECONDS (with backoff).
