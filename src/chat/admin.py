@@ -14,7 +14,13 @@ class ConversationAdmin(admin.ModelAdmin):
     list_display = ["id", "title", "last_seq", "last_message_at", "created_at"]
     search_fields = ["title", "participants__username"]
     inlines = [ParticipantInline]
-    readonly_fields = ["last_seq", "last_message_at", "last_message_preview", "last_message_sender"]
+    readonly_fields = [
+        "created_by",
+        "last_seq",
+        "last_message_at",
+        "last_message_preview",
+        "last_message_sender",
+    ]
 
 
 @admin.register(Message)
@@ -29,5 +35,8 @@ class MessageAdmin(admin.ModelAdmin):
 
 @admin.register(Participant)
 class ParticipantAdmin(admin.ModelAdmin):
+    """Deleting a participant here (or from a conversation's inline) removes them: their
+    sockets on the conversation close with 4403 at once (chat.signals)."""
+
     list_display = ["id", "conversation", "user", "last_read_seq", "joined_at"]
     raw_id_fields = ["conversation", "user"]

@@ -1,27 +1,22 @@
-"""Websocket consumers: one per open conversation page, one per open conversation list.
-
-Delivery contract (docs/delivery.md): every message has a per-conversation
-sequence number. A consumer remembers the last sequence it sent to its client and never
-sends one twice or out of order; a sequence that arrives ahead of the next expected one is a
-gap (a broadcast the layer dropped) and is healed from the database before it is sent. A
-client reconnects with `?after=<last sequence it rendered>` and gets the backlog first.
+"""The two websockets a page opens: a conversation (`ChatConsumer`, `/ws/chat/<id>`) and the
+conversation list (`InboxConsumer`, `/ws/inbox`). Thin: parse a frame, call services or
+selectors, send fragments. What they share is chat.sockets; delivery is chat.stream's.
+The protocol is the README's "Websocket protocol"; the guarantees are docs/delivery.md.
 """
 
 from __future__ import annotations
 
-import asyncio
+import datetime
 import logging
 import random
-import time
+from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import fragments, protocol, selectors, services
-from chat.delivery import Offer, SocketCursor
-from chat.groups import conversation_group, user_group
-from chat.hub import BACKLOG_BATCH, ConversationHub, Row, hubs
+from chat import events, fragments, presence, protocol, selectors, services
+from chat.hub import ConversationHub, hubs
 from chat.models import Conversation
 from chat.ratelimit import SendLimits
 from chat.sockets import (
@@ -30,41 +25,37 @@ from chat.sockets import (
     CLOSE_SERVICE_RESTART,
     CLOSE_TRY_AGAIN_LATER,
     CLOSE_UNAUTHENTICATED,
-    ResilientConsumer,
+    Socket,
 )
+from chat.stream import Offer, Position, Row, SocketCursor, Verdict, catch_up, frames, judge
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.logging import Throttled
+from parley_runtime.received import received_at
 
 logger = logging.getLogger(__name__)
 refused_at_connect = Throttled(logger, "database refused at connect")
 
-# Frames a socket keeps from its hub while it reads its backlog; past this it reads again.
-CATCH_UP_HOLD_LIMIT = 5 * BACKLOG_BATCH
+
+def _query(scope: dict, name: str) -> str | None:
+    values = parse_qs(scope.get("query_string", b"").decode("latin-1")).get(name)
+    return values[0][:64] if values else None
 
 
-_db = dbcalls.db  # bounded, and refused at once while the database is down
-
-
-class ChatConsumer(ResilientConsumer):
-    """`/ws/chat/<conversation_id>[?after=<seq>&epoch=<epoch>]`: one conversation, live.
-
-    The conversation's broadcasts reach this socket through its process's hub (chat.hub),
-    in order and healed; the socket's own channel listens to its user's group only (logout,
-    read markers).
-    """
+class ChatConsumer(Socket):
+    """`/ws/chat/<conversation_id>[?after=<seq>&epoch=<epoch>]`: one conversation, live."""
 
     hub: ConversationHub | None = None
-    frame_received_at: float | None = None
+    cursor: SocketCursor
 
-    async def connect(self) -> None:
+    async def websocket_connect(self, message: dict) -> None:
         self.conversation_id = int(self.scope["url_route"]["kwargs"]["conversation_id"])
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
             await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return
         # The hub joins the group first, then we read: a message stored in between arrives
-        # live too, and the sequence check drops the second copy.
+        # live too, and its sequence number drops the second copy.
         hub = await hubs().get(self.conversation_id)
         try:
             await self._connect_to(hub, user)
@@ -74,90 +65,94 @@ class ChatConsumer(ResilientConsumer):
             raise
 
     async def _connect_to(self, hub: ConversationHub, user) -> None:
+        # What this process had handed out before the read below: committed by then, so a
+        # read that finds less is a history that went back (chat.stream.judge).
+        before = hub.stream.position
         try:
             # The handshake's second read (the session and user were the first): at the head
             # of the line, so a storm does not throw away half-done handshakes.
-            members, newest, epoch = await dbcalls.db(
+            members, db = await dbcalls.db(
                 selectors.connect_info,
                 slot_wait=settings.CHAT_DB_CONNECT_WAIT_SECONDS,
                 read=True,
                 first=True,
             )(self.conversation_id)
-        except dbcalls.DatabaseUnavailable as exc:
+        except DatabaseError as exc:
             refused_at_connect.warning(str(exc))
             await hub.release()
-            await self.close(code=CLOSE_TRY_AGAIN_LATER)  # the browser retries with backoff
-            return
-        except DatabaseError:
-            logger.exception("database unavailable at connect")
-            await hub.release()
-            # Not accepted: the browser sees 1006 and retries with growing backoff.
-            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)  # not accepted: the browser retries
             return
         if user.pk not in members:
             await hub.release()
             await self.refuse(CLOSE_FORBIDDEN, "forbidden")
             return
-        self.user_id: int = user.pk
-        self.username: str = user.get_username()
-        self.epoch: str = epoch
-        self.group = conversation_group(self.conversation_id)
+        if not await self.admit(user):
+            await hub.release()
+            return
         self.limits = SendLimits(settings.CHAT_RATE_LIMIT)
         self.read_seq = 0
-        after = self._after_param()
-        # A client claiming more than exists (or nothing) starts from the newest sequence;
-        # it catches up before it goes live.
-        self.cursor = SocketCursor(
-            newest if after is None else min(after, newest), hold_limit=CATCH_UP_HOLD_LIMIT
-        )
-
-        await self.join_groups([user_group(self.user_id)])
+        after = self._after()
+        epoch = _query(self.scope, "epoch")
+        claim = None if epoch is None else Position(db.seq if after is None else after, epoch)
+        self.cursor = SocketCursor(db.seq if after is None else min(after, db.seq))
         await self.accept()
         self.track()
-        if hub.last_seq is not None and hub.epoch != epoch:
-            await hub.reset_history(epoch, newest)  # restored since the hub last heard
         self.hub = hub
-        hub.attach(self, members, newest, epoch)
-        client_epoch = self._query_param("epoch")
+        await hub.attach(self, members, db)
         try:
-            if client_epoch is not None and (
-                client_epoch != epoch or (after is not None and after > newest)
-            ):
-                # The page's history is another than the database's: restored (or failed
-                # over) since it loaded. It starts over instead of replaying from `after`.
-                self.cursor.abandon_catch_up()
-                if client_epoch == epoch:  # it saw more than exists: an unannounced restore
-                    epoch = await _db(services.conversation_new_epoch)(
-                        conversation_id=self.conversation_id, seen_epoch=epoch
-                    )
-                    metrics.HISTORY_RESETS.inc()
-                    await hub.reset_history(epoch, newest)
-                else:
-                    metrics.HISTORY_RESETS.inc()
-                    await self.start_over(epoch, newest)
-            else:
-                sent = await self.catch_up()
-                if after is not None and after < newest:
-                    metrics.REPLAYS.inc()
-                    metrics.MESSAGES_REPLAYED.inc(sent)
+            await self._start(hub, claim, db, before)
         except DatabaseError:
-            logger.exception("database unavailable during replay")
+            logger.warning("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
             return
-        self.tasks.add(self.start_lifetime_timer())
-        if online := hub.presence_html():
-            await self.send(text_data=online)
+        await self.send_frames(hub.presence.html())
 
-    def _query_param(self, name: str) -> str | None:
-        values = parse_qs(self.scope.get("query_string", b"").decode("latin-1")).get(name)
-        return values[0][:64] if values else None
-
-    def _after_param(self) -> int | None:
+    def _after(self) -> int | None:
         try:
-            value = int(self._query_param("after") or "")
+            after = int(_query(self.scope, "after") or "")
         except ValueError:
             return None
-        return value if value >= 0 else None
+        return after if after >= 0 else None
+
+    async def _start(
+        self,
+        hub: ConversationHub,
+        claim: Position | None,
+        db: Position,
+        before: Position | None,
+    ) -> None:
+        """Replays what the page missed, or has it start over (chat.stream.judge). `claim`:
+        where the page says it is (None without an epoch: then `after` is clamped)."""
+        seen = 0
+        if claim is not None and claim.epoch == db.epoch and claim.seq > db.seq:
+            # The page says it saw more than the database holds: believed only if this server
+            # handed out or noted more, before a read of the database that finds less.
+            noted = await presence.noted_seq(self.conversation_id, db.epoch)
+            db = await dbcalls.db(selectors.conversation_position, read=True)(self.conversation_id)
+            handed = before.seq if before is not None and before.epoch == db.epoch else 0
+            seen = max(noted, handed)
+        verdict, reason = judge(db, claim, seen, settings.CHAT_CATCH_UP_MAX_MESSAGES)
+        if verdict is Verdict.REPLAY and db.seq - self.cursor.last_sent > (
+            settings.CHAT_CATCH_UP_MAX_MESSAGES
+        ):
+            verdict, reason = Verdict.RELOAD, "behind"  # no epoch given: clamped, then capped
+        if verdict is Verdict.NEW_EPOCH:
+            await hub.restart(db, reason)  # every socket here starts over, this one too
+        elif verdict is Verdict.RELOAD:
+            metrics.PAGE_RELOADS.labels(reason=reason).inc()
+            await self.start_over(db, reason)
+        else:
+            behind = db.seq - self.cursor.last_sent
+            sent = await catch_up(self, hub.stream)
+            if behind > 0:
+                metrics.REPLAYS.inc()
+                metrics.MESSAGES_REPLAYED.inc(sent)
+
+    async def disconnect(self, code: int) -> None:
+        hub = self.hub
+        if hub is not None and self.accepted:
+            hub.detach(self)
+            await hub.close_if_idle()
 
     def untrack(self) -> None:
         hub = self.hub
@@ -165,116 +160,50 @@ class ChatConsumer(ResilientConsumer):
             hub.abandon()  # cancelled without a disconnect: the server is stopping
         super().untrack()
 
-    async def disconnect(self, code: int) -> None:
-        if self.hub is None or not self.accepted:
-            return
-        for task in list(self.tasks):
-            task.cancel()
-        await self.leave_groups()
-        hub = self.hub
-        hub.detach(self)
-        await hub.close_if_idle()
+    # --- what the hub and the stream call -----------------------------------------------------
 
-    # --- delivery (the hub calls these) ---------------------------------------------------
-
-    async def push(self, rows: list[Row]) -> int:
-        """Consecutive sequences from the hub (chat.delivery decides what is sent). Returns
-        how many were sent (the hub counts them, once for all its sockets)."""
+    async def deliver(self, rows: list[Row]) -> int:
+        """Consecutive rows from the stream: sends what follows on from what was sent."""
         offer, rows = self.cursor.offer(rows)
         if offer is Offer.SEND:
-            await self.send(text_data=rows[0][1] if len(rows) == 1 else "".join(f for _, f in rows))
+            await self.send_frames(row.frame for row in rows)
             return len(rows)
-        if offer is Offer.READ:  # behind the hub (a catch-up that dropped frames)
-            task = asyncio.ensure_future(self._catch_up_or_close())
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+        if offer is Offer.READ:  # behind the stream (a catch-up that dropped rows)
+            self.spawn(self._catch_up_or_close())
         return 0
 
-    async def send_frame(self, frame: str) -> None:
-        if not self.closed:
+    async def send_frames(self, parts: Iterable[str]) -> None:
+        """`parts` in as few websocket messages as CHAT_MAX_FRAME_BYTES allows each."""
+        for frame in frames(parts, settings.CHAT_MAX_FRAME_BYTES):
+            if self.closed:
+                return
             await self.send(text_data=frame)
-
-    async def catch_up(self) -> int:
-        """Sends what this socket has not been sent yet: from the hub's recent frames when it
-        still has them all, else from the database; then what the hub handed over meanwhile.
-        Returns how many it sent."""
-        assert self.hub is not None
-        cursor = self.cursor
-        cursor.start_catch_up()
-        sent = 0
-        while True:
-            try:
-                while True:
-                    recent = self.hub.recent_after(cursor.last_sent)
-                    if recent is not None:
-                        if recent:
-                            cursor.sent(recent)
-                            sent += await self._send_backlog(recent, "".join(f for _, f in recent))
-                        break
-                    metrics.BACKLOG_READS.inc()
-                    rows = await _db(fragments.messages_after_html, read=True)(
-                        self.conversation_id, cursor.last_sent, None, BACKLOG_BATCH
-                    )
-                    if rows:
-                        cursor.sent(rows)
-                        sent += await self._send_backlog(
-                            rows, fragments.ws_messages(h for _, h in rows)
-                        )
-                    if len(rows) < BACKLOG_BATCH:
-                        break
-            except BaseException:
-                cursor.abandon_catch_up()
-                raise
-            offer, rows = cursor.end_catch_up()
-            if offer is Offer.SEND:  # consecutive: the hub hands them out in order
-                metrics.DELIVERIES.inc(len(rows))
-                await self.send(text_data="".join(f for _, f in rows))
-            if offer is not Offer.READ:
-                return sent
-            cursor.start_catch_up()  # some were dropped while we read: read again
-
-    async def _send_backlog(self, rows: list[Row], frame: str) -> int:
-        metrics.DELIVERIES.inc(len(rows))
-        await self.send(text_data=frame)
-        return len(rows)
 
     async def _catch_up_or_close(self) -> None:
         try:
-            await self.catch_up()
+            await catch_up(self, self.hub.stream)
         except DatabaseError:
             logger.warning("catch-up failed; the client reconnects and replays")
             await self.close(code=CLOSE_SERVICE_RESTART)
 
-    async def start_over(self, epoch: str, newest: int) -> None:
-        """The database's history is not the one this page has been shown (a restore): the
-        page is told to start over; the socket goes on from the database's newest message."""
-        logger.warning(
-            "history epoch changed; the page starts over",
-            extra={
-                "conversation": self.conversation_id,
-                "sent": self.cursor.last_sent,
-                "db": newest,
-            },
+    async def start_over(self, position: Position, reason: str) -> None:
+        """The page starts over (reloads); the socket goes on from `position`."""
+        logger.info(
+            "the page starts over",
+            extra={"conversation": self.conversation_id, "reason": reason, "db": position.seq},
         )
-        self.epoch = epoch
-        self.cursor.start_over(newest)
-        await self.send(text_data=fragments.reset_html(epoch))
+        self.cursor.start_over(position.seq)
+        await self.send_frames((fragments.reset_html(position.epoch, reason),))
 
-    def on_beat(self) -> None:
-        if self.rejoin_needed and not self.closed:
-            task = asyncio.ensure_future(self.join_groups(self.groups_wanted))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+    def revoke(self) -> None:
+        """No longer a participant: closed with 4403 at once."""
+        if not self.closed:
+            metrics.WEBSOCKET_REFUSALS.labels(reason="revoked").inc()
+            self.spawn(self.close(code=CLOSE_FORBIDDEN))
 
     # --- client frames --------------------------------------------------------------------
 
     async def websocket_receive(self, message: dict) -> None:
-        # The tuned runtime's input queue stamps each frame with when it reached the
-        # process (parley_runtime.websocket.InputQueue); the stock one does not.
-        self.frame_received_at: float | None = message.get("received_at")
-        await super().websocket_receive(message)
-
-    async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
         if self.closed:
             return  # frames still in flight after our close: no work, no reply, no log line
         # Every frame counts against the flood limit before anything else looks at it
@@ -285,25 +214,30 @@ class ChatConsumer(ResilientConsumer):
             await self.close(code=CLOSE_RATE_LIMITED)
             return
         try:
-            frame = protocol.parse_frame(text_data, settings.CHAT_MAX_FRAME_BYTES)
+            frame = protocol.parse_frame(message.get("text"), settings.CHAT_MAX_FRAME_BYTES)
         except protocol.FrameError as exc:
             await self.send_error(str(exc), exc.client_id)
             return
         if isinstance(frame, protocol.SendMessage):
-            await self.receive_message(frame)
+            await self.receive_message(frame, received_at(message))
         elif isinstance(frame, protocol.Typing):
             await self.receive_typing()
         else:
             await self.receive_read(frame.seq)
 
-    async def send_error(self, text: str, client_id: str | None = None) -> None:
-        await self.send(text_data=fragments.error_html(text, client_id=client_id))
+    async def send_error(
+        self, text: str, client_id: str | None = None, retry_after: float | None = None
+    ) -> None:
+        await self.send_frames(
+            (fragments.error_html(text, client_id=client_id, retry_after=retry_after),)
+        )
 
-    async def refuse_send(self, reason: str, client_id: str | None) -> None:
-        """Past capacity: not stored, said so at once; the page keeps it and retries."""
+    async def refuse_send(self, reason: str, client_id: str | None, text: str) -> None:
+        """Not stored (or not known to be): said so at once with a retry hint; the page keeps
+        the text and its client_id and sends it again (stored once, by client_id)."""
         metrics.MESSAGES_REFUSED.labels(reason=reason).inc()
         logger.warning(
-            "send refused: past capacity",
+            "send refused",
             extra={
                 "reason": reason,
                 "loop_lag_s": round(admission().current_lag(), 3),
@@ -311,20 +245,14 @@ class ChatConsumer(ResilientConsumer):
             },
         )
         retry = settings.CHAT_OVERLOAD_RETRY_SECONDS * random.uniform(1.0, 1.5)
-        await self.send(
-            text_data=fragments.error_html(
-                "The server is busy: your message was not sent yet. Retrying…",
-                client_id=client_id,
-                retry_after=round(retry, 1),
-            )
-        )
+        await self.send_error(text, client_id, retry_after=round(retry, 1))
 
-    async def receive_message(self, frame: protocol.SendMessage) -> None:
+    async def receive_message(self, frame: protocol.SendMessage, arrived: float | None) -> None:
         cid = frame.cid
         try:
             body = services.normalise_body(frame.text)
         except services.MessageRejected as exc:
-            await self.send_error(str(exc), cid)
+            await self.send_error(str(exc), cid)  # refused for good: the page gets it back
             return
         if not body:
             return  # empty or whitespace-only: ignored
@@ -335,49 +263,47 @@ class ChatConsumer(ResilientConsumer):
                 metrics.WEBSOCKET_REFUSALS.labels(reason="rate_limit").inc()
                 await self.close(code=CLOSE_RATE_LIMITED)
                 return
-            await self.send_error(
-                "You are sending messages too fast. Wait a few seconds and try again.", cid
+            await self.refuse_send(
+                "rate_limit", cid, "You are sending messages too fast: it will be sent shortly."
             )
             return
-        if reason := admission().refusal(self.frame_received_at):
-            await self.refuse_send(reason, cid)
+        if reason := admission().refusal(arrived):
+            await self.refuse_send(
+                reason, cid, "The server is busy: your message was not sent yet. Retrying…"
+            )
             return
-        try:
-            seq, frame, created = await dbcalls.store(
-                services.message_create_and_render, services.message_store
-            )(self.conversation_id, self.user_id, self.username, body, frame.client_id)
-        except Conversation.DoesNotExist:
-            await self.close(code=CLOSE_FORBIDDEN)
-            return
-        except dbcalls.DatabaseBusy:
-            await self.refuse_send("db_busy", cid)
-            return
-        except DatabaseError:
-            logger.exception("message not stored")
-            await self.send_error("Your message could not be saved. Please try again.", cid)
-            return
-        stored_at = time.perf_counter()
-        if created:
-            metrics.MESSAGES_STORED.inc()
-        # To this process's sockets at once (the sender's confirmation among them), then to
-        # the others through the layer. A retry of a message that was already stored is
-        # broadcast again: the process that stored it may have died before its broadcast,
-        # and nothing else would tell the peers (recipients drop a sequence they have).
         assert self.hub is not None
-        if await self.hub.publish(seq, frame) and created:
-            metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
+        try:
+            await services.message_send(
+                hub=self.hub,
+                sender_id=self.user_id,
+                sender_name=self.username,
+                body=body,
+                client_id=frame.client_id,
+            )
+        except Conversation.DoesNotExist:  # not a participant any more (or no conversation)
+            await self.close(code=CLOSE_FORBIDDEN)
+        except dbcalls.DatabaseBusy:
+            await self.refuse_send(
+                "db_busy", cid, "The server is busy: your message was not sent yet. Retrying…"
+            )
+        except DatabaseError:
+            # Stored or not is unknown (the reply may be what was lost): the page keeps the
+            # client_id and retries, and a retry cannot store it twice.
+            logger.exception("message not stored")
+            await self.refuse_send(
+                "db_error", cid, "Your message could not be saved yet. Retrying…"
+            )
 
     async def receive_typing(self) -> None:
-        if not self.limits.typing_ok():
-            return
-        await self.group_send(
-            self.group,
-            {
-                "type": "chat.typing",
-                "user_id": self.user_id,
-                "frame": fragments.typing_html(self.user_id, self.username),
-            },
-        )
+        if self.limits.typing_ok():
+            await events.broadcast(
+                events.typing(
+                    conversation_id=self.conversation_id,
+                    user_id=self.user_id,
+                    frame=fragments.typing_html(self.user_id, self.username),
+                )
+            )
 
     async def receive_read(self, seq: int) -> None:
         seq = min(seq, self.cursor.last_sent)
@@ -385,23 +311,113 @@ class ChatConsumer(ResilientConsumer):
             return
         self.read_seq = seq
         try:
-            await _db(services.conversation_mark_read)(
+            await services.read_marker_move(
                 conversation_id=self.conversation_id, user_id=self.user_id, seq=seq
             )
         except DatabaseError:
             logger.exception("read marker not stored")
+
+
+class InboxConsumer(Socket):
+    """`/ws/inbox[?since=<epoch ms>]`: the conversation list, live. It follows the user's
+    CHAT_INBOX_FOLLOW_LIMIT most recent conversations through their hubs here (one shared
+    row per message for all lists); its own user's read markers and new conversations reach
+    it through its user hub, each re-reading that one row."""
+
+    kind = "inbox"
+
+    async def websocket_connect(self, message: dict) -> None:
+        user = self.scope.get("user")
+        if user is None or not user.is_authenticated:
+            await self.refuse(CLOSE_UNAUTHENTICATED, "unauthenticated")
             return
-        await self.group_send(
-            user_group(self.user_id),
-            {
-                "type": "inbox.read",
-                "conversation_id": self.conversation_id,
-                "seq": seq,
-            },
-        )
+        limit = settings.CHAT_INBOX_FOLLOW_LIMIT
+        try:
+            ids = await dbcalls.db(selectors.recent_conversation_ids, read=True)(user.pk, limit)
+        except DatabaseError:
+            await self.close(code=CLOSE_TRY_AGAIN_LATER)
+            return
+        if not await self.admit(user):
+            return
+        self.following: dict[int, None] = {}  # least recently active first
+        await self.accept()
+        self.track()
+        for cid in reversed(ids):
+            self._follow(cid)
+        # Followed first, then caught up: rows that changed after the page was rendered.
+        since = self._since()
+        if since is not None:
+            try:
+                changed = await dbcalls.db(selectors.conversations_changed_since, read=True)(
+                    self.user_id, since, limit
+                )
+            except DatabaseError:
+                return
+            for cid in changed:
+                await self._send_own_row(cid)
 
-    async def inbox_read(self, event: dict) -> None:
-        pass  # for the conversation list; a chat page ignores it
+    def _since(self) -> datetime.datetime | None:
+        """`?since=<epoch ms>` from the page, as an aware datetime (None if absent or bad)."""
+        try:
+            millis = int(_query(self.scope, "since") or "")
+            return datetime.datetime.fromtimestamp(millis / 1000, tz=datetime.UTC)
+        except (ValueError, OverflowError, OSError):
+            return None
 
-    async def inbox_joined(self, event: dict) -> None:
-        pass
+    def _follow(self, conversation_id: int) -> None:
+        self.following.pop(conversation_id, None)
+        self.following[conversation_id] = None
+        hubs().hub(conversation_id).follow(self)
+        while len(self.following) > settings.CHAT_INBOX_FOLLOW_LIMIT:
+            self._unfollow(next(iter(self.following)))
+
+    def _unfollow(self, conversation_id: int) -> None:
+        if self.following.pop(conversation_id, 0) is None:
+            hub = hubs().hubs.get(conversation_id)
+            if hub is not None and hub.unfollow(self):
+                self.spawn(hub.close_if_idle())
+
+    async def disconnect(self, code: int) -> None:
+        for cid in list(getattr(self, "following", ())):
+            self._unfollow(cid)
+
+    def untrack(self) -> None:
+        for cid in list(getattr(self, "following", ())):
+            self.following.pop(cid, None)
+            hub = hubs().hubs.get(cid)
+            if hub is not None and hub.unfollow(self):
+                hub.abandon()  # cancelled without a disconnect: the server is stopping
+        super().untrack()
+
+    async def _send_own_row(self, conversation_id: int) -> None:
+        """The user's own row (title, unread count): one read, for this user's event only."""
+        try:
+            row = await dbcalls.db(selectors.conversation_row, read=True)(
+                self.user_id, self.username, conversation_id
+            )
+        except DatabaseError:
+            return
+        if row is not None and not self.closed:
+            await self.send(text_data=fragments.conversation_row_html(row))
+
+    # --- what the hubs call ---------------------------------------------------------------
+
+    async def send_row(self, conversation_id: int, frame: str) -> None:
+        """A message's row, shared by every list (chat.js keeps this page's title and works
+        out its unread count)."""
+        if conversation_id in self.following:
+            self.following.pop(conversation_id)
+            self.following[conversation_id] = None  # most recently active
+        await self.send(text_data=frame)
+
+    async def unfollow(self, conversation_id: int) -> None:
+        if conversation_id in self.following:
+            self._unfollow(conversation_id)
+            await self.send(text_data=fragments.conversation_row_gone_html(conversation_id))
+
+    async def on_read(self, conversation_id: int, seq: int) -> None:
+        await self._send_own_row(conversation_id)
+
+    async def on_joined(self, conversation_id: int) -> None:
+        self._follow(conversation_id)
+        await self._send_own_row(conversation_id)

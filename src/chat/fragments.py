@@ -13,6 +13,8 @@ replaces rather than duplicates.
 
 from __future__ import annotations
 
+import datetime
+import functools
 import sys
 import threading
 from collections import OrderedDict
@@ -126,27 +128,26 @@ def history_html(conversation_id: int, keys: list[tuple]) -> SafeString:
     return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308
 
 
-def reset_html(epoch: str) -> str:
-    """Tells the page its history is gone (restored or failed over): chat.js starts over."""
-    return _render("chat/partials/reset.html", {"epoch": epoch})
+def reset_html(epoch: str, reason: str) -> str:
+    """Tells the page to start over (reload): its history was restored ("restored"), it is
+    too far behind to replay ("behind"), or it says it saw more than exists ("ahead")."""
+    return _render("chat/partials/reset.html", {"epoch": epoch, "reason": reason})
 
 
-def ws_messages(fragments: Iterable[str]) -> str:
-    """Wraps message fragments so the ws extension appends them to #messages."""
-    # Each part is the autoescaped output of the message template.
-    joined = mark_safe("".join(fragments))  # noqa: S308
-    return _render("chat/partials/messages_oob.html", {"messages": joined})
+@functools.cache
+def _oob() -> tuple[str, str]:
+    """chat/partials/messages_oob.html cut at its one slot: a frame is made for every message
+    a process stores or reads, so it is joined, not rendered."""
+    html = get_template("chat/partials/messages_oob.html").render({"messages": "\x00"})
+    before, after = html.split("\x00")
+    return before, after
 
 
-def messages_after_html(
-    conversation_id: int, after_seq: int, upto: int | None, limit: int
-) -> list[tuple[int, str]]:
-    """(seq, fragment) pairs of the stored messages after `after_seq`, oldest first: replay
-    and gap healing. Runs in a database thread."""
-    return [
-        (m.seq, message_html(m))
-        for m in selectors.messages_after(conversation_id, after_seq, upto=upto, limit=limit)
-    ]
+def ws_message(html: str) -> str:
+    """A message fragment's whole websocket frame: the ws extension appends it to #messages.
+    Frames of several messages concatenate (chat.stream.frames)."""
+    before, after = _oob()
+    return before + html + after
 
 
 def error_html(text: str, *, client_id: str | None = None, retry_after: float | None = None) -> str:
@@ -168,8 +169,32 @@ def typing_html(user_id: int, username: str) -> str:
 
 
 def conversation_row_html(row: ConversationRow) -> str:
-    """A conversation-list row that moves to the top of the list (chat.js drops the old one)."""
+    """A user's own conversation-list row that moves to the top of the list (chat.js drops
+    the old one)."""
     return _render("chat/partials/conversation_row_oob.html", {"row": row})
+
+
+def conversation_row_live_html(
+    *, conversation_id: int, last_seq: int, preview: str, sender: str, at: float
+) -> str:
+    """A new message's conversation-list row, the same for every member's list (rendered once
+    per process, chat.hub): no title or unread count, which are the viewer's; chat.js keeps
+    the page's title and works the count out from its own read marker."""
+    return _render(
+        "chat/partials/conversation_row_live.html",
+        {
+            "conversation_id": conversation_id,
+            "last_seq": last_seq,
+            "preview": preview,
+            "sender": sender,
+            "at": datetime.datetime.fromtimestamp(at, tz=datetime.UTC) if at else None,
+        },
+    )
+
+
+def conversation_row_gone_html(conversation_id: int) -> str:
+    """Takes a conversation off the list (its user left or was removed)."""
+    return _render("chat/partials/conversation_row_gone.html", {"conversation_id": conversation_id})
 
 
 def _render(template: str, context: dict) -> str:

@@ -23,6 +23,15 @@ class Conversation(models.Model):
         settings.AUTH_USER_MODEL, through="Participant", related_name="conversations"
     )
     created_at = models.DateTimeField(auto_now_add=True)
+    # Who started it (None for conversations from before this field, or a deleted user):
+    # conversations a user may start are counted per window (services.conversation_start).
+    created_by = models.ForeignKey(
+        settings.AUTH_USER_MODEL,
+        null=True,
+        blank=True,
+        on_delete=models.SET_NULL,
+        related_name="+",
+    )
     last_seq = models.PositiveBigIntegerField(default=0)
     # Which history `last_seq` counts in. A restore (or a failover to a replica that lagged)
     # brings back an older history whose sequence numbers pages have already seen: a new
@@ -37,6 +46,7 @@ class Conversation(models.Model):
 
     class Meta:
         ordering = ["-last_message_at", "-id"]
+        indexes = [models.Index(fields=["created_by", "created_at"])]
 
     def __str__(self) -> str:
         return self.title or f"Conversation {self.pk}"

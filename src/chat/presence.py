@@ -1,13 +1,17 @@
-"""Who is online in a conversation, and the newest sequence number seen by the layer.
+"""What the cluster shares in Redis beside the channel layer: who is online in each
+conversation, the newest sequence number each conversation's processes handed out, and how
+many sockets each user holds open.
 
-Entries are per user per process (the conversation's hub, chat.hub) and carry an expiry,
-refreshed by the process's heartbeat (chat.heartbeat): several tabs of one user count once,
-and a crashed process's entries lapse after CHAT_PRESENCE_TTL.
-The newest-sequence key lets an idle consumer notice a broadcast the layer dropped (a "tail
-gap" that no later message reveals) and heal it from the database. Each process notes its
-hubs' newest sequences in its heartbeat's pipeline, not once per send: a note per send was a
-Redis call on every send's path (issue 17, profiled: 5% of a daphne's CPU at 300 msg/s), and
-the database, which the heartbeat reads too, outranks the note anyway.
+- Presence entries are per user per process (the conversation's hub, chat.online) and carry
+  an expiry, refreshed by the process's heartbeat (chat.heartbeat): several tabs of one user
+  count once, and a crashed process's entries lapse after CHAT_PRESENCE_TTL.
+- The newest-sequence note lets a process notice a broadcast the layer dropped (a "tail gap"
+  that no later message reveals) when the database cannot answer, and is evidence that a
+  history went back (chat.stream.judge). The heartbeat writes it in its pipeline, never a
+  send (a Redis call on every send's path).
+- Socket counts are per user per process, counted only while the process is alive (its
+  heartbeat refreshes its liveness): a crashed process's sockets stop counting after
+  CHAT_PRESENCE_TTL. Keys are sharded by conversation or user over REDIS_URL's servers.
 """
 
 from __future__ import annotations
@@ -17,6 +21,8 @@ import time
 from typing import Protocol
 
 from django.conf import settings
+
+from parley.layer import PROCESS
 
 
 class PresenceStore(Protocol):
@@ -39,6 +45,17 @@ class PresenceStore(Protocol):
 
     async def note_seq(self, conversation_id: int, seq: int, epoch: str = "") -> None: ...
 
+    async def noted_seq(self, conversation_id: int, epoch: str) -> int:
+        """The newest sequence noted for the conversation in `epoch` (0: none)."""
+        ...
+
+    async def socket_opened(self, user_id: int, cap: int) -> bool:
+        """Counts one more socket of the user for this process, unless the user already holds
+        `cap` in the cluster (then False, nothing counted)."""
+        ...
+
+    async def socket_closed(self, user_id: int) -> None: ...
+
 
 def _ttl() -> int:
     return settings.CHAT_PRESENCE_TTL
@@ -50,6 +67,7 @@ class LocalPresence:
     def __init__(self) -> None:
         self._entries: dict[int, dict[str, tuple[int, float]]] = {}
         self._seq: dict[tuple[int, str], int] = {}
+        self._sockets: dict[int, int] = {}
 
     def _online(self, conversation_id: int) -> set[int]:
         now = time.time()
@@ -91,6 +109,22 @@ class LocalPresence:
         key = (conversation_id, epoch)
         self._seq[key] = max(seq, self._seq.get(key, 0))
 
+    async def noted_seq(self, conversation_id: int, epoch: str) -> int:
+        return self._seq.get((conversation_id, epoch), 0)
+
+    async def socket_opened(self, user_id: int, cap: int) -> bool:
+        if self._sockets.get(user_id, 0) >= cap:
+            return False
+        self._sockets[user_id] = self._sockets.get(user_id, 0) + 1
+        return True
+
+    async def socket_closed(self, user_id: int) -> None:
+        left = self._sockets.get(user_id, 0) - 1
+        if left > 0:
+            self._sockets[user_id] = left
+        else:
+            self._sockets.pop(user_id, None)
+
 
 _NOTE_SEQ = """
 local cur = tonumber(redis.call('GET', KEYS[1]) or '0')
@@ -99,15 +133,41 @@ return 0
 """
 
 
+# KEYS: the user's counts (process -> sockets), the shard's live processes (process -> until)
+# ARGV: this process, the cap, now, liveness seconds, the counts' expiry
+_SOCKET_OPENED = """
+redis.call('ZADD', KEYS[2], tonumber(ARGV[3]) + tonumber(ARGV[4]), ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', ARGV[3])
+local counts = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #counts, 2 do
+  if redis.call('ZSCORE', KEYS[2], counts[i]) then
+    total = total + tonumber(counts[i + 1])
+  else
+    redis.call('HDEL', KEYS[1], counts[i])
+  end
+end
+if total >= tonumber(ARGV[2]) then return 0 end
+redis.call('HINCRBY', KEYS[1], ARGV[1], 1)
+redis.call('EXPIRE', KEYS[1], ARGV[5])
+return 1
+"""
+_SOCKET_CLOSED = """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then redis.call('HDEL', KEYS[1], ARGV[1]) end
+return 0
+"""
+
+
 class RedisPresence:
     def __init__(self, urls: list[str]) -> None:
         self._urls = urls
         self._clients: dict[tuple[int, int], object] = {}
+        self.process = PROCESS  # this process's name in the socket counts
 
-    def _client(self, conversation_id: int):
+    def _client(self, key_id: int):
         import redis.asyncio as aioredis
 
-        index = conversation_id % len(self._urls)
+        index = key_id % len(self._urls)
         key = (id(asyncio.get_running_loop()), index)
         client = self._clients.get(key)
         if client is None:
@@ -169,14 +229,16 @@ class RedisPresence:
         shard. A shard that cannot be reached leaves its conversations out of the answer
         (their sockets treat the beat as missed)."""
         epochs, newest = epochs or {}, newest or {}
-        by_shard: dict[int, list[int]] = {}
+        # Every shard, conversations or not: each keeps this process's liveness.
+        by_shard: dict[int, list[int]] = {index: [] for index in range(len(self._urls))}
         for cid in entries:
-            by_shard.setdefault(cid % len(self._urls), []).append(cid)
+            by_shard[cid % len(self._urls)].append(cid)
         answers: dict[int, tuple[set[int], int]] = {}
 
-        async def beat(cids: list[int]) -> None:
+        async def beat(index: int, cids: list[int]) -> None:
             now = time.time()
-            pipe = self._client(cids[0]).pipeline(transaction=False)
+            pipe = self._client(index).pipeline(transaction=False)
+            self._alive(pipe, now)
             ends = []
             for cid in cids:
                 e = now + _ttl()
@@ -190,7 +252,9 @@ class RedisPresence:
             for cid, end in zip(cids, ends, strict=True):
                 answers[cid] = self._answer(*result[end - 2 : end])
 
-        outcomes = await asyncio.gather(*map(beat, by_shard.values()), return_exceptions=True)
+        outcomes = await asyncio.gather(
+            *(beat(i, cids) for i, cids in by_shard.items()), return_exceptions=True
+        )
         for outcome in outcomes:
             if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
                 raise outcome  # cancellation
@@ -199,9 +263,51 @@ class RedisPresence:
     async def note_seq(self, conversation_id: int, seq: int, epoch: str = "") -> None:
         await self._note(self._client(conversation_id), conversation_id, seq, epoch)
 
+    async def noted_seq(self, conversation_id: int, epoch: str) -> int:
+        value = await self._client(conversation_id).get(self._seq_key(conversation_id, epoch))
+        return int(value or 0)
+
+    @staticmethod
+    def _socket_keys(user_id: int) -> list[str]:
+        prefix = settings.REDIS_KEY_PREFIX
+        return [f"{prefix}:sockets:{user_id}", f"{prefix}:processes"]
+
+    async def socket_opened(self, user_id: int, cap: int) -> bool:
+        opened = await self._client(user_id).eval(
+            _SOCKET_OPENED,
+            2,
+            *self._socket_keys(user_id),
+            self.process,
+            cap,
+            time.time(),
+            _ttl(),
+            86400,
+        )
+        return bool(opened)
+
+    async def socket_closed(self, user_id: int) -> None:
+        await self._client(user_id).eval(
+            _SOCKET_CLOSED, 1, self._socket_keys(user_id)[0], self.process
+        )
+
+    def _alive(self, pipe, now: float) -> None:
+        """Queues this process's liveness on a shard (its socket counts keep counting)."""
+        pipe.zadd(f"{settings.REDIS_KEY_PREFIX}:processes", {self.process: now + _ttl()})
+
     def _note(self, target, conversation_id: int, seq: int, epoch: str):
         """The note on a client (awaitable) or queued on a pipeline: it only grows."""
         return target.eval(_NOTE_SEQ, 1, self._seq_key(conversation_id, epoch), seq, 86400)
+
+
+async def noted_seq(conversation_id: int, epoch: str) -> int:
+    """The newest sequence any process noted handing out in `epoch` (0 if none, or if Redis
+    cannot answer)."""
+    from parley.layer import LAYER_ERRORS
+
+    try:
+        return await presence_store().noted_seq(conversation_id, epoch)
+    except LAYER_ERRORS:
+        return 0
 
 
 _store: PresenceStore | None = None

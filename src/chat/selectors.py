@@ -17,6 +17,7 @@ from django.db import connection
 from django.db.models import F
 
 from chat.models import Conversation, Message, Participant
+from chat.positions import Position
 
 
 @dataclass(frozen=True)
@@ -126,17 +127,24 @@ def _member_names(conversation_ids: list[int]) -> dict[int, list[str]]:
     return names
 
 
-def conversation_list(user: AbstractBaseUser) -> list[ConversationRow]:
-    """Every conversation the user takes part in, newest activity first, with unread counts."""
-    memberships = list(
-        Participant.objects.filter(user=user)
-        .select_related("conversation")
-        .order_by(
-            F("conversation__last_message_at").desc(nulls_last=True),
-            "-conversation__created_at",
-            "-conversation_id",
-        )
-    )
+# Newest activity first; conversations without messages by when they started.
+_LIST_ORDER = (
+    F("conversation__last_message_at").desc(nulls_last=True),
+    "-conversation__created_at",
+    "-conversation_id",
+)
+
+
+def conversation_list(
+    user: AbstractBaseUser, *, limit: int | None = None, offset: int = 0
+) -> list[ConversationRow]:
+    """The conversations the user takes part in, newest activity first, with unread counts
+    (`limit` of them after the first `offset`)."""
+    memberships = Participant.objects.filter(user=user).select_related("conversation")
+    memberships = memberships.order_by(*_LIST_ORDER)[
+        offset : None if limit is None else offset + limit
+    ]
+    memberships = list(memberships)
     names = _member_names([p.conversation_id for p in memberships])
     viewer = user.get_username()
     return [
@@ -187,18 +195,26 @@ def participant_user_ids(conversation_id: int) -> list[int]:
 
 
 def recent_conversation_ids(user_id: int, limit: int) -> list[int]:
+    """The user's `limit` most recently active conversations, as conversation_list orders."""
     return list(
         Participant.objects.filter(user_id=user_id)
-        .order_by(F("conversation__last_message_at").desc(nulls_last=True), "-conversation_id")
+        .order_by(*_LIST_ORDER)
         .values_list("conversation_id", flat=True)[:limit]
     )
 
 
-def connect_info(conversation_id: int) -> tuple[dict[int, str], int, str]:
-    """Participants (id -> username), the newest sequence and the history's epoch, for a
-    connecting socket."""
+def connect_info(conversation_id: int) -> tuple[dict[int, str], Position]:
+    """Participants (id -> username) and the history's position, for a connecting socket."""
     members = conversation_members(conversation_id)
-    return (members.names, members.last_seq, members.epoch) if members else ({}, 0, "")
+    if members is None:
+        return {}, Position(0, "")
+    return members.names, Position(members.last_seq, members.epoch)
+
+
+def conversation_position(conversation_id: int) -> Position:
+    """The conversation's newest sequence and epoch (0 and "" if there is none)."""
+    row = Conversation.objects.filter(pk=conversation_id).values_list("last_seq", "epoch").first()
+    return Position(*row) if row else Position(0, "")
 
 
 def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:
@@ -210,13 +226,22 @@ def conversations_changed_since(user_id: int, since, limit: int) -> list[int]:
     )
 
 
-def newest_seqs(conversation_ids: list[int]) -> dict[int, tuple[int, str]]:
-    """Each conversation's newest sequence and epoch, by id (one query for the process
-    heartbeat)."""
-    rows = Conversation.objects.filter(pk__in=conversation_ids).values_list(
+def conversation_states(
+    conversation_ids: list[int],
+) -> dict[int, tuple[Position, frozenset[int]]]:
+    """Each conversation's position and participants, by id (the process heartbeat)."""
+    positions = Conversation.objects.filter(pk__in=conversation_ids).values_list(
         "pk", "last_seq", "epoch"
     )
-    return {pk: (seq, epoch) for pk, seq, epoch in rows}
+    members: dict[int, set[int]] = {}
+    rows = Participant.objects.filter(conversation_id__in=conversation_ids).values_list(
+        "conversation_id", "user_id"
+    )
+    for cid, uid in rows:
+        members.setdefault(cid, set()).add(uid)
+    return {
+        pk: (Position(seq, epoch), frozenset(members.get(pk, ()))) for pk, seq, epoch in positions
+    }
 
 
 def live_session_keys(session_keys: list[str]) -> set[str]:

@@ -1,24 +1,32 @@
-"""Logging out over HTTP ends that user's open sockets at once."""
+"""Model and auth signals that become events (chat.events): logging out ends that session's
+sockets; a participant removed anyhow (a service, the admin, a deleted conversation) has
+their sockets on the conversation closed."""
 
 from __future__ import annotations
 
-import logging
-
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.contrib.auth.signals import user_logged_out
+from django.db import transaction
+from django.db.models.signals import post_delete
 from django.dispatch import receiver
 
-logger = logging.getLogger(__name__)
+from chat import events
+from chat.models import Participant
 
 
 @receiver(user_logged_out)
-def end_user_sockets(sender, request, user, **kwargs) -> None:
+def end_session_sockets(sender, request, user, **kwargs) -> None:
+    """The sockets of this session close with 4401; the user's other devices stay."""
     if user is None:
         return
-    from chat.groups import user_group
+    session_key = getattr(getattr(request, "session", None), "session_key", None)
+    events.broadcast_sync(events.session_ended(user_id=user.pk, session_key=session_key))
 
-    try:
-        async_to_sync(get_channel_layer().group_send)(user_group(user.pk), {"type": "session.end"})
-    except Exception:  # the layer being down must not break logging out
-        logger.exception("could not end the user's sockets", extra={"user": user.pk})
+
+@receiver(post_delete, sender=Participant)
+def revoke_removed_participant(sender, instance: Participant, **kwargs) -> None:
+    """Once committed: the removed user's sockets on the conversation close with 4403, in
+    every process, and their conversation lists drop it."""
+    event = events.members(
+        conversation_id=instance.conversation_id, removed=[instance.user_id], added=[]
+    )
+    transaction.on_commit(lambda: events.broadcast_sync(event))

@@ -1,4 +1,9 @@
-"""Websocket consumers that outlive outages, and the close codes Parley uses.
+"""What every Parley websocket shares (chat.consumers has the two kinds), and the close
+codes it uses.
+
+A socket holds no channel-layer channel of its own: the events it must hear reach it through
+its process's hubs (chat.hub for its conversation, chat.users for its user), so it costs no
+Redis subscription and keeps no waiting layer receive, and a Redis outage never ends it.
 
 The HTMX ws extension reconnects only after 1006, 1011, 1012 and 1013, so refusals use 4xxx
 codes (no retry) and anything the client should recover from uses 1012.
@@ -12,12 +17,12 @@ import random
 
 from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
-from channels.layers import get_channel_layer
 from django.conf import settings
 
 import parley_runtime
-from chat.groups import LAYER_ERRORS
+from chat import events
 from chat.heartbeat import heartbeat
+from chat.users import TooManySockets, users
 from parley import drain, metrics
 from parley_runtime import consumer as consumer_runtime
 
@@ -28,6 +33,7 @@ CLOSE_TRY_AGAIN_LATER = 1013
 CLOSE_UNAUTHENTICATED = 4401
 CLOSE_FORBIDDEN = 4403
 CLOSE_NOT_FOUND = 4404
+CLOSE_TOO_MANY_SOCKETS = 4409
 CLOSE_RATE_LIMITED = 4429
 
 
@@ -39,8 +45,7 @@ def note_refusal(code: int, reason: str, path: str | None) -> None:
 
 async def no_such_socket(scope: dict, receive, send) -> None:
     """Every websocket path no consumer serves: accepted, then closed with 4404, as a refusal
-    (logged and counted, no traceback; without it the router raised, the server logged an
-    error and the client got a 500). A bare ASGI app: no channel layer, no heartbeat."""
+    (logged and counted, no traceback). A bare ASGI app: no hub, no heartbeat."""
     if (await receive())["type"] != "websocket.connect":
         return
     note_refusal(CLOSE_NOT_FOUND, "not_found", scope.get("path"))
@@ -48,17 +53,13 @@ async def no_such_socket(scope: dict, receive, send) -> None:
     await send({"type": "websocket.close", "code": CLOSE_NOT_FOUND})
 
 
-class ResilientConsumer(AsyncWebsocketConsumer):
-    """A websocket consumer that outlives channel-layer outages.
+class Socket(AsyncWebsocketConsumer):
+    """A logged-in user's websocket: counted against the user's socket caps, closed by a
+    drain, by its session's end and at CHAT_SOCKET_MAX_AGE."""
 
-    Channels ends a consumer when the layer's receive raises, which with Redis down means
-    every socket is dropped and every client reconnects into the same outage. Here the
-    socket stays open: the consumer stops listening, retries joining its groups with
-    backoff, and on recovery dispatches `layer.recovered` so the subclass can heal.
-    """
-
-    groups_wanted: list[str]
     kind = "chat"
+    user_id: int
+    username: str
 
     @classmethod
     def as_asgi(cls, **initkwargs):
@@ -69,30 +70,41 @@ class ResilientConsumer(AsyncWebsocketConsumer):
     def __call__(self, scope, receive, send):  # noqa: D102 (ASGI entry)
         self.scope = scope
         self.base_send = send
-        self.groups_wanted = []
-        self.layer_ok = True
         self.accepted = False
         self.closed = False
         self.tasks: set[asyncio.Task | asyncio.TimerHandle] = set()  # cancelled at the end
         self.tracked = False
-        self.rejoin_needed = False
-        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.attached = False  # counted in users()
         return consumer_runtime.dispatch_loop(
-            parley_runtime.mode(),
-            (receive, self._layer_receive),
-            self.dispatch,
-            start=self._new_channel,
-            finish=self._finish,
+            parley_runtime.mode(), receive, self.dispatch, finish=self._finish
         )
-
-    async def _new_channel(self) -> None:
-        self.channel_name = await self.channel_layer.new_channel()
 
     def _finish(self) -> None:
         # Cancelled or crashed, background work dies with the socket.
         for task in list(self.tasks):
             task.cancel()
         self.untrack()
+
+    def spawn(self, coroutine) -> None:
+        """Runs `coroutine` for this socket: cancelled if the socket ends first."""
+        task = asyncio.ensure_future(coroutine)
+        self.tasks.add(task)
+        task.add_done_callback(self.tasks.discard)
+
+    async def admit(self, user) -> bool:
+        """Counts the socket against its user's caps; past one, refuses it with 4409."""
+        self.user_id = user.pk
+        self.username = user.get_username()
+        self.session_key: str = self.scope.get("session_key") or ""
+        self.session_tag = events.session_tag(self.session_key)
+        try:
+            await users().attach(self)
+        except TooManySockets as exc:
+            logger.info("too many sockets", extra={"user": self.user_id, "where": str(exc)})
+            await self.refuse(CLOSE_TOO_MANY_SOCKETS, "too_many_sockets")
+            return False
+        self.attached = True
+        return True
 
     def track(self) -> None:
         """The socket is open and live: count it, let a drain close it, and let the process
@@ -101,11 +113,14 @@ class ResilientConsumer(AsyncWebsocketConsumer):
         drain.register(self)
         metrics.WEBSOCKET_CONNECTS.labels(kind=self.kind).inc()
         metrics.WEBSOCKETS_OPEN.labels(kind=self.kind).inc()
-        self.session_key: str = self.scope.get("session_key") or ""
         self.auth_hash: str = self.scope["user"].get_session_auth_hash()
         heartbeat().watch(self)
+        self.tasks.add(self.start_lifetime_timer())
 
     def untrack(self) -> None:
+        if self.attached:
+            self.attached = False
+            users().abandon(self)
         if self.tracked:
             self.tracked = False
             drain.unregister(self)
@@ -113,73 +128,25 @@ class ResilientConsumer(AsyncWebsocketConsumer):
             metrics.WEBSOCKETS_OPEN.labels(kind=self.kind).dec()
 
     def on_session_ended(self) -> None:
-        """The heartbeat found this socket's session gone (logged out, even while Redis was
-        down; expired; password changed; user deactivated)."""
+        """The socket's session is gone (logged out, expired, password changed, user
+        deactivated): the heartbeat or the user's logout event found it."""
         if not self.closed:
             logger.info("session ended; closing socket", extra={"user": self.user_id})
-            task = asyncio.ensure_future(self.close(code=CLOSE_UNAUTHENTICATED))
-            self.tasks.add(task)
-            task.add_done_callback(self.tasks.discard)
+            self.spawn(self.close(code=CLOSE_UNAUTHENTICATED))
+
+    async def on_read(self, conversation_id: int, seq: int) -> None:
+        pass  # for conversation lists
+
+    async def on_joined(self, conversation_id: int) -> None:
+        pass  # for conversation lists
 
     async def dispatch(self, message: dict) -> None:
-        # Channels' default dispatch hops to the DB thread before every handler
-        # (aclose_old_connections). Our DB calls go through database_sync_to_async, which
-        # already manages connections, so deliveries stay on the event loop.
+        # Channels' default dispatch hops to the database thread before every handler
+        # (aclose_old_connections); database calls here go through parley.dbcalls instead.
         handler = getattr(self, message["type"].replace(".", "_"), None)
         if handler is None or message["type"].startswith("_"):
             raise ValueError(f"No handler for message type {message['type']}")
         await handler(message)
-
-    async def _layer_receive(self) -> dict:
-        if self.layer_ok:
-            try:
-                return await self.channel_layer.receive(self.channel_name)
-            except LAYER_ERRORS as exc:
-                self.layer_ok = False
-                logger.warning("channel layer lost", extra={"error": repr(exc)})
-                return {"type": "layer.lost"}
-        delay = 0.25
-        while True:
-            await asyncio.sleep(delay * (0.5 + random.random()))
-            try:
-                for group in self.groups_wanted:
-                    await self.channel_layer.group_add(group, self.channel_name)
-            except LAYER_ERRORS:
-                delay = min(delay * 2, 5.0)
-                continue
-            self.layer_ok = True
-            self.rejoin_needed = False
-            logger.info("channel layer recovered")
-            return {"type": "layer.recovered"}
-
-    async def join_groups(self, groups: list[str]) -> bool:
-        """Joins the groups; on failure, the layer's recovery or the heartbeat retries."""
-        self.groups_wanted = list(groups)
-        try:
-            for group in groups:
-                await self.channel_layer.group_add(group, self.channel_name)
-        except LAYER_ERRORS as exc:
-            logger.warning("group join failed; will retry", extra={"error": repr(exc)})
-            self.rejoin_needed = True
-            return False
-        self.rejoin_needed = False
-        return True
-
-    async def leave_groups(self) -> None:
-        for group in self.groups_wanted:
-            try:
-                await self.channel_layer.group_discard(group, self.channel_name)
-            except LAYER_ERRORS:
-                break  # entries expire with the layer's group_expiry
-
-    async def group_send(self, group: str, event: dict) -> bool:
-        try:
-            await self.channel_layer.group_send(group, event)
-            return True
-        except LAYER_ERRORS as exc:
-            metrics.BROADCAST_FAILURES.inc()
-            logger.warning("group_send failed", extra={"group": group, "error": repr(exc)})
-            return False
 
     async def accept(self, subprotocol=None, headers=None):
         self.accepted = True
@@ -201,27 +168,22 @@ class ResilientConsumer(AsyncWebsocketConsumer):
 
     async def websocket_disconnect(self, message: dict) -> None:
         try:
+            for task in list(self.tasks):
+                task.cancel()
             await self.disconnect(message.get("code", 1006))
+            if self.attached:
+                self.attached = False
+                users().detach(self)
         finally:
             raise StopConsumer()
-
-    async def layer_lost(self, event: dict) -> None:
-        pass
-
-    async def layer_recovered(self, event: dict) -> None:
-        pass
-
-    async def session_end(self, event: dict) -> None:
-        """The user logged out over HTTP: this socket's credentials are gone."""
-        await self.close(code=CLOSE_UNAUTHENTICATED)
 
     async def drain(self, code: int) -> None:
         await self.close(code=code)
 
     def start_lifetime_timer(self) -> asyncio.TimerHandle:
         """Closes with 1012 after CHAT_SOCKET_MAX_AGE (jittered): the client reconnects and
-        replays. This bounds how long a group entry can outlive a crashed process. A timer,
-        not a task: idle sockets are many, and a sleeping task costs far more memory."""
+        replays. A timer, not a task: idle sockets are many, and a sleeping task costs far
+        more memory."""
         delay = settings.CHAT_SOCKET_MAX_AGE * random.uniform(0.85, 1.0)
         return asyncio.get_running_loop().call_later(
             delay, lambda: asyncio.ensure_future(self.close(code=CLOSE_SERVICE_RESTART))

@@ -3,19 +3,15 @@ from __future__ import annotations
 import logging
 import time
 
-from asgiref.sync import async_to_sync
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.db import transaction
 from django.http import Http404, HttpRequest, HttpResponse
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import fragments, selectors, services
 from chat.forms import ConversationStartForm, SignupForm
-from chat.groups import user_group
 from parley.auth import hashing
 
 logger = logging.getLogger(__name__)
@@ -41,23 +37,35 @@ def signup(request: HttpRequest) -> HttpResponse:
 @require_GET
 def conversation_list(request: HttpRequest) -> HttpResponse:
     # Taken before the rows are read: the list socket sends whatever changed after it, so an
-    # update between this render and the socket joining its groups is not missed.
+    # update between this render and the socket following its conversations is not missed.
     rendered_at = int(time.time() * 1000)
-    return render(
-        request,
-        "chat/conversation_list.html",
-        {
-            "rows": selectors.conversation_list(request.user),
-            "form": ConversationStartForm(),
-            "rendered_at": rendered_at,
-        },
-    )
+    return render(request, "chat/conversation_list.html", _list_context(request, rendered_at))
+
+
+def _list_context(request: HttpRequest, rendered_at: int | None = None, form=None) -> dict:
+    """The CHAT_INBOX_FOLLOW_LIMIT most recently active conversations (what the list's
+    socket follows live); `?page=N` for older ones."""
+    try:
+        page = max(1, int(request.GET.get("page", "1")))
+    except ValueError:
+        page = 1
+    limit = settings.CHAT_INBOX_FOLLOW_LIMIT
+    rows = selectors.conversation_list(request.user, limit=limit + 1, offset=(page - 1) * limit)
+    return {
+        "rows": rows[:limit],
+        "form": form or ConversationStartForm(),
+        "rendered_at": rendered_at if page == 1 else None,  # older pages are not live
+        "page": page,
+        "more": len(rows) > limit,
+    }
 
 
 @login_required
 @require_POST
 def conversation_new(request: HttpRequest) -> HttpResponse:
     form = ConversationStartForm(request.POST)
+    status = 400
+    headers = {}
     if form.is_valid():
         try:
             conversation = services.conversation_start(
@@ -70,31 +78,30 @@ def conversation_new(request: HttpRequest) -> HttpResponse:
                 form.add_error("usernames", f"No such user: {', '.join(exc.usernames)}.")
             else:
                 form.add_error("usernames", "Name at least one other user.")
-        else:
-            user_ids = selectors.participant_user_ids(conversation.pk)
-            transaction.on_commit(lambda: _announce(conversation.pk, user_ids))
-            return redirect("chat:conversation_detail", conversation_id=conversation.pk)
-    return render(
-        request,
-        "chat/conversation_list.html",
-        {
-            "rows": selectors.conversation_list(request.user),
-            "form": form,
-        },
-        status=400,
-    )
-
-
-def _announce(conversation_id: int, user_ids: list[int]) -> None:
-    """Open conversation lists of the participants start following the new conversation."""
-    layer = get_channel_layer()
-    try:
-        for uid in user_ids:
-            async_to_sync(layer.group_send)(
-                user_group(uid), {"type": "inbox.joined", "conversation_id": conversation_id}
+        except services.TooManyConversations as exc:
+            form.add_error(
+                None,
+                "You have started too many conversations in a short time. "
+                f"Try again in {exc.retry_after} seconds.",
             )
-    except Exception:
-        logger.warning("could not announce new conversation", exc_info=True)
+            status, headers = 429, {"Retry-After": str(exc.retry_after)}
+        else:
+            return redirect("chat:conversation_detail", conversation_id=conversation.pk)
+    response = render(
+        request, "chat/conversation_list.html", _list_context(request, form=form), status=status
+    )
+    for name, value in headers.items():
+        response[name] = value
+    return response
+
+
+@login_required
+@require_POST
+def conversation_leave(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """Leaves the conversation: its sockets of this user close, its row leaves the lists."""
+    if not services.conversation_leave(conversation_id=conversation_id, user=request.user):
+        raise Http404("No such conversation")
+    return redirect("chat:conversation_list")
 
 
 def _members_or_404(request: HttpRequest, conversation_id: int) -> selectors.Members:

@@ -273,8 +273,32 @@ WEB_QUEUE_SECONDS: float = env.float("WEB_QUEUE_SECONDS", default=0.5)
 CHAT_MAX_MESSAGE_LENGTH: int = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_RATE_LIMIT: int = env.int("CHAT_RATE_LIMIT", default=30)  # messages per 10 s per socket
 CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
-# A websocket frame larger than this is refused before it is parsed (bytes).
+# The largest websocket message either side sends (bytes). daphne closes a client's larger
+# one with 1009; the server cuts what it sends into messages of at most this (chat.stream).
 CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)
+# One message's frame must fit alone: each character renders to at most 6 bytes (`&quot;`),
+# and the article around it, with the sender's name, to less than 1 KiB.
+if CHAT_MAX_MESSAGE_LENGTH * 6 + 1024 > CHAT_MAX_FRAME_BYTES:
+    raise ImproperlyConfigured(
+        f"CHAT_MAX_FRAME_BYTES={CHAT_MAX_FRAME_BYTES} cannot carry one message of "
+        f"CHAT_MAX_MESSAGE_LENGTH={CHAT_MAX_MESSAGE_LENGTH} characters: it needs at least "
+        f"{CHAT_MAX_MESSAGE_LENGTH * 6 + 1024} bytes"
+    )
+# A page that reconnects further behind than this many messages is told to reload instead
+# of being replayed (the reload shows the newest page of history; older is a scroll away).
+CHAT_CATCH_UP_MAX_MESSAGES: int = env.int("CHAT_CATCH_UP_MAX_MESSAGES", default=1000)
+# Conversations a conversation list shows and follows live (the most recently active).
+CHAT_INBOX_FOLLOW_LIMIT: int = env.int("CHAT_INBOX_FOLLOW_LIMIT", default=200)
+# Open websockets one user may hold: in one process, and across the cluster (counted in
+# Redis; without Redis only the per-process cap holds). Past either, a socket is refused
+# with 4409. 0: no cap.
+CHAT_MAX_SOCKETS_PER_USER_PROCESS: int = env.int("CHAT_MAX_SOCKETS_PER_USER_PROCESS", default=20)
+CHAT_MAX_SOCKETS_PER_USER: int = env.int("CHAT_MAX_SOCKETS_PER_USER", default=50)
+# Conversations one user may start per window (a form error and 429 past it).
+CHAT_NEW_CONVERSATIONS_LIMIT: int = env.int("CHAT_NEW_CONVERSATIONS_LIMIT", default=20)
+CHAT_NEW_CONVERSATIONS_WINDOW_SECONDS: int = env.int(
+    "CHAT_NEW_CONVERSATIONS_WINDOW_SECONDS", default=600
+)
 # A draining daphne answers /readyz with 503 while it closes its sockets with 1012.
 CHAT_DRAIN_SECONDS: float = env.float("CHAT_DRAIN_SECONDS", default=10.0)
 # Rendered message fragments (chat.fragments.message_cache) each process keeps: stored messages

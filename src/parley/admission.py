@@ -5,12 +5,15 @@ backoff), never accepted and then delivered seconds late.
 Why: every accepted message becomes one store and a frame per member, so a process that
 accepts more than it can deliver falls behind on every socket at once (issue 17 measured 20%
 over the knee cutting deliveries by 40-80%, with messages arriving tens of seconds late).
-Two signals, both local and cheap:
+Four signals, all local and cheap:
 
 - event-loop lag: how late this process's loop runs a timer due every TICK_SECONDS. Fan-out,
   frames in and out and the layer all run on the loop; when it lags, every delivery is late.
-- delivery delay: how long broadcasts took from their store to this process's hub (they carry
-  their publish time): queues in the layer and in this process, which loop lag alone misses.
+- delivery delay: how much longer than usual broadcasts took from their publisher to this
+  process's hub: queues in the layer and in this process, which loop lag alone misses. Each
+  carries its publish time on its publisher's clock, so a delay is measured against that
+  publisher's own fastest recent one (`PeerDelays`): a peer whose clock is off by a second
+  shifts both alike, and refuses nothing.
 - store wait: how long a call waits for the one database thread, or a send for one of the
   event loop's store connections (parley.dbcalls, parley.loopdb).
 - frame wait: how long the send's frame waited in its socket's input queue (config.serve_ws
@@ -36,6 +39,36 @@ from parley import dbcalls, metrics
 from parley.perloop import per_loop
 
 TICK_SECONDS = 0.05
+# A publisher's fastest delivery is kept over two windows of this long (the older one
+# dropped as a new one starts): its clock offset plus the fastest the path ever was.
+BASELINE_WINDOW_SECONDS = 60.0
+
+
+class PeerDelays:
+    """How much longer than its fastest recent delivery each publisher's broadcast took.
+
+    The raw delay (now - publish time) mixes the publisher's clock offset with the time in
+    queues; the smallest raw delay seen from the publisher lately is its offset plus the
+    fastest path, so the excess over it is the queueing alone, whatever the clocks say. Under
+    sustained overload sends are refused, the queues drain, and the fastest delay comes back
+    within a window. A publisher whose clock steps back reads late until its window passes."""
+
+    __slots__ = ("windows",)
+
+    def __init__(self) -> None:
+        # publisher -> (window start, smallest raw delay in it, smallest in the one before)
+        self.windows: dict[str, tuple[float, float, float]] = {}
+
+    def excess(self, publisher: str, raw: float, now: float | None = None) -> float:
+        now = time.monotonic() if now is None else now
+        start, current, previous = self.windows.get(publisher, (now, raw, raw))
+        if now - start > BASELINE_WINDOW_SECONDS:
+            start, current, previous = now, raw, current
+        current = min(current, raw)
+        self.windows[publisher] = (start, current, previous)
+        if len(self.windows) > 1000:  # publishers come and go with processes
+            self.windows.pop(next(iter(self.windows)))
+        return max(0.0, raw - min(current, previous))
 
 
 class Admission:
@@ -44,6 +77,7 @@ class Admission:
         self.lag = 0.0  # seconds, smoothed
         self.delay = 0.0  # seconds, smoothed
         self.delays: list[float] = []  # delivery delays seen since the last tick
+        self.peers = PeerDelays()
         self.timer: asyncio.TimerHandle | None = None
         self.due = 0.0
 
@@ -59,10 +93,11 @@ class Admission:
         self.lag = self.delay = 0.0
         self.delays.clear()
 
-    def note_delay(self, seconds: float) -> None:
-        """A broadcast reached this process's hub `seconds` after it was published."""
+    def note_delay(self, publisher: str, published_at: float) -> None:
+        """A broadcast published at `published_at` (wall clock, the publisher's) reached this
+        process's hub now."""
         if self.timer is not None and len(self.delays) < 1000:
-            self.delays.append(seconds)
+            self.delays.append(self.peers.excess(publisher, time.time() - published_at))
 
     def _tick(self) -> None:
         now = self.loop.time()

@@ -128,5 +128,12 @@ WEBSOCKET_FRAMES_DROPPED = Counter(
 )
 HISTORY_RESETS = Counter(
     "parley_history_resets_total",
-    "Sockets told to start over: the database's history is not the one they had (a restore)",
+    "Conversations whose sockets in a process started over: the database's history is not "
+    "the one they had (a restore)",
+)
+PAGE_RELOADS = Counter(
+    "parley_page_reloads_total",
+    "Connecting pages told to reload instead of replaying: restored (another epoch), behind "
+    "(past CHAT_CATCH_UP_MAX_MESSAGES), ahead (claims more than the server holds)",
+    ["reason"],
 )

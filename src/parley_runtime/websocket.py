@@ -1,7 +1,8 @@
 """daphne's websocket server, tuned: what each open socket keeps after the handshake.
 
 - `FixedWebSocketProtocol` (both runtimes): a server-side 1011/1012/1013 close reaches the
-  client (stock daphne raises on them), and a send racing the client's close is dropped.
+  client (stock daphne raises on them), and a send racing the client's close is dropped;
+  a client's message over the size limit is closed with 1009 (`StockServer.ws_factory`).
 - `ParleyWebSocketProtocol` (tuned): after the handshake, the socket lets go of the raw
   request, its headers, handshake-only options, autobahn's send deque and Twisted's HTTP
   channel (HANDSHAKE_ATTRIBUTES, `_UpgradedChannel`); a frame is written without the debug
@@ -270,6 +271,10 @@ class StockServer(daphne.server.Server):
     @ws_factory.setter
     def ws_factory(self, factory: Any) -> None:
         factory.protocol = self.protocol_class
+        # A client's message over the size limit is answered with a close frame, 1009
+        # (message too big), instead of autobahn's default of dropping the TCP connection,
+        # which the client sees as 1006 and retries as if the server had failed.
+        factory.setProtocolOptions(failByDrop=False)
         self._ws_factory = factory
 
 

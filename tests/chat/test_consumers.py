@@ -1,4 +1,5 @@
-"""ChatConsumer against the real Redis channel layer and Postgres."""
+"""chat.consumers (ChatConsumer, InboxConsumer) against the real Redis channel layer and
+Postgres."""
 
 from __future__ import annotations
 
@@ -10,8 +11,11 @@ import pytest
 from asgiref.sync import sync_to_async
 from django.test import override_settings
 
+from chat import services
+from chat.models import Message
 from chat.presence import presence_store
 from tests.factories import communicator, make_user, session_cookie
+from tests.helpers.frames import Inbox
 from tests.helpers.ws import open_socket, room, send, stored
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -368,3 +372,125 @@ async def test_a_closed_socket_does_no_more_work_per_frame(caplog):
     await alice_in.quiet(0.5)
     assert len(alice_in.frames) == answered
     assert [r.getMessage() for r in caplog.records if r.name.startswith("chat")] == []
+
+
+# --- the conversation list's socket (InboxConsumer) ---------------------------------------
+
+
+async def test_unread_counts_follow_messages_and_read_markers():
+    from chat import selectors
+
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    for i in range(3):
+        await send(alice, f"m{i}")
+    await alice_in.wait_seqs([1, 2, 3])
+
+    @sync_to_async
+    def unread(user):
+        return {r.conversation.pk: r.unread for r in selectors.conversation_list(user)}
+
+    assert (await unread(users[1]))[conversation.pk] == 3
+    bob, _, bob_in = await open_socket(conversation.pk, cookies[1], after=0)
+    await bob_in.wait_seqs([1, 2, 3])
+    await bob.send_to(text_data=json.dumps({"type": "read", "seq": 2}))
+    for _ in range(50):
+        if (await unread(users[1]))[conversation.pk] == 1:
+            break
+        await asyncio.sleep(0.05)
+    assert (await unread(users[1]))[conversation.pk] == 1
+    # a read marker beyond what the socket was sent is clamped
+    await bob.send_to(text_data=json.dumps({"type": "read", "seq": 999}))
+    await bob_in.quiet(0.3)
+    assert (await unread(users[1]))[conversation.pk] == 0
+    assert await sync_to_async(Message.objects.count)() == 3
+    await alice.disconnect()
+    await bob.disconnect()
+
+
+async def test_inbox_updates_live_with_unread_counts():
+
+    conversation, users, cookies = await room()
+    inbox_comm = communicator("/ws/inbox", cookies[1])
+    assert (await inbox_comm.connect(timeout=5))[0]
+    inbox = Inbox(inbox_comm)
+    alice, _, _ = await open_socket(conversation.pk, cookies[0])
+    await send(alice, "ping")
+    row = await inbox.wait_text(f'id="conv-{conversation.pk}"')
+    # The same row for every member's list: the page keeps its title and works out its
+    # unread count from the row's newest sequence and its own read marker.
+    assert 'data-last-seq="1"' in row and "data-live" in row and "ping" in row
+    assert 'hx-swap-oob="afterbegin:#conversation-list"' in row
+    await send(alice, "pong")
+    await inbox.wait_text('data-last-seq="2"')
+    await alice.disconnect()
+    await inbox_comm.disconnect()
+
+
+async def test_a_message_renders_one_row_and_reads_nothing_for_every_list_socket(monkeypatch):
+    """Fifty open conversation lists: a message is rendered into one row for all of them,
+    with no database read per socket (each used to re-read its own row)."""
+    from chat import fragments, selectors
+
+    conversation, users, cookies = await room(2)
+    lists = []
+    for _ in range(5):  # per user, under the per-process socket cap
+        for cookie in cookies:
+            comm = communicator("/ws/inbox", cookie)
+            assert (await comm.connect(timeout=5))[0]
+            lists.append(Inbox(comm))
+    reads, renders = [], []
+    row = selectors.conversation_row
+    live = fragments.conversation_row_live_html
+    monkeypatch.setattr(selectors, "conversation_row", lambda *a: reads.append(a) or row(*a))
+    monkeypatch.setattr(
+        fragments, "conversation_row_live_html", lambda **kw: renders.append(kw) or live(**kw)
+    )
+    alice, _, _ = await open_socket(conversation.pk, cookies[0])
+    await send(alice, "to every list")
+    for inbox in lists:
+        await inbox.wait_text("to every list")
+    assert (len(renders), len(reads)) == (1, 0)
+    await alice.disconnect()
+    for inbox in lists:
+        await inbox.comm.disconnect()
+
+
+async def test_a_removed_participant_s_list_drops_the_conversation_at_once():
+    conversation, users, cookies = await room(3)
+    comm = communicator("/ws/inbox", cookies[2])
+    assert (await comm.connect(timeout=5))[0]
+    inbox = Inbox(comm)
+    await sync_to_async(services.participants_remove)(
+        conversation_id=conversation.pk, user_ids=[users[2].pk]
+    )
+    frame = await inbox.wait_text(f'id="conv-{conversation.pk}"')
+    assert 'hx-swap-oob="delete"' in frame
+    alice, _, _ = await open_socket(conversation.pk, cookies[0])
+    await send(alice, "not for carol's list")
+    await inbox.quiet(0.5)
+    assert not any("not for carol" in f for f in inbox.frames)
+    await alice.disconnect()
+    await comm.disconnect()
+
+
+async def test_inbox_catches_up_on_what_changed_between_render_and_connect():
+    import time as _time
+
+    conversation, users, cookies = await room()
+    rendered_at = int(_time.time() * 1000)
+    # stored after the page was rendered, before its socket joined anything
+    await sync_to_async(services.message_create)(
+        conversation_id=conversation.pk, sender=users[0], body="in between"
+    )
+    inbox_comm = communicator(f"/ws/inbox?since={rendered_at}", cookies[1])
+    assert (await inbox_comm.connect(timeout=5))[0]
+    inbox = Inbox(inbox_comm)
+    row = await inbox.wait_text(f'id="conv-{conversation.pk}"')
+    assert "in between" in row and 'data-unread="1"' in row
+    await inbox_comm.disconnect()
+    # and a bad or absent `since` just means no catch-up
+    for path in ("/ws/inbox?since=abc", "/ws/inbox?since=99999999999999999999"):
+        comm = communicator(path, cookies[1])
+        assert (await comm.connect(timeout=5))[0]
+        await comm.disconnect()

@@ -33,14 +33,14 @@ import os
 from config.asgi import application  # noqa: F401 (sets Django up)
 from chat import consumers, hub
 
-_push = consumers.ChatConsumer.push
+_deliver = consumers.ChatConsumer.deliver
 _flush = hub.ConversationHub.flush_broadcasts
 
 
-async def push(self, rows):
+async def deliver(self, rows):
     if any("die-before-confirm" in frame for _, frame in rows):  # stored, the sender not told
         os._exit(17)
-    return await _push(self, rows)
+    return await _deliver(self, rows)
 
 
 async def flush_broadcasts(self):
@@ -49,7 +49,7 @@ async def flush_broadcasts(self):
     return await _flush(self)
 
 
-consumers.ChatConsumer.push = push
+consumers.ChatConsumer.deliver = deliver
 hub.ConversationHub.flush_broadcasts = flush_broadcasts
 '''
 

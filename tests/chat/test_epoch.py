@@ -3,6 +3,8 @@ Real Postgres and Redis; a heartbeat every second."""
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 from asgiref.sync import sync_to_async
 
@@ -61,11 +63,44 @@ async def test_a_page_of_another_epoch_is_told_to_start_over():
     await comm.disconnect()
 
 
-async def test_a_page_that_saw_more_than_the_database_has_starts_a_new_epoch():
+async def test_a_page_claiming_more_than_exists_reloads_alone_and_changes_nothing_shared():
+    """A client's claim never changes shared state: `?after=999999999` with the page's own
+    epoch, again and again, reloads that page only; the epoch stays, and the other members'
+    pages hear nothing of it."""
+    conversation, _, cookies = await room()
+    alice, alice_in = await five(conversation, cookies[0])
+    epoch = await epoch_of(conversation.pk)
+    from tests.factories import communicator
+    from tests.helpers.frames import Inbox
+
+    for _ in range(3):
+        comm = communicator(f"/ws/chat/{conversation.pk}?after=999999999&epoch={epoch}", cookies[1])
+        assert (await comm.connect(timeout=5))[0]
+        frame = await Inbox(comm).wait_text('id="chat-reset"')
+        assert f'data-epoch="{epoch}"' in frame and 'data-reason="ahead"' in frame
+        await comm.disconnect()
+    assert await epoch_of(conversation.pk) == epoch
+    await send(alice, "still the same history")
+    await alice_in.wait_seqs([1, 2, 3, 4, 5, 6])
+    assert not any("chat-reset" in f for f in alice_in.frames)
+    await alice.disconnect()
+
+
+async def test_a_history_that_went_back_under_what_the_server_noted_starts_a_new_epoch():
+    """Evidence the server holds: it noted handing out 5 (the heartbeat's note in Redis), and
+    the database now has 2 in the same epoch (an older copy restored, unannounced)."""
+    from chat.presence import presence_store
+
     conversation, _, cookies = await room()
     alice, _ = await five(conversation, cookies[0])
+    old = await epoch_of(conversation.pk)
+    for _ in range(100):  # a beat every second here (CHAT_PRESENCE_TTL=3)
+        if await presence_store().noted_seq(conversation.pk, old) == 5:
+            break
+        await asyncio.sleep(0.05)
+    assert await presence_store().noted_seq(conversation.pk, old) == 5
     await alice.disconnect()
-    old = await rewind(conversation.pk, 2)  # nobody announced it
+    await rewind(conversation.pk, 2)  # nobody announced it
     from tests.factories import communicator
     from tests.helpers.frames import Inbox
 
@@ -74,7 +109,7 @@ async def test_a_page_that_saw_more_than_the_database_has_starts_a_new_epoch():
     inbox = Inbox(comm)
     frame = await inbox.wait_text('id="chat-reset"')
     new = await epoch_of(conversation.pk)
-    assert new != old and f'data-epoch="{new}"' in frame
+    assert new != old and f'data-epoch="{new}"' in frame and 'data-reason="restored"' in frame
     await comm.disconnect()
 
 

@@ -91,11 +91,10 @@ def test_hostile_fragments_stay_within_the_byte_bound_in_real_memory(settings):
 # --- each fragment, as sent ----------------------------------------------------------------
 
 
-def test_messages_are_appended_out_of_band_to_the_message_list():
-    parts = ['<article id="msg-1">a &amp; b</article>', '<article id="msg-2">x</article>']
-    assert fragments.ws_messages(parts) == (
-        '<div hx-swap-oob="beforeend:#messages">'
-        '<article id="msg-1">a &amp; b</article><article id="msg-2">x</article></div>'
+def test_a_message_is_appended_out_of_band_to_the_message_list():
+    part = '<article id="msg-1">a &amp; b</article>'
+    assert fragments.ws_message(part) == (
+        '<div hx-swap-oob="beforeend:#messages"><article id="msg-1">a &amp; b</article></div>'
     )
 
 
@@ -146,9 +145,10 @@ def test_typing_replaces_its_members_indicator():
     )
 
 
-def test_a_reset_tells_the_page_the_new_epoch():
-    assert fragments.reset_html("ep<1>") == (
-        '<div id="chat-reset" hx-swap-oob="true" hidden data-epoch="ep&lt;1&gt;"></div>\n'
+def test_a_reset_tells_the_page_the_epoch_and_why_it_starts_over():
+    assert fragments.reset_html("ep<1>", "behind") == (
+        '<div id="chat-reset" hx-swap-oob="true" hidden data-epoch="ep&lt;1&gt;"'
+        ' data-reason="behind"></div>\n'
     )
 
 

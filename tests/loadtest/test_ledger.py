@@ -29,7 +29,9 @@ def test_parses_the_fragment_the_server_renders():
         client_id=uuid.UUID(hex=message_id),
     )
     other, _ = message_create(conversation_id=conversation.pk, sender=bob, body='<b>"hi" & bye</b>')
-    frame = fragments.ws_messages([fragments.message_html(message), fragments.message_html(other)])
+    frame = fragments.ws_message(fragments.message_html(message)) + fragments.ws_message(
+        fragments.message_html(other)
+    )
 
     first, second = protocol.parse_frame(frame).deliveries
     assert (first.seq, first.sender_id, first.message_id, first.sent_ns) == (

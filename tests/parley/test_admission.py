@@ -32,14 +32,15 @@ async def test_a_send_while_the_event_loop_runs_late_is_refused_then_taken_on_re
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
     refused = value("parley_messages_refused_total", reason="lag")
     cid = str(uuid.uuid4())
-    await send(alice, "too late", client_id=cid)
+    from parley.admission import admission
+
     time.sleep(0.3)  # noqa: ASYNC251 - the overload itself: this loop runs 300 ms late
+    await wait_until(lambda: admission().current_lag() > settings.CHAT_OVERLOAD_LAG_SECONDS)
+    await send(alice, "too late", client_id=cid)
     err = await alice_in.wait_text('id="chat-error"')
     assert cid in err and "data-retry-after=" in err and "busy" in err
     assert value("parley_messages_refused_total", reason="lag") == refused + 1
     assert await stored(conversation.pk) == []
-    from parley.admission import admission
-
     await wait_until(lambda: admission().current_lag() < settings.CHAT_OVERLOAD_LAG_SECONDS)
     await send(alice, "too late", client_id=cid)  # what the page does after the hint
     assert await bob_in.wait_seqs([1]) == [1]
@@ -83,8 +84,9 @@ async def test_a_send_behind_a_long_database_queue_is_refused_in_milliseconds(se
 async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_they_do_not(
     settings,
 ):
-    """Broadcasts reaching this process seconds after their store (queues in the layer or
-    behind a busy loop elsewhere): accepting more would only make every delivery later."""
+    """Broadcasts reaching this process seconds later than their publisher's usually do
+    (queues in the layer or behind a busy loop elsewhere): accepting more would only make
+    every delivery later."""
     from chat import services
     from parley.admission import admission
     from tests.chat.test_delivery import broadcast
@@ -94,14 +96,15 @@ async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_the
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     create = sync_to_async(services.message_create)
     late, _ = await create(conversation_id=conversation.pk, sender=users[1], body="late")
+    await broadcast(late, published_at=time.time())  # the publisher's usual delay: none
+    assert await alice_in.wait_seqs([1]) == [1]
 
-    async def keep_arriving_late() -> None:  # stored 3 s before it got here, again and again
+    async def keep_arriving_late() -> None:  # published 3 s before it got here, again and again
         while True:
             await broadcast(late, published_at=time.time() - 3.0)
             await asyncio.sleep(0.02)
 
     lateness = asyncio.ensure_future(keep_arriving_late())
-    assert await alice_in.wait_seqs([1]) == [1]
     await wait_until(lambda: admission().delay > settings.CHAT_OVERLOAD_DELIVERY_SECONDS)
     cid = str(uuid.uuid4())
     await send(alice, "now?", client_id=cid)
@@ -112,6 +115,48 @@ async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_the
     await send(alice, "now?", client_id=cid)
     assert await alice_in.wait_seqs([1, 2]) == [1, 2]
     await alice.disconnect()
+
+
+@pytest.mark.parametrize("skew", [-0.8, 0.8, 30.0])
+async def test_a_peer_whose_clock_is_off_makes_no_send_refused(settings, skew):
+    """A publisher whose clock is `skew` seconds behind (or ahead) stamps every broadcast
+    that much early (or late): the delay is measured against its own usual one, so nothing
+    is refused here however far off its clock is."""
+    from chat import services
+    from parley.admission import admission
+    from tests.chat.test_delivery import broadcast
+
+    settings.CHAT_OVERLOAD_DELIVERY_SECONDS = 0.5
+    conversation, users, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    create = sync_to_async(services.message_create)
+    message, _ = await create(conversation_id=conversation.pk, sender=users[1], body="skewed")
+    for _ in range(30):  # a steady stream from the skewed peer, with the usual small delays
+        await broadcast(message, published_at=time.time() - skew)
+        await asyncio.sleep(0.01)
+    assert await alice_in.wait_seqs([1]) == [1]
+    await wait_until(lambda: not admission().delays)  # a tick took the last of them in
+    assert admission().delay < 0.1
+    cid = str(uuid.uuid4())
+    await send(alice, "taken", client_id=cid)
+    assert await alice_in.wait_seqs([1, 2]) == [1, 2]
+    assert not any("data-retry-after" in f for f in alice_in.frames)
+    await alice.disconnect()
+
+
+def test_peer_delays_are_each_publishers_excess_over_its_fastest():
+    from parley.admission import BASELINE_WINDOW_SECONDS, PeerDelays
+
+    peers = PeerDelays()
+    assert peers.excess("a", 5.0, now=0.0) == 0.0  # first seen: its offset, nothing queued
+    assert peers.excess("a", 5.4, now=1.0) == pytest.approx(0.4)
+    assert peers.excess("b", -0.8, now=1.0) == 0.0  # another peer, its clock ahead
+    assert peers.excess("b", -0.7, now=2.0) == pytest.approx(0.1)
+    # A faster delivery lowers the baseline; an old baseline ages out over two windows.
+    assert peers.excess("a", 4.9, now=2.0) == 0.0
+    later = 2 * BASELINE_WINDOW_SECONDS + 10
+    peers.excess("a", 7.0, now=BASELINE_WINDOW_SECONDS + 5)
+    assert peers.excess("a", 7.0, now=later) == 0.0  # a clock that stepped: re-learned
 
 
 async def test_a_send_whose_frame_waited_too_long_in_its_socket_queue_is_refused(settings):

@@ -112,8 +112,12 @@
   function filterFragment(text) {
     var tpl = document.createElement("template");
     tpl.innerHTML = text;
+    /* The server says this page must start over: its history was restored (unless this
+       page already shows the new one), it is too far behind to replay, or it showed more
+       than exists. */
     var reset = tpl.content.querySelector("#chat-reset[data-epoch]");
-    if (reset && chatRoot() && reset.dataset.epoch !== state.epoch) {
+    if (reset && chatRoot() &&
+        (reset.dataset.reason !== "restored" || reset.dataset.epoch !== state.epoch)) {
       startOver();
       return "";
     }
@@ -151,9 +155,27 @@
       var input = document.getElementById("chat_message");
       if (payload && input && !input.value) { input.value = payload.chat_message; }
     });
-    /* A conversation-list row moves to the top: drop the old copy first. */
+    /* A conversation-list row moves to the top: drop the old copy first. A live row is
+       the same for every member: it keeps this page's title and read marker, and the
+       unread count is worked out from them. */
     tpl.content.querySelectorAll("li.conv-row[id]").forEach(function (row) {
       var old = document.getElementById(row.id);
+      if (row.hasAttribute("data-live") && !old) {
+        refreshConversationList();   /* not on this page yet: fetch the list afresh */
+        row.parentNode.removeChild(row); changed = true; return;
+      }
+      if (old && parseInt(row.dataset.lastSeq, 10) < parseInt(old.dataset.lastSeq, 10)) {
+        /* older than what the page shows: keep the row, take a newer read marker */
+        if (row.dataset.readSeq) { old.dataset.readSeq = row.dataset.readSeq; showUnread(old); }
+        row.parentNode.removeChild(row); changed = true; return;
+      }
+      if (row.hasAttribute("data-live")) {
+        row.querySelector(".conv-title").textContent = old.querySelector(".conv-title").textContent;
+        row.dataset.readSeq = old.dataset.readSeq || "0";
+        row.removeAttribute("data-live");
+        changed = true;
+      }
+      showUnread(row);
       if (old) { old.remove(); }
       var empty = document.querySelector("#conversation-list > li.empty");
       if (empty) { empty.remove(); }
@@ -185,6 +207,19 @@
         state.lastSock.send(JSON.stringify(again));
       } /* else: the reconnect sends every pending message */
     }, base / 2 + Math.random() * base / 2);
+  }
+
+  /* A list row's unread count, from its newest sequence and this user's read marker. */
+  function showUnread(row) {
+    var unread = Math.max(0, parseInt(row.dataset.lastSeq || "0", 10) -
+                             parseInt(row.dataset.readSeq || "0", 10));
+    var badge = row.querySelector(".unread");
+    if (badge) {
+      badge.dataset.unread = String(unread);
+      badge.setAttribute("aria-label", unread + " unread");
+      badge.textContent = unread ? String(unread) : "";
+    }
+    row.classList.toggle("has-unread", unread > 0);
   }
 
   function addPendingBubble(cid, text) {
@@ -296,6 +331,8 @@
         setStatus("Your session has ended. Please log in again.", "fatal");
       } else if (code === 4403) {
         setStatus("You are not a participant of this conversation.", "fatal");
+      } else if (code === 4409) {
+        setStatus("Too many open windows or tabs: close some, then reload this page.", "fatal");
       } else if (code === 4429) {
         setStatus("Disconnected for sending too many messages. Reload to continue.", "fatal");
       } else if ([1006, 1011, 1012, 1013].indexOf(code) >= 0) {

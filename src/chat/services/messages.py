@@ -1,38 +1,36 @@
-"""Writes. Every function here is one transaction."""
+"""Storing messages: the one statement that gives a message its sequence number, on a
+database thread (`message_create`, `message_create_and_render`) or on the event loop's own
+connections (`message_store`), and `message_send`, which stores and publishes."""
 
 from __future__ import annotations
 
 import datetime
 import logging
+import time
 import uuid
-from collections.abc import Iterable
 from contextlib import nullcontext
+from typing import TYPE_CHECKING, NamedTuple
 
 import psycopg
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import DatabaseError, IntegrityError, OperationalError, connection, transaction
-from django.db.models import Count
 from django.utils import timezone
 
-from chat import fragments
-from chat.models import Conversation, Message, Participant
-from parley import loopdb
+from chat import events, fragments
+from chat.models import Conversation, Message
+from chat.stream import Row
+from parley import dbcalls, loopdb, metrics
+
+if TYPE_CHECKING:
+    from chat.hub import ConversationHub
 
 logger = logging.getLogger(__name__)
-
-User = get_user_model()
 
 
 class MessageRejected(ValueError):
     """The message cannot be stored; `str(exc)` is safe to show to the sender."""
-
-
-class UnknownUsers(ValueError):
-    def __init__(self, usernames: list[str]) -> None:
-        super().__init__(", ".join(usernames))
-        self.usernames = usernames
 
 
 def normalise_body(body: object) -> str:
@@ -61,10 +59,13 @@ def check_storable_text(text: str) -> None:
         ) from None
 
 
+# Only a participant's message takes a number: checked in the statement that writes, so a
+# member removed a moment ago cannot store one more (the socket is being closed meanwhile).
 _BUMP_SQL = (
     "UPDATE chat_conversation SET last_seq = last_seq + 1, last_message_at = %(now)s, "
     "last_message_preview = %(preview)s, last_message_sender = %(sender_name)s "
-    "WHERE id = %(conversation)s RETURNING last_seq"
+    "WHERE id = %(conversation)s AND EXISTS (SELECT 1 FROM chat_participant "
+    "WHERE conversation_id = %(conversation)s AND user_id = %(sender)s) RETURNING last_seq"
 )
 # Postgres: bump the counter and insert in ONE statement (one round trip). A statement is
 # its own transaction, so the sequence and the row commit or fail together; the UPDATE's
@@ -83,7 +84,8 @@ _INSERT_SQL = (
 
 
 def _store(params: dict) -> tuple[int, int] | None:
-    """Returns (message id, seq), or None if the conversation does not exist."""
+    """Returns (message id, seq), or None if the conversation does not exist or the sender is
+    not one of its participants."""
     with connection.cursor() as cursor:
         if connection.vendor == "postgresql":
             cursor.execute(_STORE_SQL_POSTGRES, params)
@@ -107,7 +109,8 @@ def message_create(
     """Stores a message with the conversation's next sequence number.
 
     Returns (message, created). A retried send with the same client_id returns the stored
-    message with created=False, so it is stored and broadcast once.
+    message with created=False, so it is stored and broadcast once. Raises
+    Conversation.DoesNotExist when the sender is not a participant (or there is none).
     """
     now = timezone.now()
     # Raw SQL skips the ORM's value conversion: do it through the fields, as the ORM would
@@ -143,11 +146,21 @@ def message_create(
     return _stored(row[0], conversation_id, sender, row[1], body, now, client_id), True
 
 
+class Stored(NamedTuple):
+    """A message a websocket send stored (or had stored before, `created` False)."""
+
+    seq: int
+    frame: str  # the one frame every recipient's socket gets
+    created: bool
+    preview: str  # the conversation list's row
+    at: float  # stored at (epoch seconds)
+
+
 def message_create_and_render(
     conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
-) -> tuple[int, str, bool]:
-    """Stores a message sent over a websocket and renders the one frame every recipient gets:
-    (sequence, frame, created). Runs in a database thread.
+) -> Stored:
+    """Stores a message sent over a websocket and renders the one frame every recipient gets.
+    Runs in a database thread.
 
     Not wrapped in a transaction, on purpose: message_create is one statement, so its own
     transaction, and one round trip on the thread every send of the process waits for (a
@@ -169,7 +182,7 @@ def message_create_and_render(
                 raise
             logger.warning("store failed on a dead connection; retrying once")
             connection.close()
-    return message.seq, _frame(message), created
+    return _stored_result(message, created)
 
 
 _EXISTING_SQL = (
@@ -181,7 +194,7 @@ _EXISTING_SQL = (
 
 async def message_store(
     conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
-) -> tuple[int, str, bool]:
+) -> Stored:
     """message_create_and_render on the event loop (parley.loopdb: Postgres only): the same
     one statement, the same idempotency and the same frame, with no database thread in
     between. Raises Django's DatabaseError family, as the thread's version does, and
@@ -214,7 +227,7 @@ async def message_store(
                     message = _stored(
                         pk, conversation_id, sender, seq, stored_body, created_at, client_id
                     )
-                    return seq, _frame(message), False
+                    return _stored_result(message, False)
             break
         except psycopg.OperationalError as exc:
             if attempt + 1 == attempts:
@@ -225,7 +238,47 @@ async def message_store(
     if row is None:
         raise Conversation.DoesNotExist(conversation_id)
     message = _stored(row[0], conversation_id, sender, row[1], body, now, client_id)
-    return message.seq, _frame(message), True
+    return _stored_result(message, True)
+
+
+async def message_send(
+    *,
+    hub: ConversationHub,
+    sender_id: int,
+    sender_name: str,
+    body: str,
+    client_id: uuid.UUID | None,
+) -> Stored:
+    """Stores a message sent over a websocket and publishes it: to the conversation's sockets
+    in this process at once (the sender's confirmation among them), then to the other
+    processes (chat.hub). A retry of a message already stored is published again: the
+    process that stored it may have died before its broadcast (recipients drop a sequence
+    they have). Raises Conversation.DoesNotExist (not a participant), DatabaseBusy (no
+    database slot in time: not stored) and DatabaseError (stored or not is unknown)."""
+    stored = await dbcalls.store(message_create_and_render, message_store)(
+        hub.conversation_id, sender_id, sender_name, body, client_id
+    )
+    stored_at = time.perf_counter()
+    if stored.created:
+        metrics.MESSAGES_STORED.inc()
+    event = events.message(
+        conversation_id=hub.conversation_id,
+        seq=stored.seq,
+        frame=stored.frame,
+        publisher=hub.publisher,
+        preview=stored.preview,
+        sender=sender_name,
+        at=stored.at,
+    )
+    if await hub.publish(Row(stored.seq, stored.frame), event) and stored.created:
+        metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
+    return stored
+
+
+def _stored_result(message: Message, created: bool) -> Stored:
+    return Stored(
+        message.seq, _frame(message), created, message.body[:140], message.created_at.timestamp()
+    )
 
 
 def _sender(user_id: int, username: str) -> AbstractBaseUser:
@@ -235,7 +288,7 @@ def _sender(user_id: int, username: str) -> AbstractBaseUser:
 
 def _frame(message: Message) -> str:
     """The one frame every recipient of a stored message gets."""
-    return fragments.ws_messages([fragments.message_html(message)])
+    return fragments.ws_message(fragments.message_html(message))
 
 
 def _stored(
@@ -260,73 +313,3 @@ def _stored(
     message._state.adding = False
     message._state.db = connection.alias
     return message
-
-
-def conversation_start(
-    *, creator: AbstractBaseUser, usernames: Iterable[str], title: str = ""
-) -> Conversation:
-    """Starts a conversation between the creator and the named users.
-
-    A 1:1 conversation that already exists between the same two people is reused.
-    """
-    wanted = {u.strip() for u in usernames if u.strip()} - {creator.get_username()}
-    if not wanted:
-        raise UnknownUsers([])
-    users = list(User.objects.filter(username__in=wanted, is_active=True))
-    found = {u.get_username() for u in users}
-    missing = sorted(wanted - found)
-    if missing:
-        raise UnknownUsers(missing)
-    if len(users) == 1 and not title:
-        other = users[0]
-        shared = Participant.objects.filter(
-            user=other,
-            conversation__title="",
-            conversation__in=Participant.objects.filter(user=creator).values("conversation"),
-        ).values("conversation")
-        pair = (
-            Participant.objects.filter(conversation__in=shared)
-            .values("conversation")
-            .annotate(n=Count("id"))
-            .filter(n=2)
-            .order_by("conversation")
-            .values_list("conversation", flat=True)
-            .first()
-        )
-        existing = Conversation.objects.filter(pk=pair).first() if pair else None
-        if existing is not None:
-            return existing
-    conversation = Conversation.objects.create(title=title[:200])
-    Participant.objects.bulk_create(
-        [Participant(conversation=conversation, user=u) for u in [creator, *users]]
-    )
-    return conversation
-
-
-def conversation_mark_read(*, conversation_id: int, user_id: int, seq: int) -> int:
-    """Moves the read marker forward (never back). Returns rows changed (0 or 1)."""
-    return Participant.objects.filter(
-        conversation_id=conversation_id, user_id=user_id, last_read_seq__lt=seq
-    ).update(last_read_seq=seq)
-
-
-def conversation_new_epoch(*, conversation_id: int, seen_epoch: str) -> str:
-    """Starts a new history epoch for the conversation if it is still `seen_epoch` (a socket
-    found the history went back under it); returns the current epoch either way, so
-    several processes noticing at once agree on one new epoch."""
-    from chat.models import new_epoch
-
-    Conversation.objects.filter(pk=conversation_id, epoch=seen_epoch).update(epoch=new_epoch())
-    return Conversation.objects.values_list("epoch", flat=True).get(pk=conversation_id)
-
-
-def conversations_new_epoch() -> int:
-    """A new epoch for every conversation: the last step of a restore, whose history may be
-    older than what pages have shown. Returns how many conversations."""
-    from chat.models import new_epoch
-
-    with transaction.atomic():
-        ids = list(Conversation.objects.values_list("pk", flat=True))
-        for pk in ids:
-            Conversation.objects.filter(pk=pk).update(epoch=new_epoch())
-    return len(ids)
