@@ -9,7 +9,6 @@ from __future__ import annotations
 import datetime
 import logging
 import random
-from collections.abc import Iterable
 from urllib.parse import parse_qs
 
 from django.conf import settings
@@ -27,7 +26,7 @@ from chat.sockets import (
     CLOSE_UNAUTHENTICATED,
     Socket,
 )
-from chat.stream import Offer, Position, Row, SocketCursor, Verdict, catch_up, frames, judge
+from chat.stream import Position, SocketCursor, Verdict, catch_up, frames, judge
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.logging import Throttled
@@ -105,7 +104,7 @@ class ChatConsumer(Socket):
             logger.warning("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
             return
-        await self.send_frames(hub.presence.html())
+        await self.deliver(frames(hub.presence.html(), settings.CHAT_MAX_FRAME_BYTES))
 
     def _after(self) -> int | None:
         try:
@@ -162,22 +161,15 @@ class ChatConsumer(Socket):
 
     # --- what the hub and the stream call -----------------------------------------------------
 
-    async def deliver(self, rows: list[Row]) -> int:
-        """Consecutive rows from the stream: sends what follows on from what was sent."""
-        offer, rows = self.cursor.offer(rows)
-        if offer is Offer.SEND:
-            await self.send_frames(row.frame for row in rows)
-            return len(rows)
-        if offer is Offer.READ:  # behind the stream (a catch-up that dropped rows)
-            self.spawn(self._catch_up_or_close())
-        return 0
-
-    async def send_frames(self, parts: Iterable[str]) -> None:
-        """`parts` in as few websocket messages as CHAT_MAX_FRAME_BYTES allows each."""
-        for frame in frames(parts, settings.CHAT_MAX_FRAME_BYTES):
+    async def deliver(self, messages: list[str]) -> None:
+        """Sends websocket messages the stream or the hub cut under the frame limit."""
+        for message in messages:
             if self.closed:
                 return
-            await self.send(text_data=frame)
+            await self.send(text_data=message)
+
+    def fell_behind(self) -> None:
+        self.spawn(self._catch_up_or_close())
 
     async def _catch_up_or_close(self) -> None:
         try:
@@ -193,7 +185,7 @@ class ChatConsumer(Socket):
             extra={"conversation": self.conversation_id, "reason": reason, "db": position.seq},
         )
         self.cursor.start_over(position.seq)
-        await self.send_frames((fragments.reset_html(position.epoch, reason),))
+        await self.deliver([fragments.reset_html(position.epoch, reason)])
 
     def revoke(self) -> None:
         """No longer a participant: closed with 4403 at once."""
@@ -228,8 +220,8 @@ class ChatConsumer(Socket):
     async def send_error(
         self, text: str, client_id: str | None = None, retry_after: float | None = None
     ) -> None:
-        await self.send_frames(
-            (fragments.error_html(text, client_id=client_id, retry_after=retry_after),)
+        await self.deliver(
+            [fragments.error_html(text, client_id=client_id, retry_after=retry_after)]
         )
 
     async def refuse_send(self, reason: str, client_id: str | None, text: str) -> None:

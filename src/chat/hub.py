@@ -24,7 +24,8 @@ from django.db import DatabaseError
 from chat import events, fragments, services
 from chat.heartbeat import Answer, heartbeat
 from chat.online import HubPresence
-from chat.stream import ConversationStream, Position, Receiver, Row
+from chat.positions import Position, Row
+from chat.stream import ConversationStream, Receiver, frame_limit, frames
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.layer import PROCESS, Subscription
@@ -41,8 +42,6 @@ class ChatSocket(Receiver, Protocol):
 
     user_id: int
     attached_at: float  # monotonic, set by attach
-
-    async def send_frames(self, parts) -> None: ...
 
     def revoke(self) -> None:
         """Its user is no longer a participant: close with 4403 at once. Must not block."""
@@ -137,12 +136,13 @@ class ConversationHub:
         if self.idle():
             await self.close()
 
-    async def local_broadcast(self, frame: str, but_user: int | None = None) -> None:
-        """`frame` to every chat socket here (but the user `but_user`'s)."""
+    async def local_broadcast(self, fragment: str, but_user: int | None = None) -> None:
+        """`fragment` to every chat socket here (but the user `but_user`'s)."""
+        messages = frames((fragment,), frame_limit())
         for socket in list(self.receivers):
             if socket.user_id != but_user and not socket.closed:
                 try:
-                    await socket.send_frames((frame,))
+                    await socket.deliver(messages)
                 except Exception:
                     logger.exception("could not send a frame to a socket")
 

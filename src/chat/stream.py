@@ -206,20 +206,26 @@ class SocketCursor:
 
 
 class Receiver(Protocol):
-    """What the stream needs of a socket (chat.consumers.ChatConsumer)."""
+    """What the stream needs of a socket (chat.consumers.ChatConsumer): its cursor, and
+    three ways to be told something. The stream decides what is sent (the cursor) and cuts it
+    under the frame limit; the socket only sends."""
 
     closed: bool
     cursor: SocketCursor
 
-    async def deliver(self, rows: list[Row]) -> int:
-        """Consecutive rows, in order: sends what follows on from what it sent. Returns how
-        many rows it sent."""
+    async def deliver(self, messages: list[str]) -> None:
+        """Sends these websocket messages, in order (each under the frame limit)."""
 
-    async def send_frames(self, parts: Iterable[str]) -> None:
-        """Sends `parts` as they are, in as few messages as the frame limit allows."""
+    def fell_behind(self) -> None:
+        """Rows were handed out that do not follow on from what it sent: it catches up
+        (`catch_up`) in a task of its own. Must not block."""
 
     async def start_over(self, position: Position, reason: str) -> None:
         """The page starts over (reload); the socket goes on from `position`."""
+
+
+def frame_limit() -> int:
+    return settings.CHAT_MAX_FRAME_BYTES
 
 
 async def catch_up(socket: Receiver, stream: ConversationStream) -> int:
@@ -258,7 +264,7 @@ async def catch_up(socket: Receiver, stream: ConversationStream) -> int:
 async def _send(socket: Receiver, rows: list[Row]) -> int:
     if rows:
         metrics.DELIVERIES.inc(len(rows))
-        await socket.send_frames(row.frame for row in rows)
+        await socket.deliver(frames((row.frame for row in rows), frame_limit()))
     return len(rows)
 
 
@@ -290,7 +296,11 @@ class Order:
         """A stored message's row (from the layer, or stored here). Returns the rows to hand
         out now: none if it is a duplicate, or held until what precedes it arrives."""
         if self.position is None:
-            self.held[row.seq] = row.frame  # the first socket's read says where we are
+            # The first socket's read says where we are. Bounded: past HELD_LIMIT the oldest
+            # go, and that read finds them in the database instead.
+            self.held[row.seq] = row.frame
+            if len(self.held) > HELD_LIMIT:
+                del self.held[min(self.held)]
             return []
         if row.seq <= self.position.seq:
             return []  # handed out already (our own broadcast coming back, a duplicate)
@@ -440,7 +450,8 @@ class ConversationStream:
             await self.heal(how)
         except DatabaseError:
             return  # retried by the timer heal() set
-        if self.order.missing() is not None and self.gap_timer is None and not self.closed:
+        self.healing = None
+        if self.order.missing() is not None and not self.closed:
             self.expect(self.order.expected, how)  # expected more while the heal ended
 
     async def heal(self, how: str) -> int:
@@ -458,15 +469,15 @@ class ConversationStream:
             while (missing := order.missing()) is not None or everything:
                 after, upto = missing or (order.position.seq, None)
                 everything = False
-                progressed = False
                 async for rows in read_rows(self.conversation_id, after, upto, reads=reads):
                     async with self.lock:
                         out = order.fill(rows)
                         await self._hand_out(out)
                     healed += len(out)
-                    progressed = progressed or bool(out)
-                if not progressed:
-                    break  # the database has no more
+                if order.position.seq == after:
+                    # The database has none of it (gapless, so a history that went back):
+                    # settled below. Each socket reads for itself what it then lacks.
+                    break
         except DatabaseError:
             # Held rows wait (bounded) and the read is tried again; sockets stay open.
             logger.warning(
@@ -500,16 +511,30 @@ class ConversationStream:
                     await socket.start_over(position, reason)
 
     async def _hand_out(self, rows: list[Row]) -> None:
-        """With the lock held: `rows` to every socket, counted once for all of them."""
+        """With the lock held: `rows` to every socket, as its cursor decides (cut once for
+        all the sockets that take them whole), counted once for all of them."""
         if not rows:
             return
         delivered = 0
+        whole: list[str] | None = None
         for socket in list(self.receivers):
-            if not socket.closed:
-                try:
-                    delivered += await socket.deliver(rows)
-                except Exception:  # one broken socket must not starve the others
-                    logger.exception("could not hand rows to a socket")
+            if socket.closed:
+                continue
+            offer, out = socket.cursor.offer(rows)
+            if offer is Offer.READ:
+                socket.fell_behind()
+            if offer is not Offer.SEND:
+                continue
+            if out is rows or len(out) == len(rows):
+                whole = whole or frames((row.frame for row in rows), frame_limit())
+                messages = whole
+            else:
+                messages = frames((row.frame for row in out), frame_limit())
+            try:
+                await socket.deliver(messages)
+                delivered += len(out)
+            except Exception:  # one broken socket must not starve the others
+                logger.exception("could not hand rows to a socket")
         if delivered:
             metrics.DELIVERIES.inc(delivered)
 

@@ -211,10 +211,14 @@ async def test_an_idle_socket_outlives_three_presence_ttls_online_and_receiving(
     await bob.disconnect()
 
 
-async def test_logging_out_over_http_ends_that_users_sockets():
+async def test_logging_out_ends_that_session_s_sockets_and_no_other_device_s():
+    """Logged in on two devices: logging out of one closes its sockets (both tabs of it)
+    with 4401, and the other device's socket stays."""
     conversation, users, cookies = await room()
-    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
-    alice2, _, alice2_in = await open_socket(conversation.pk, cookies[0])
+    laptop, phone = cookies[0], await sync_to_async(session_cookie)(users[0])
+    alice, _, alice_in = await open_socket(conversation.pk, laptop)
+    alice2, _, alice2_in = await open_socket(conversation.pk, laptop)
+    alice_phone, _, phone_in = await open_socket(conversation.pk, phone)
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
 
     @sync_to_async
@@ -222,7 +226,7 @@ async def test_logging_out_over_http_ends_that_users_sockets():
         from django.test import Client
 
         client = Client()
-        name, value = cookies[0].decode().split("=", 1)
+        name, value = laptop.decode().split("=", 1)
         client.cookies[name] = value
         assert client.post("/accounts/logout/").status_code == 302
 
@@ -231,10 +235,58 @@ async def test_logging_out_over_http_ends_that_users_sockets():
     assert await alice2_in.wait_close() == 4401
     await send(bob, "after logout")
     await bob_in.wait_text("after logout")
+    await phone_in.wait_text("after logout")  # the other device is still open
     # and the old cookie no longer opens a socket
-    again, _, again_in = await open_socket(conversation.pk, cookies[0])
+    again, _, again_in = await open_socket(conversation.pk, laptop)
     assert await again_in.wait_close() == 4401
     await bob.disconnect()
+    await alice_phone.disconnect()
+
+
+@override_settings(CHAT_MAX_SOCKETS_PER_USER_PROCESS=2, CHAT_MAX_SOCKETS_PER_USER=0)
+async def test_a_user_s_sockets_in_one_process_are_capped_with_4409():
+    conversation, _, cookies = await room()
+    at_bound = [await open_socket(conversation.pk, cookies[0]) for _ in range(2)]
+    assert all(connected for _, connected, _ in at_bound)
+    past, _, past_in = await open_socket(conversation.pk, cookies[0])
+    assert await past_in.wait_close() == 4409
+    lists = communicator("/ws/inbox", cookies[0])  # a list socket counts too
+    assert (await lists.connect(timeout=5))[0]
+    assert await Inbox(lists).wait_close() == 4409
+    await at_bound[0][0].disconnect()  # one closes: room for another
+    again, _, again_in = await open_socket(conversation.pk, cookies[0])
+    await send(again, "in again")
+    assert await again_in.wait_seqs([1]) == [1]
+    await again.disconnect()
+    await at_bound[1][0].disconnect()
+
+
+@override_settings(CHAT_MAX_SOCKETS_PER_USER_PROCESS=0, CHAT_MAX_SOCKETS_PER_USER=3)
+async def test_a_user_s_sockets_across_the_cluster_are_capped_with_4409(settings):
+    """Two sockets of the user on another (live) process, counted in Redis: one more here is
+    at the bound, the next is past it; once that process stops beating, its count lapses."""
+    from chat.presence import RedisPresence
+
+    conversation, users, cookies = await room()
+    elsewhere = RedisPresence(settings.REDIS_URLS)
+    elsewhere.process = "another-process"
+    for _ in range(2):
+        assert await elsewhere.socket_opened(users[0].pk, 3)
+    here, connected, _ = await open_socket(conversation.pk, cookies[0])
+    assert connected
+    past, _, past_in = await open_socket(conversation.pk, cookies[0])
+    assert await past_in.wait_close() == 4409
+    # The other process is gone: its liveness lapses (CHAT_PRESENCE_TTL) and so do its sockets.
+    import redis.asyncio as aioredis
+
+    client = aioredis.Redis.from_url(settings.REDIS_URLS[0])
+    await client.zadd(f"{settings.REDIS_KEY_PREFIX}:processes", {"another-process": 1.0})
+    await client.aclose()
+    again, _, again_in = await open_socket(conversation.pk, cookies[0])
+    await send(again, "counted again")
+    assert await again_in.wait_seqs([1]) == [1]
+    await again.disconnect()
+    await here.disconnect()
 
 
 async def test_server_side_closes_never_use_code_1000(settings):
@@ -494,3 +546,57 @@ async def test_inbox_catches_up_on_what_changed_between_render_and_connect():
         comm = communicator(path, cookies[1])
         assert (await comm.connect(timeout=5))[0]
         await comm.disconnect()
+
+
+@override_settings(CHAT_INBOX_FOLLOW_LIMIT=2)
+async def test_a_list_follows_only_its_most_recent_conversations():
+    """A user added to conversation after conversation (spam) does not grow what a list
+    socket follows: the least recently active drops out."""
+    me, *others = [await sync_to_async(make_user)() for _ in range(4)]
+    make = sync_to_async(
+        lambda *users: services.conversation_start(
+            creator=users[0], usernames=[u.username for u in users[1:]], title="spam"
+        )
+    )
+    oldest = await make(others[0], me)
+    await make(others[1], me)
+    await make(others[2], me)
+    cookie = await sync_to_async(session_cookie)(me)
+    comm = communicator("/ws/inbox", cookie)
+    assert (await comm.connect(timeout=5))[0]
+    inbox = Inbox(comm)
+    sender = await sync_to_async(session_cookie)(others[0])
+    chat, _, _ = await open_socket(oldest.pk, sender)
+    await send(chat, "into the oldest")
+    await inbox.quiet(0.5)
+    assert not any("into the oldest" in f for f in inbox.frames)
+    newest = await make(others[0], me)  # a new one: followed at once, the oldest drops
+    await inbox.wait_text(f'id="conv-{newest.pk}"')
+    await chat.disconnect()
+    await comm.disconnect()
+
+
+async def test_a_participant_removed_in_the_admin_is_closed_with_4403():
+    conversation, users, cookies = await room(3)
+    carol, _, carol_in = await open_socket(conversation.pk, cookies[2])
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+
+    @sync_to_async
+    def remove_in_the_admin():
+        from django.contrib.auth import get_user_model
+
+        from chat.models import Participant
+        from tests.factories import logged_in_client
+
+        admin = get_user_model().objects.create_superuser("root", "root@example.com", "pw-admin-1")
+        participant = Participant.objects.get(conversation=conversation, user=users[2])
+        response = logged_in_client(admin).post(
+            f"/admin/chat/participant/{participant.pk}/delete/", {"post": "yes"}
+        )
+        assert response.status_code == 302
+
+    await remove_in_the_admin()
+    assert await carol_in.wait_close() == 4403
+    await send(alice, "carol is gone")
+    assert await alice_in.wait_seqs([1]) == [1]
+    await alice.disconnect()

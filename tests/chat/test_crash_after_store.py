@@ -37,10 +37,10 @@ _deliver = consumers.ChatConsumer.deliver
 _flush = hub.ConversationHub.flush_broadcasts
 
 
-async def deliver(self, rows):
-    if any("die-before-confirm" in frame for _, frame in rows):  # stored, the sender not told
+async def deliver(self, messages):
+    if any("die-before-confirm" in m for m in messages):  # stored, the sender not told
         os._exit(17)
-    return await _deliver(self, rows)
+    return await _deliver(self, messages)
 
 
 async def flush_broadcasts(self):

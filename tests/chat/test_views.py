@@ -118,6 +118,57 @@ def test_unknown_username_is_refused_with_a_form_error():
     assert r.status_code == 400 and "at least one other user" in r.content.decode()
 
 
+def test_starting_conversations_is_limited_per_user_per_window(settings):
+    """One client started 1,500 conversations in 14 s: now CHAT_NEW_CONVERSATIONS_LIMIT per
+    window; past it 429 with Retry-After, a form error, and nothing created."""
+    settings.CHAT_NEW_CONVERSATIONS_LIMIT = 3
+    me, anna = make_user("me"), make_user("anna")
+    others = [make_user(f"x{i}") for i in range(5)]
+    client = logged_in_client(me)
+    for other in others[:3]:  # at the bound
+        assert client.post("/c/new", {"usernames": f"anna {other.username}"}).status_code == 302
+    r = client.post("/c/new", {"usernames": f"anna {others[3].username}"})
+    assert r.status_code == 429 and 0 < int(r["Retry-After"]) <= 600
+    assert "too many conversations" in r.content.decode()
+    assert Conversation.objects.count() == 3
+    # Reusing a 1:1 that exists creates nothing, and is not refused.
+    assert logged_in_client(anna).post("/c/new", {"usernames": "me"}).status_code == 302
+    # Another user is not held back by this one.
+    assert logged_in_client(anna).post("/c/new", {"usernames": "x4 x3"}).status_code == 302
+
+
+def test_the_list_shows_a_bounded_page_of_conversations(settings):
+    settings.CHAT_INBOX_FOLLOW_LIMIT = 3
+    me = make_user("me")
+    convs = [make_conversation(me, make_user(f"p{i}")) for i in range(5)]
+    for conv in convs:
+        services.message_create(conversation_id=conv.pk, sender=me, body=f"in {conv.pk}")
+    client = logged_in_client(me)
+    first = client.get("/").content.decode()
+    shown = [int(c) for c in re.findall(r'<li id="conv-(\d+)"', first)]
+    assert shown == [c.pk for c in reversed(convs)][:3]
+    assert "?page=2" in first and "ws-connect" in first
+    second = client.get("/?page=2").content.decode()
+    assert [int(c) for c in re.findall(r'<li id="conv-(\d+)"', second)] == [
+        convs[1].pk,
+        convs[0].pk,
+    ]
+    assert "ws-connect" not in second  # an older page is not live
+    assert client.get("/?page=x").status_code == 200
+
+
+def test_leaving_a_conversation_takes_it_off_the_list_and_its_page():
+    me, anna = make_user("me"), make_user("anna")
+    conv = make_conversation(me, anna, title="Team")
+    client = logged_in_client(me)
+    r = client.post(f"/c/{conv.pk}/leave")
+    assert r.status_code == 302 and r["Location"] == "/"
+    assert f'id="conv-{conv.pk}"' not in client.get("/").content.decode()
+    assert client.get(f"/c/{conv.pk}").status_code == 404
+    assert client.post(f"/c/{conv.pk}/leave").status_code == 404
+    assert list(conv.participants.values_list("username", flat=True)) == ["anna"]
+
+
 def test_conversation_page_has_latest_50_and_the_websocket_form():
     me, other = make_user("me"), make_user("other")
     conv = make_conversation(me, other)

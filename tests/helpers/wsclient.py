@@ -51,11 +51,18 @@ class ChatSocket:
 
     # --- connection ------------------------------------------------------------------------
     def connect(
-        self, after: int | None = None, timeout: float = 10.0, retry: bool = False
+        self,
+        after: int | None = None,
+        timeout: float = 10.0,
+        retry: bool = False,
+        epoch: str | None = None,
     ) -> ChatSocket:
-        """Opens the socket (`?after=` when given). retry=True: a refused handshake is tried
-        again until `timeout` (during a restart nginx may briefly have no ws process)."""
-        path = f"/ws/chat/{self.conversation_id}" + ("" if after is None else f"?after={after}")
+        """Opens the socket (`?after=`, `&epoch=` when given). retry=True: a refused
+        handshake is tried again until `timeout` (during a restart nginx may briefly have no
+        ws process)."""
+        query = [f"after={after}"] if after is not None else []
+        query += [f"epoch={epoch}"] if epoch is not None else []
+        path = f"/ws/chat/{self.conversation_id}" + ("?" + "&".join(query) if query else "")
         deadline = time.monotonic() + timeout
         while True:
             try:

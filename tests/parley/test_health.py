@@ -29,3 +29,26 @@ def test_health_answers_are_counted_by_their_route():
     before = REGISTRY.get_sample_value(name, labels) or 0
     Client().get("/healthz", HTTP_HOST="10.1.2.3")
     assert REGISTRY.get_sample_value(name, labels) == before + 1
+
+
+@pytest.mark.django_db
+async def test_readiness_keeps_one_channel_however_often_it_is_probed(settings):
+    """Each probe made a channel of its own, which the pub/sub layer keeps as a Redis
+    subscription for the process's life (17,000 a day per pod at a 5 s probe)."""
+    import redis.asyncio as aioredis
+    from channels.layers import get_channel_layer
+
+    from parley import health
+
+    async def subscribed() -> int:
+        client = aioredis.Redis.from_url(settings.REDIS_URLS[0])
+        try:
+            return len(await client.pubsub_channels(f"{settings.CHANNEL_LAYER_PREFIX}*"))
+        finally:
+            await client.aclose()
+
+    before = await subscribed()
+    for _ in range(30):
+        await health._layer_round_trip()
+    assert await subscribed() - before <= 1
+    await get_channel_layer().flush()
