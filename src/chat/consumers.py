@@ -35,6 +35,7 @@ from chat.sockets import (
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.logging import Throttled
+from parley_runtime import frames
 
 logger = logging.getLogger(__name__)
 refused_at_connect = Throttled(logger, "database refused at connect")
@@ -271,7 +272,7 @@ class ChatConsumer(ResilientConsumer):
     async def websocket_receive(self, message: dict) -> None:
         # The tuned runtime's input queue stamps each frame with when it reached the
         # process (parley_runtime.websocket.InputQueue); the stock one does not.
-        self.frame_received_at: float | None = message.get("received_at")
+        self.frame_received_at: float | None = frames.received_at(message)
         await super().websocket_receive(message)
 
     async def receive(self, text_data: str | None = None, bytes_data: bytes | None = None):
