@@ -55,6 +55,10 @@ test-stock: install ## The websocket and consumer tests on the stock runtime (PA
 	PARLEY_RUNTIME=stock $(PY) -m pytest tests/chat tests/parley_runtime \
 		-m "not slow and not stack and not browser and not containers" $(PYTEST_ARGS)
 
+.PHONY: test-upstream
+test-upstream: install ## daphne's and channels-redis' own tests against the tuned runtime (part of `make test`; docs/runtime.md)
+	$(PY) -m pytest tests/parley_runtime/test_upstream.py $(PYTEST_ARGS)
+
 .PHONY: test-fast
 test-fast: install ## Unit and consumer tests only (no native stack, browser, containers or slow tests; ~2 min)
 	$(PY) -m pytest -m "not slow and not stack and not browser and not containers" $(PYTEST_ARGS)

@@ -73,3 +73,48 @@ class ThrowawayRedis:
             self.proc.kill()  # an outage, not a shutdown
             self.proc.wait(timeout=10)
         self.proc = None
+
+
+class ThrowawaySentinel:
+    """A Redis Sentinel on its own port watching one master (e.g. a ThrowawayRedis), for the
+    libraries' own sentinel tests. `password`: what clients must AUTH with."""
+
+    def __init__(self, master_name: str, master_port: int, password: str | None = None) -> None:
+        self.port = free_port()
+        self.master_name = master_name
+        self.master_port = master_port
+        self.password = password
+        self.dir = tempfile.mkdtemp(prefix="parley-sentinel-")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, timeout: float = 10.0) -> None:
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        config = os.path.join(self.dir, "sentinel.conf")  # sentinel rewrites its own config
+        with open(config, "w") as fh:
+            fh.write(
+                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
+                + (f"requirepass {self.password}\n" if self.password else "")
+                + f"sentinel monitor {self.master_name} 127.0.0.1 {self.master_port} 1\n"
+            )
+        self.proc = subprocess.Popen(
+            [binary, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        deadline = time.monotonic() + timeout
+        client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
+        while True:
+            try:
+                if client.sentinel_get_master_addr_by_name(self.master_name):
+                    return
+            except redis.exceptions.ConnectionError:
+                pass
+            if time.monotonic() > deadline or self.proc.poll() is not None:
+                raise RuntimeError(f"redis sentinel on port {self.port} did not start")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(timeout=10)
+        self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)

@@ -30,7 +30,7 @@ from chat.stream import Position, SocketCursor, Verdict, catch_up, frames, judge
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.logging import Throttled
-from parley_runtime.received import received_at
+from parley_runtime.frames import received_at
 
 logger = logging.getLogger(__name__)
 refused_at_connect = Throttled(logger, "database refused at connect")

@@ -6,6 +6,7 @@ piece's gain and how it was measured):
 
 - `websocket`: daphne's websocket protocol lets go of the handshake; a small bounded input
   queue per socket.
+- `frames`: when a client's frame reached the process, beside the ASGI event, not in it.
 - `routing`: Channels' routers hand over to the inner application instead of awaiting it.
 - `layers`: channels-redis' pub/sub layer with a small bounded queue per channel.
 - `http`: Django's ASGI handler with one thread hop per request.
@@ -13,8 +14,9 @@ piece's gain and how it was measured):
 
 `select()` decides once per process: PARLEY_RUNTIME=stock, or any installed version other
 than the pinned one (pins.py), means the stock parts; the rest of Parley works the same on
-both (CI runs the websocket suite on each: `make test-stock`). This package imports no
-project module.
+both (CI runs the websocket suite on each: `make test-stock`). Each tuned class keeps the
+public contract of the one it replaces exactly: daphne's and channels-redis' own tests run
+against them (tests/parley_runtime/upstream). This package imports no project module.
 """
 
 from __future__ import annotations

@@ -6,15 +6,20 @@ i.e. for every open socket. Here each is a ChannelQueue: two slots, bounded by
 (the project counts it; sequence numbers make the gap visible and it is healed from the
 database). Stock: `channels_redis.pubsub.RedisPubSubChannelLayer`, unchanged (`backend()`).
 
+The layer API (new_channel, send, receive, group_add, group_discard, group_send, flush) is
+channels-redis' own, every method a coroutine function; channels-redis' own pub/sub tests run
+against this class (tests/parley_runtime/upstream).
+
 Relies on (tests/parley_runtime/test_canary_channels_redis.py): RedisPubSubLoopLayer's
 `channels` dict and `_get_shard`, RedisPubSubChannelLayer's `_layers`, `_args`, `_kwargs`,
-`_get_layer` and channels_redis.pubsub._wrap_close.
+`_get_layer`, the proxy its receive mirrors (_async_proxy) and
+channels_redis.pubsub._wrap_close.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable
 
 from channels_redis.pubsub import RedisPubSubChannelLayer, RedisPubSubLoopLayer, _wrap_close
 
@@ -50,10 +55,11 @@ class SlimPubSubLoopLayer(RedisPubSubLoopLayer):
 class PubSubChannelLayer(RedisPubSubChannelLayer):
     """RedisPubSubChannelLayer whose per-loop layer is SlimPubSubLoopLayer."""
 
-    def receive(self, channel: str) -> Awaitable[dict]:
-        # channels-redis reaches the per-loop layer through a coroutine of its own (and a
-        # partial) on every call; a waiting receive is what every idle socket has in flight.
-        return self._get_layer().receive(channel)
+    async def receive(self, channel: str) -> dict:
+        """channels-redis' receive: a coroutine function, as its __getattr__ proxy
+        (_async_proxy) is, that finds the per-loop layer when it runs, in the loop it runs
+        in (so `asyncio.run(layer.receive(channel))` works)."""
+        return await self._get_layer().receive(channel)
 
     def _get_layer(self) -> RedisPubSubLoopLayer:
         loop = asyncio.get_running_loop()

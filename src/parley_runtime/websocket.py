@@ -9,7 +9,11 @@
   line autobahn formats for each one, and at once when nothing waits before it (`sendData`,
   `write_now`).
 - `TunedServer.create_application` (tuned): a bounded, two-slot InputQueue per socket
-  instead of daphne's unbounded asyncio.Queue (~2.6 KiB each).
+  instead of daphne's unbounded asyncio.Queue (~2.6 KiB each); each `websocket.receive`
+  event comes out as daphne made it (the ASGI spec's keys and values), its arrival time
+  beside it (parley_runtime.frames).
+
+daphne's own tests for these classes run against them (tests/parley_runtime/upstream).
 
 `server_class(mode)` gives the daphne Server subclass for a runtime mode; the project's
 websocket role (config.serve_ws) adds its drain on top. Relies on
@@ -27,7 +31,6 @@ from __future__ import annotations
 import daphne.server  # isort: skip  # noqa: I001
 
 import asyncio
-import time
 from collections.abc import Callable
 from functools import partial
 from typing import Any
@@ -37,6 +40,7 @@ from daphne.ws_protocol import WebSocketProtocol
 from twisted.internet import tcp
 from twisted.web.http import HTTPChannel
 
+from parley_runtime.frames import stamped
 from parley_runtime.slimqueue import SlimQueue
 
 # Registered close codes a server sends (RFC 6455 7.4, IANA registry) that autobahn's
@@ -306,7 +310,9 @@ class InputQueue(SlimQueue):
     """What a client sent, waiting for its consumer. Bounded (`maxsize`, which the project
     sets): a consumer stalled on the database no longer lets one socket queue without end;
     past it a frame is dropped and `on_overflow` called. The end of the socket (a
-    disconnect) is never dropped: the consumer must hear of it."""
+    disconnect) is never dropped: the consumer must hear of it. Events come out with the
+    keys and values they went in with; a `websocket.receive` also carries when it arrived
+    (parley_runtime.frames.received_at)."""
 
     __slots__ = ()
     maxsize = 1000
@@ -314,9 +320,10 @@ class InputQueue(SlimQueue):
 
     def put_nowait(self, item: dict) -> None:
         if item.get("type") == "websocket.receive":
-            # When the frame reached the process: the project can refuse a send that waited
-            # here too long instead of storing it late (the stock queue has no such stamp).
-            item["received_at"] = time.monotonic()
+            # When the frame reached the process, outside the event (its keys stay the ASGI
+            # spec's): the project refuses a send that waited here too long instead of
+            # storing it late. parley_runtime.frames.received_at() reads it.
+            item = stamped(item)
         super().put_nowait(item)
 
     def overflowed(self, item: dict) -> None:

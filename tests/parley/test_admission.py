@@ -160,14 +160,15 @@ def test_peer_delays_are_each_publishers_excess_over_its_fastest():
 
 
 async def test_a_send_whose_frame_waited_too_long_in_its_socket_queue_is_refused(settings):
-    """config.serve_ws stamps each frame on arrival; a send that waited behind its socket's
+    """The tuned input queue stamps each frame on arrival; a send that waited behind its socket's
     earlier frames longer than CHAT_OVERLOAD_QUEUE_SECONDS is refused, a fresh one is not."""
     from parley.admission import admission
+    from parley_runtime.frames import received_at
     from parley_runtime.websocket import InputQueue
 
     settings.CHAT_OVERLOAD_QUEUE_SECONDS = 0.3
     queue = InputQueue()
     queue.put_nowait({"type": "websocket.receive", "text": "{}"})
     frame = queue.get_nowait()
-    assert admission().refusal(frame["received_at"]) is None
-    assert admission().refusal(frame["received_at"] - 1.0) == "queued"
+    assert admission().refusal(received_at(frame)) is None
+    assert admission().refusal(received_at(frame) - 1.0) == "queued"

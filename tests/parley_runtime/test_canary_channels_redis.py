@@ -13,7 +13,9 @@ def test_the_per_channel_queue_is_made_where_the_slim_layer_makes_its_own():
 
 def test_the_per_loop_layer_is_found_as_the_slim_layer_finds_it():
     assert fingerprint(pubsub.RedisPubSubChannelLayer._get_layer) == "dbdd7316585227fd"
-    # receive() reaches the per-loop layer through __getattr__: the tuned layer's receive
-    # skips that hop.
+    # Every layer API method reaches the per-loop layer through __getattr__ and the
+    # _async_proxy coroutine; the tuned layer's receive is that proxy for receive, written
+    # out (a coroutine function that finds the per-loop layer when it runs).
     assert fingerprint(pubsub.RedisPubSubChannelLayer.__getattr__) == "5c65aea5208ca10d"
+    assert fingerprint(pubsub._async_proxy) == "866baa27df095930"
     assert callable(pubsub._wrap_close)

@@ -4,7 +4,10 @@ channels, against the real Redis."""
 from __future__ import annotations
 
 import asyncio
+import inspect
+import uuid
 
+import pytest
 from channels.layers import get_channel_layer
 from channels_redis.pubsub import RedisPubSubChannelLayer
 
@@ -32,3 +35,16 @@ async def test_the_default_layer_gives_each_channel_a_slim_queue_and_delivers():
     assert [m["n"] for m in got] == [1, 1, 2]
     await layer.group_discard("parley-test-group", first)
     await layer.group_discard("parley-test-group", second)
+
+
+def test_receive_is_a_coroutine_function_as_channels_redis_is(settings):
+    """Like channels-redis' (its __getattr__ proxy): a coroutine function, the per-loop
+    layer found when the coroutine runs, so it can be made outside a running loop."""
+    layer = PubSubChannelLayer(hosts=settings.REDIS_URLS, prefix=settings.CHANNEL_LAYER_PREFIX)
+    stock = RedisPubSubChannelLayer(hosts=settings.REDIS_URLS)
+    assert inspect.iscoroutinefunction(PubSubChannelLayer.receive)
+    assert inspect.iscoroutinefunction(layer.receive) and inspect.iscoroutinefunction(stock.receive)
+    channel = f"{settings.CHANNEL_LAYER_PREFIX}.sync-receive.{uuid.uuid4().hex}"
+    with pytest.raises(asyncio.TimeoutError):  # nothing sent: it waited, in asyncio.run's loop
+        asyncio.run(asyncio.wait_for(layer.receive(channel), 0.2))
+    assert layer._layers == {}  # that loop's layer went with the loop, as channels-redis'
