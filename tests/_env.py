@@ -29,7 +29,7 @@ defaults = {
     "LOG_LEVEL": "WARNING",
     "CHAT_PRESENCE_TTL": "6",
     # Many stacks, browsers and suites share this machine's two cores: a test about something
-    # else must not be refused as "busy" because the machine is (chat/test_admission.py and
+    # else must not be refused as "busy" because the machine is (parley/test_admission.py and
     # the benchmark use the real limits).
     "CHAT_OVERLOAD_LAG_SECONDS": "0.5",
     "CHAT_OVERLOAD_DELIVERY_SECONDS": "2",

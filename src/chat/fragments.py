@@ -39,8 +39,8 @@ class FragmentCache:
 
     In process memory on purpose: a deploy with changed templates starts empty, with no
     stale HTML shared across versions. Values are str, kept as they are (Django's LocMemCache
-    pickles every value and checks every key, which cost a page of 50 messages ~7% of its
-    CPU). Thread-safe: request threads and the websocket process's threads share it.
+    pickles every value and checks every key, on a page's path). Thread-safe: request
+    threads and the websocket process's threads share it.
     """
 
     ENTRY_OVERHEAD = 250  # the key tuple and its ints, the OrderedDict's slot and links

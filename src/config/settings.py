@@ -118,7 +118,7 @@ if DATABASES["default"]["ENGINE"] == "django.db.backends.postgresql":
         "max_size": env.int("DB_POOL_MAX_SIZE", default=4),
         # Past capacity, degrade: a request that gets no connection within this long is
         # answered 503 with Retry-After (parley.middleware.OverloadMiddleware), well within
-        # the 2 s a refusal may take. (10 s before: a login storm queued for 10 s, then 500.)
+        # the 2 s a refusal may take.
         # No max_waiting: WEB_REQUEST_SLOTS already bounds the requests that can wait here.
         "timeout": env.float("DB_POOL_TIMEOUT", default=1.0),
     }
@@ -134,10 +134,9 @@ DB_MAX_CONNECTIONS: int = env.int("DB_MAX_CONNECTIONS", default=0)
 # REDIS_URL may list several Redis servers (comma separated): channels-redis shards channels
 # and groups over them. Unset, Parley runs on the in-memory layer (one process only).
 REDIS_URLS: list[str] = env.list("REDIS_URL", default=[])
-# pubsub (RedisPubSubChannelLayer) by measurement: on the 2-core benchmark machine it carried
-# 2,400 deliveries/s at p99 52 ms where core (RedisChannelLayer) collapsed (p99 0.9 s), at
-# 60% of core's daphne CPU (loadtest/experiments/2026-11-25-channel-layer.md). Its groups live
-# on the process's Redis connection, so a crashed process leaves no stale memberships.
+# pubsub (RedisPubSubChannelLayer) by default: measured faster than core (RedisChannelLayer)
+# at less CPU (loadtest/experiments/2026-11-25-channel-layer.md). Its groups live on the
+# process's Redis connection, so a crashed process leaves no stale memberships.
 CHANNEL_LAYER_BACKEND: str = env.str("CHANNEL_LAYER_BACKEND", default="pubsub")  # or core
 # A consumer lives at most this long before it asks the client to reconnect (close 1012,
 # which the HTMX extension retries, replaying what it missed). It bounds how long a member
@@ -260,9 +259,8 @@ if SECURE_HSTS_SECONDS == 0:
 # WEB_QUEUE_SECONDS, then get 503 with Retry-After. Health checks are never held back, and a
 # login lends its slot out while it waits for or does its hash (parley.auth). Default: the
 # pool's size, so a request never waits for a connection unless the database is slow. More
-# were measured worse at 4x the sustainable page rate (tests/stack/test_overload_http.py):
-# the surplus queued for the pool too, and every runnable request thread took the GIL from
-# the event loop, which then could not even read the requests it was to refuse in time.
+# slots only queue for the pool too, and every runnable request thread takes the GIL from
+# the event loop, which must stay free to read the requests it refuses.
 WEB_REQUEST_SLOTS: int = env.int(
     "WEB_REQUEST_SLOTS",
     default=DATABASES["default"].get("OPTIONS", {}).get("pool", {}).get("max_size", 4),
@@ -317,8 +315,8 @@ CHAT_DB_RETRY_SECONDS: float = env.float("CHAT_DB_RETRY_SECONDS", default=2.0)
 # this long, in a line of at most CHAT_DB_MAX_SLOT_WAITERS, before it is refused (1013, which
 # the browser retries with backoff): a reconnect storm is served in order instead of bounced.
 # A waiting handshake costs no CPU; a refused one costs a whole handshake now and another
-# later, so the line is long and the wait stays under daphne's 5 s handshake timeout (5,000
-# sockets back: 45 s with 1 s and 256, 37 s with these; loadtest/RESULTS.md).
+# later, so the line is long and the wait stays under daphne's 5 s handshake timeout
+# (loadtest/RESULTS.md, "Reconnect storm").
 CHAT_DB_CONNECT_WAIT_SECONDS: float = env.float("CHAT_DB_CONNECT_WAIT_SECONDS", default=3.0)
 CHAT_DB_MAX_SLOT_WAITERS: int = env.int("CHAT_DB_MAX_SLOT_WAITERS", default=2048)
 # While this many websocket handshakes are in progress, daphne stops accepting connections
@@ -331,8 +329,8 @@ WS_MAX_HANDSHAKES: int = env.int("WS_MAX_HANDSHAKES", default=200)
 # that thread and /readyz (default DB_POOL_MAX_SIZE - 2; 0: reads on the one thread, as SQLite).
 _pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
 # A send's store runs on the event loop, on up to this many connections of its own per daphne
-# (parley.loopdb): on the one database thread the stores queued for 100-400 ms at 300 msg/s,
-# each step waiting for the GIL. They come on top of DB_POOL_MAX_SIZE. 0: on that thread.
+# (parley.loopdb), not behind other work on the one database thread. They come on top of
+# DB_POOL_MAX_SIZE. 0: on that thread.
 CHAT_DB_STORE_CONNECTIONS: int = env.int("CHAT_DB_STORE_CONNECTIONS", default=2) if _pool else 0
 CHAT_DB_READ_THREADS: int = env.int(
     "CHAT_DB_READ_THREADS", default=max(0, _pool["max_size"] - 2) if _pool else 0

@@ -3,8 +3,8 @@ fragment with its client_id and a retry hint; the page keeps the text and retrie
 backoff), never accepted and then delivered seconds late.
 
 Why: every accepted message becomes one store and a frame per member, so a process that
-accepts more than it can deliver falls behind on every socket at once (issue 17 measured 20%
-over the knee cutting deliveries by 40-80%, with messages arriving tens of seconds late).
+accepts more than it can deliver falls behind on every socket at once, and every message
+arrives late (loadtest/RESULTS.md, "Past the knee").
 Four signals, all local and cheap:
 
 - event-loop lag: how late this process's loop runs a timer due every TICK_SECONDS. Fan-out,

@@ -1,14 +1,11 @@
 """Postgres connections the event loop uses itself, for the one write every send makes.
 
-Measured (issue 17, 300 msg/s on 100 sockets, two daphne): each send's store ran on Channels'
-one database thread per process. The thread was busy 95% of the time at 150 stores a second,
-each store 4-6 ms although Postgres needs a fraction of one: every step (send the statement,
-take the reply, render) waited for the GIL from a busy event loop and for a CPU on a
-saturated machine, one store after another. Stores queued for 100-400 ms (p99), and every
-fan-out with them. Here the event loop sends the statement and reads the reply itself (no
-thread, no GIL hand-over), on up to CHAT_DB_STORE_CONNECTIONS connections at once, so stores
-to different conversations overlap (a send waits for a connection at most DB_POOL_TIMEOUT,
-then is refused as busy; the page retries it).
+A send's store must not wait behind other database work on Channels' one database thread,
+where every step waits for the GIL from a busy event loop (the figures: loadtest/RESULTS.md,
+"stores on the loop"). Here the event loop sends the statement and reads the reply itself
+(no thread, no GIL hand-over), on up to CHAT_DB_STORE_CONNECTIONS connections at once, so
+stores to different conversations overlap (a send waits for a connection at most
+DB_POOL_TIMEOUT, then is refused as busy; the page retries it).
 
 Postgres only, and only where CHAT_DB_STORE_CONNECTIONS > 0: elsewhere (SQLite, the embedded
 default) sends are stored on the database thread as every other call.

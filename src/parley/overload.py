@@ -1,11 +1,8 @@
 """Past capacity, HTTP degrades to 503 with Retry-After, never to a 500 or a long queue.
 
-Measured on the native stack (tests/stack/test_overload_http.py), before: 200 concurrent
-PBKDF2 logins got 176 500s (the pool's 10 s timeout, logins holding their connection through
-the hash) and waited up to 16 s; conversation pages offered at 4x the sustainable rate were
-all served, the last after 14 s, every request a thread of its own contending for the GIL.
-
-Three bounds, each answered with 503 and Retry-After:
+A request either runs soon or is refused at once: a queue that grows past what a process can
+serve only makes every answer late (figures: loadtest/RESULTS.md; tests/stack/
+test_overload_http.py holds every 503 to 2 s). Three bounds, each answered with 503 and Retry-After:
 
 - `AdmissionGate` (`HTTPAdmission`, in front of Django's ASGI handler): at most
   WEB_REQUEST_SLOTS requests per process run Django (a thread each) at once; the rest wait

@@ -226,9 +226,9 @@ class ParleyWebSocketProtocol(FixedWebSocketProtocol):
         self, data: bytes, sync: bool = False, chopsize: int | None = None
     ) -> None:
         """autobahn's sendData without the debug line it builds for every frame it writes
-        (three colour-highlighted strings made whether or not debug is logged, 4-5% of a
-        daphne's CPU fanning out 300 msg/s to 1,000 sockets, py-spy), and written at once
-        (write_now). Chopped, `sync` and queued writes are autobahn's own path."""
+        (three colour-highlighted strings made whether or not debug is logged; docs/runtime.md
+        has its cost), and written at once (write_now). Chopped, `sync` and queued writes are
+        autobahn's own path."""
         if chopsize or sync or self.send_queue:
             super().sendData(data, sync, chopsize)
             return

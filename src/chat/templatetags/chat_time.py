@@ -1,9 +1,8 @@
 """A message's time, as the `date` filter writes it, for less.
 
-Every send renders its message once (chat/partials/message.html), and at 300 sends a
-second the two `date` filters were over a third of the render (localtime, a DateFormat
-and a month-name translation per call; issue 17, profiled in daphne). The label only
-changes once a minute: it is kept per local minute and language.
+Every send renders its message once (chat/partials/message.html), on the send's path: the
+`date` filter's localtime, DateFormat and month-name translation per call are most of that
+render. The label only changes once a minute: it is kept per local minute and language.
 """
 
 from __future__ import annotations
