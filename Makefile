@@ -99,7 +99,7 @@ browser-deps: ## Install Debian's chromium for the browser tests (Playwright nev
 .PHONY: lint
 lint: install ## ruff check and format check, the import layers (lint-imports)
 	$(VENV)/bin/ruff check src tests deploy loadtest
-	cd src && PYTHONPATH=. ../$(VENV)/bin/lint-imports ../pyproject.toml
+	cd src && PYTHONPATH=. ../$(VENV)/bin/lint-imports ../pyproject.toml --no-cache
 	$(VENV)/bin/ruff format --check src tests deploy loadtest
 	$(MAKE) --no-print-directory lint-docker
 

@@ -1,7 +1,7 @@
 """The two websockets a page opens: a conversation (`ChatConsumer`, `/ws/chat/<id>`) and the
 conversation list (`InboxConsumer`, `/ws/inbox`). Thin: parse a frame, call services or
-selectors, send fragments. What they share is chat.sockets; delivery is chat.stream's.
-The protocol is the README's "Websocket protocol"; the guarantees are docs/delivery.md.
+selectors, send fragments. What they share is chat.sockets; what they are sent is decided by
+chat.stream and chat.delivery. The protocol is the README's "Websocket protocol"; the guarantees are docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from django.conf import settings
 from django.db import DatabaseError
 
 from chat import events, fragments, presence, protocol, selectors, services
+from chat.delivery import catch_up
 from chat.hub import ConversationHub, hubs
 from chat.models import Conversation
 from chat.ratelimit import SendLimits
@@ -26,7 +27,7 @@ from chat.sockets import (
     CLOSE_UNAUTHENTICATED,
     Socket,
 )
-from chat.stream import Position, SocketCursor, Verdict, catch_up, frames, judge
+from chat.stream import Position, SocketCursor, Verdict, frames, judge
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.logging import Throttled
@@ -34,6 +35,7 @@ from parley_runtime.frames import received_at
 
 logger = logging.getLogger(__name__)
 refused_at_connect = Throttled(logger, "database refused at connect")
+BUSY = "The server is busy: your message was not sent yet. Retrying…"
 
 
 def _query(scope: dict, name: str) -> str | None:
@@ -260,9 +262,7 @@ class ChatConsumer(Socket):
             )
             return
         if reason := admission().refusal(arrived):
-            await self.refuse_send(
-                reason, cid, "The server is busy: your message was not sent yet. Retrying…"
-            )
+            await self.refuse_send(reason, cid, BUSY)
             return
         assert self.hub is not None
         try:
@@ -276,9 +276,7 @@ class ChatConsumer(Socket):
         except Conversation.DoesNotExist:  # not a participant any more (or no conversation)
             await self.close(code=CLOSE_FORBIDDEN)
         except dbcalls.DatabaseBusy:
-            await self.refuse_send(
-                "db_busy", cid, "The server is busy: your message was not sent yet. Retrying…"
-            )
+            await self.refuse_send("db_busy", cid, BUSY)
         except DatabaseError:
             # Stored or not is unknown (the reply may be what was lost): the page keeps the
             # client_id and retries, and a retry cannot store it twice.

@@ -22,10 +22,11 @@ from typing import Protocol
 from django.db import DatabaseError
 
 from chat import events, fragments, services
+from chat.delivery import ConversationStream, Receiver, frame_limit
 from chat.heartbeat import Answer, heartbeat
 from chat.online import HubPresence
 from chat.positions import Position, Row
-from chat.stream import ConversationStream, Receiver, frame_limit, frames
+from chat.stream import frames
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.layer import PROCESS, Subscription

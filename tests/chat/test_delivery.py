@@ -168,9 +168,9 @@ async def test_too_many_held_frames_read_the_database_without_waiting_out_the_gr
 ):
     """A missing broadcast with a flood behind it: past HELD_LIMIT held frames the consumer
     stops waiting and heals, so memory per socket stays bounded."""
-    from chat import stream
+    from chat import delivery, stream
 
-    monkeypatch.setattr(stream, "GAP_GRACE_SECONDS", 120.0)  # far beyond the wait below
+    monkeypatch.setattr(delivery, "GAP_GRACE_SECONDS", 120.0)  # far beyond the wait below
     conversation, users, cookies = await room()
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
 
