@@ -1,7 +1,8 @@
 """The two websockets a page opens: a conversation (`ChatConsumer`, `/ws/chat/<id>`) and the
 conversation list (`InboxConsumer`, `/ws/inbox`). Thin: parse a frame, call services or
 selectors, send fragments. What they share is chat.sockets; what they are sent is decided by
-chat.stream and chat.delivery. The protocol is the README's "Websocket protocol"; the guarantees are docs/delivery.md.
+chat.stream and chat.delivery. The protocol is the README's "Websocket protocol"; the
+guarantees are docs/delivery.md.
 """
 
 from __future__ import annotations

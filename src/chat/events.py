@@ -56,6 +56,8 @@ SCHEMAS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]
         {"conversation_id": (int,), "frame": (str,), "user_id": (int,), "online": (bool,)},
     ),
     MEMBERS: ({"conversation_id": (int,), "removed": (list,), "added": (list,)}, {}),
+    # user_id: which user's sockets (a previous release's logout named none; the heartbeat
+    # closes those sockets instead).
     SESSION_ENDED: ({}, {"user_id": (int,), "session": (str,)}),
     READ: ({"conversation_id": (int,), "seq": (int,)}, {"user_id": (int,)}),
     JOINED: ({"conversation_id": (int,)}, {"user_id": (int,)}),

@@ -78,7 +78,7 @@ class ConversationHub:
         self.closed = False
         self.reserved = 0  # sockets between Hubs.get and attach (or release)
         self.subscription = Subscription(
-            events.conversation_group(conversation_id), self.dispatch, self.recover
+            (events.conversation_group(conversation_id),), self.dispatch, self.recover
         )
 
     publisher = PROCESS  # this process's name in the events it publishes

@@ -1,7 +1,8 @@
-"""One user hub per user per process with a socket of that user here: the user's sockets
-(chat pages and conversation lists), its one subscription to the user's group (logout, read
-markers, new conversations: chat.events' user events), and the cap on how many sockets one
-user may hold open, per process and across the cluster (the presence store counts them).
+"""Each user with a socket in this process: their sockets (chat pages and conversation
+lists), and the cap on how many one user may hold open, per process and across the cluster
+(the presence store counts them). One subscription per process is in every such user's
+group (logout, read markers, new conversations: chat.events' user events), so a user costs
+one Redis subscription of the group, not a channel, a task and a queue.
 """
 
 from __future__ import annotations
@@ -40,53 +41,32 @@ class TooManySockets(Exception):
     CHAT_MAX_SOCKETS_PER_USER in the cluster."""
 
 
-class UserHub:
-    def __init__(self, registry: Users, user_id: int) -> None:
-        self.registry = registry
-        self.user_id = user_id
-        self.sockets: dict[UserSocket, None] = {}
-        self.subscription = Subscription(events.user_group(user_id), self.dispatch)
-
-    async def dispatch(self, message: dict) -> None:
-        event = events.parse(message)
-        if event is None:
-            return
-        kind = event["type"]
-        for socket in list(self.sockets):
-            if socket.closed:
-                continue
-            if kind == events.SESSION_ENDED:
-                # Without a session: every session of the user (an older release's logout).
-                if event.get("session", socket.session_tag) == socket.session_tag:
-                    socket.on_session_ended()
-            elif kind == events.READ:
-                await socket.on_read(event["conversation_id"], event["seq"])
-            elif kind == events.JOINED:
-                await socket.on_joined(event["conversation_id"])
-
-
 class Users:
-    """This event loop's user hubs, by user."""
+    """This event loop's users, by id: their sockets here."""
 
     def __init__(self) -> None:
-        self.hubs: dict[int, UserHub] = {}
+        self.sockets: dict[int, dict[UserSocket, None]] = {}
         self.counted: set[UserSocket] = set()  # sockets the cluster count includes
+        self.subscription: Subscription | None = None
 
     async def attach(self, socket: UserSocket) -> None:
         """Counts the socket against its user's caps and lets it hear its user's events.
         Raises TooManySockets (nothing counted) past either cap."""
-        hub = self.hubs.get(socket.user_id)
-        if hub is not None and len(hub.sockets) >= settings.CHAT_MAX_SOCKETS_PER_USER_PROCESS > 0:
+        uid = socket.user_id
+        mine = self.sockets.get(uid)
+        if mine is not None and len(mine) >= settings.CHAT_MAX_SOCKETS_PER_USER_PROCESS > 0:
             raise TooManySockets("per process")
-        if hub is None:
-            hub = self.hubs[socket.user_id] = UserHub(self, socket.user_id)
-        hub.sockets[socket] = None  # counted here before the cluster is asked
+        if mine is None:
+            mine = self.sockets[uid] = {}
+            if self.subscription is None:
+                self.subscription = Subscription((), self.dispatch)
+            await self.subscription.add(events.user_group(uid))
+            mine = self.sockets.setdefault(uid, mine)  # another socket may have come meanwhile
+        mine[socket] = None  # counted here before the cluster is asked
         if settings.CHAT_MAX_SOCKETS_PER_USER <= 0:
             return
         try:
-            opened = await presence_store().socket_opened(
-                socket.user_id, settings.CHAT_MAX_SOCKETS_PER_USER
-            )
+            opened = await presence_store().socket_opened(uid, settings.CHAT_MAX_SOCKETS_PER_USER)
         except LAYER_ERRORS as exc:
             # Redis down: the per-process cap still holds; sockets must open without it.
             logger.warning("socket count unavailable", extra={"error": repr(exc)})
@@ -100,28 +80,52 @@ class Users:
         self.counted.add(socket)
 
     def detach(self, socket: UserSocket) -> None:
-        hub = self.hubs.get(socket.user_id)
-        if hub is not None and hub.sockets.pop(socket, 0) is None and not hub.sockets:
-            del self.hubs[socket.user_id]
-            task = asyncio.ensure_future(hub.subscription.close())
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+        self._forget(socket, leave=True)
         if socket in self.counted:
             self.counted.discard(socket)
-            task = asyncio.ensure_future(presence_store().socket_closed(socket.user_id))
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
+            _spawn(presence_store().socket_closed(socket.user_id))
 
     def abandon(self, socket: UserSocket) -> None:
-        """As detach, from a socket being cancelled (the server is stopping): the cluster
-        count lapses with this process's liveness."""
-        hub = self.hubs.get(socket.user_id)
-        if hub is not None and hub.sockets.pop(socket, 0) is None and not hub.sockets:
-            del self.hubs[socket.user_id]
-            hub.subscription.cancel()
+        """As detach, from a socket being cancelled (the server is stopping): the group entry
+        goes with the process, the cluster count lapses with its liveness."""
+        self._forget(socket, leave=False)
         self.counted.discard(socket)
 
+    def _forget(self, socket: UserSocket, leave: bool) -> None:
+        mine = self.sockets.get(socket.user_id)
+        if mine is None or mine.pop(socket, 0) is not None or mine:
+            return
+        del self.sockets[socket.user_id]
+        if leave and self.subscription is not None:
+            _spawn(self.subscription.discard(events.user_group(socket.user_id)))
+
+    async def dispatch(self, message: dict) -> None:
+        """A user event, for every socket of its user here."""
+        event = events.parse(message)
+        if event is None or "user_id" not in event:
+            return  # a previous release's logout names no user: the heartbeat closes them
+        kind = event["type"]
+        for socket in list(self.sockets.get(event["user_id"], ())):
+            if socket.closed:
+                continue
+            if kind == events.SESSION_ENDED:
+                # Without a session: every session of the user.
+                if event.get("session", socket.session_tag) == socket.session_tag:
+                    socket.on_session_ended()
+            elif kind == events.READ:
+                await socket.on_read(event["conversation_id"], event["seq"])
+            elif kind == events.JOINED:
+                await socket.on_joined(event["conversation_id"])
+
     def stale_subscriptions(self) -> list[Subscription]:
-        return [hub.subscription for hub in self.hubs.values() if hub.subscription.stale()]
+        subscription = self.subscription
+        return [subscription] if subscription is not None and subscription.stale() else []
 
 
-# This event loop's user hubs (parley.perloop).
+def _spawn(coroutine) -> None:
+    task = asyncio.ensure_future(coroutine)
+    task.add_done_callback(lambda t: t.cancelled() or t.exception())
+
+
+# This event loop's users (parley.perloop).
 users = per_loop(lambda _loop: Users())

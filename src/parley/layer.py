@@ -2,10 +2,10 @@
 
 Every group send goes through `group_send` (a layer failure is logged, counted and answered
 False, never raised), and every membership is a `Subscription`: one channel of its own in
-one group, its messages handed to a callback in order, and after the layer fails (Redis
+some groups, its messages handed to a callback in order, and after the layer fails (Redis
 down, a subscription lost) a rejoin with capped, jittered backoff, then `on_recovered`.
 Sockets hold no channel of their own: each process subscribes once per group it follows
-(chat.hub), so a socket costs no Redis subscription and no waiting receive.
+(chat.hub, chat.users), so a socket costs no Redis subscription and no waiting receive.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ import logging
 import random
 import secrets
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterable
 
 from channels.layers import get_channel_layer
 
@@ -68,18 +68,19 @@ Handler = Callable[[dict], Awaitable[None]]
 
 
 class Subscription:
-    """This process in `group`, on a channel of its own, for as long as `close()` is not
-    called. `ready` is done once the first join was tried (joined or not: until it
-    succeeds, it is retried with backoff). `joined`: the layer has the membership and
-    nothing failed since."""
+    """This process in some groups, on one channel of its own, for as long as `close()` is
+    not called: every message of every group goes to `on_message`, in order. `ready` is done
+    once the first join was tried (joined or not: until it succeeds, it is retried with
+    backoff, every group again). `joined`: the layer has the memberships and nothing failed
+    since."""
 
     def __init__(
         self,
-        group: str,
+        groups: Iterable[str],
         on_message: Handler,
         on_recovered: Callable[[], Awaitable[None]] | None = None,
     ) -> None:
-        self.group = group
+        self.groups = set(groups)
         self.on_message = on_message
         self.on_recovered = on_recovered
         self.layer = get_channel_layer()
@@ -91,12 +92,14 @@ class Subscription:
         self.task: asyncio.Task | None = asyncio.ensure_future(self._run())
 
     async def join(self) -> bool:
-        """Joins (again); False, logged, if the layer failed (the receive loop retries)."""
+        """Joins every group (again); False, logged, if the layer failed (the receive loop
+        retries)."""
         try:
             async with asyncio.timeout(CALL_SECONDS):
                 if not self.channel:
                     self.channel = await self.layer.new_channel()
-                await self.layer.group_add(self.group, self.channel)
+                for group in list(self.groups):
+                    await self.layer.group_add(group, self.channel)
         except LAYER_ERRORS as exc:
             logger.warning("group join failed; will retry", extra={"error": repr(exc)})
             self.joined = False
@@ -104,6 +107,26 @@ class Subscription:
         self.joined = True
         self.joined_at = time.monotonic()
         return True
+
+    async def add(self, group: str) -> None:
+        """Joins one more group; if the layer fails, the receive loop's rejoin adds it."""
+        self.groups.add(group)
+        if not (self.joined and self.channel):
+            return
+        try:
+            async with asyncio.timeout(CALL_SECONDS):
+                await self.layer.group_add(group, self.channel)
+        except LAYER_ERRORS as exc:
+            logger.warning("group join failed; will retry", extra={"error": repr(exc)})
+            self.joined = False
+
+    async def discard(self, group: str) -> None:
+        """Leaves one group (an entry the layer keeps lapses with its group_expiry)."""
+        self.groups.discard(group)
+        if self.channel:
+            with contextlib.suppress(*LAYER_ERRORS):
+                async with asyncio.timeout(CALL_SECONDS):
+                    await self.layer.group_discard(group, self.channel)
 
     def stale(self) -> bool:
         """Joined long enough ago to join again (the process heartbeat asks)."""
@@ -128,7 +151,7 @@ class Subscription:
             try:
                 await self.on_message(message)
             except Exception:  # one bad message must not end the membership
-                logger.exception("could not handle a layer message", extra={"group": self.group})
+                logger.exception("could not handle a layer message")
 
     async def _rejoin(self) -> None:
         for delay in backoff_delays():
@@ -137,7 +160,7 @@ class Subscription:
                 break
         if self.closed:
             return
-        logger.info("channel layer recovered", extra={"group": self.group})
+        logger.info("channel layer recovered", extra={"groups": len(self.groups)})
         if self.on_recovered is not None:
             task = asyncio.ensure_future(self.on_recovered())
             task.add_done_callback(_log_failure)
@@ -150,7 +173,7 @@ class Subscription:
             self.task.cancel()
 
     async def close(self) -> None:
-        """Stops receiving and leaves the group."""
+        """Stops receiving and leaves its groups."""
         self.closed = True
         task, self.task = self.task, None
         if task is not None and not task.done():
@@ -159,7 +182,9 @@ class Subscription:
                 await task
         if self.channel:
             with contextlib.suppress(*LAYER_ERRORS):
-                await self.layer.group_discard(self.group, self.channel)
+                async with asyncio.timeout(CALL_SECONDS):
+                    for group in list(self.groups):
+                        await self.layer.group_discard(group, self.channel)
 
 
 def _log_failure(task: asyncio.Task) -> None:
