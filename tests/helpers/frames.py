@@ -71,6 +71,9 @@ class Inbox:
                 return
             if out["type"] == "websocket.send":
                 self.frames.append(out.get("text") or "")
+            elif out["type"] == "websocket.close":
+                self.closed_with = out.get("code", 1000)
+                return
 
     async def wait_close(self, timeout: float = 5.0) -> int:
         deadline = time.monotonic() + timeout
