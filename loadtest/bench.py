@@ -87,9 +87,12 @@ def bench_stack(backend: str) -> Stack:
 
 
 @contextmanager
-def fresh_stack(backend: str) -> Iterator[Stack]:
-    """A bench stack on an empty database and Redis db, torn down and dropped afterwards."""
+def fresh_stack(backend: str, defaults: tuple[str, ...] = ()) -> Iterator[Stack]:
+    """A bench stack on an empty database and Redis db, torn down and dropped afterwards.
+    `defaults`: settings the bench lifts that this run keeps at their defaults."""
     stack = bench_stack(backend)
+    for name in defaults:
+        stack.config.env.pop(name, None)
     stack.down()
     flush_redis(stack.config.redis_url)
     stack.up(fresh_db=True)
@@ -212,18 +215,34 @@ def run_step(
     return Step(backend, rate, summary, label)
 
 
+def rates_to_the_knee(rates: str) -> Iterator[float]:
+    """`--rates`: a list, ascending ("10,40,80"), or "auto[:START:STEP]" (default 100 and
+    100): START, START+STEP, ... until the sweep's first miss, however high that is."""
+    if rates.startswith("auto"):
+        _, start, step = (
+            (rates.split(":") + ["100", "100"])[:3] if ":" in rates else ("", "100", "100")
+        )
+        rate = float(start)
+        while True:
+            yield rate
+            rate += float(step)
+    else:
+        yield from (float(r) for r in rates.split(","))
+
+
 def sweep(
     backend: str,
-    rates: list[float],
+    rates: Iterator[float],
     rooms: int,
     members: int,
     seconds: int,
     ws_processes: int = 2,
     overload: list[float] | None = None,
+    repeat: int = 1,
 ) -> list[Step]:
-    """The sustainable sweep (up to the first rate that is not), then, on the same stack,
-    each overload factor of the highest sustainable rate followed by a recovery step at
-    that rate 5 s after the overload ended."""
+    """The sweep up to its first miss (a rate not sustainable), then, on the same stack,
+    `repeat` times: each overload factor of the knee (the highest sustainable rate) followed
+    by a recovery step at the knee 5 s after the overload ended."""
     steps: list[Step] = []
     with fresh_stack(backend) as stack:
         for name in stack.ws_names[ws_processes:]:
@@ -236,36 +255,71 @@ def sweep(
             if not step.sustainable:
                 break
         knee = max((s.rate for s in steps if s.sustainable), default=None)
-        for factor in overload or []:
-            if knee is None:
-                break
-            step = run_step(
-                stack,
-                users_file,
-                backend,
-                knee * factor,
-                rooms,
-                members,
-                seconds,
-                label=f"{factor:g}x",
-                drain_seconds=10,
-            )
-            steps.append(step)
-            print(row(step), flush=True)
-            time.sleep(5)  # the spec: a run at the sustainable rate 5 s after overload ends
-            step = run_step(
-                stack,
-                users_file,
-                backend,
-                knee,
-                rooms,
-                members,
-                max(10, seconds // 2),
-                label="recovery",
-            )
-            steps.append(step)
-            print(row(step), flush=True)
+        for run in range(repeat):
+            for factor in overload or []:
+                if knee is None:
+                    break
+                step = run_step(
+                    stack,
+                    users_file,
+                    backend,
+                    knee * factor,
+                    rooms,
+                    members,
+                    seconds,
+                    label=f"{factor:g}x" + (f" #{run + 1}" if repeat > 1 else ""),
+                    drain_seconds=10,
+                )
+                steps.append(step)
+                print(row(step), flush=True)
+                time.sleep(5)  # the spec: a run at the sustainable rate 5 s after overload ends
+                step = run_step(
+                    stack,
+                    users_file,
+                    backend,
+                    knee,
+                    rooms,
+                    members,
+                    max(10, seconds // 2),
+                    label="recovery",
+                )
+                steps.append(step)
+                print(row(step), flush=True)
     return steps
+
+
+def goodput_lines(steps: list[Step]) -> list[str]:
+    """Deliveries per second at each overload factor as a share of those at the knee (the
+    sweep's last sustainable step), min-max over the repeats."""
+    sweep_steps = [s for s in steps if not s.label and s.sustainable]
+    if not sweep_steps:
+        return []
+    knee = sweep_steps[-1]
+    base = knee.summary.get("deliveries_per_s") or 0
+    by_factor: dict[str, list[Step]] = {}
+    for s in steps:
+        if s.label and s.label != "recovery":
+            by_factor.setdefault(s.label.split(" #")[0], []).append(s)
+    lines = [
+        "",
+        f"Goodput past the knee ({knee.rate:g} msg/s, {base:.0f} deliveries/s): "
+        "deliveries/s as a share of the knee's, per run; p99 of accepted messages; refused; "
+        "not arrived; sockets closed.",
+        "",
+        "| factor | runs | share of the knee | p99 ms | refused | not arrived | closed |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for factor, runs in by_factor.items():
+        shares = [100 * (r.summary.get("deliveries_per_s") or 0) / base for r in runs if base]
+        p99s = [r.summary.get("fanout_p99_ms") or 0 for r in runs]
+        lines.append(
+            f"| {factor} | {len(runs)} | {', '.join(f'{x:.0f}%' for x in shares)} "
+            f"| {', '.join(f'{x:.0f}' for x in p99s)} "
+            f"| {', '.join(str(r.summary.get('refused', 0)) for r in runs)} "
+            f"| {', '.join(str(r.summary.get('lost', 0)) for r in runs)} "
+            f"| {', '.join(str(len(r.summary.get('closed', []) or [])) for r in runs)} |"
+        )
+    return lines
 
 
 def ws_client_argv(module: str, stack: Stack, sessions_file: Path) -> list[str]:
@@ -414,6 +468,90 @@ def reconnect_storm(rooms: int, room_size: int, big: int, layer: str = "pubsub")
 
 def _cpu_seconds(pid: int) -> float:
     return _tree_cpu_seconds(pid, {})
+
+
+def crowd_run(sockets: int, room_size: int, messages: int, layer: str = "pubsub") -> dict:
+    """`sockets` members in rooms of `room_size`, through nginx, under the default
+    per-socket limits, each sending `messages` at once and retrying what is refused as
+    chat.js does. Every message must arrive once to every member and be stored once."""
+    rooms = max(1, sockets // room_size)
+    with fresh_stack(layer, defaults=("CHAT_RATE_LIMIT",)) as stack:
+        users = json.loads(stack.seed(rooms, room_size, PASSWORD, "crowd").read_text())
+        sessions = login_cookies(f"http://127.0.0.1:{stack.config.web_port}", users)
+        sessions_file = stack.run_dir / "crowd-sessions.json"
+        sessions_file.write_text(json.dumps(sessions))
+        argv = [
+            sys.executable,
+            "-m",
+            "loadtest.crowd",
+            "--url",
+            stack.config.url.replace("http", "ws", 1),
+            "--origin",
+            stack.config.url,
+            "--sessions",
+            str(sessions_file),
+            "--messages",
+            str(messages),
+        ]
+        client = LineClient(argv)
+        try:
+            print(f"crowd: {client.answer()}", flush=True)
+            time.sleep(5.0)  # presence and the handshakes' work settle first
+            cpu_before, t0 = stack_cpu(stack), time.time()
+            client.go_on()
+            result = client.answer().get("crowd") or {}
+            elapsed = time.time() - t0
+            cpu_after = stack_cpu(stack)
+            result["cpu_percent"] = {
+                name: round(100 * (cpu_after[name] - cpu_before[name]) / elapsed)
+                for name in cpu_after
+            }
+            client.go_on()
+        finally:
+            client.close()
+        result.update(stored_once(stack.config.database_url, result.pop("client_ids", [])))
+    print(f"crowd: {result}", flush=True)
+    return result
+
+
+def stored_once(database_url: str, client_ids: list[str]) -> dict:
+    """How many of these sends are stored, and how many more than once."""
+    import psycopg
+
+    with psycopg.connect(database_url) as conn:
+        rows = conn.execute(
+            "SELECT client_id::text, count(*) FROM chat_message "
+            "WHERE client_id = ANY(%s::uuid[]) GROUP BY client_id",
+            [client_ids],
+        ).fetchall()
+    return {
+        "stored": len(rows),
+        "stored_twice": sum(1 for _, n in rows if n > 1),
+        "not_stored": len(set(client_ids) - {cid for cid, _ in rows}),
+    }
+
+
+def crowd_lines(crowd: dict | None) -> list[str]:
+    if not crowd:
+        return []
+    c = crowd
+    return [
+        "",
+        f"## Crowd: {c['sockets']} sockets in {c['rooms']} rooms send at once, default limits",
+        "",
+        "Each page sends its messages within a second and retries what is refused as chat.js "
+        "does (the hint, doubled per refusal, jittered; new sends held while busy).",
+        "",
+        "| sent | refused | retries | all confirmed | confirm p50 / p99 | all delivered "
+        "| deliveries/s | missing | duplicates | closed | stored | stored twice | not stored "
+        "| CPU % |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        f"| {c['sent']} | {c['refusals']} | {c['retries']} | {c['all_confirmed_s']} s "
+        f"| {c['confirm_p50_s']} / {c['confirm_p99_s']} s | {c['all_delivered_s']} s "
+        f"| {c['deliveries_per_s']} | {c['missing']} | {c['duplicates']} | {c['closed']} "
+        f"| {c['stored']} | {c['stored_twice']} | {c['not_stored']} "
+        f"| {', '.join(f'{k} {v}' for k, v in c.get('cpu_percent', {}).items())} |",
+    ]
 
 
 def storm_lines(run: StormRun | None) -> list[str]:
@@ -770,6 +908,7 @@ def write_results(
     notes: list[str],
     big: Big | None = None,
     storm: StormRun | None = None,
+    crowd: dict | None = None,
 ) -> str:
     lines = [
         "# Benchmark results",
@@ -793,6 +932,8 @@ def write_results(
     ]
     for backend in steps:
         lines += [row(s) for s in steps[backend]]
+    for backend in steps:
+        lines += goodput_lines(steps[backend])
     lines += [
         "",
         "| layer | highest sustainable msg/s | deliveries/s at that rate |",
@@ -847,6 +988,7 @@ def write_results(
         lines.append("Not measured.")
     lines += big_lines(big)
     lines += storm_lines(storm)
+    lines += crowd_lines(crowd)
     lines += ["", "## Conversation page through nginx", ""]
     if page is not None and page.latencies_ms:
         lines += page_lines(page)
@@ -869,8 +1011,9 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument(
         "--rates",
-        default="10,40,80,120,160,240,300,360",
-        help="offered msg/s (all rooms together), ascending",
+        default="auto",
+        help="offered msg/s (all rooms together): ascending, or auto[:START:STEP] (100 and "
+        "100): up to the first rate that is not sustainable",
     )
     parser.add_argument("--results", default=str(RESULTS), help="markdown file to write")
     parser.add_argument("--rooms", type=int, default=10)
@@ -879,8 +1022,17 @@ def main() -> int:
     parser.add_argument("--backends", default="core,pubsub")
     parser.add_argument(
         "--overload",
-        default="1.5,2,3",
+        default="0.5,1.5,2,3",
         help="factors of the highest sustainable rate to offer after the sweep ('' skips)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=3, help="runs of the overload factors (the spread)"
+    )
+    parser.add_argument(
+        "--crowd",
+        default="1000x50x2",
+        help="SOCKETSxROOM_SIZExMESSAGES: sockets under the default limits that all send at "
+        "once and retry refusals as chat.js does ('' skips)",
     )
     parser.add_argument("--max-idle", type=int, default=10000)
     parser.add_argument("--idle-step", type=int, default=1000)
@@ -911,21 +1063,30 @@ def main() -> int:
     notes = list(args.note)
     if hard < args.max_idle + 1000:
         notes.append(f"open-files hard limit {hard} caps the idle-socket measurement")
-    rates = [float(r) for r in args.rates.split(",")]
     print(HEADER, flush=True)
     steps = {
         b: sweep(
             b,
-            rates,
+            rates_to_the_knee(args.rates),
             args.rooms,
             args.members,
             args.step_seconds,
             args.ws_processes,
             [float(f) for f in args.overload.split(",") if f],
+            args.repeat,
         )
         for b in args.backends.split(",")
         if b
     }
+    for b, ss in steps.items():
+        print("\n".join([f"\n{b}:", *goodput_lines(ss)]), flush=True)
+    crowd = None
+    if args.crowd:
+        sockets, room_size, messages = (int(x) for x in args.crowd.split("x"))
+        try:
+            crowd = crowd_run(sockets, room_size, messages)
+        except Exception as exc:  # keep the other results
+            notes.append(f"crowd measurement failed: {exc!r}")
     idle = Idle(points=[])
     if args.max_idle:
         try:
@@ -954,7 +1115,7 @@ def main() -> int:
             print("\n".join(page_lines(page)), flush=True)
         except Exception as exc:  # keep the other results
             notes.append(f"page measurement failed: {exc!r}")
-    print("\n" + write_results(args, steps, idle, page, notes, big, storm))
+    print("\n" + write_results(args, steps, idle, page, notes, big, storm, crowd))
     return 0
 
 

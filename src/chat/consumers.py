@@ -10,13 +10,14 @@ from __future__ import annotations
 import datetime
 import logging
 import random
+import time
 from urllib.parse import parse_qs
 
 from django.conf import settings
 from django.db import DatabaseError
 
-from chat import events, fragments, presence, protocol, selectors, services
-from chat.delivery import catch_up
+from chat import events, fragments, protocol, selectors, services
+from chat.delivery import catch_up, resume
 from chat.hub import ConversationHub, hubs
 from chat.models import Conversation
 from chat.ratelimit import SendLimits
@@ -28,7 +29,7 @@ from chat.sockets import (
     CLOSE_UNAUTHENTICATED,
     Socket,
 )
-from chat.stream import Position, SocketCursor, Verdict, frames, judge
+from chat.stream import Position, SocketCursor, frames
 from parley import dbcalls, metrics
 from parley.admission import admission
 from parley.logging import Throttled
@@ -36,7 +37,7 @@ from parley_runtime.frames import received_at
 
 logger = logging.getLogger(__name__)
 refused_at_connect = Throttled(logger, "database refused at connect")
-BUSY = "The server is busy: your message was not sent yet. Retrying…"
+refused = Throttled(logger, "send refused: past capacity")
 
 
 def _query(scope: dict, name: str) -> str | None:
@@ -93,6 +94,7 @@ class ChatConsumer(Socket):
             return
         self.limits = SendLimits(settings.CHAT_RATE_LIMIT)
         self.read_seq = 0
+        self.busy_until = 0.0  # sends refused until then (monotonic): see _busy
         after = self._after()
         epoch = _query(self.scope, "epoch")
         claim = None if epoch is None else Position(db.seq if after is None else after, epoch)
@@ -102,7 +104,7 @@ class ChatConsumer(Socket):
         self.hub = hub
         await hub.attach(self, members, db)
         try:
-            await self._start(hub, claim, db, before)
+            await resume(self, hub, claim, db, before)
         except DatabaseError:
             logger.warning("database unavailable during replay")
             await self.close(code=CLOSE_SERVICE_RESTART)
@@ -115,40 +117,6 @@ class ChatConsumer(Socket):
         except ValueError:
             return None
         return after if after >= 0 else None
-
-    async def _start(
-        self,
-        hub: ConversationHub,
-        claim: Position | None,
-        db: Position,
-        before: Position | None,
-    ) -> None:
-        """Replays what the page missed, or has it start over (chat.stream.judge). `claim`:
-        where the page says it is (None without an epoch: then `after` is clamped)."""
-        seen = 0
-        if claim is not None and claim.epoch == db.epoch and claim.seq > db.seq:
-            # The page says it saw more than the database holds: believed only if this server
-            # handed out or noted more, before a read of the database that finds less.
-            noted = await presence.noted_seq(self.conversation_id, db.epoch)
-            db = await dbcalls.db(selectors.conversation_position, read=True)(self.conversation_id)
-            handed = before.seq if before is not None and before.epoch == db.epoch else 0
-            seen = max(noted, handed)
-        verdict, reason = judge(db, claim, seen, settings.CHAT_CATCH_UP_MAX_MESSAGES)
-        if verdict is Verdict.REPLAY and db.seq - self.cursor.last_sent > (
-            settings.CHAT_CATCH_UP_MAX_MESSAGES
-        ):
-            verdict, reason = Verdict.RELOAD, "behind"  # no epoch given: clamped, then capped
-        if verdict is Verdict.NEW_EPOCH:
-            await hub.restart(db, reason)  # every socket here starts over, this one too
-        elif verdict is Verdict.RELOAD:
-            metrics.PAGE_RELOADS.labels(reason=reason).inc()
-            await self.start_over(db, reason)
-        else:
-            behind = db.seq - self.cursor.last_sent
-            sent = await catch_up(self, hub.stream)
-            if behind > 0:
-                metrics.REPLAYS.inc()
-                metrics.MESSAGES_REPLAYED.inc(sent)
 
     async def disconnect(self, code: int) -> None:
         hub = self.hub
@@ -214,7 +182,10 @@ class ChatConsumer(Socket):
             await self.send_error(str(exc), exc.client_id)
             return
         if isinstance(frame, protocol.SendMessage):
-            await self.receive_message(frame, received_at(message))
+            if why := self._busy(received_at(message)):
+                await self.refuse_busy(why, frame.cid)
+            else:
+                await self.receive_message(frame)
         elif isinstance(frame, protocol.Typing):
             await self.receive_typing()
         else:
@@ -226,6 +197,27 @@ class ChatConsumer(Socket):
         await self.deliver(
             [fragments.error_html(text, client_id=client_id, retry_after=retry_after)]
         )
+
+    def _busy(self, arrived: float | None) -> str | None:
+        """Why this socket's send is refused before anything else is done for it: the process
+        is past capacity (parley.admission), or was when this socket last sent and the window
+        it was told to wait has not passed (its page holds its sends until then)."""
+        now = time.monotonic()
+        if now < self.busy_until:
+            return "window"
+        why = admission().refusal(arrived)
+        if why:
+            window = settings.CHAT_OVERLOAD_RETRY_SECONDS * random.uniform(1.0, 1.5)
+            self.busy_until = now + window
+        return why
+
+    async def refuse_busy(self, why: str, client_id: str | None) -> None:
+        """Past capacity: refused at the cheapest point, before the text is looked at; a
+        fragment made once (fragments.busy_html), a counter, a log line a second."""
+        metrics.MESSAGES_REFUSED.labels(reason=why).inc()
+        refused.warning(why)
+        wait = max(self.busy_until - time.monotonic(), 0.1)
+        await self.deliver([fragments.busy_html(client_id, round(wait, 1))])
 
     async def refuse_send(self, reason: str, client_id: str | None, text: str) -> None:
         """Not stored (or not known to be): said so at once with a retry hint; the page keeps
@@ -242,7 +234,7 @@ class ChatConsumer(Socket):
         retry = settings.CHAT_OVERLOAD_RETRY_SECONDS * random.uniform(1.0, 1.5)
         await self.send_error(text, client_id, retry_after=round(retry, 1))
 
-    async def receive_message(self, frame: protocol.SendMessage, arrived: float | None) -> None:
+    async def receive_message(self, frame: protocol.SendMessage) -> None:
         cid = frame.cid
         try:
             body = services.normalise_body(frame.text)
@@ -262,9 +254,6 @@ class ChatConsumer(Socket):
                 "rate_limit", cid, "You are sending messages too fast: it will be sent shortly."
             )
             return
-        if reason := admission().refusal(arrived):
-            await self.refuse_send(reason, cid, BUSY)
-            return
         assert self.hub is not None
         try:
             await services.message_send(
@@ -277,7 +266,7 @@ class ChatConsumer(Socket):
         except Conversation.DoesNotExist:  # not a participant any more (or no conversation)
             await self.close(code=CLOSE_FORBIDDEN)
         except dbcalls.DatabaseBusy:
-            await self.refuse_send("db_busy", cid, BUSY)
+            await self.refuse_send("db_busy", cid, fragments.BUSY_TEXT)
         except DatabaseError:
             # Stored or not is unknown (the reply may be what was lost): the page keeps the
             # client_id and retries, and a retry cannot store it twice.

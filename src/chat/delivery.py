@@ -1,8 +1,9 @@
 """Delivering a conversation's stream in one process (chat.stream is its synchronous core):
 `ConversationStream` hands rows to every socket of the conversation here as their cursors
 decide, holds what overtook for a grace period, and reads a gap once for all of them;
-`read_rows` is the one reader of stored rows after a position; `catch_up` is a socket's one
-loop that sends what it missed. docs/delivery.md.
+`read_rows` is the one reader of stored rows after a position; `resume` decides whether a
+connecting socket replays or starts over, and `catch_up` is a socket's one loop that sends
+what it missed. docs/delivery.md.
 """
 
 from __future__ import annotations
@@ -16,9 +17,18 @@ from django.conf import settings
 from django.db import DatabaseError
 from prometheus_client import Counter
 
-from chat import fragments, selectors
+from chat import fragments, presence, selectors
 from chat.positions import Position, Row
-from chat.stream import BATCH, HELD_LIMIT, Offer, Order, SocketCursor, frames
+from chat.stream import (
+    BATCH,
+    HELD_LIMIT,
+    Offer,
+    Order,
+    SocketCursor,
+    Verdict,
+    frames,
+    judge,
+)
 from parley import dbcalls, metrics
 
 logger = logging.getLogger(__name__)
@@ -114,6 +124,51 @@ async def catch_up(socket: Receiver, stream: ConversationStream) -> int:
         if offer is not Offer.READ:
             return sent
         cursor.start_catch_up()  # some were dropped while reading: read again
+
+
+class Resumable(Protocol):
+    """What `resume` needs of a conversation's hub (chat.hub.ConversationHub)."""
+
+    conversation_id: int
+    stream: ConversationStream
+
+    async def restart(self, db: Position, reason: str) -> None: ...
+
+
+async def resume(
+    socket: Receiver,
+    hub: Resumable,
+    claim: Position | None,
+    db: Position,
+    before: Position | None,
+) -> None:
+    """A connecting socket, attached: replays what its page missed, or has it start over
+    (chat.stream.judge). `claim`: where the page says it is (None without an epoch: then
+    `after` was clamped); `db`: the connect's read; `before`: what this process had handed
+    out before that read. Raises DatabaseError."""
+    seen = 0
+    if claim is not None and claim.epoch == db.epoch and claim.seq > db.seq:
+        # The page says it saw more than the database holds: believed only if this server
+        # handed out or noted more, before a read of the database that finds less.
+        noted = await presence.noted_seq(hub.conversation_id, db.epoch)
+        db = await dbcalls.db(selectors.conversation_position, read=True)(hub.conversation_id)
+        handed = before.seq if before is not None and before.epoch == db.epoch else 0
+        seen = max(noted, handed)
+    cap = settings.CHAT_CATCH_UP_MAX_MESSAGES
+    verdict, reason = judge(db, claim, seen, cap)
+    behind = db.seq - socket.cursor.last_sent
+    if verdict is Verdict.REPLAY and behind > cap:
+        verdict, reason = Verdict.RELOAD, "behind"  # no epoch given: clamped, then capped
+    if verdict is Verdict.NEW_EPOCH:
+        await hub.restart(db, reason)  # every socket here starts over, this one too
+    elif verdict is Verdict.RELOAD:
+        metrics.PAGE_RELOADS.labels(reason=reason).inc()
+        await socket.start_over(db, reason)
+    else:
+        sent = await catch_up(socket, hub.stream)
+        if behind > 0:
+            metrics.REPLAYS.inc()
+            metrics.MESSAGES_REPLAYED.inc(sent)
 
 
 async def _send(socket: Receiver, rows: list[Row]) -> int:

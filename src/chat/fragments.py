@@ -158,6 +158,31 @@ def error_html(text: str, *, client_id: str | None = None, retry_after: float | 
     )
 
 
+BUSY_TEXT = "The server is busy: your message was not sent yet. Retrying…"
+
+
+@functools.cache
+def _busy_parts() -> tuple[str, str, str]:
+    """chat/partials/error.html for a refusal past capacity, cut at its client id and retry
+    hint: a process that refuses thousands of sends a second renders it once."""
+    html = _render(
+        "chat/partials/error.html",
+        {"text": BUSY_TEXT, "client_id": "\x00", "retry_after": "\x01"},
+    )
+    before, rest = html.split("\x00")
+    middle, after = rest.split("\x01")
+    return before, middle, after
+
+
+def busy_html(client_id: str | None, retry_after: float) -> str:
+    """error_html(BUSY_TEXT, client_id=..., retry_after=...), without a render. `client_id`
+    is a UUID's text (protocol.SendMessage.cid) or None."""
+    if client_id is None:
+        return error_html(BUSY_TEXT, retry_after=retry_after)
+    before, middle, after = _busy_parts()
+    return f"{before}{client_id}{middle}{retry_after:g}{after}"
+
+
 def presence_html(user_id: int, username: str, online: bool) -> str:
     return _render(
         "chat/partials/presence.html", {"user_id": user_id, "username": username, "online": online}

@@ -80,6 +80,7 @@ class Admission:
         self.peers = PeerDelays()
         self.timer: asyncio.TimerHandle | None = None
         self.due = 0.0
+        self.refusing: str | None = None  # why sends are refused, as of the last tick
 
     def start(self) -> None:
         if self.timer is None:
@@ -91,6 +92,7 @@ class Admission:
             self.timer.cancel()
             self.timer = None
         self.lag = self.delay = 0.0
+        self.refusing = None
         self.delays.clear()
 
     def note_delay(self, publisher: str, published_at: float) -> None:
@@ -108,25 +110,31 @@ class Admission:
         self.delay = self.delay * 0.7 + delay * 0.3
         self.due = now + TICK_SECONDS
         self.timer = self.loop.call_at(self.due, self._tick)
+        self.refusing = self._why()
         metrics.EVENT_LOOP_LAG.set(round(self.lag, 3))
 
-    def current_lag(self) -> float:
-        return self.lag if self.timer is not None else 0.0
-
-    def refusal(self, received_at: float | None = None) -> str | None:
-        """Why a send would be refused now ("queued", "lag", "delivery_delay", "store_wait"),
-        or None to take it. `received_at`: when its frame reached the process (monotonic)."""
-        if received_at is not None and (
-            time.monotonic() - received_at > settings.CHAT_OVERLOAD_QUEUE_SECONDS
-        ):
-            return "queued"  # this frame waited behind others longer than a send may
-        if self.current_lag() > settings.CHAT_OVERLOAD_LAG_SECONDS:
+    def _why(self) -> str | None:
+        if self.lag > settings.CHAT_OVERLOAD_LAG_SECONDS:
             return "lag"
         if self.delay > settings.CHAT_OVERLOAD_DELIVERY_SECONDS:
             return "delivery_delay"
         if dbcalls.gate.queue_delay() > settings.CHAT_OVERLOAD_STORE_WAIT_SECONDS:
             return "store_wait"
         return None
+
+    def current_lag(self) -> float:
+        return self.lag if self.timer is not None else 0.0
+
+    def refusal(self, received_at: float | None = None) -> str | None:
+        """Why a send would be refused now ("queued", "lag", "delivery_delay", "store_wait"),
+        or None to take it. `received_at`: when its frame reached the process (monotonic).
+        The process-wide signals are judged once a tick, not once a send: a process past
+        capacity refuses thousands a second."""
+        if received_at is not None and (
+            time.monotonic() - received_at > settings.CHAT_OVERLOAD_QUEUE_SECONDS
+        ):
+            return "queued"  # this frame waited behind others longer than a send may
+        return self.refusing if self.timer is not None else None
 
 
 # This event loop's admission (parley.perloop).

@@ -25,8 +25,13 @@ async def wait_until(predicate, timeout: float = 5.0) -> None:
         await asyncio.sleep(0.01)
 
 
+def retry_hint(error: str) -> float:
+    return float(error.split('data-retry-after="', 1)[1].split('"', 1)[0])
+
+
 async def test_a_send_while_the_event_loop_runs_late_is_refused_then_taken_on_retry(settings):
     settings.CHAT_OVERLOAD_LAG_SECONDS = 0.05
+    settings.CHAT_OVERLOAD_RETRY_SECONDS = 0.2
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
@@ -42,7 +47,8 @@ async def test_a_send_while_the_event_loop_runs_late_is_refused_then_taken_on_re
     assert value("parley_messages_refused_total", reason="lag") == refused + 1
     assert await stored(conversation.pk) == []
     await wait_until(lambda: admission().current_lag() < settings.CHAT_OVERLOAD_LAG_SECONDS)
-    await send(alice, "too late", client_id=cid)  # what the page does after the hint
+    await asyncio.sleep(retry_hint(err))  # what the page does: waits the hint
+    await send(alice, "too late", client_id=cid)
     assert await bob_in.wait_seqs([1]) == [1]
     assert await alice_in.wait_seqs([1]) == [1]
     assert await stored(conversation.pk) == [(1, "too late")]
@@ -64,6 +70,9 @@ async def test_a_send_behind_a_long_database_queue_is_refused_in_milliseconds(se
     blocker = asyncio.ensure_future(dbcalls.db(occupy)())
     await send(alice, "first, waits its turn", client_id=str(uuid.uuid4()))
     await wait_until(lambda: dbcalls.gate.queue_delay() > 0.2)
+    from parley.admission import admission
+
+    await wait_until(lambda: admission().refusing == "store_wait")  # judged once a tick
     refused = value("parley_messages_refused_total", reason="store_wait")
     cid = str(uuid.uuid4())
     started = time.monotonic()
@@ -92,6 +101,7 @@ async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_the
     from tests.chat.test_delivery import broadcast
 
     settings.CHAT_OVERLOAD_DELIVERY_SECONDS = 0.5
+    settings.CHAT_OVERLOAD_RETRY_SECONDS = 0.2
     conversation, users, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     create = sync_to_async(services.message_create)
@@ -112,6 +122,7 @@ async def test_sends_are_refused_while_broadcasts_arrive_late_and_taken_once_the
     assert "data-retry-after=" in err
     lateness.cancel()
     await wait_until(lambda: admission().delay < settings.CHAT_OVERLOAD_DELIVERY_SECONDS)
+    await asyncio.sleep(retry_hint(err))  # what the page does: waits the hint
     await send(alice, "now?", client_id=cid)
     assert await alice_in.wait_seqs([1, 2]) == [1, 2]
     await alice.disconnect()
@@ -172,3 +183,49 @@ async def test_a_send_whose_frame_waited_too_long_in_its_socket_queue_is_refused
     frame = queue.get_nowait()
     assert admission().refusal(received_at(frame)) is None
     assert admission().refusal(received_at(frame) - 1.0) == "queued"
+
+
+async def test_past_capacity_a_send_costs_no_render_and_no_store(settings, monkeypatch):
+    """While the process refuses, a send is answered before its text is looked at: a
+    fragment made once with its client_id filled in, no template rendered, nothing stored,
+    no Redis call; and the socket's next sends within the window it was told are refused
+    without asking again."""
+    from chat import fragments, services
+    from parley.admission import admission
+
+    settings.CHAT_OVERLOAD_LAG_SECONDS = 0.05
+    settings.CHAT_OVERLOAD_RETRY_SECONDS = 30.0
+    conversation, _, cookies = await room()
+    alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    fragments.busy_html("warm", 1.0)  # the one render, done once per process
+    renders, stores = [], []
+    render = fragments._render
+    monkeypatch.setattr(
+        fragments,
+        "_render",
+        lambda t, c: (t == "chat/partials/error.html" and renders.append(t)) or render(t, c),
+    )
+    monkeypatch.setattr(services, "message_send", lambda **kw: stores.append(kw))
+    time.sleep(0.3)  # noqa: ASYNC251 - the overload itself: this loop runs 300 ms late
+    await wait_until(lambda: admission().refusing == "lag")
+    ids = [str(uuid.uuid4()) for _ in range(5)]
+    for cid in ids:
+        await send(alice, "x" * 100, client_id=cid)
+    for cid in ids:
+        err = await alice_in.wait_text(cid)
+        assert 0 < retry_hint(err) <= 45 and fragments.BUSY_TEXT in err
+    assert (renders, stores) == ([], [])
+    assert value("parley_messages_refused_total", reason="window") >= 4
+    await alice.disconnect()
+
+
+def test_the_busy_fragment_is_the_error_fragment_the_template_renders():
+    from chat import fragments
+
+    cid = str(uuid.uuid4())
+    assert fragments.busy_html(cid, 2.3) == fragments.error_html(
+        fragments.BUSY_TEXT, client_id=cid, retry_after=2.3
+    )
+    assert fragments.busy_html(None, 2.0) == fragments.error_html(
+        fragments.BUSY_TEXT, retry_after=2.0
+    )

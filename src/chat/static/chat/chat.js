@@ -15,7 +15,8 @@
 
   var state = {
     lastSeq: 0, epoch: "", pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
-    lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null
+    lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null,
+    busyUntil: 0
   };
   var TYPING_VISIBLE_MS = 4000;
   var RECONNECT_CAP_MS = 8000;
@@ -197,16 +198,23 @@
     var payload = state.pending[cid];
     payload.attempts = (payload.attempts || 0) + 1;
     var base = Math.min(RETRY_CAP_MS, seconds * 1000 * Math.pow(2, payload.attempts - 1));
+    /* The server refuses this socket's sends until then: new ones wait here meanwhile. */
+    state.busyUntil = Math.max(state.busyUntil, Date.now() + seconds * 1000);
     var p = document.getElementById("pending-" + cid);
     if (p) { p.classList.add("retrying"); p.title = "Server busy: retrying"; }
     setStatus("Server busy: retrying your message…", "busy");
+    sendLater(cid, base / 2 + Math.random() * base / 2);
+  }
+
+  function sendLater(cid, ms) {
     setTimeout(function () {
-      if (!state.pending[cid]) { return; }
+      var payload = state.pending[cid];
+      if (!payload) { return; }
       if (state.open && state.lastSock) {
         var again = { chat_message: payload.chat_message, client_id: cid };
         state.lastSock.send(JSON.stringify(again));
       } /* else: the reconnect sends every pending message */
-    }, base / 2 + Math.random() * base / 2);
+    }, ms);
   }
 
   /* A list row's unread count, from its newest sequence and this user's read marker. */
@@ -291,6 +299,12 @@
          queue, and the box must not be wiped later, under whatever is typed meanwhile. */
       var form = evt.target.closest ? evt.target.closest("form") : null;
       if (form) { form.reset(); }
+      /* The server said it is busy: hold this one until the window it gave has passed. */
+      var wait = state.busyUntil - Date.now();
+      if (wait > 0) {
+        evt.preventDefault();
+        sendLater(cid, wait + Math.random() * 500);
+      }
     });
 
     document.body.addEventListener("htmx:wsConnecting", function () {
