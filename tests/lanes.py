@@ -202,7 +202,10 @@ def summary(
         )
         code = code or TIERS_NOT_RUN
     elif code:
-        lines.append("make test: FAILED (output above)")
+        failing = [t for t in preflight.TIERS if tally.counts.get(t, {}).get("failed")]
+        lines.append(f"make test: FAILED: {', '.join(failing) or 'a run'} (output above)")
+    elif not runs:
+        lines.append("make test: nothing run (SKIP_TIERS left every tier out)")
     else:
         lines.append("make test: passed")
     total = {k: sum(c[k] for c in tally.counts.values()) for k in ("passed", "failed", "skipped")}

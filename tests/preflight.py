@@ -366,11 +366,19 @@ def _compose(flavour: str, fix: str) -> Callable[[], tuple[str, str]]:
 
         if not engine.engine_answers() and not shutil.which("dockerd"):
             return UNCHECKED, "no Docker to use it with"
+        plugin = engine.CACHE / "docker-config" / "cli-plugins" / "docker-compose"
+        had = shutil.which("docker-compose") if flavour == "v1" else plugin.exists()
         try:
-            command = engine.compose_v1() if flavour == "v1" else engine.compose_v2()[0]
+            if flavour == "v1":
+                command, env = engine.compose_v1(), {}
+            else:
+                command, env = engine.compose_v2()
         except engine.EngineUnavailable as exc:
             raise Missing(str(exc), fix) from None
-        return FOUND, " ".join(command)
+        # v2 with no DOCKER_CONFIG of ours: the machine's own plugin.
+        found = had or (flavour == "v2" and not env)
+        where = f" (DOCKER_CONFIG={env['DOCKER_CONFIG']})" if env else ""
+        return FOUND if found else INSTALLED, " ".join(command) + where
 
     return check
 

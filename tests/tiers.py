@@ -126,6 +126,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     if dropped:
         config.hook.pytest_deselected(items=dropped)
         items[:] = kept
+    if config.option.collectonly:
+        return  # nothing runs: nothing to prepare
     results = _preflight(config, {state.tier[item.nodeid] for item in kept})
     state.tally.preflight = [asdict(r) for r in results]
     blocked = preflight.blocked(results)
