@@ -194,16 +194,19 @@ def summary(
     if narrowed_to_nothing and not tally.deselected:
         code = code or NO_TESTS_COLLECTED  # PYTEST_ARGS selected no test: say so
     gaps = [t for t in preflight.TIERS if t in tally.not_run]
-    if gaps:
-        lines.append(
-            f"make test: FAILED: for want of what is missing, these tiers did not run (fully): "
-            f"{', '.join(gaps)}. Install it, or leave them out on purpose: "
-            f"make test SKIP_TIERS={','.join(gaps)}"
-        )
+    failing = [t for t in preflight.TIERS if tally.counts.get(t, {}).get("failed")]
+    if code or gaps:
+        why = []
+        if code:
+            why.append(f"tests failed in {', '.join(failing) or 'a run'} (output above)")
+        if gaps:
+            why.append(
+                f"for want of what is missing, these tiers did not run (fully): "
+                f"{', '.join(gaps)}; install it, or leave them out on purpose: "
+                f"make test SKIP_TIERS={','.join(gaps)}"
+            )
+        lines.append("make test: FAILED: " + "; ".join(why))
         code = code or TIERS_NOT_RUN
-    elif code:
-        failing = [t for t in preflight.TIERS if tally.counts.get(t, {}).get("failed")]
-        lines.append(f"make test: FAILED: {', '.join(failing) or 'a run'} (output above)")
     elif not runs:
         lines.append("make test: nothing run (SKIP_TIERS left every tier out)")
     else:

@@ -218,7 +218,7 @@ def postgres() -> tuple[str, str]:
         if os.geteuid() != 0 and owner != _user():
             raise Missing(
                 f"nothing answers on {where}: cluster {version}/{name} is down",
-                "sudo " + " ".join(start),
+                f"sudo pg_ctlcluster {version} {name} start",
             )
         print(f"preflight: {shlex.join(start)}", file=sys.stderr, flush=True)
         started = _run(start, timeout=120)
@@ -416,9 +416,11 @@ def promtool() -> tuple[str, str]:
         _run(["apt-get", *apt.LOCK_WAIT, "update", "-q"], timeout=600)
         result = _run(make, timeout=600)
     if result.returncode != 0:
+        said = (result.stderr or result.stdout).splitlines()
+        errors = [line for line in said if line.startswith("E: ")] or said[-1:]
         raise Missing(
-            "promtool (from Debian's prometheus package) could not be unpacked: "
-            + (result.stderr or result.stdout).strip()[-300:],
+            "promtool (from Debian's prometheus package) could not be had: "
+            + " ".join(errors)[-300:],
             "make .tools/bin/promtool",
         )
     return INSTALLED, str(PROMTOOL)
@@ -520,7 +522,8 @@ def main(argv: list[str]) -> int:
     missing = [r for r in results if r.missing]
     if missing:
         print(f"preflight: missing: {', '.join(r.name for r in missing)}")
-        tiers = sorted({t for r in missing for t in r.tiers}, key=list(TIERS).index)
+        asked = {name.lower() for name in names} & set(TIERS) or set(TIERS)
+        tiers = [t for t in TIERS if t in asked and any(t in r.tiers for r in missing)]
         print(f"preflight: tiers that would not run (fully): {', '.join(tiers)}")
     return 1 if missing else 0
 
