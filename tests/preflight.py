@@ -486,6 +486,8 @@ def ensure(names: Iterable[str], out=sys.stdout) -> list[Result]:
             result = Result(dep.name, state, detail)
         except Missing as exc:
             result = Result(dep.name, MISSING, exc.detail, exc.fix)
+        except (OSError, subprocess.SubprocessError) as exc:  # a hung apt-get, say
+            result = Result(dep.name, MISSING, f"looking for it failed: {exc}")
         result.tiers, result.blocking = list(dep.tiers), dep.blocking
         results.append(result)
         if out:
