@@ -40,15 +40,19 @@ dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PO
 	DEBUG=1 $(PY) src/manage.py runserver 127.0.0.1:$(PORT)
 
 .PHONY: test
-# Two lanes (tests/lanes.py): the container tests, mostly waiting for Docker, in a pytest
-# process beside everything else. PYTEST_ARGS or TEST_LANES=0: one process.
+# tests/lanes.py: a preflight (tests/preflight.py: Postgres, Redis, nginx, Chromium, Docker,
+# found, started or installed), the tiers in two lanes (the container tests, mostly waiting
+# for Docker, in a pytest process beside everything else), then a summary of every tier.
+# TEST_LANES=0: the runs one after the other. PYTEST_ARGS: one pytest process with them.
+# SKIP_TIERS=containers,browser: leave those tiers out; any other tier that cannot run, for
+# want of something, fails the run.
 TEST_LANES ?= 2
-# The whole suite (PYTEST_ARGS empty) includes the websocket suite on the stock runtime
-# (test-stock): in the lanes, after the container tests, beside the main lane.
-LANED := $(and $(filter-out 0,$(TEST_LANES)),$(if $(PYTEST_ARGS),,1))
-test: install ## Run the test suite against the local Postgres and Redis (and test-stock)
-	PATH=$(CURDIR)/.tools/bin:$$PATH $(PY) -m $(if $(LANED),tests.lanes,pytest $(PYTEST_ARGS))
-	$(if $(LANED)$(PYTEST_ARGS),,$(MAKE) --no-print-directory test-stock)
+test: install ## Run every tier, after finding or starting what they need; SKIP_TIERS=a,b leaves tiers out
+	TEST_LANES=$(TEST_LANES) $(PY) -m tests.lanes $(PYTEST_ARGS)
+
+.PHONY: test-deps
+test-deps: install ## Find, start or install what the tiers need (Postgres, Redis, nginx, Chromium, Docker); say what is missing
+	$(PY) -m tests.preflight $(DEPS)
 
 .PHONY: test-stock
 test-stock: install ## The websocket and consumer tests on the stock runtime (PARLEY_RUNTIME=stock; docs/runtime.md)
@@ -84,7 +88,7 @@ test-stack: install ## Run only the native-stack tests (tests/stack: nginx, guni
 	$(PY) -m pytest tests/stack $(PYTEST_ARGS)
 
 .PHONY: test-browser
-test-browser: install browser-deps ## Browser end-to-end tests: Chromium drives the UI on a private stack (screenshots in test-artifacts/)
+test-browser: install ## Browser end-to-end tests: Chromium drives the UI on a private stack (screenshots in test-artifacts/)
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 .PHONY: docs-screenshot
@@ -92,9 +96,8 @@ docs-screenshot: install browser-deps ## Regenerate docs/screenshot-conversation
 	$(PY) -m tests.browser.docs_screenshot
 
 .PHONY: browser-deps
-browser-deps: ## Install Debian's chromium for the browser tests (Playwright never downloads one)
-	@test -x /usr/bin/chromium || { test "$$(id -u)" = 0 || { echo "run: sudo apt-get install -y chromium" >&2; exit 1; }; \
-	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+browser-deps: install ## Install Debian's chromium for the browser tests (Playwright never downloads one)
+	$(PY) -m tests.preflight chromium
 
 .PHONY: lint
 lint: install ## ruff check and format check, the import layers (lint-imports)

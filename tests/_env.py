@@ -21,7 +21,7 @@ defaults = {
     "CSRF_TRUSTED_ORIGINS": "http://localhost,http://127.0.0.1",
     "HTTPS": "0",
     "STATIC_MANIFEST": "0",
-    "DATABASE_URL": f"postgres://postgres@127.0.0.1:5432/parley_{RUN_TAG}",
+    "DATABASE_URL": f"{instance.POSTGRES}/parley_{RUN_TAG}",
     "CHANNEL_LAYER_PREFIX": f"asgi{RUN_TAG}",
     "REDIS_KEY_PREFIX": f"parley{RUN_TAG}",
     "REDIS_URL": instance.redis_url(int(TEST_REDIS_DB)),

@@ -11,6 +11,9 @@ import os
 INSTANCE = int(os.environ.get("TEST_INSTANCE", "0"))
 REDIS_PORT = int(os.environ.get("TEST_REDIS_PORT", str(6379 + INSTANCE)))
 SUFFIX = f"_i{INSTANCE}" if INSTANCE else ""
+# The Postgres server every instance shares (each its own databases), as DATABASE_URL's
+# default names it.
+POSTGRES = "postgres://postgres@127.0.0.1:5432"
 
 
 def port(base: int) -> int:

@@ -9,7 +9,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests import apt
 from tests.redis_server import free_port
+from tests.tiers import missing
 
 PG_BIN = Path(os.environ.get("PG_BIN", "/usr/lib/postgresql/15/bin"))
 
@@ -21,6 +23,12 @@ def _as_postgres(cmd: list[str]) -> list[str]:
 
 class ThrowawayPostgres:
     def __init__(self) -> None:
+        if not (PG_BIN / "initdb").exists():
+            missing(
+                "initdb",
+                f"no {PG_BIN / 'initdb'} (PG_BIN: the PostgreSQL server's programs)",
+                apt.command("postgresql"),
+            )
         self.port = free_port()
         self.dir = Path(tempfile.mkdtemp(prefix="parley-pg-"))
         self.data = self.dir / "data"

@@ -12,6 +12,9 @@ import time
 
 import redis
 
+from tests import apt
+from tests.tiers import missing
+
 
 def delete_keys(prefixes: list[str]) -> None:
     """Every key under `prefixes` on the test Redis servers (REDIS_URL); an unreachable one
@@ -38,7 +41,8 @@ class ThrowawayRedis:
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
+        if not binary:
+            missing("redis-server", "not installed", apt.command("redis-server"))
         self.proc = subprocess.Popen(
             [
                 binary,

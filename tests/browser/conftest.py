@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -19,8 +18,11 @@ from typing import Any
 
 import pytest
 
+from tests import preflight
+from tests.tiers import missing
+
 REPO = Path(__file__).resolve().parents[2]
-CHROMIUM = os.environ.get("CHROMIUM", "/usr/bin/chromium")
+CHROMIUM = str(preflight.chromium_path())
 CHROMIUM_ARGS = [
     "--no-sandbox",
     "--disable-gpu",
@@ -50,17 +52,11 @@ def pytest_terminal_summary(terminalreporter):
 
 
 def _ensure_chromium() -> None:
-    """Installs Debian's chromium when it is missing (CI runs on a fresh machine as root)."""
-    if Path(CHROMIUM).exists():
-        return
-    if os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        install = ["apt-get", "install", "-y", "-qq", "chromium"]
-        if subprocess.run(install, check=False, env=env).returncode != 0:
-            subprocess.run(["apt-get", "update", "-qq"], check=False, env=env)
-            subprocess.run(install, check=False, env=env)
-    if not Path(CHROMIUM).exists():
-        pytest.fail(f"{CHROMIUM} is missing: `apt-get install -y chromium` (Debian) first")
+    """Debian's chromium, installed when missing and root (tests/preflight.py)."""
+    try:
+        preflight.chromium()
+    except preflight.Missing as exc:
+        missing("Chromium", exc.detail, exc.fix)
 
 
 # --- the site under test ------------------------------------------------------------------

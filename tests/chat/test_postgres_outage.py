@@ -17,12 +17,11 @@ import pytest
 import requests
 import websocket
 
-from tests.pg_server import PG_BIN, ThrowawayPostgres
+from tests.pg_server import ThrowawayPostgres
 from tests.redis_server import delete_keys, free_port
 from tests.stack.harness import wait_until
 
 REPO = Path(__file__).resolve().parents[2]
-pytestmark = pytest.mark.skipif(not (PG_BIN / "initdb").exists(), reason="no initdb here")
 
 
 @pytest.fixture

@@ -1,7 +1,8 @@
 """A Docker engine and Compose for the container tests: found, or installed and started.
 
 CI machines have Debian's packages but no running engine: `docker.io` installs, and dockerd
-starts as root. Whatever cannot be had is reported as a reason to skip, never hidden.
+starts as root. Whatever cannot be had is reported as missing (tests/preflight.py before the
+run, tests/tiers.py in it), never hidden.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+from tests import apt
+
 REPO = Path(__file__).resolve().parents[2]
 CACHE = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "parley"
 
@@ -26,7 +29,7 @@ COMPOSE_V2_SHA256 = "dba9d98e1ba5bfe11d88c99b9bd32fc4a0624a30fafe68eea34d61a3e42
 
 
 class EngineUnavailable(Exception):
-    """Why no engine could be had (the test is skipped with this text)."""
+    """Why no engine could be had (the tests that need it do not run, and say this)."""
 
 
 def run(
@@ -38,18 +41,10 @@ def run(
 
 
 def _apt_install(*packages: str) -> None:
-    if os.geteuid() != 0 or not shutil.which("apt-get"):
-        raise EngineUnavailable(f"{' '.join(packages)} missing and not root on Debian to install")
-    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    install = ["apt-get", "install", "-y", "-q", *packages]
-    result = run(install, timeout=600, check=False, env=env)
-    if result.returncode != 0:  # a fresh machine may not have read the package lists yet
-        run(["apt-get", "update", "-q"], timeout=600, check=False, env=env)
-        result = run(install, timeout=600, check=False, env=env)
-    if result.returncode != 0:
-        raise EngineUnavailable(
-            f"apt-get install {' '.join(packages)} failed: {result.stderr.strip()[-500:]}"
-        )
+    try:
+        apt.install(*packages)
+    except apt.AptUnavailable as exc:
+        raise EngineUnavailable(str(exc)) from None
 
 
 def engine_answers() -> bool:
@@ -89,13 +84,22 @@ class Engine:
             run(["iptables", "-P", "FORWARD", self.forward_policy], timeout=30, check=False)
 
 
-def ensure_engine(log_dir: Path) -> Engine:
+def prepare() -> bool:
+    """True when an engine answers; False when none does but dockerd is installed (from
+    Debian's docker.io when missing) and this is root, so ensure_engine can start it.
+    Raises EngineUnavailable otherwise (tests/preflight.py reports it before the run)."""
     if engine_answers():
-        return Engine()
+        return True
     if not shutil.which("dockerd"):
         _apt_install("docker.io")
     if os.geteuid() != 0:
         raise EngineUnavailable("no Docker engine answers and dockerd needs root to start")
+    return False
+
+
+def ensure_engine(log_dir: Path) -> Engine:
+    if prepare():
+        return Engine()
     log_dir.mkdir(parents=True, exist_ok=True)
     log = log_dir / "dockerd.log"
     handle = log.open("ab")

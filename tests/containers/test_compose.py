@@ -1,6 +1,7 @@
 """The production stack in containers, end to end (issue "Containers", steps 1-9):
 
-1. a Docker engine (started here when none answers; skipped, with the reason, if impossible),
+1. a Docker engine (started here when none answers; if impossible, reported as missing and
+   counted as not run: tests/tiers.py),
 2. the stand-in base images from Debian packages (deploy/standins; kept between runs),
 3. the app image, 4. `make up` with the stand-ins, 5. every service healthy,
 6. through nginx: sign up, log in, two websocket clients exchange a message,
@@ -31,6 +32,7 @@ import requests
 from tests import instance
 from tests.containers import engine as eng
 from tests.helpers.wsclient import ChatSocket
+from tests.tiers import missing
 
 pytestmark = [pytest.mark.containers, pytest.mark.slow, pytest.mark.timeout(1500)]
 
@@ -108,8 +110,7 @@ def engine() -> Iterator[eng.Engine]:
     try:
         engine = eng.ensure_engine(ARTIFACTS)
     except eng.EngineUnavailable as exc:
-        print(f"containers: SKIPPED, no Docker engine: {exc}")
-        pytest.skip(f"no Docker engine: {exc}")
+        missing("Docker", str(exc))
     TIMINGS.record("engine", started)
     yield engine
     engine.stop()
@@ -198,8 +199,7 @@ def compose_flavour(name: str) -> tuple[list[str], dict[str, str]]:
             return eng.compose_v1(), {}
         return eng.compose_v2()
     except eng.EngineUnavailable as exc:
-        print(f"containers: SKIPPED compose {name}: {exc}")
-        pytest.skip(f"compose {name} unavailable: {exc}")
+        missing("docker-compose 1.29" if name == "v1" else "docker compose v2", str(exc))
 
 
 @pytest.fixture

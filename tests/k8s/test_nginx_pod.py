@@ -15,15 +15,20 @@ import subprocess
 import sys
 from pathlib import Path
 
-import pytest
-
 from deploy.stack.stackctl import ensure_nginx
+from tests import apt
 from tests.k8s.render import Doc, build, stage
+from tests.tiers import missing
 
-pytestmark = pytest.mark.skipif(
-    os.geteuid() != 0 or not shutil.which("unshare") or not shutil.which("setpriv"),
-    reason="needs root, unshare and setpriv for a private mount/network namespace",
-)
+
+def need_namespaces() -> None:
+    """A private mount and network namespace: root, with util-linux's unshare and setpriv."""
+    lacking = [tool for tool in ("unshare", "setpriv") if not shutil.which(tool)]
+    if lacking:
+        missing(" and ".join(lacking), "needed for the pod's namespaces", apt.command("util-linux"))
+    if os.geteuid() != 0:
+        missing("root", "the pod's mount and network namespaces need root", "make test as root")
+
 
 # Runs inside the namespace: mounts, then nginx as the pod's user, then one probe, then the
 # caller's extra checks (spec["probe"], Python that adds to `result`).
@@ -101,6 +106,7 @@ def run_pod(
 ) -> tuple[dict, Doc]:
     """Starts the overlay's nginx pod in a private namespace (loopback plus `addresses`),
     probes it, runs `probe` in there; the result and the rendered pod spec."""
+    need_namespaces()
     nginx = ensure_nginx()
     spec, data = nginx_pod(tmp_path / "render", overlay)
     container = spec["containers"][0]

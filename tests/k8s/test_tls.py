@@ -18,7 +18,6 @@ import pytest
 
 from tests.k8s.render import K8S_VERSION, Doc, build, stage
 from tests.k8s.test_manifests import LABELS, generated, of_kind, one
-from tests.k8s.test_nginx_pod import pytestmark as needs_namespaces
 from tests.k8s.test_nginx_pod import run_pod
 
 # The production overlay with one of its commented-out optional components switched on,
@@ -193,7 +192,6 @@ result["seen"] = seen
 """
 
 
-@needs_namespaces
 @pytest.mark.parametrize(
     ("overlay", "from_gateway"),
     [

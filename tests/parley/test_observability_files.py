@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 from pathlib import Path
 
@@ -12,6 +11,8 @@ import yaml
 from prometheus_client import REGISTRY
 
 import parley.metrics  # noqa: F401  (registers the metrics)
+from tests import preflight
+from tests.tiers import missing
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy" / "observability"
 METRIC_RE = re.compile(r"\bparley_[a-z0-9_]+")
@@ -61,9 +62,13 @@ def test_alert_rules_are_valid_and_name_only_existing_metrics():
         assert METRIC_RE.findall(alert["expr"]) and set(METRIC_RE.findall(alert["expr"])) <= (
             known_series()
         )
-    promtool = shutil.which("promtool")
-    if promtool:  # CI installs Debian's prometheus package for it
-        result = subprocess.run(
-            [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    # Debian's prometheus package's promtool, unpacked by tests/preflight.py.
+    promtool = preflight.promtool_path()
+    if not promtool:
+        missing(
+            "promtool", "the alert rules got the structural checks only", "make .tools/bin/promtool"
         )
-        assert result.returncode == 0, result.stdout + result.stderr
+    result = subprocess.run(
+        [promtool, "check", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr

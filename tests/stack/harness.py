@@ -141,7 +141,7 @@ class Stack(_Stack):
                 nginx_port=nginx_port,
                 web_port=web_port,
                 ws_ports=ws_ports,
-                database_url=f"postgres://postgres@127.0.0.1:5432/{self.db_name}",
+                database_url=f"{instance.POSTGRES}/{self.db_name}",
                 redis_url=self.redis_url,
                 web_workers=web_workers,
                 metrics_port=metrics_port or web_port + 1000,
