@@ -44,15 +44,18 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "--runtime",
         choices=["tuned", "stock", "both"],
         default="tuned",
-        help="PARLEY_RUNTIME of the stack; both: one run each, same seed",
+        help="PARLEY_RUNTIME of the stack; both: a run each, at the same time, same seed",
     )
     parser.add_argument(
         "--port-base",
         type=int,
         default=18800,
-        help="gunicorn on this port, daphne +1 and +2, nginx +80, metrics +1000 (default 18800)",
+        help="gunicorn on this port, daphne +1 and +2, nginx +80, metrics +1000 (default "
+        "18800); with --runtime both, stock's stack is 10 ports higher",
     )
-    parser.add_argument("--rooms", type=int, default=3, help="conversations (3 or 4 pages each)")
+    parser.add_argument(
+        "--rooms", type=int, default=3, help="conversations, 3 or 4 pages each (default 3)"
+    )
     parser.add_argument(
         "--rate", type=float, default=0.5, help="messages per second each page sends (default 0.5)"
     )

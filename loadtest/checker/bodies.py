@@ -19,6 +19,7 @@ TORTURE = ['"', "'", "<", "&", "😀", "漢"]
 
 # (weight, kind)
 SIZES = [(30, "short"), (30, "medium"), (25, "long"), (10, "max"), (5, "torture")]
+LONG_SIZES = [(50, "max"), (50, "torture")]
 
 
 class Bodies:
@@ -26,11 +27,13 @@ class Bodies:
         self.max_length = max_length
         self.counts: dict[str, int] = {}
 
-    def body(self, rng: random.Random, who: str) -> str:
+    def body(self, rng: random.Random, who: str, long: bool = False) -> str:
+        """A text; `long`: only the longest kinds (a room where people paste long texts)."""
         n = self.counts[who] = self.counts.get(who, 0) + 1
         prefix = f"{who}#{n} "
         room = self.max_length - len(prefix)
-        kind = rng.choices([k for _, k in SIZES], weights=[w for w, _ in SIZES])[0]
+        sizes = LONG_SIZES if long else SIZES
+        kind = rng.choices([k for _, k in sizes], weights=[w for w, _ in sizes])[0]
         if kind == "torture":
             return prefix + rng.choice(TORTURE) * room
         length = {

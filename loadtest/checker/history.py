@@ -9,6 +9,7 @@ stack (faults). Appending is thread-safe (one list.append).
 from __future__ import annotations
 
 import re
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
@@ -39,6 +40,15 @@ LIFECYCLE = {
 FLOAT_RE = re.compile(r"\d+\.\d+")
 # Repeats of these (the same but for their durations) are folded.
 FOLDABLE = {"connect", "open", "close", "connect-failed", "load-failed", "refused-busy", "resend"}
+
+
+# One line at a time on stdout, from whichever thread (several runs may print at once).
+PRINT_LOCK = threading.Lock()
+
+
+def say(line: str) -> None:
+    with PRINT_LOCK:
+        print(line, flush=True)
 
 
 def ranges(seqs: Iterable[int]) -> Ranges:
@@ -107,7 +117,7 @@ class History:
         )
         self.events.append(event)
         if self.echo and fault:
-            print(f"{self.prefix}  {fmt_event(event)}", flush=True)
+            say(f"{self.prefix}  {fmt_event(event)}")
         return event
 
     def fault(self, kind: str, text: str, **kw) -> Event:

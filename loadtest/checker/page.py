@@ -144,6 +144,7 @@ class Page(threading.Thread):
         self.opened_at: float | None = None
         # Traffic: messages per second this page types (0: none), and its counter.
         self.rate = 0.0
+        self.long_texts = False
         self.typed = 0
         self.typing_due = False
         self.crashed: BaseException | None = None
@@ -225,9 +226,11 @@ class Page(threading.Thread):
 
     # --- traffic -----------------------------------------------------------------------------
 
-    def set_rate(self, rate: float) -> None:
-        """Messages per second this page types from now on (0: it stops typing)."""
+    def set_rate(self, rate: float, long_texts: bool = False) -> None:
+        """Messages per second this page types from now on (0: it stops typing); long_texts:
+        only texts of the maximum length."""
         self.rate = rate
+        self.long_texts = long_texts
         self.typed += 1  # the timer of the old rate is void
         if rate > 0 and not self.offline:
             self._after(self.rng.expovariate(rate), "type", self.typed)
@@ -242,7 +245,7 @@ class Page(threading.Thread):
         ):
             if self.open and self.rng.random() < 0.2:
                 self._ws_send({"type": "typing"})
-            self._new_send(self.run_.bodies.body(self.rng, self.who))
+            self._new_send(self.run_.bodies.body(self.rng, self.who, self.long_texts))
         if self.rate > 0:
             self.typed += 1
             self._after(self.rng.expovariate(self.rate), "type", self.typed)
@@ -641,7 +644,7 @@ class Page(threading.Thread):
         if self.conn is None and not self.reloading:
             self._connect()
         if self.rate > 0:
-            self.set_rate(self.rate)
+            self.set_rate(self.rate, self.long_texts)
 
     def pause_reading(self, seconds: float) -> None:
         conn = self.conn

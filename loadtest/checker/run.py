@@ -37,6 +37,7 @@ from loadtest.checker.history import (
     fmt_ranges,
     overlaps,
     ranges,
+    say,
 )
 from loadtest.checker.page import Page, Send
 from loadtest.checker.stack import ChaosStack
@@ -145,7 +146,7 @@ class Run:
 
     def say(self, text: str) -> None:
         if self.o.echo:
-            print(self.o.prefix + text, flush=True)
+            say(self.o.prefix + text)
 
     def register(self, send: Send) -> None:
         self.sends[send.cid] = send
@@ -221,9 +222,9 @@ class Run:
             closed = [p.who for p in self.pages if not p.open]
             raise RuntimeError(f"pages not connected 120 s after the start: {closed}")
 
-    def _set_rate(self, pages: list[Page], rate: float) -> None:
+    def _set_rate(self, pages: list[Page], rate: float, long_texts: bool = False) -> None:
         for page in pages:
-            page.command(lambda p, rate=rate: p.set_rate(rate))
+            page.command(lambda p, rate=rate: p.set_rate(rate, long_texts))
 
     def _traffic_and_faults(self) -> None:
         o = self.o
@@ -283,7 +284,7 @@ class Run:
             kind = deck.pop()
             getattr(self, f"_fault_{kind}")()
             self.faults[kind] += 1
-            pause = rng.uniform(1.0, 3.0)
+            pause = rng.uniform(0.5, 2.0)
             due = min(self.history.now() + pause, end, restore_at if dump is not None else dump_at)
             self._sleep_until(due)
 
@@ -299,6 +300,7 @@ class Run:
         code = self.stack.kill_ws(i, signal.SIGTERM)
         self.stack.start_process(name)
         self.history.fault("ws-sigterm", f"{name} exited {code}, started again and healthy")
+        self._spread(name)
 
     def _fault_ws_kill(self) -> None:
         i = self.rng.randrange(2)
@@ -309,6 +311,18 @@ class Run:
         time.sleep(down)  # the outage
         self.stack.start_process(name)
         self.history.fault("ws-sigkill", f"{name} started again and healthy")
+        self._spread(name)
+
+    def _spread(self, name: str) -> None:
+        """Every socket went to the other daphne meanwhile; clients come and go, so half of
+        them come back through nginx (least_conn), spread over both again (a room's pages on
+        both processes is what makes its broadcasts cross Redis)."""
+        pages = self.rng.sample(self.pages, len(self.pages) // 2)
+        self.history.fault(
+            "spread", f"{len(pages)} pages reconnect, spreading over both daphne with {name}"
+        )
+        for page in pages:
+            page.command(Page.drop)
 
     def _fault_ws_pause(self) -> None:
         """A daphne stops running for a while (SIGSTOP, as a long pause of its host would),
@@ -321,17 +335,20 @@ class Run:
         self.history.fault("ws-pause", f"SIGCONT {name}")
 
     def _fault_redis_restart(self) -> None:
-        """Redis goes away while a room is busy: what its broadcasts missed meanwhile is more
-        than a frame holds when it is healed."""
+        """Redis goes away while a room is busy with long texts: what a process misses of the
+        other's broadcasts meanwhile is healed from the database, in batches that can be more
+        than one frame holds."""
         down = self.rng.uniform(1.0, 4.0)
         with self.room_lock:
             room = self.rng.choice(sorted(r for r in self.rooms if r != self.busy_room))
             self.redis_room = room
         pages = self.rooms[room]
-        self._set_rate(pages, self.o.burst_rate)
+        self._set_rate(pages, self.o.burst_rate, long_texts=True)
         time.sleep(1.0)  # the room gets busy
         self.history.fault(
-            "redis-restart", f"Redis killed while room {room} is busy; down {down:.1f}s", room=room
+            "redis-restart",
+            f"Redis killed while room {room} is busy with long texts; down {down:.1f}s",
+            room=room,
         )
         self.stack.restart_redis(down)
         self.history.fault("redis-restart", "Redis back (empty)", room=room)
@@ -463,7 +480,7 @@ class Run:
         t = self.history.now()
         converged = self._settle(stall)
         took = self.history.now() - t
-        self.history.fault(
+        at = self.history.fault(
             "checkpoint",
             f"{when}: "
             + (
@@ -486,7 +503,7 @@ class Run:
         if when == "final":
             failures += check_sends(list(self.sends.values()), db, self.restores, when)
         for f in failures:
-            f.t = self.history.now()
+            f.t = at.t
         known = {(f.kind, f.who, f.room, f.seqs, f.cids) for f in self.failures}
         failures = [f for f in failures if (f.kind, f.who, f.room, f.seqs, f.cids) not in known]
         self.failures += failures
