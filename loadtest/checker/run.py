@@ -675,23 +675,32 @@ class Run:
                 + (f" (room {f.room})" if f.who else "")
                 + f": {f.kind}: {f.summary}"
             )
-        for group in self._groups():
+        for group, alike in self._groups():
             lines.append("")
-            lines += self._minimal_history(group)
+            lines += self._minimal_history(group, alike)
         lines.append("")
         lines.append(f"seed {o.seed}; reproduce: {repro}")
         return "\n".join(lines)
 
-    def _groups(self) -> list[list[Failure]]:
-        """Failures of the same member (or conversation), one history each."""
-        groups: dict[tuple, list[Failure]] = {}
+    def _groups(self) -> list[tuple[list[Failure], list[str]]]:
+        """Failures of the same member (or conversation), one history each; members of a room
+        whose failures are the same (kinds and sequence numbers) share one: (the first one's
+        failures, the others' names)."""
+        by_who: dict[tuple, list[Failure]] = {}
         for f in self.failures:
             if f.kind == "checker":
                 continue
-            groups.setdefault((f.who, f.room), []).append(f)
-        return list(groups.values())
+            by_who.setdefault((f.who, f.room), []).append(f)
+        shared: dict[tuple, tuple[list[Failure], list[str]]] = {}
+        for (who, room), failures in by_who.items():
+            same = (room, tuple(sorted((f.when, f.kind, f.seqs) for f in failures)))
+            if who and same in shared and not any(f.cids for f in failures):
+                shared[same][1].append(who)
+            else:
+                shared[same if who else (who, room)] = (failures, [])
+        return list(shared.values())
 
-    def _minimal_history(self, group: list[Failure]) -> list[str]:
+    def _minimal_history(self, group: list[Failure], alike: list[str]) -> list[str]:
         """The events that concern these failures: the member's own (connections, reloads,
         frames carrying their sequence numbers), the sends of those sequence numbers, and the
         faults meanwhile."""
@@ -714,7 +723,7 @@ class Run:
         mine = [e for e in events if who and e.who == who]
         about_ids = {id(e) for e in about}
         t_from = min((e.t for e in about), default=min((e.t for e in mine), default=0.0)) - 5
-        t_to = max(f.t for f in group) + 0.5  # up to the checkpoint that found them
+        t_to = max(f.t for f in group)  # up to the checkpoint that found them
         keep: list[Event] = []
         others: dict[str, list[Event]] = {}
         send_kinds = ("send", "refused", "refused-busy", "confirmed", "resend")
@@ -739,6 +748,8 @@ class Run:
                 others.setdefault(e.who, []).append(e)
         keep.sort(key=lambda e: e.t)
         title = who or f"room {room}"
+        if alike:
+            title += f" (and {', '.join(alike)}: the same failures)"
         seqs = ranges(s for a, b in seqs for s in range(a, b + 1))
         head = (
             f"minimal history of {title} (room {room}, epoch {epoch}"

@@ -35,11 +35,16 @@ def rendered(seq: int, body: str, cid: uuid.UUID | None) -> str:
     return get_template("chat/partials/message.html").render({"message": message})
 
 
-def test_a_frame_of_the_servers_fragments_reads_back_as_sent():
+def test_the_servers_message_and_error_fragments_read_back_as_sent():
     cid = uuid.uuid4()
-    frame = server_fragments.ws_messages([rendered(5, TEXT, cid), rendered(6, "x", None)])
-    frame += server_fragments.error_html("busy", client_id=str(cid), retry_after=2.5)
-    frame += server_fragments.error_html("Your message could not be saved.", client_id=str(cid))
+    frame = (
+        '<div hx-swap-oob="beforeend:#messages">'
+        + rendered(5, TEXT, cid)
+        + rendered(6, "x", None)
+        + "</div>"
+        + server_fragments.error_html("busy", client_id=str(cid), retry_after=2.5)
+        + server_fragments.error_html("Your message could not be saved.", client_id=str(cid))
+    )
     read = fragments.parse_frame(frame)
     assert [(a.seq, a.sender_id, a.cid, a.body) for a in read.articles] == [
         (5, 7, str(cid), TEXT),
@@ -52,8 +57,8 @@ def test_a_frame_of_the_servers_fragments_reads_back_as_sent():
 
 
 def test_any_reset_is_read_whatever_its_attributes():
-    reset = fragments.parse_frame(server_fragments.reset_html("ab12")).reset
-    assert reset is not None and reset["data-epoch"] == "ab12"
+    plain = '<div id="chat-reset" hx-swap-oob="true" hidden data-epoch="ab12"></div>'
+    assert fragments.parse_frame(plain).reset["data-epoch"] == "ab12"
     later = '<div data-reason="behind" id="chat-reset" data-epoch="ab12" hidden></div>'
     assert fragments.parse_frame(later).reset["data-reason"] == "behind"
 
