@@ -301,6 +301,12 @@ loadtest-ui: install ## Locust web UI on http://127.0.0.1:8089 against a running
 	$(call loadtest_seed,results/users.json)
 	$(LOCUST) $(LOADTEST_KNOBS) --users-file results/users.json --web-host 127.0.0.1
 
+.PHONY: soak
+# DURATION is shared with `make loadtest` (60s); SEED empty: a new one, printed.
+RUNTIME ?= tuned
+soak: install ## Delivery checker under faults for DURATION (30m, 2h) on a private stack (SEED=, RUNTIME=tuned|stock|both)
+	$(PY) -m loadtest.checker --duration $(DURATION) --runtime $(RUNTIME) $(if $(SEED),--seed $(SEED)) $(SOAK_ARGS)
+
 .PHONY: bench
 bench: install ## Benchmark on the native stack: rate sweep past the knee, idle sockets, a big room, a reconnect storm -> loadtest/RESULTS.md
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
