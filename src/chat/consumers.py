@@ -256,13 +256,18 @@ class ChatConsumer(Socket):
             return
         assert self.hub is not None
         try:
-            await services.message_send(
+            stored = await services.message_send(
                 hub=self.hub,
                 sender_id=self.user_id,
                 sender_name=self.username,
                 body=body,
                 client_id=frame.client_id,
             )
+            if not stored.created and stored.seq <= self.cursor.last_sent:
+                # A resend of a message this socket was already past (the page reloaded
+                # before its confirmation): the stream drops it as a duplicate, so the
+                # confirmation goes to this page alone.
+                await self.deliver([stored.frame])
         except Conversation.DoesNotExist:  # not a participant any more (or no conversation)
             await self.close(code=CLOSE_FORBIDDEN)
         except dbcalls.DatabaseBusy:

@@ -125,10 +125,7 @@
     var changed = false;
     tpl.content.querySelectorAll("article.msg[data-seq]").forEach(function (m) {
       var seq = parseInt(m.dataset.seq, 10);
-      if (seq <= state.lastSeq || document.getElementById(m.id)) {
-        m.remove(); changed = true; return;
-      }
-      state.lastSeq = seq;
+      /* A send confirmed, even by a copy the page does not show again: stored once. */
       var cid = m.dataset.clientId;
       if (cid && state.pending[cid]) {
         delete state.pending[cid];
@@ -137,6 +134,10 @@
         var status = document.getElementById("conn-status");
         if (status && status.dataset.kind === "busy") { setStatus("", ""); showError(""); }
       }
+      if (seq <= state.lastSeq || document.getElementById(m.id)) {
+        m.remove(); changed = true; return;
+      }
+      state.lastSeq = seq;
       /* Their message is here: they are no longer typing it. */
       var typing = document.getElementById("typing-" + m.dataset.senderId);
       if (typing) { clearTyping(typing); }
