@@ -38,6 +38,8 @@ from parley_runtime.frames import received_at
 logger = logging.getLogger(__name__)
 refused_at_connect = Throttled(logger, "database refused at connect")
 refused = Throttled(logger, "send refused: past capacity")
+# The database down or going away: a line a second per kind, each send already answered.
+not_stored = Throttled(logger, "not stored: the database did not answer")
 
 
 def _query(scope: dict, name: str) -> str | None:
@@ -272,10 +274,10 @@ class ChatConsumer(Socket):
             await self.close(code=CLOSE_FORBIDDEN)
         except dbcalls.DatabaseBusy:
             await self.refuse_send("db_busy", cid, fragments.BUSY_TEXT)
-        except DatabaseError:
+        except DatabaseError as exc:
             # Stored or not is unknown (the reply may be what was lost): the page keeps the
             # client_id and retries, and a retry cannot store it twice.
-            logger.exception("message not stored")
+            not_stored.warning(type(exc).__name__)
             await self.refuse_send(
                 "db_error", cid, "Your message could not be saved yet. Retrying…"
             )
@@ -299,8 +301,8 @@ class ChatConsumer(Socket):
             await services.read_marker_move(
                 conversation_id=self.conversation_id, user_id=self.user_id, seq=seq
             )
-        except DatabaseError:
-            logger.exception("read marker not stored")
+        except DatabaseError as exc:
+            not_stored.warning(f"read marker: {type(exc).__name__}")
 
 
 class InboxConsumer(Socket):

@@ -27,6 +27,7 @@ from collections import deque
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
 from django.http import HttpResponse
 from psycopg_pool import PoolTimeout
 
@@ -79,6 +80,10 @@ def refusal_reason(exc: BaseException | None) -> str | None:
             return exc.reason
         if isinstance(exc, PoolTimeout):
             return "pool_timeout"  # no connection within DB_POOL_TIMEOUT
+        if isinstance(exc, psycopg.OperationalError):
+            # The database went away under the request (restarted, failed over): 503 with
+            # Retry-After, which a browser and a load balancer retry, not a 500.
+            return "database_unavailable"
         exc = exc.__cause__ or exc.__context__
         seen += 1
     return None

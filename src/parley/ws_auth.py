@@ -17,6 +17,7 @@ from typing import Any
 
 from channels.auth import get_user
 from django.conf import settings
+from django.db import DatabaseError
 from django.http.cookie import parse_cookie
 
 from parley.dbcalls import DatabaseUnavailable, db
@@ -35,11 +36,11 @@ class WebsocketAuthMiddleware:
         # cookies and the session are looked at in another, which is then gone.
         try:
             user, session_key = await scope_user(scope)
-        except DatabaseUnavailable as exc:
-            # A reconnect storm (or Postgres down): refused at the handshake in microseconds,
-            # which the browser retries with backoff, instead of queueing every handshake
-            # of the storm on the database thread.
-            refused.warning(str(exc))
+        except DatabaseError as exc:
+            # A reconnect storm (refused at once, DatabaseUnavailable) or Postgres gone (a
+            # connection that died with it): refused at the handshake, which the browser
+            # retries with backoff; one warning line a second, no traceback.
+            refused.warning(str(exc) if isinstance(exc, DatabaseUnavailable) else repr(exc))
             await send({"type": "websocket.close", "code": 1013})
             return None
         # The key, not the session: the process heartbeat re-checks it (chat.heartbeat).

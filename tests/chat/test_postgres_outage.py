@@ -221,3 +221,26 @@ def test_senders_during_an_outage_are_refused_fast_not_one_timeout_after_another
     assert ">back<" in frame
     alice.close()
     bob.close()
+
+
+def test_pages_and_handshakes_while_postgres_is_gone_get_retryable_refusals(
+    app_on_throwaway_postgres, tmp_path
+):
+    """A request or a handshake whose database connection died with Postgres is refused as
+    something to retry (503 with Retry-After, a handshake the browser retries), never a 500
+    or an application crash with a traceback in the log."""
+    pg, base, users = app_on_throwaway_postgres
+    conversation = users[0]["conversation"]
+    session = login(base, users[0])
+    assert session.get(f"{base}/c/{conversation}", timeout=10).status_code == 200
+    pg.kill()
+    for _ in range(3):
+        page = session.get(f"{base}/c/{conversation}", timeout=20)
+        assert page.status_code == 503 and page.headers["Retry-After"], page.status_code
+        with pytest.raises(websocket.WebSocketBadStatusException):
+            ws(base, session, conversation)
+    log = (tmp_path / "daphne.log").read_text()
+    assert "Exception inside application" not in log
+    assert "Internal Server Error" not in log
+    restart_and_wait(pg, base)
+    assert session.get(f"{base}/c/{conversation}", timeout=10).status_code == 200
