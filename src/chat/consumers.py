@@ -96,7 +96,7 @@ class ChatConsumer(Socket):
             return
         self.limits = SendLimits(settings.CHAT_RATE_LIMIT)
         self.read_seq = 0
-        self.busy_until = 0.0  # sends refused until then (monotonic): see _busy
+        self.busy_until = 0.0  # the retry hint of its last refusal (monotonic): see _busy
         after = self._after()
         epoch = _query(self.scope, "epoch")
         claim = None if epoch is None else Position(db.seq if after is None else after, epoch)
@@ -201,16 +201,12 @@ class ChatConsumer(Socket):
         )
 
     def _busy(self, arrived: float | None) -> str | None:
-        """Why this socket's send is refused before anything else is done for it: the process
-        is past capacity (parley.admission), or was when this socket last sent and the window
-        it was told to wait has not passed (its page holds its sends until then)."""
-        now = time.monotonic()
-        if now < self.busy_until:
-            return "window"
+        """Why this send is refused before anything else is done for it: the process is past
+        capacity (parley.admission, judged once a tick), or its frame waited too long."""
         why = admission().refusal(arrived)
         if why:
             window = settings.CHAT_OVERLOAD_RETRY_SECONDS * random.uniform(1.0, 1.5)
-            self.busy_until = now + window
+            self.busy_until = time.monotonic() + window  # the hint: the page holds sends
         return why
 
     async def refuse_busy(self, why: str, client_id: str | None) -> None:

@@ -68,7 +68,9 @@ class ConversationHub:
         self.receivers: dict[ChatSocket, None] = {}  # insertion-ordered sets
         self.followers: dict[Follower, None] = {}
         self.stream = ConversationStream(conversation_id, self.receivers)
-        self.presence = HubPresence(conversation_id, self.local_broadcast)
+        self.presence = HubPresence(
+            conversation_id, self.local_broadcast, lambda: self.subscription.channel
+        )
         self.listed = 0  # the newest sequence the followers were sent a row for
         # Broadcasts of messages stored here that the layer has not taken yet, in order.
         self.unbroadcast: list[dict] = []
@@ -92,7 +94,6 @@ class ConversationHub:
         socket.attached_at = time.monotonic()
         self.receivers[socket] = None
         self.presence.set_members(members)  # the freshest read wins
-        self.presence.channel = self.subscription.channel
         position = self.stream.position
         if position is None:
             await self.stream.start(db)

@@ -24,10 +24,15 @@ LocalBroadcast = Callable[[str], Awaitable[None]]
 
 
 class HubPresence:
-    def __init__(self, conversation_id: int, local_broadcast: LocalBroadcast) -> None:
+    def __init__(
+        self,
+        conversation_id: int,
+        local_broadcast: LocalBroadcast,
+        entry_name: Callable[[], str],
+    ) -> None:
         self.conversation_id = conversation_id
         self.local_broadcast = local_broadcast  # a frame to this process's sockets
-        self.channel = ""  # this process's entry name (the hub's subscription channel)
+        self.entry_name = entry_name  # this process's name in the entries ("": none yet)
         self.members: dict[int, str] = {}
         self.enabled = True
         self.local_users: dict[int, int] = {}  # sockets here, by user
@@ -68,9 +73,10 @@ class HubPresence:
     def entries(self) -> list[tuple[int, str]]:
         """(user id, entry name) for every user online through this process (the heartbeat
         refreshes them)."""
-        if not self.enabled or not self.channel:
+        channel = self.entry_name()
+        if not self.enabled or not channel:
             return []
-        return [(uid, self.channel) for uid in self.local_users]
+        return [(uid, channel) for uid in self.local_users]
 
     def _changed(self, user_id: int, online: bool) -> None:
         if not self.enabled:
@@ -97,15 +103,14 @@ class HubPresence:
         """Writes the pending arrivals and departures in one round trip and broadcasts the
         members whose presence changed, in one event (none if nobody's did)."""
         pending, self.pending = self.pending, {}
-        if not pending or not self.channel:
-            self.pending.update(pending)
+        channel = self.entry_name()
+        if not pending or not channel:
+            self.pending.update(pending)  # written once the hub has joined (its recovery)
             return
         joins = [uid for uid, on in pending.items() if on]
         leaves = [uid for uid, on in pending.items() if not on]
         try:
-            online = await presence_store().update(
-                self.conversation_id, self.channel, joins, leaves
-            )
+            online = await presence_store().update(self.conversation_id, channel, joins, leaves)
         except LAYER_ERRORS:
             return  # the heartbeat rewrites every local user's entry when Redis is back
         changes = await self.apply(online)

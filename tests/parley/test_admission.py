@@ -188,15 +188,22 @@ async def test_a_send_whose_frame_waited_too_long_in_its_socket_queue_is_refused
 async def test_past_capacity_a_send_costs_no_render_and_no_store(settings, monkeypatch):
     """While the process refuses, a send is answered before its text is looked at: a
     fragment made once with its client_id filled in, no template rendered, nothing stored,
-    no Redis call; and the socket's next sends within the window it was told are refused
-    without asking again."""
+    no Redis call. The overload is real: the database thread held by a slow call."""
     from chat import fragments, services
     from parley.admission import admission
 
-    settings.CHAT_OVERLOAD_LAG_SECONDS = 0.05
-    settings.CHAT_OVERLOAD_RETRY_SECONDS = 30.0
+    settings.CHAT_OVERLOAD_STORE_WAIT_SECONDS = 0.2
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def occupy() -> None:  # the database thread, busy with a slow call
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=30)
+
+    blocker = asyncio.ensure_future(dbcalls.db(occupy)())
+    queued = asyncio.ensure_future(dbcalls.db(lambda: None)())  # waits behind it
+    await wait_until(lambda: admission().refusing == "store_wait")
     fragments.busy_html("warm", 1.0)  # the one render, done once per process
     renders, stores = [], []
     render = fragments._render
@@ -206,8 +213,7 @@ async def test_past_capacity_a_send_costs_no_render_and_no_store(settings, monke
         lambda t, c: (t == "chat/partials/error.html" and renders.append(t)) or render(t, c),
     )
     monkeypatch.setattr(services, "message_send", lambda **kw: stores.append(kw))
-    time.sleep(0.3)  # noqa: ASYNC251 - the overload itself: this loop runs 300 ms late
-    await wait_until(lambda: admission().refusing == "lag")
+    refused = value("parley_messages_refused_total", reason="store_wait")
     ids = [str(uuid.uuid4()) for _ in range(5)]
     for cid in ids:
         await send(alice, "x" * 100, client_id=cid)
@@ -215,7 +221,10 @@ async def test_past_capacity_a_send_costs_no_render_and_no_store(settings, monke
         err = await alice_in.wait_text(cid)
         assert 0 < retry_hint(err) <= 45 and fragments.BUSY_TEXT in err
     assert (renders, stores) == ([], [])
-    assert value("parley_messages_refused_total", reason="window") >= 4
+    assert value("parley_messages_refused_total", reason="store_wait") == refused + 5
+    release.set()
+    await blocker
+    await queued
     await alice.disconnect()
 
 
