@@ -261,11 +261,11 @@ class ChatConsumer(Socket):
                 body=body,
                 client_id=frame.client_id,
             )
-            if not stored.created and stored.seq <= self.cursor.last_sent:
-                # A resend of a message this socket was already past (the page reloaded
-                # before its confirmation): the stream drops it as a duplicate, so the
-                # confirmation goes to this page alone.
-                await self.deliver([stored.frame])
+            if not stored.created and stored.seq <= self.cursor.last_sent and cid:
+                # A resend of a message this socket is past (its page reloaded before the
+                # confirmation came): the stream drops it as a duplicate, so this page alone
+                # is told it is stored, without the message a second time.
+                await self.deliver([fragments.confirmed_html(cid)])
         except Conversation.DoesNotExist:  # not a participant any more (or no conversation)
             await self.close(code=CLOSE_FORBIDDEN)
         except dbcalls.DatabaseBusy:

@@ -158,6 +158,12 @@ def error_html(text: str, *, client_id: str | None = None, retry_after: float | 
     )
 
 
+def confirmed_html(client_id: str) -> str:
+    """Tells a page its send is stored, without its message: the page already has it, or
+    has it in the history above what it shows (a resend after a reload)."""
+    return _render("chat/partials/confirmed.html", {"client_id": client_id})
+
+
 BUSY_TEXT = "The server is busy: your message was not sent yet. Retrying…"
 
 

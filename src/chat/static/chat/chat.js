@@ -123,17 +123,14 @@
       return "";
     }
     var changed = false;
+    /* Stored: a message this page is past (a resend after a reload) is confirmed alone. */
+    tpl.content.querySelectorAll("#chat-confirmed[data-confirms]").forEach(function (c) {
+      settle(c.dataset.confirms);
+    });
     tpl.content.querySelectorAll("article.msg[data-seq]").forEach(function (m) {
       var seq = parseInt(m.dataset.seq, 10);
       /* A send confirmed, even by a copy the page does not show again: stored once. */
-      var cid = m.dataset.clientId;
-      if (cid && state.pending[cid]) {
-        delete state.pending[cid];
-        var p = document.getElementById("pending-" + cid);
-        if (p) { p.remove(); }
-        var status = document.getElementById("conn-status");
-        if (status && status.dataset.kind === "busy") { setStatus("", ""); showError(""); }
-      }
+      if (m.dataset.clientId) { settle(m.dataset.clientId); }
       if (seq <= state.lastSeq || document.getElementById(m.id)) {
         m.remove(); changed = true; return;
       }
@@ -216,6 +213,16 @@
         state.lastSock.send(JSON.stringify(again));
       } /* else: the reconnect sends every pending message */
     }, ms);
+  }
+
+  /* A pending send is stored: its bubble goes, and a "busy" notice with it. */
+  function settle(cid) {
+    if (!state.pending[cid]) { return; }
+    delete state.pending[cid];
+    var p = document.getElementById("pending-" + cid);
+    if (p) { p.remove(); }
+    var status = document.getElementById("conn-status");
+    if (status && status.dataset.kind === "busy") { setStatus("", ""); showError(""); }
   }
 
   /* A list row's unread count, from its newest sequence and this user's read marker. */
