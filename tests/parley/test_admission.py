@@ -5,6 +5,7 @@ Real Postgres and Redis; the overload is real too: a loop that runs late, a busy
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
@@ -56,33 +57,43 @@ async def test_a_send_while_the_event_loop_runs_late_is_refused_then_taken_on_re
     await bob.disconnect()
 
 
+@contextlib.asynccontextmanager
+async def busy_database_thread():
+    """The database thread held by a slow call until the block ends: the real overload that
+    makes calls, and then stores, wait (store_wait)."""
+    release = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def occupy() -> None:
+        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=30)
+
+    blocker = asyncio.ensure_future(dbcalls.db(occupy)())
+    try:
+        yield
+    finally:
+        release.set()
+        await blocker
+
+
 async def test_a_send_behind_a_long_database_queue_is_refused_in_milliseconds(settings):
     settings.CHAT_OVERLOAD_STORE_WAIT_SECONDS = 0.2
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
     bob, _, bob_in = await open_socket(conversation.pk, cookies[1])
-    release = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def occupy() -> None:  # the database thread, busy with a slow call
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=30)
-
-    blocker = asyncio.ensure_future(dbcalls.db(occupy)())
-    await send(alice, "first, waits its turn", client_id=str(uuid.uuid4()))
-    await wait_until(lambda: dbcalls.gate.queue_delay() > 0.2)
     from parley.admission import admission
 
-    await wait_until(lambda: admission().refusing == "store_wait")  # judged once a tick
-    refused = value("parley_messages_refused_total", reason="store_wait")
-    cid = str(uuid.uuid4())
-    started = time.monotonic()
-    await send(bob, "second", client_id=cid)
-    err = await bob_in.wait_text(cid)
-    took = time.monotonic() - started
-    assert "data-retry-after=" in err and took < 1.0  # not after the queue: at once
-    assert value("parley_messages_refused_total", reason="store_wait") == refused + 1
-    release.set()
-    await blocker
+    async with busy_database_thread():
+        await send(alice, "first, waits its turn", client_id=str(uuid.uuid4()))
+        await wait_until(lambda: dbcalls.gate.queue_delay() > 0.2)
+        await wait_until(lambda: admission().refusing == "store_wait")  # judged once a tick
+        refused = value("parley_messages_refused_total", reason="store_wait")
+        cid = str(uuid.uuid4())
+        started = time.monotonic()
+        await send(bob, "second", client_id=cid)
+        err = await bob_in.wait_text(cid)
+        took = time.monotonic() - started
+        assert "data-retry-after=" in err and took < 1.0  # not after the queue: at once
+        assert value("parley_messages_refused_total", reason="store_wait") == refused + 1
     assert await alice_in.wait_seqs([1]) == [1]  # the one that was taken is not lost
     assert await bob_in.wait_seqs([1]) == [1]
     assert await stored(conversation.pk) == [(1, "first, waits its turn")]
@@ -195,35 +206,27 @@ async def test_past_capacity_a_send_costs_no_render_and_no_store(settings, monke
     settings.CHAT_OVERLOAD_STORE_WAIT_SECONDS = 0.2
     conversation, _, cookies = await room()
     alice, _, alice_in = await open_socket(conversation.pk, cookies[0])
-    release = asyncio.Event()
-    loop = asyncio.get_running_loop()
-
-    def occupy() -> None:  # the database thread, busy with a slow call
-        asyncio.run_coroutine_threadsafe(release.wait(), loop).result(timeout=30)
-
-    blocker = asyncio.ensure_future(dbcalls.db(occupy)())
-    queued = asyncio.ensure_future(dbcalls.db(lambda: None)())  # waits behind it
-    await wait_until(lambda: admission().refusing == "store_wait")
-    fragments.busy_html("warm", 1.0)  # the one render, done once per process
-    renders, stores = [], []
-    render = fragments._render
-    monkeypatch.setattr(
-        fragments,
-        "_render",
-        lambda t, c: (t == "chat/partials/error.html" and renders.append(t)) or render(t, c),
-    )
-    monkeypatch.setattr(services, "message_send", lambda **kw: stores.append(kw))
-    refused = value("parley_messages_refused_total", reason="store_wait")
-    ids = [str(uuid.uuid4()) for _ in range(5)]
-    for cid in ids:
-        await send(alice, "x" * 100, client_id=cid)
-    for cid in ids:
-        err = await alice_in.wait_text(cid)
-        assert 0 < retry_hint(err) <= 45 and fragments.BUSY_TEXT in err
-    assert (renders, stores) == ([], [])
-    assert value("parley_messages_refused_total", reason="store_wait") == refused + 5
-    release.set()
-    await blocker
+    async with busy_database_thread():
+        queued = asyncio.ensure_future(dbcalls.db(lambda: None)())  # waits behind it
+        await wait_until(lambda: admission().refusing == "store_wait")
+        fragments.busy_html("warm", 1.0)  # the one render, done once per process
+        renders, stores = [], []
+        render = fragments._render
+        monkeypatch.setattr(
+            fragments,
+            "_render",
+            lambda t, c: (t == "chat/partials/error.html" and renders.append(t)) or render(t, c),
+        )
+        monkeypatch.setattr(services, "message_send", lambda **kw: stores.append(kw))
+        refused = value("parley_messages_refused_total", reason="store_wait")
+        ids = [str(uuid.uuid4()) for _ in range(5)]
+        for cid in ids:
+            await send(alice, "x" * 100, client_id=cid)
+        for cid in ids:
+            err = await alice_in.wait_text(cid)
+            assert 0 < retry_hint(err) <= 45 and fragments.BUSY_TEXT in err
+        assert (renders, stores) == ([], [])
+        assert value("parley_messages_refused_total", reason="store_wait") == refused + 5
     await queued
     await alice.disconnect()
 
