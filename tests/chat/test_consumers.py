@@ -480,7 +480,7 @@ async def test_inbox_updates_live_with_unread_counts():
 
 
 async def test_a_message_renders_one_row_and_reads_nothing_for_every_list_socket(monkeypatch):
-    """Fifty open conversation lists: a message is rendered into one row for all of them,
+    """Ten open conversation lists: a message is rendered into one row for all of them,
     with no database read per socket (each used to re-read its own row)."""
     from chat import fragments, selectors
 
