@@ -123,16 +123,38 @@ def _tree_cpu_seconds(root: int, children: dict[int, list[int]]) -> float:
     return total
 
 
+# The services the stack uses beside its own processes, by process name: on this one machine
+# they compete for the same cores as the stack and the load generator.
+SERVICES = {"postgres": "postgres", "redis": "redis-server"}
+
+
 def stack_cpu(stack: Stack) -> dict[str, float]:
-    """CPU seconds used so far by each stack process and its workers."""
+    """CPU seconds used so far by each stack process and its workers, by Postgres and Redis
+    (every process of theirs on the machine, while it runs), and by the whole machine
+    ("machine": every core's busy time, steal included)."""
     children: dict[int, list[int]] = {}
+    services = dict.fromkeys(SERVICES, 0.0)
     for stat in Path("/proc").glob("[0-9]*/stat"):
         try:
-            ppid = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            text = stat.read_text()
+            comm = text[text.index("(") + 1 : text.rindex(")")]
+            fields = text.rsplit(")", 1)[1].split()
+            ppid = int(fields[1])
         except (OSError, ValueError, IndexError):
             continue
         children.setdefault(ppid, []).append(int(stat.parent.name))
-    return {name: _tree_cpu_seconds(info["pid"], children) for name, info in stack.procs.items()}
+        for name, prefix in SERVICES.items():
+            if comm.startswith(prefix):
+                services[name] += (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    cpu = {name: _tree_cpu_seconds(info["pid"], children) for name, info in stack.procs.items()}
+    return cpu | services | {"machine": _machine_busy_seconds()}
+
+
+def _machine_busy_seconds() -> float:
+    """Seconds every core was busy or stolen so far (/proc/stat: all but idle and iowait)."""
+    values = [int(v) for v in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle = values[3] + values[4]
+    return (sum(values[:8]) - idle) / os.sysconf("SC_CLK_TCK")
 
 
 def run_step(
@@ -804,7 +826,8 @@ def ms(v: float | None) -> str:
 
 HEADER = (
     "| layer | step | offered msg/s | deliveries/s | p50 ms | p95 ms | p99 ms | refused "
-    "| not arrived | dup | sustainable | CPU % daphne / gunicorn / nginx / locust |\n"
+    "| not arrived | dup | sustainable "
+    "| CPU % daphne / gunicorn / nginx / locust / postgres / redis / machine |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -824,9 +847,8 @@ def row(step: Step) -> str:
 def cpu_cell(summary: dict) -> str:
     cpu = summary.get("cpu_percent", {})
     daphne = sum(v for k, v in cpu.items() if k.startswith("ws"))
-    return " / ".join(
-        f"{v:.0f}" for v in (daphne, cpu.get("web", 0), cpu.get("nginx", 0), cpu.get("locust", 0))
-    )
+    parts = (daphne, *(cpu.get(k, 0) for k in ("web", "nginx", "locust", *SERVICES, "machine")))
+    return " / ".join(f"{v:.0f}" for v in parts)
 
 
 def overload_lines(steps: dict[str, list[Step]]) -> list[str]:
@@ -924,7 +946,9 @@ def write_results(
         f"once every member is online). Sustainable: p99 fan-out <= "
         f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected. "
         "CPU % is per process group (100 = one core; the daphne together), averaged "
-        "over the whole step including its logins.",
+        "over the whole step including its logins; postgres and redis are every process of "
+        "theirs on the machine (a backend that ended within the step is not counted); "
+        "machine is all cores' busy and stolen time (200 = both cores of a 2-CPU machine).",
         "",
         "## Message rate sweep",
         "",
