@@ -332,6 +332,14 @@ _pool = DATABASES["default"].get("OPTIONS", {}).get("pool")
 # (parley.loopdb), not behind other work on the one database thread. They come on top of
 # DB_POOL_MAX_SIZE. 0: on that thread.
 CHAT_DB_STORE_CONNECTIONS: int = env.int("CHAT_DB_STORE_CONNECTIONS", default=2) if _pool else 0
+# Sends to one conversation that queue while its last store runs are stored together, at most
+# this many in one statement (parley.loopdb.Batches): one row lock and one commit for all of
+# them. 1: each send its own statement.
+CHAT_DB_STORE_BATCH: int = env.int("CHAT_DB_STORE_BATCH", default=32)
+if CHAT_DB_STORE_BATCH < 1:
+    raise ImproperlyConfigured(
+        f"CHAT_DB_STORE_BATCH must be at least 1 (it is {CHAT_DB_STORE_BATCH})"
+    )
 CHAT_DB_READ_THREADS: int = env.int(
     "CHAT_DB_READ_THREADS", default=max(0, _pool["max_size"] - 2) if _pool else 0
 )

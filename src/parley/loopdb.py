@@ -18,14 +18,17 @@ import collections
 import contextlib
 import time
 import weakref
-from collections.abc import AsyncIterator
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Hashable
+from typing import Any, Generic, TypeVar
 
 import psycopg
 from django.conf import settings
 from django.db import connections
 
 from parley.perloop import per_loop
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 
 class NoConnectionInTime(Exception):
@@ -67,11 +70,15 @@ class LoopConnections:
         self.waiters: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
         _every.add(self)
 
+        self.batches: list[Batches] = []  # their queues count in queue_delay
+
     def queue_delay(self) -> float:
-        """How long the longest waiter has waited for a connection (0: nobody waits)."""
+        """How long the longest waiter has waited for a connection, or in a batch's queue
+        for its turn (0: nobody waits)."""
         while self.waiters and self.waiters[0][0].done():
             self.waiters.popleft()
-        return time.monotonic() - self.waiters[0][1] if self.waiters else 0.0
+        delay = time.monotonic() - self.waiters[0][1] if self.waiters else 0.0
+        return max([delay, *(batches.queue_delay() for batches in self.batches)])
 
     @contextlib.asynccontextmanager
     async def connection(self) -> AsyncIterator[psycopg.AsyncConnection]:
@@ -163,6 +170,96 @@ class LoopConnections:
 
 
 loop_connections = per_loop(lambda _loop: LoopConnections())
+
+
+class Batches(Generic[Item, Result]):
+    """Work for one key (a conversation) that arrives while that key's earlier work runs is
+    done together, in one call of `run` (one statement, one commit), up to `limit()` items:
+    under load a conversation's sends are stored in as few statements as they queued for,
+    instead of each waiting for the row lock the one before holds. One task per busy key
+    runs its calls in order; an item is never in two calls.
+
+    `run(key, items)` returns a result or an exception for each item, in order; an exception
+    it raises is every item's. A caller that stops waiting (its socket closed) before its item
+    is taken leaves nothing behind; once taken, the item is done and its result dropped."""
+
+    def __init__(
+        self,
+        run: Callable[[Any, list[Item]], Awaitable[list[Result | BaseException]]],
+        limit: Callable[[], int],
+    ) -> None:
+        self.run = run
+        self.limit = limit
+        # key -> what waits for its turn: (item, the caller's future, since)
+        self.queues: dict[Hashable, collections.deque[tuple[Item, asyncio.Future, float]]] = {}
+        self.tasks: dict[Hashable, asyncio.Task] = {}
+        loop_connections().batches.append(self)
+
+    async def submit(self, key: Hashable, item: Item) -> Result:
+        future = asyncio.get_running_loop().create_future()
+        self.queues.setdefault(key, collections.deque()).append((item, future, time.monotonic()))
+        if key not in self.tasks:
+            self.tasks[key] = asyncio.ensure_future(self._drain(key))
+        return await future
+
+    def queue_delay(self) -> float:
+        """How long the oldest item not yet taken has waited (0: none waits)."""
+        now, oldest = time.monotonic(), None
+        for queue in self.queues.values():
+            while queue and queue[0][1].done():
+                queue.popleft()
+            if queue and (oldest is None or queue[0][2] < oldest):
+                oldest = queue[0][2]
+        return 0.0 if oldest is None else now - oldest
+
+    async def _drain(self, key: Hashable) -> None:
+        queue = self.queues[key]
+        try:
+            while queue:
+                taken: list[tuple[Item, asyncio.Future]] = []
+                while queue and len(taken) < max(1, self.limit()):
+                    item, future, _since = queue.popleft()
+                    if not future.done():
+                        taken.append((item, future))
+                if taken:
+                    await self._call(key, taken)
+        except BaseException:
+            for _item, future, _since in queue:
+                future.cancel()
+            queue.clear()
+            raise
+        finally:
+            del self.tasks[key]
+            if not queue:
+                del self.queues[key]
+
+    async def _call(self, key: Hashable, taken: list[tuple[Item, asyncio.Future]]) -> None:
+        try:
+            results = await self.run(key, [item for item, _future in taken])
+        except Exception as exc:
+            results = [exc] * len(taken)
+        except BaseException:  # cancelled (the loop is closing): so are the callers
+            for _item, future in taken:
+                future.cancel()
+            raise
+        for (_item, future), result in zip(taken, results, strict=True):
+            if future.done():
+                continue
+            if isinstance(result, BaseException):
+                # Each caller raises its own copy where it can: one exception object raised
+                # in several tasks would share (and grow) one traceback.
+                future.set_exception(_own_copy(result))
+            else:
+                future.set_result(result)
+
+
+def _own_copy(exc: BaseException) -> BaseException:
+    try:
+        copy = type(exc)(*exc.args)
+    except Exception:
+        return exc
+    copy.__cause__ = exc.__cause__
+    return copy
 
 
 def close_all_idle() -> None:

@@ -42,6 +42,11 @@ WEBSOCKET_REFUSALS = Counter(
     ["reason"],  # unauthenticated, forbidden, not_found, origin, rate_limit, draining
 )
 MESSAGES_STORED = Counter("parley_messages_stored_total", "Chat messages stored")
+STORE_BATCH_SIZE = Histogram(
+    "parley_store_batch_size",
+    "Sends stored by one statement on the event loop's store connections",
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
 BROADCAST_SECONDS = Histogram(
     "parley_broadcast_seconds",
     "From the message being stored to group_send returning",

@@ -4,12 +4,14 @@ connections, against the real Postgres."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 import uuid
 
 import psycopg
 import pytest
 from django.db import OperationalError
+from prometheus_client import REGISTRY
 
 from chat import services
 from chat.models import Conversation, Message
@@ -148,3 +150,146 @@ async def test_with_no_store_connections_sends_are_stored_on_the_database_thread
     store = dbcalls.store(services.message_create_and_render, services.message_store)
     assert (await store(conv.pk, a.pk, a.get_username(), "hi", None))[0] == 1
     assert loopdb.loop_connections().opened == 0
+
+
+@contextlib.asynccontextmanager
+async def conversation_locked(conversation_id: int):
+    """Holds the conversation's row lock (as a store in progress does) until the block ends."""
+    locker = await psycopg.AsyncConnection.connect(**loopdb._connect_params())
+    try:
+        await locker.execute(
+            "SELECT 1 FROM chat_conversation WHERE id = %s FOR UPDATE", [conversation_id]
+        )
+        yield
+        await locker.rollback()
+    finally:
+        await locker.close()
+
+
+def queued(conversation_id: int) -> int:
+    """Sends to the conversation waiting for their turn (behind the store in progress)."""
+    return len(services.messages._conversation_stores().queues.get(conversation_id, ()))
+
+
+async def until(condition, timeout: float = 5.0) -> None:
+    async with asyncio.timeout(timeout):
+        while not condition():
+            await asyncio.sleep(0.01)
+
+
+def batch_counts() -> tuple[float, float]:
+    """Statements and sends the batches stored so far (parley_store_batch_size)."""
+    count = REGISTRY.get_sample_value("parley_store_batch_size_count") or 0.0
+    total = REGISTRY.get_sample_value("parley_store_batch_size_sum") or 0.0
+    return count, total
+
+
+def send(user, conv, text: str, client_id: uuid.UUID | None = None) -> asyncio.Future:
+    return asyncio.ensure_future(
+        services.message_store(conv.pk, user.pk, user.get_username(), text, client_id)
+    )
+
+
+@pytest.mark.parametrize(("limit", "statements"), [(4, 2), (3, 3)])
+async def test_sends_queued_behind_a_store_go_together_up_to_the_batch_limit(
+    chat, settings, limit, statements
+):
+    """A first send holds the conversation's row; four more queue behind it and are stored
+    in arrival order, CHAT_DB_STORE_BATCH at most in one statement: at the bound (4) in one,
+    past it (3) in two."""
+    conv, a = chat
+    settings.CHAT_DB_STORE_BATCH = limit
+    before = batch_counts()
+    async with conversation_locked(conv.pk):
+        first = send(a, conv, "m0", uuid.uuid4())
+        await until(lambda: taken(conv.pk))
+        rest = []
+        for i in range(1, 5):
+            rest.append(send(a, conv, f"m{i}", uuid.uuid4()))
+            await until(lambda n=i: queued(conv.pk) == n)
+    stored = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    assert [s.seq for s in stored] == [1, 2, 3, 4, 5]
+    assert all(s.created for s in stored)
+    count, total = batch_counts()
+    assert (count - before[0], total - before[1]) == (statements, 5)
+    rows = [m async for m in Message.objects.filter(conversation=conv).order_by("seq")]
+    assert [(m.seq, m.body) for m in rows] == [(i + 1, f"m{i}") for i in range(5)]
+    await conv.arefresh_from_db()
+    assert (conv.last_seq, conv.last_message_preview) == (5, "m4")
+    for s, m in zip(stored, rows, strict=True):
+        assert f'id="msg-{m.pk}"' in s.frame and f'data-seq="{m.seq}"' in s.frame
+
+
+def _tasks():
+    return services.messages._conversation_stores().tasks
+
+
+def taken(conversation_id: int) -> bool:
+    """The conversation's store in progress has taken every send queued so far."""
+    return conversation_id in _tasks() and queued(conversation_id) == 0
+
+
+async def test_an_outsider_in_a_batch_is_refused_and_the_members_numbers_stay_gapless(chat):
+    """The batch checks each sender in the statement that writes, as one send does."""
+    conv, a = chat
+    from asgiref.sync import sync_to_async
+
+    outsider = await sync_to_async(make_user)()
+    async with conversation_locked(conv.pk):
+        first = send(a, conv, "one")
+        await until(lambda: taken(conv.pk))
+        mine = send(a, conv, "two")
+        theirs = send(outsider, conv, "not a member")
+        last = send(a, conv, "three")
+        await until(lambda: queued(conv.pk) == 3)
+    assert (await first).seq == 1
+    with pytest.raises(Conversation.DoesNotExist):
+        await theirs
+    assert [(await mine).seq, (await last).seq] == [2, 3]
+    await conv.arefresh_from_db()
+    assert (conv.last_seq, conv.last_message_preview) == (3, "three")
+    assert not await Message.objects.filter(sender=outsider).aexists()
+
+
+async def test_a_resend_in_a_batch_is_confirmed_once_and_the_others_are_stored(chat):
+    """A page resends a stored message (its confirmation was lost) while others queue; it
+    also resends one still queued. Each is stored once; a resend gets the stored number."""
+    conv, a = chat
+    stored_before, twice = uuid.uuid4(), uuid.uuid4()
+    earlier = await services.message_store(conv.pk, a.pk, a.get_username(), "x", stored_before)
+    async with conversation_locked(conv.pk):
+        first = send(a, conv, "first")
+        await until(lambda: taken(conv.pk))
+        resend = send(a, conv, "x again", stored_before)
+        new = send(a, conv, "new", twice)
+        again = send(a, conv, "new", twice)
+        await until(lambda: queued(conv.pk) == 3)
+    assert (await first).seq == 2
+    resent, stored_new, stored_again = await resend, await new, await again
+    assert (resent.seq, resent.created, resent.frame) == (1, False, earlier.frame)
+    assert (stored_new.seq, stored_new.created) == (3, True)
+    assert (stored_again.seq, stored_again.created, stored_again.frame) == (
+        3,
+        False,
+        stored_new.frame,
+    )
+    assert await Message.objects.filter(conversation=conv).acount() == 3
+
+
+async def test_a_send_whose_sender_stopped_waiting_is_not_stored_and_the_rest_are(chat):
+    """A socket closes while its send waits for its turn: that send is dropped before its
+    statement, the ones around it keep consecutive numbers."""
+    conv, a = chat
+    async with conversation_locked(conv.pk):
+        first = send(a, conv, "first")
+        await until(lambda: taken(conv.pk))
+        kept = send(a, conv, "kept")
+        dropped = send(a, conv, "dropped")
+        also = send(a, conv, "also kept")
+        await until(lambda: queued(conv.pk) == 3)
+        dropped.cancel()
+    assert [(await first).seq, (await kept).seq, (await also).seq] == [1, 2, 3]
+    assert dropped.cancelled()
+    bodies = [m.body async for m in Message.objects.filter(conversation=conv).order_by("seq")]
+    assert bodies == ["first", "kept", "also kept"]
+    await until(lambda: not _tasks() and queued(conv.pk) == 0)

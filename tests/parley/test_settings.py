@@ -294,3 +294,13 @@ def test_sends_are_stored_on_the_event_loop_on_postgres_only():
     lite = run_python(code, DATABASE_URL="sqlite:///:memory:", CHAT_DB_STORE_CONNECTIONS="4")
     assert lite.returncode == 0, lite.stderr
     assert lite.stdout.strip().splitlines()[-1] == "0"
+
+
+def test_a_store_batch_under_one_send_refuses_to_start():
+    code = "from django.conf import settings; print(settings.CHAT_DB_STORE_BATCH)"
+    ok = run_python(code, CHAT_DB_STORE_BATCH="1")
+    assert ok.returncode == 0, ok.stderr
+    assert ok.stdout.strip().splitlines()[-1] == "1"
+    result = run_python(code, CHAT_DB_STORE_BATCH="0")
+    assert result.returncode != 0
+    assert "CHAT_DB_STORE_BATCH must be at least 1 (it is 0)" in result.stderr

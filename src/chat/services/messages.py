@@ -8,6 +8,7 @@ import datetime
 import logging
 import time
 import uuid
+from collections.abc import Awaitable
 from contextlib import nullcontext
 from typing import TYPE_CHECKING, NamedTuple
 
@@ -22,6 +23,7 @@ from chat import events, fragments
 from chat.models import Conversation, Message
 from chat.stream import Row
 from parley import dbcalls, loopdb, metrics
+from parley.perloop import per_loop
 
 if TYPE_CHECKING:
     from chat.hub import ConversationHub
@@ -190,44 +192,127 @@ _EXISTING_SQL = (
     "WHERE conversation_id = %(conversation)s AND sender_id = %(sender)s "
     "AND client_id = %(client_id)s"
 )
+# Several sends to one conversation in ONE statement: the members' sends (checked here, as
+# _BUMP_SQL does) take the next numbers in the order given, the counter moves once, the list
+# row shows the last. Returns (id, seq, position in the arrays) per stored send. A resend of
+# a stored message fails it whole (the unique client id): each send is then stored alone.
+_STORE_BATCH_SQL = (
+    "WITH given AS (SELECT * FROM unnest(%(senders)s::bigint[], %(names)s::text[], "
+    "%(client_ids)s::uuid[], %(bodies)s::text[]) WITH ORDINALITY "
+    "AS t(sender, sender_name, client_id, body, idx)), "
+    "ok AS MATERIALIZED (SELECT given.*, row_number() OVER (ORDER BY idx) AS k FROM given "
+    "WHERE EXISTS (SELECT 1 FROM chat_participant WHERE conversation_id = %(conversation)s "
+    "AND user_id = given.sender)), "
+    "newest AS (SELECT body, sender_name, (SELECT count(*) FROM ok) AS n FROM ok "
+    "ORDER BY k DESC LIMIT 1), "
+    "bumped AS (UPDATE chat_conversation SET last_seq = last_seq + newest.n, "
+    "last_message_at = %(now)s, last_message_preview = left(newest.body, 140), "
+    "last_message_sender = newest.sender_name FROM newest "
+    "WHERE id = %(conversation)s RETURNING last_seq - newest.n AS before), "
+    "stored AS (INSERT INTO chat_message "
+    "(conversation_id, sender_id, seq, client_id, body, created_at) "
+    "SELECT %(conversation)s, ok.sender, bumped.before + ok.k, ok.client_id, ok.body, %(now)s "
+    "FROM ok, bumped RETURNING id, seq) "
+    "SELECT stored.id, stored.seq, ok.idx FROM stored, bumped, ok "
+    "WHERE ok.k = stored.seq - bumped.before"
+)
+
+
+class _Send(NamedTuple):
+    """One send waiting for its store on the event loop."""
+
+    user_id: int
+    username: str
+    body: str
+    client_id: uuid.UUID | None
+    now: datetime.datetime
+
+
+# What a store gives back: (id, seq, body, created_at, created), or None when the sender is
+# not a participant (or the conversation is gone).
+_Outcome = tuple[int, int, str, datetime.datetime, bool] | None
 
 
 async def message_store(
     conversation_id: int, user_id: int, username: str, body: str, client_id: uuid.UUID | None
 ) -> Stored:
     """message_create_and_render on the event loop (parley.loopdb: Postgres only): the same
-    one statement, the same idempotency and the same frame, with no database thread in
-    between. Raises Django's DatabaseError family, as the thread's version does, and
-    parley.loopdb.NoConnectionInTime when every store connection stayed busy."""
+    idempotency and the same frame, with no database thread in between. Sends to one
+    conversation that queue meanwhile are stored together (`_store_batch`). Raises Django's
+    DatabaseError family, as the thread's version does, and parley.loopdb.NoConnectionInTime
+    when every store connection stayed busy."""
+    outcome = await _conversation_stores().submit(
+        conversation_id, _Send(user_id, username, body, client_id, timezone.now())
+    )
+    if outcome is None:
+        raise Conversation.DoesNotExist(conversation_id)
+    pk, seq, stored_body, created_at, created = outcome
     sender = _sender(user_id, username)
-    now = timezone.now()
+    message = _stored(pk, conversation_id, sender, seq, stored_body, created_at, client_id)
+    return _stored_result(message, created)
+
+
+async def _store_batch(conversation_id: int, sends: list[_Send]) -> list[_Outcome | Exception]:
+    """Stores `sends` to one conversation: one statement for them all; if that fails, each
+    alone, so each gets exactly the answer it would have had by itself."""
+    metrics.STORE_BATCH_SIZE.observe(len(sends))
+    if len(sends) == 1:
+        return [await _outcome_of(_store_one(conversation_id, sends[0]))]
+    now = sends[0].now
     params = {
-        "now": now,
-        "preview": body[:140],
-        "sender_name": username,
         "conversation": conversation_id,
-        "sender": user_id,
-        "client_id": client_id,
-        "body": body,
+        "senders": [s.user_id for s in sends],
+        "names": [s.username for s in sends],
+        "client_ids": [s.client_id for s in sends],
+        "bodies": [s.body for s in sends],
+        "now": now,
+    }
+    try:
+        async with loopdb.loop_connections().connection() as conn:
+            rows = await (await conn.execute(_STORE_BATCH_SQL, params)).fetchall()
+    except psycopg.Error:
+        return [await _outcome_of(_store_one(conversation_id, send)) for send in sends]
+    by_position = {idx: (pk, seq) for pk, seq, idx in rows}
+    outcomes: list[_Outcome | Exception] = []
+    for position, send in enumerate(sends, start=1):
+        stored = by_position.get(position)
+        outcomes.append(None if stored is None else (*stored, send.body, now, True))
+    return outcomes
+
+
+async def _outcome_of(store: Awaitable[_Outcome]) -> _Outcome | Exception:
+    try:
+        return await store
+    except Exception as exc:  # noqa: BLE001 - handed to its own sender, raised there
+        return exc
+
+
+async def _store_one(conversation_id: int, send: _Send) -> _Outcome:
+    """One send in one statement (_STORE_SQL_POSTGRES); a resend returns the stored one."""
+    params = {
+        "now": send.now,
+        "preview": send.body[:140],
+        "sender_name": send.username,
+        "conversation": conversation_id,
+        "sender": send.user_id,
+        "client_id": send.client_id,
+        "body": send.body,
     }
     pool = loopdb.loop_connections()
-    attempts = 2 if client_id is not None else 1
+    attempts = 2 if send.client_id is not None else 1
     for attempt in range(attempts):
         try:
             async with pool.connection() as conn:
                 try:
                     row = await (await conn.execute(_STORE_SQL_POSTGRES, params)).fetchone()
                 except psycopg.errors.UniqueViolation as exc:
-                    if client_id is None:
+                    if send.client_id is None:
                         raise IntegrityError(str(exc)) from exc
                     existing = await (await conn.execute(_EXISTING_SQL, params)).fetchone()
                     if existing is None:
                         raise IntegrityError(str(exc)) from exc
                     pk, seq, stored_body, created_at = existing
-                    message = _stored(
-                        pk, conversation_id, sender, seq, stored_body, created_at, client_id
-                    )
-                    return _stored_result(message, False)
+                    return pk, seq, stored_body, created_at, False
             break
         except psycopg.OperationalError as exc:
             if attempt + 1 == attempts:
@@ -235,10 +320,13 @@ async def message_store(
             logger.warning("store failed on a dead connection; retrying once")
         except psycopg.Error as exc:
             raise DatabaseError(str(exc)) from exc
-    if row is None:
-        raise Conversation.DoesNotExist(conversation_id)
-    message = _stored(row[0], conversation_id, sender, row[1], body, now, client_id)
-    return _stored_result(message, True)
+    return None if row is None else (row[0], row[1], send.body, send.now, True)
+
+
+# Each event loop's queues of sends by conversation (parley.loopdb.Batches).
+_conversation_stores = per_loop(
+    lambda _loop: loopdb.Batches(_store_batch, limit=lambda: settings.CHAT_DB_STORE_BATCH)
+)
 
 
 async def message_send(
