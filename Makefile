@@ -68,8 +68,10 @@ test-fast: install ## Unit and consumer tests only (no native stack, browser, co
 	$(PY) -m pytest -m "not slow and not stack and not browser and not containers" $(PYTEST_ARGS)
 
 .PHONY: stack
-stack: install ## Start the production layout on loopback (nginx :8080 or STACK_PORT, gunicorn, 2 daphne; ./run/stack); TLS=1: https on :8443
-	STACK_PORT=$(STACK_PORT) STACK_TLS=$(TLS) STACK_HSTS=$(HSTS) $(PY) deploy/stack/stackctl.py up
+stack: install ## Start the production layout on loopback (nginx :8080 or STACK_PORT, gunicorn, 2 daphne; ./run/stack); TLS=1: https on :8443; PGBOUNCER=1: Postgres through PgBouncer on :6432
+	STACK_PORT=$(STACK_PORT) STACK_TLS=$(TLS) STACK_HSTS=$(HSTS) \
+	  STACK_PGBOUNCER_PORT=$(if $(filter-out 0,$(PGBOUNCER)),$(or $(STACK_PGBOUNCER_PORT),6432),0) \
+	  $(PY) deploy/stack/stackctl.py up
 
 .PHONY: stack-down
 stack-down: install ## Stop `make stack` (every process it started, workers included)

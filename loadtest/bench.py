@@ -43,6 +43,9 @@ OUT = REPO / "results" / "bench"
 PASSWORD = "bench-pass"  # noqa: S105
 SUSTAINABLE_P99_MS = 100.0
 PORTS = {"nginx_port": 28080, "web_port": 28000, "ws_ports": (28001, 28002)}
+# `--pgbouncer N`: the stack reaches Postgres through PgBouncer with N server connections
+# (transaction pooling, deploy/pgbouncer) on this port; 0: directly.
+PGBOUNCER = {"port": 28032, "pool": 0}
 
 
 @dataclass
@@ -82,6 +85,8 @@ def bench_stack(backend: str) -> Stack:
                 "LOG_LEVEL": "WARNING",
             },
             **PORTS,
+            pgbouncer_port=PGBOUNCER["port"] if PGBOUNCER["pool"] else 0,
+            pgbouncer_pool=PGBOUNCER["pool"] or 20,
         )
     )
 
@@ -125,12 +130,12 @@ def _tree_cpu_seconds(root: int, children: dict[int, list[int]]) -> float:
 
 # The services the stack uses beside its own processes, by process name: on this one machine
 # they compete for the same cores as the stack and the load generator.
-SERVICES = {"postgres": "postgres", "redis": "redis-server"}
+SERVICES = {"postgres": "postgres", "redis": "redis-server", "pgbouncer": "pgbouncer"}
 
 
 def stack_cpu(stack: Stack) -> dict[str, float]:
-    """CPU seconds used so far by each stack process and its workers, by Postgres and Redis
-    (every process of theirs on the machine, while it runs), and by the whole machine
+    """CPU seconds used so far by each stack process and its workers, by Postgres, Redis and
+    PgBouncer (every process of theirs on the machine, while it runs), and by the whole machine
     ("machine": every core's busy time, steal included)."""
     children: dict[int, list[int]] = {}
     services = dict.fromkeys(SERVICES, 0.0)
@@ -827,7 +832,7 @@ def ms(v: float | None) -> str:
 HEADER = (
     "| layer | step | offered msg/s | deliveries/s | p50 ms | p95 ms | p99 ms | refused "
     "| not arrived | dup | sustainable "
-    "| CPU % daphne / gunicorn / nginx / locust / postgres / redis / machine |\n"
+    "| CPU % daphne / gunicorn / nginx / locust / postgres / redis / pgbouncer / machine |\n"
     "|---|---|---|---|---|---|---|---|---|---|---|---|"
 )
 
@@ -940,14 +945,20 @@ def write_results(
         f"Machine: {machine()}.",
         "",
         f"Native stack (nginx, gunicorn with 2 workers, {args.ws_processes} daphne), Redis and "
-        "Postgres and "
-        f"the Locust load generator all on this one machine. {args.rooms} rooms of "
+        + (
+            f"Postgres behind PgBouncer (transaction pooling, {args.pgbouncer} server "
+            "connections) and "
+            if args.pgbouncer
+            else "Postgres and "
+        )
+        + f"the Locust load generator all on this one machine. {args.rooms} rooms of "
         f"{args.members} members; each rate ran for {args.step_seconds} s (sending starts "
         f"once every member is online). Sustainable: p99 fan-out <= "
         f"{SUSTAINABLE_P99_MS:g} ms and nothing lost, duplicated, reordered or rejected. "
         "CPU % is per process group (100 = one core; the daphne together), averaged "
-        "over the whole step including its logins; postgres and redis are every process of "
-        "theirs on the machine (a backend that ended within the step is not counted); "
+        "over the whole step including its logins; postgres, redis and pgbouncer are every "
+        "process of theirs on the machine (a backend that ended within the step is not "
+        "counted); "
         "machine is all cores' busy and stolen time (200 = both cores of a 2-CPU machine).",
         "",
         "## Message rate sweep",
@@ -1040,6 +1051,13 @@ def main() -> int:
         "100): up to the first rate that is not sustainable",
     )
     parser.add_argument("--results", default=str(RESULTS), help="markdown file to write")
+    parser.add_argument(
+        "--pgbouncer",
+        type=int,
+        default=0,
+        metavar="POOL",
+        help="reach Postgres through PgBouncer with POOL server connections (0: directly)",
+    )
     parser.add_argument("--rooms", type=int, default=10)
     parser.add_argument("--members", type=int, default=10)
     parser.add_argument("--step-seconds", type=int, default=20)
@@ -1081,6 +1099,7 @@ def main() -> int:
     )
     parser.add_argument("--note", action="append", default=[], help="add a note to RESULTS.md")
     args = parser.parse_args()
+    PGBOUNCER["pool"] = args.pgbouncer
     # daphne inherits this: the idle-socket ceiling should be daphne's, not the fd limit's.
     soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (max(soft, min(hard, args.max_idle + 1000)), hard))

@@ -325,6 +325,18 @@ def nginx() -> tuple[str, str]:
         raise Missing(f"nginx is not installed ({exc})", apt.command("nginx")) from None
 
 
+def pgbouncer() -> tuple[str, str]:
+    from deploy.stack.stackctl import StackError, ensure_pgbouncer, pgbouncer_binary
+
+    found = pgbouncer_binary()
+    if found:
+        return FOUND, found
+    try:
+        return INSTALLED, ensure_pgbouncer()
+    except (StackError, subprocess.CalledProcessError) as exc:
+        raise Missing(f"PgBouncer is not installed ({exc})", apt.command("pgbouncer")) from None
+
+
 def chromium_path() -> Path:
     return Path(os.environ.get("CHROMIUM", "/usr/bin/chromium"))
 
@@ -441,6 +453,7 @@ DEPENDENCIES = (
     Dependency("Postgres", postgres, ("unit", "k8s", "stack", "browser", "stock")),
     Dependency("Redis", redis, ("unit", "stack", "browser", "stock")),
     Dependency("nginx", nginx, ("k8s", "stack", "browser")),
+    Dependency("PgBouncer", pgbouncer, ("stack",)),
     Dependency("Chromium", chromium, ("browser",)),
     Dependency("Docker", docker, ("containers",)),
     Dependency(

@@ -5,9 +5,11 @@
 Environment: STACK_DIR (./run/stack), STACK_PORT (8080, nginx), STACK_WEB_PORT (8000),
 STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/parley_stack),
 REDIS_URL (redis://127.0.0.1:6379/3), WEB_WORKERS (2); any other app setting (CHAT_*, ...)
-is passed through. TLS: STACK_TLS=1 serves https on STACK_HTTPS_PORT (8443) with the
-certificate in STACK_CERTS (./certs, `make certs`) and STACK_PORT only redirects to it;
-STACK_HSTS=1 sends Strict-Transport-Security. State, pids, logs, the generated secret and
+is passed through. STACK_PGBOUNCER_PORT (0: none) puts PgBouncer in transaction pooling in
+front of DATABASE_URL's server, with STACK_PGBOUNCER_POOL (20) server connections: gunicorn
+and daphne reach Postgres only through it (deploy/pgbouncer/pgbouncer.ini). TLS: STACK_TLS=1
+serves https on STACK_HTTPS_PORT (8443) with the certificate in STACK_CERTS (./certs, `make
+certs`) and STACK_PORT only redirects to it; STACK_HSTS=1 sends Strict-Transport-Security. State, pids, logs, the generated secret and
 the nginx prefix live in STACK_DIR. The test harness (tests/stack/harness.py) drives the
 same class with other ports.
 """
@@ -36,6 +38,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO / "deploy" / "nginx"
+PGBOUNCER_POLICY = REPO / "deploy" / "pgbouncer" / "pgbouncer.ini"
 
 
 class StackError(RuntimeError):
@@ -65,6 +68,10 @@ class StackConfig:
     trusted_proxies: tuple[str, ...] = ()
     # App settings for every process (on top of the inherited environment).
     env: dict[str, str] = field(default_factory=dict)
+    # PgBouncer between the app and Postgres on this port (0: the app connects directly),
+    # keeping at most pgbouncer_pool server connections.
+    pgbouncer_port: int = 0
+    pgbouncer_pool: int = 20
 
     @classmethod
     def from_env(cls) -> StackConfig:
@@ -86,7 +93,18 @@ class StackConfig:
             cert_dir=Path(env.get("STACK_CERTS", REPO / "certs")).resolve(),
             hsts=env.get("STACK_HSTS", "") not in ("", "0"),
             trusted_proxies=tuple(p for p in env.get("STACK_TRUSTED_PROXIES", "").split(",") if p),
+            pgbouncer_port=int(env.get("STACK_PGBOUNCER_PORT", "0")),
+            pgbouncer_pool=int(env.get("STACK_PGBOUNCER_POOL", "20")),
         )
+
+    @property
+    def app_database_url(self) -> str:
+        """What gunicorn and daphne connect to: PgBouncer when there is one."""
+        if not self.pgbouncer_port:
+            return self.database_url
+        parts = urlsplit(self.database_url)
+        login = parts.netloc.rsplit("@", 1)[0] + "@" if "@" in parts.netloc else ""
+        return urlunsplit(parts._replace(netloc=f"{login}127.0.0.1:{self.pgbouncer_port}"))
 
     @property
     def url(self) -> str:
@@ -121,21 +139,39 @@ def nginx_binary() -> str | None:
 
 def ensure_nginx() -> str:
     """nginx from Debian's apt if it is missing (CI starts from a bare image)."""
-    found = nginx_binary()
+    return _ensure_debian("nginx", nginx_binary)
+
+
+def pgbouncer_binary() -> str | None:
+    return shutil.which("pgbouncer") or next(
+        (p for p in ("/usr/sbin/pgbouncer", "/usr/local/bin/pgbouncer") if os.access(p, os.X_OK)),
+        None,
+    )
+
+
+def ensure_pgbouncer() -> str:
+    """PgBouncer from Debian's apt if it is missing."""
+    return _ensure_debian("pgbouncer", pgbouncer_binary)
+
+
+def _ensure_debian(package: str, find: Callable[[], str | None]) -> str:
+    found = find()
     if found:
         return found
     if os.geteuid() != 0 and not shutil.which("sudo"):
-        raise StackError("nginx is not installed; install it (apt-get install nginx) and retry")
+        raise StackError(
+            f"{package} is not installed; install it (apt-get install {package}) and retry"
+        )
     sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
     apt_env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-    print("stack: installing nginx with apt-get", file=sys.stderr)
-    install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", "nginx"]
+    print(f"stack: installing {package} with apt-get", file=sys.stderr)
+    install = [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", package]
     if subprocess.run(install, env=apt_env, check=False).returncode != 0:
         subprocess.run([*sudo, "apt-get", "update", "-qq"], env=apt_env, check=True)
         subprocess.run(install, env=apt_env, check=True)
-    found = nginx_binary()
+    found = find()
     if not found:
-        raise StackError("apt-get install nginx succeeded but no nginx binary was found")
+        raise StackError(f"apt-get install {package} succeeded but no {package} binary was found")
     return found
 
 
@@ -400,10 +436,43 @@ class Stack:
     def reload_nginx(self) -> None:
         subprocess.run(self.nginx_argv("-s", "reload"), check=True, capture_output=True)
 
+    # --- PgBouncer ------------------------------------------------------------------------
+
+    def pgbouncer_config(self) -> Path:
+        """This stack's PgBouncer file: where to listen and which server to reach, then the
+        shared policy (deploy/pgbouncer/pgbouncer.ini). Readable by the user PgBouncer runs
+        as (it refuses to run as root)."""
+        c = self.config
+        server = urlsplit(c.database_url)
+        directory = self.run_dir / "pgbouncer"
+        directory.mkdir(parents=True, exist_ok=True)
+        user, password = server.username or "postgres", server.password or ""
+        (directory / "users.txt").write_text(f'"{user}" "{password}"\n')
+        config = directory / "pgbouncer.ini"
+        config.write_text(
+            "[databases]\n"
+            f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432}\n"
+            "[pgbouncer]\n"
+            "listen_addr = 127.0.0.1\n"
+            f"listen_port = {c.pgbouncer_port}\n"
+            "unix_socket_dir =\n"
+            f"auth_type = {'trust' if not password else 'plain'}\n"
+            f"auth_file = {directory / 'users.txt'}\n"
+            f"default_pool_size = {c.pgbouncer_pool}\n"
+            f"%include {PGBOUNCER_POLICY}\n"
+        )
+        for path in (directory, directory / "users.txt", config):
+            path.chmod(0o755 if path.is_dir() else 0o644)
+        return config
+
     # --- processes ------------------------------------------------------------------------
 
     def _argv(self, name: str) -> tuple[list[str], dict[str, str]]:
         c, env, py = self.config, self.app_env(), sys.executable
+        if name == "pgbouncer":
+            run_as = ["-u", "nobody"] if os.geteuid() == 0 else []
+            return [ensure_pgbouncer(), *run_as, str(self.pgbouncer_config())], env
+        env["DATABASE_URL"] = c.app_database_url
         if name == "web":
             env["WEB_BIND"] = f"127.0.0.1:{c.web_port}"
             env["METRICS_PORT"] = str(c.metrics_port)
@@ -513,6 +582,20 @@ class Stack:
         except OSError:
             return "(no log)"
 
+    def healthy(self, name: str) -> bool:
+        if name == "pgbouncer":
+            return self._pgbouncer_answers()
+        return _http_status(self.health_url(name)) == 200
+
+    def _pgbouncer_answers(self) -> bool:
+        import psycopg
+
+        try:
+            with psycopg.connect(self.config.app_database_url, connect_timeout=2) as conn:
+                return conn.execute("SELECT 1").fetchone() == (1,)
+        except psycopg.Error:
+            return False
+
     def health_url(self, name: str) -> str:
         c = self.config
         if name == "web":
@@ -528,7 +611,7 @@ class Stack:
             for name in list(pending):
                 if not self.alive(name):
                     raise StackError(f"{name} exited during start-up:\n{self.tail(name)}")
-                if _http_status(self.health_url(name)) == 200:
+                if self.healthy(name):
                     pending.remove(name)
             if pending and time.monotonic() > deadline:
                 tails = "\n".join(f"--- {n}\n{self.tail(n)}" for n in pending)
@@ -551,7 +634,13 @@ class Stack:
                 f"TLS mode needs {c.cert_dir}/tls.crt and tls.key: run `make certs` "
                 "(HOST=<name> for another host name than localhost)"
             )
-        ports = (c.nginx_port, *((c.https_port,) if c.tls else ()), c.web_port, *c.ws_ports)
+        ports = (
+            c.nginx_port,
+            *((c.https_port,) if c.tls else ()),
+            c.web_port,
+            *c.ws_ports,
+            *((c.pgbouncer_port,) if c.pgbouncer_port else ()),
+        )
         busy = [p for p in ports if _port_open(p)]
         if busy:
             raise StackError(f"ports already in use on 127.0.0.1: {busy}")
@@ -576,6 +665,9 @@ class Stack:
                 ],
                 [["collectstatic", "--noinput", "-v", "0"]],
             )
+            if c.pgbouncer_port:
+                self.spawn("pgbouncer")
+                self.wait_healthy(["pgbouncer"], timeout=timeout)
             for name in ("web", *self.ws_names, "nginx"):
                 self.spawn(name)
             self.wait_healthy(["web", *self.ws_names, "nginx"], timeout=timeout)
@@ -641,6 +733,8 @@ class Stack:
             self.send_signal(name, signal.SIGTERM)
         for name in names:
             self.stop_process(name, sig=None, timeout=timeout)
+        # Last: the app's connections close through it. SIGINT: PgBouncer's own safe shutdown.
+        self.stop_process("pgbouncer", sig=signal.SIGINT, timeout=timeout)
         self.procs = {}
         if self.run_dir.exists():
             self._save_state()

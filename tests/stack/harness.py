@@ -119,6 +119,8 @@ class Stack(_Stack):
         metrics_port: int | None = None,
         https_port: int | None = None,
         cert_dir: Path | None = None,
+        pgbouncer_port: int | None = None,
+        pgbouncer_pool: int = 4,
     ) -> None:
         self.db_name = f"parley_stacktest_{name}{instance.SUFFIX}"
         self.redis_url = instance.redis_url(redis_db)
@@ -150,6 +152,9 @@ class Stack(_Stack):
                 tls=https_port is not None,
                 https_port=instance.port(https_port) if https_port else 8443,
                 cert_dir=cert_dir or REPO / "certs",
+                # PgBouncer in front of Postgres when given a port for it.
+                pgbouncer_port=instance.port(pgbouncer_port) if pgbouncer_port else 0,
+                pgbouncer_pool=pgbouncer_pool,
             )
         )
 
@@ -168,7 +173,10 @@ class Stack(_Stack):
 
     @property
     def connection_limit(self) -> int:
-        """Every process's pool, and each daphne's store connections (parley.loopdb)."""
+        """Every process's pool, and each daphne's store connections (parley.loopdb); behind
+        PgBouncer, its pool alone, however many clients it serves."""
+        if self.config.pgbouncer_port:
+            return self.config.pgbouncer_pool
         stores = int(self.config.env.get("CHAT_DB_STORE_CONNECTIONS", "2"))
         return self.processes * self.pool_size + len(self.config.ws_ports) * stores
 

@@ -43,6 +43,13 @@ class Sampler(threading.Thread):
 
 
 def test_db_connections_stay_bounded_under_socket_churn_and_chat(stack, room, cookies):
+    churn_and_chat(stack, room, cookies, CYCLES)
+
+
+def churn_and_chat(stack, room, cookies, cycles: int) -> None:
+    """`cycles` websocket connect/disconnect cycles through nginx with two members chatting,
+    one reading and one loading the page alongside: the app's rows in pg_stat_activity stay
+    within stack.connection_limit, and the reader gets every message once, in order."""
     conversation_id, (alice, bob, carol) = room
     limit = stack.connection_limit
     sampler = Sampler(stack)
@@ -101,7 +108,7 @@ def test_db_connections_stay_bounded_under_socket_churn_and_chat(stack, room, co
     started = time.monotonic()
     try:
         with ThreadPoolExecutor(CHURN_THREADS) as pool:
-            list(pool.map(cycle, range(CYCLES)))
+            list(pool.map(cycle, range(cycles)))
         elapsed = time.monotonic() - started
     finally:
         stop.set()
@@ -111,7 +118,7 @@ def test_db_connections_stay_bounded_under_socket_churn_and_chat(stack, room, co
         sampler.join(timeout=10)
 
     print(
-        f"\n{CYCLES} websocket cycles in {elapsed:.1f}s ({CYCLES / elapsed:.0f}/s); "
+        f"\n{cycles} websocket cycles in {elapsed:.1f}s ({cycles / elapsed:.0f}/s); "
         f"{len(sent)} chat messages; peak app connections {max(sampler.samples)} "
         f"(limit {limit}, {len(sampler.samples)} samples)"
     )
