@@ -314,27 +314,30 @@ def redis() -> tuple[str, str]:
 
 
 def nginx() -> tuple[str, str]:
-    from deploy.stack.stackctl import StackError, ensure_nginx, nginx_binary
+    from deploy.stack import stackctl
 
-    found = nginx_binary()
-    if found:
-        return FOUND, found
-    try:
-        return INSTALLED, ensure_nginx()
-    except (StackError, subprocess.CalledProcessError) as exc:
-        raise Missing(f"nginx is not installed ({exc})", apt.command("nginx")) from None
+    return _debian_binary("nginx", stackctl.nginx_binary, stackctl.ensure_nginx)
 
 
 def pgbouncer() -> tuple[str, str]:
-    from deploy.stack.stackctl import StackError, ensure_pgbouncer, pgbouncer_binary
+    from deploy.stack import stackctl
 
-    found = pgbouncer_binary()
+    return _debian_binary("pgbouncer", stackctl.pgbouncer_binary, stackctl.ensure_pgbouncer)
+
+
+def _debian_binary(
+    package: str, find: Callable[[], str | None], install: Callable[[], str]
+) -> tuple[str, str]:
+    """A binary the stack runs (deploy/stack/stackctl.py installs it from apt if missing)."""
+    from deploy.stack.stackctl import StackError
+
+    found = find()
     if found:
         return FOUND, found
     try:
-        return INSTALLED, ensure_pgbouncer()
+        return INSTALLED, install()
     except (StackError, subprocess.CalledProcessError) as exc:
-        raise Missing(f"PgBouncer is not installed ({exc})", apt.command("pgbouncer")) from None
+        raise Missing(f"{package} is not installed ({exc})", apt.command(package)) from None
 
 
 def chromium_path() -> Path:

@@ -19,14 +19,32 @@ def stack():
         yield stack
 
 
-@pytest.fixture(scope="session")
-def rooms(stack) -> dict[int, list[str]]:
-    """Conversation id -> its members' usernames (16 rooms of 3), for tests to take from."""
-    users = stack.seed(rooms=16, members=3, password=PASSWORD, prefix="st")
+def seeded_rooms(stack: Stack, rooms: int, prefix: str) -> dict[int, list[str]]:
+    """Seeds `rooms` rooms of 3 (password PASSWORD): conversation id -> members' usernames."""
+    users = stack.seed(rooms=rooms, members=3, password=PASSWORD, prefix=prefix)
     out: dict[int, list[str]] = {}
     for user in users:
         out.setdefault(user["conversation"], []).append(user["username"])
     return out
+
+
+def cookie_jar(stack: Stack):
+    """username -> session cookies, logging in against gunicorn directly (set-up only; the
+    login through nginx has its own test, and nginx rate-limits login POSTs)."""
+    cache: dict[str, dict] = {}
+
+    def get(username: str) -> dict:
+        if username not in cache:
+            cache[username] = login(stack.web_url(), username, PASSWORD).cookies.get_dict()
+        return cache[username]
+
+    return get
+
+
+@pytest.fixture(scope="session")
+def rooms(stack) -> dict[int, list[str]]:
+    """Conversation id -> its members' usernames (16 rooms of 3), for tests to take from."""
+    return seeded_rooms(stack, 16, "st")
 
 
 @pytest.fixture
@@ -40,13 +58,4 @@ def room(rooms):
 
 @pytest.fixture
 def cookies(stack):
-    """username -> session cookies, logging in against gunicorn directly (set-up only; the
-    login through nginx has its own test, and nginx rate-limits login POSTs)."""
-    cache: dict[str, dict] = {}
-
-    def get(username: str) -> dict:
-        if username not in cache:
-            cache[username] = login(stack.web_url(), username, PASSWORD).cookies.get_dict()
-        return cache[username]
-
-    return get
+    return cookie_jar(stack)

@@ -14,12 +14,12 @@ import pytest
 import requests
 
 from tests.helpers.wsclient import ChatSocket
-from tests.stack.harness import Stack, login
+from tests.stack.conftest import cookie_jar, seeded_rooms
+from tests.stack.harness import Stack
 from tests.stack.test_db_connections import churn_and_chat
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
 
-PASSWORD = "pgbouncer-test-pass"  # noqa: S105
 POOL = 4
 
 
@@ -40,23 +40,12 @@ def pooled() -> Iterator[Stack]:
 
 @pytest.fixture(scope="module")
 def pooled_rooms(pooled) -> dict[int, list[str]]:
-    users = pooled.seed(rooms=8, members=3, password=PASSWORD, prefix="pgb")
-    out: dict[int, list[str]] = {}
-    for user in users:
-        out.setdefault(user["conversation"], []).append(user["username"])
-    return out
+    return seeded_rooms(pooled, 8, "pgb")
 
 
 @pytest.fixture(scope="module")
 def pooled_cookies(pooled):
-    cache: dict[str, dict] = {}
-
-    def get(username: str) -> dict:
-        if username not in cache:
-            cache[username] = login(pooled.web_url(), username, PASSWORD).cookies.get_dict()
-        return cache[username]
-
-    return get
+    return cookie_jar(pooled)
 
 
 def server_connections(stack: Stack) -> int:
