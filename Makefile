@@ -278,9 +278,14 @@ SEND_RATE ?= 1
 DURATION ?= 60s
 P99_MS ?= 100
 LOCUST := $(VENV)/bin/locust --config loadtest/locust.conf
+# WORKERS=N: Locust's master and N worker processes on this machine (one core each); the
+# master merges their ledgers and checks the whole run. Workers on other machines:
+# loadtest/README.md, "Distributed".
+WORKERS ?= 0
 LOADTEST_KNOBS = --host $(LOADTEST_URL) --login-host $(LOADTEST_LOGIN_URL) --rooms $(ROOMS) \
 	--members $(MEMBERS) --users $$(($(ROOMS) * $(MEMBERS))) --spawn-rate 20 \
-	--send-rate $(SEND_RATE) --p99-threshold-ms $(P99_MS)
+	--send-rate $(SEND_RATE) --p99-threshold-ms $(P99_MS) \
+	$(if $(filter-out 0 1,$(WORKERS)),--processes $(WORKERS))
 
 # Seeding is a database-only command, so it runs in DEBUG mode (no SECRET_KEY needed);
 # DATABASE_URL is always set, so DEBUG never means the embedded SQLite here.
@@ -290,7 +295,7 @@ define loadtest_seed
 endef
 
 .PHONY: loadtest
-loadtest: install ## Headless load test against a running stack (LOADTEST_URL); report in results/<time>/
+loadtest: install ## Headless load test against a running stack (LOADTEST_URL); WORKERS=N: N Locust workers; report in results/<time>/
 	@out=results/$$(date -u +%Y%m%dT%H%M%SZ); mkdir -p $$out; \
 	$(call loadtest_seed,$$out/users.json) && \
 	$(LOCUST) --headless $(LOADTEST_KNOBS) --users-file $$out/users.json --run-time $(DURATION) \

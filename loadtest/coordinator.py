@@ -441,12 +441,14 @@ class Coordinator:
             merged = Ledger()
             for data in self._reports.values():
                 merged.merge(data)
+            ledgers = len(self._reports)
         else:
             self.drain()
-            merged = self.ledger
-        self.finish(environment, merged)
+            merged, ledgers = self.ledger, 1
+        self.finish(environment, merged, ledgers)
 
-    def finish(self, environment: Environment, ledger: Ledger) -> None:
+    def finish(self, environment: Environment, ledger: Ledger, ledgers: int = 1) -> None:
+        """`ledgers`: how many processes' ledgers were merged into `ledger` (the workers')."""
         claimed = min(self._next, self.expected_users)
         unplayed = [r["username"] for r in self.selected[claimed:]]
         for username in unplayed:
@@ -464,6 +466,7 @@ class Coordinator:
                 f"(run exactly as many Locust users, -u {self.expected_users})"
             )
         summary = report.summary()
+        summary["ledgers"] = ledgers
         print("\n=== Parley load test: delivery completeness ===\n" + report.table(), flush=True)
         if self.knobs.summary_json:
             path = Path(self.knobs.summary_json)

@@ -103,10 +103,14 @@ def locust_stats(tmp_path: Path) -> dict[tuple[str, str], dict]:
 
 
 @pytest.mark.timeout(240)
-def test_smoke_load_delivers_every_message_once_in_order(stack, tmp_path):
+@pytest.mark.parametrize("workers", [0, 2], ids=["one-process", "two-workers"])
+def test_smoke_load_delivers_every_message_once_in_order(stack, tmp_path, workers):
+    """One Locust process, and a master with two workers (`make loadtest WORKERS=2`): a
+    room's members are spread over the workers, whose ledgers the master merges."""
     users_file = tmp_path / "users.json"
+    prefix = f"smoke{workers}"
     users_file.write_text(
-        json.dumps(stack.seed(rooms=ROOMS, members=MEMBERS, password=PASSWORD, prefix="smoke"))
+        json.dumps(stack.seed(rooms=ROOMS, members=MEMBERS, password=PASSWORD, prefix=prefix))
     )
     result, summary = run_locust(
         stack,
@@ -116,11 +120,13 @@ def test_smoke_load_delivers_every_message_once_in_order(stack, tmp_path):
         SECONDS,
         stack.web_url(),
         *("--rooms", str(ROOMS), "--members", str(MEMBERS), "--send-rate", str(RATE)),
+        *(("--processes", str(workers)) if workers else ()),
     )
     output = result.stdout + result.stderr
     assert result.returncode == 0, output[-4000:]
 
     assert summary["ok"], summary["failures"]
+    assert summary["ledgers"] == max(workers, 1)
     assert summary["recipients"] == summary["users"] == ROOMS * MEMBERS
     assert summary["not_connected"] == {}
     assert summary["sent"] >= ROOMS * RATE * SECONDS / 2, summary  # it really sent
