@@ -617,9 +617,12 @@ class Page(threading.Thread):
         """The network goes away under the socket: the page sees 1006 and reconnects."""
         if self.conn is not None:
             self.history.add(self.who, "drop", "network dropped under the socket", room=self.room)
-            conn = self.conn
-            with contextlib.suppress(OSError):
-                conn.ws.sock.shutdown(socket.SHUT_RDWR)
+            # The reader's clean-up may have closed it already (websocket-client then sets
+            # ws.sock to None): a second drop at the same instant finds nothing to cut.
+            sock = self.conn.ws.sock
+            if sock is not None:
+                with contextlib.suppress(OSError):
+                    sock.shutdown(socket.SHUT_RDWR)
 
     def go_offline(self) -> None:
         self.offline = True

@@ -167,3 +167,29 @@ def test_a_reconnect_loop_folds_into_one_block():
 
 def test_ranges():
     assert ranges([5, 1, 2, 3, 7, 8]) == ((1, 3), (5, 5), (7, 8))
+
+
+def test_a_network_drop_on_a_socket_already_closed_cuts_nothing_and_the_page_goes_on():
+    """Two drops at one instant (soak seed 2812): the first one's 1006 had the reader close
+    the socket, which websocket-client does by dropping ws.sock; the second found None and
+    the page crashed, leaving it disconnected for the rest of the run."""
+    import socket
+    import types
+
+    import requests
+    import websocket
+
+    from loadtest.checker.history import History
+    from loadtest.checker.page import Conn, Page
+
+    page = Page(types.SimpleNamespace(history=History()), "ann", "pw", 1, requests.Session(), 2812)
+    ws = websocket.WebSocket()
+    ws.sock, peer = socket.socketpair()
+    page.conn = Conn(1, ws)
+    page.drop()  # the network goes: the socket is cut
+    assert peer.recv(1) == b""
+    ws.shutdown()  # the reader's clean-up: websocket-client forgets the socket
+    assert ws.sock is None
+    page.drop()  # a second drop at the same instant
+    assert [e.kind for e in page.history.events] == ["drop", "drop"]
+    peer.close()
