@@ -9,9 +9,9 @@ is passed through. STACK_PGBOUNCER_PORT (0: none) puts PgBouncer in transaction 
 front of DATABASE_URL's server, with STACK_PGBOUNCER_POOL (20) server connections: gunicorn
 and daphne reach Postgres only through it (deploy/pgbouncer/pgbouncer.ini). TLS: STACK_TLS=1
 serves https on STACK_HTTPS_PORT (8443) with the certificate in STACK_CERTS (./certs, `make
-certs`) and STACK_PORT only redirects to it; STACK_HSTS=1 sends Strict-Transport-Security. State, pids, logs, the generated secret and
-the nginx prefix live in STACK_DIR. The test harness (tests/stack/harness.py) drives the
-same class with other ports.
+certs`) and STACK_PORT only redirects to it; STACK_HSTS=1 sends Strict-Transport-Security.
+State, pids, logs, the generated secret and the nginx prefix live in STACK_DIR. The test
+harness (tests/stack/harness.py) drives the same class with other ports.
 """
 
 from __future__ import annotations
@@ -440,8 +440,8 @@ class Stack:
 
     def pgbouncer_config(self) -> Path:
         """This stack's PgBouncer file: where to listen and which server to reach, then the
-        shared policy (deploy/pgbouncer/pgbouncer.ini). Readable by the user PgBouncer runs
-        as (it refuses to run as root)."""
+        shared policy (deploy/pgbouncer/pgbouncer.ini). PgBouncer reads it, and the users
+        file, before it drops root (`-u nobody`: it refuses to run as root)."""
         c = self.config
         server = urlsplit(c.database_url)
         directory = self.run_dir / "pgbouncer"
@@ -461,8 +461,6 @@ class Stack:
             f"default_pool_size = {c.pgbouncer_pool}\n"
             f"%include {PGBOUNCER_POLICY}\n"
         )
-        for path in (directory, directory / "users.txt", config):
-            path.chmod(0o755 if path.is_dir() else 0o644)
         return config
 
     # --- processes ------------------------------------------------------------------------

@@ -68,9 +68,8 @@ class LoopConnections:
         # Who waits for a connection, and since when (a future's result: a connection, or
         # None to open one).
         self.waiters: collections.deque[tuple[asyncio.Future, float]] = collections.deque()
-        _every.add(self)
-
         self.batches: list[Batches] = []  # their queues count in queue_delay
+        _every.add(self)
 
     def queue_delay(self) -> float:
         """How long the longest waiter has waited for a connection, or in a batch's queue

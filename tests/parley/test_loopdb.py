@@ -190,6 +190,20 @@ def send(user, conv, text: str, client_id: uuid.UUID | None = None) -> asyncio.F
     )
 
 
+@contextlib.asynccontextmanager
+async def behind_a_store(conv, first: tuple, *others: tuple):
+    """The send `first` (user, text[, client id]) takes the conversation's row and waits on
+    its lock; `others` queue behind it, one after another. Yields their futures (first's
+    first) while the row stays locked; the stores go ahead when the block ends."""
+    async with conversation_locked(conv.pk):
+        futures = [send(first[0], conv, *first[1:])]
+        await until(lambda: taken(conv.pk))
+        for n, (user, *rest) in enumerate(others, start=1):
+            futures.append(send(user, conv, *rest))
+            await until(lambda n=n: queued(conv.pk) == n)
+        yield futures
+
+
 @pytest.mark.parametrize(("limit", "statements"), [(4, 2), (3, 3)])
 async def test_sends_queued_behind_a_store_go_together_up_to_the_batch_limit(
     chat, settings, limit, statements
@@ -200,14 +214,10 @@ async def test_sends_queued_behind_a_store_go_together_up_to_the_batch_limit(
     conv, a = chat
     settings.CHAT_DB_STORE_BATCH = limit
     before = batch_counts()
-    async with conversation_locked(conv.pk):
-        first = send(a, conv, "m0", uuid.uuid4())
-        await until(lambda: taken(conv.pk))
-        rest = []
-        for i in range(1, 5):
-            rest.append(send(a, conv, f"m{i}", uuid.uuid4()))
-            await until(lambda n=i: queued(conv.pk) == n)
-    stored = await asyncio.wait_for(asyncio.gather(first, *rest), 10)
+    sends = [(a, f"m{i}", uuid.uuid4()) for i in range(5)]
+    async with behind_a_store(conv, *sends) as futures:
+        pass
+    stored = await asyncio.wait_for(asyncio.gather(*futures), 10)
     assert [s.seq for s in stored] == [1, 2, 3, 4, 5]
     assert all(s.created for s in stored)
     count, total = batch_counts()
@@ -235,13 +245,9 @@ async def test_an_outsider_in_a_batch_is_refused_and_the_members_numbers_stay_ga
     from asgiref.sync import sync_to_async
 
     outsider = await sync_to_async(make_user)()
-    async with conversation_locked(conv.pk):
-        first = send(a, conv, "one")
-        await until(lambda: taken(conv.pk))
-        mine = send(a, conv, "two")
-        theirs = send(outsider, conv, "not a member")
-        last = send(a, conv, "three")
-        await until(lambda: queued(conv.pk) == 3)
+    sends = [(a, "one"), (a, "two"), (outsider, "not a member"), (a, "three")]
+    async with behind_a_store(conv, *sends) as (first, mine, theirs, last):
+        pass
     assert (await first).seq == 1
     with pytest.raises(Conversation.DoesNotExist):
         await theirs
@@ -257,13 +263,9 @@ async def test_a_resend_in_a_batch_is_confirmed_once_and_the_others_are_stored(c
     conv, a = chat
     stored_before, twice = uuid.uuid4(), uuid.uuid4()
     earlier = await services.message_store(conv.pk, a.pk, a.get_username(), "x", stored_before)
-    async with conversation_locked(conv.pk):
-        first = send(a, conv, "first")
-        await until(lambda: taken(conv.pk))
-        resend = send(a, conv, "x again", stored_before)
-        new = send(a, conv, "new", twice)
-        again = send(a, conv, "new", twice)
-        await until(lambda: queued(conv.pk) == 3)
+    sends = [(a, "first"), (a, "x again", stored_before), (a, "new", twice), (a, "new", twice)]
+    async with behind_a_store(conv, *sends) as (first, resend, new, again):
+        pass
     assert (await first).seq == 2
     resent, stored_new, stored_again = await resend, await new, await again
     assert (resent.seq, resent.created, resent.frame) == (1, False, earlier.frame)
@@ -280,13 +282,8 @@ async def test_a_send_whose_sender_stopped_waiting_is_not_stored_and_the_rest_ar
     """A socket closes while its send waits for its turn: that send is dropped before its
     statement, the ones around it keep consecutive numbers."""
     conv, a = chat
-    async with conversation_locked(conv.pk):
-        first = send(a, conv, "first")
-        await until(lambda: taken(conv.pk))
-        kept = send(a, conv, "kept")
-        dropped = send(a, conv, "dropped")
-        also = send(a, conv, "also kept")
-        await until(lambda: queued(conv.pk) == 3)
+    sends = [(a, "first"), (a, "kept"), (a, "dropped"), (a, "also kept")]
+    async with behind_a_store(conv, *sends) as (first, kept, dropped, also):
         dropped.cancel()
     assert [(await first).seq, (await kept).seq, (await also).seq] == [1, 2, 3]
     assert dropped.cancelled()

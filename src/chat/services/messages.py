@@ -1,6 +1,7 @@
 """Storing messages: the one statement that gives a message its sequence number, on a
 database thread (`message_create`, `message_create_and_render`) or on the event loop's own
-connections (`message_store`), and `message_send`, which stores and publishes."""
+connections (`message_store`, which stores the sends queued behind it together), and
+`message_send`, which stores and publishes."""
 
 from __future__ import annotations
 
