@@ -173,7 +173,10 @@ COMPOSE_ENV = PARLEY_IMAGE=$(PARLEY_IMAGE) PYTHON_IMAGE=$(PYTHON_IMAGE) PARLEY_E
 	$(if $(POSTGRES_IMAGE),POSTGRES_IMAGE=$(POSTGRES_IMAGE)) \
 	$(if $(REDIS_IMAGE),REDIS_IMAGE=$(REDIS_IMAGE)) \
 	$(if $(NGINX_IMAGE),NGINX_IMAGE=$(NGINX_IMAGE))
-DC = env $(COMPOSE_ENV) $(COMPOSE) -p $(COMPOSE_PROJECT) -f docker-compose.prod.yml --env-file $(ENV_FILE)
+# SCALE=1: the scale profile on top (docker-compose.scale.yml: ws x4, two Redis shards that
+# Sentinel fails over); every compose target then takes it, so pass it to each.
+COMPOSE_FILES = -f docker-compose.prod.yml $(if $(filter 1,$(SCALE)),-f docker-compose.scale.yml)
+DC = env $(COMPOSE_ENV) $(COMPOSE) -p $(COMPOSE_PROJECT) $(COMPOSE_FILES) --env-file $(ENV_FILE)
 
 $(ENV_FILE):
 	deploy/docker/make-env.sh .env.example $@
@@ -186,7 +189,7 @@ build: ## Build the app image (PYTHON_IMAGE base, EXTRA_CA_BUNDLE for a TLS-inte
 	deploy/docker/build.sh "$(PARLEY_IMAGE)" "$(PYTHON_IMAGE)" "$(EXTRA_CA_BUNDLE)"
 
 .PHONY: up
-up: $(ENV_FILE) build ## Start the production stack with Docker Compose and wait until it is healthy
+up: $(ENV_FILE) build ## Start the production stack with Docker Compose and wait until it is healthy (SCALE=1: ws x4, Redis shards with Sentinel)
 	deploy/docker/check-tls.sh $(ENV_FILE)
 	$(DC) up -d --remove-orphans
 	deploy/docker/wait-healthy.sh $(COMPOSE_PROJECT) $${UP_TIMEOUT:-300}
@@ -317,6 +320,15 @@ soak: install ## Delivery checker under faults for DURATION (30m, 2h) on a priva
 .PHONY: bench
 bench: install ## Benchmark on the native stack: rate sweep past the knee, idle sockets, a big room, a reconnect storm -> loadtest/RESULTS.md
 	$(PY) -m loadtest.bench $(BENCH_ARGS)
+
+.PHONY: bench-scale
+bench-scale: install ## What scale costs: one load on 1, 2, 4 and 8 daphne (CPU and Redis per delivery) -> loadtest/SCALE.json
+	$(PY) -m loadtest.scale --json loadtest/SCALE.json $(BENCH_ARGS)
+
+.PHONY: capacity
+capacity: install ## Pods, Redis shards, PgBouncer and Postgres for a peak of S sockets and R deliveries/s (docs/capacity.md)
+	@test -n "$(S)" -a -n "$(R)" || { echo "usage: make capacity S=<sockets> R=<deliveries/s> [M=<room size>]"; exit 2; }
+	$(PY) -m loadtest.capacity $(S) $(R) $(if $(M),--room-size $(M))
 
 .PHONY: bench-runtimes
 bench-runtimes: install ## Tuned runtime against stock, side by side (broadcast, idle memory, page) -> loadtest/RUNTIMES.md

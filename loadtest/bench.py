@@ -70,7 +70,10 @@ class Step:
         )
 
 
-def bench_stack(backend: str) -> Stack:
+def bench_stack(backend: str, ws_processes: int = 2, ws_affinity: bool = False) -> Stack:
+    """The bench's stack; `ws_processes` daphne behind nginx on 28001, 28002, ...;
+    `ws_affinity`: a conversation's sockets on one daphne (StackConfig.ws_affinity)."""
+    ports = {**PORTS, "ws_ports": tuple(28001 + i for i in range(ws_processes))}
     return Stack(
         StackConfig(
             run_dir=REPO / "run" / f"bench-{backend}",
@@ -84,18 +87,21 @@ def bench_stack(backend: str) -> Stack:
                 "PASSWORD_HASHERS": "django.contrib.auth.hashers.MD5PasswordHasher",
                 "LOG_LEVEL": "WARNING",
             },
-            **PORTS,
+            **ports,
             pgbouncer_port=PGBOUNCER["port"] if PGBOUNCER["pool"] else 0,
             pgbouncer_pool=PGBOUNCER["pool"] or 20,
+            ws_affinity=ws_affinity,
         )
     )
 
 
 @contextmanager
-def fresh_stack(backend: str, defaults: tuple[str, ...] = ()) -> Iterator[Stack]:
+def fresh_stack(
+    backend: str, defaults: tuple[str, ...] = (), ws_processes: int = 2, ws_affinity: bool = False
+) -> Iterator[Stack]:
     """A bench stack on an empty database and Redis db, torn down and dropped afterwards.
     `defaults`: settings the bench lifts that this run keeps at their defaults."""
-    stack = bench_stack(backend)
+    stack = bench_stack(backend, ws_processes, ws_affinity)
     for name in defaults:
         stack.config.env.pop(name, None)
     stack.down()

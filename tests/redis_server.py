@@ -9,6 +9,7 @@ import socket
 import subprocess
 import tempfile
 import time
+from pathlib import Path
 
 import redis
 
@@ -34,10 +35,11 @@ def free_port() -> int:
 
 
 class ThrowawayRedis:
-    def __init__(self, port: int | None = None) -> None:
+    def __init__(self, port: int | None = None, args: tuple[str, ...] = ()) -> None:
         self.port = port or free_port()
         self.dir = tempfile.mkdtemp(prefix="parley-redis-")
         self.proc: subprocess.Popen | None = None
+        self.args = args  # more redis-server options, e.g. ("--replicaof", "127.0.0.1", "6380")
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("redis-server")
@@ -56,6 +58,7 @@ class ThrowawayRedis:
                 "no",
                 "--dir",
                 self.dir,
+                *self.args,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -121,4 +124,104 @@ class ThrowawaySentinel:
             self.proc.terminate()
             self.proc.wait(timeout=10)
         self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class FailoverShards:
+    """Redis shards that fail over: per shard a primary and a replica, watched by three
+    Sentinels (quorum 2) that call a primary down after `down_after_ms` without an answer
+    and promote its replica. REDIS_URL/REDIS_SENTINELS for the app: `urls`, `sentinels`."""
+
+    def __init__(self, names: tuple[str, ...] = ("shard-a", "shard-b"), down_after_ms: int = 1000):
+        self.names = names
+        self.down_after_ms = down_after_ms
+        self.primaries = {name: ThrowawayRedis() for name in names}
+        self.replicas = {
+            name: ThrowawayRedis(args=("--replicaof", "127.0.0.1", str(primary.port)))
+            for name, primary in self.primaries.items()
+        }
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self.sentinel_procs: list[subprocess.Popen] = []
+        self.dir = tempfile.mkdtemp(prefix="parley-sentinels-")
+
+    @property
+    def urls(self) -> list[str]:
+        return [f"sentinel://{name}/0" for name in self.names]
+
+    @property
+    def sentinels(self) -> list[str]:
+        return [f"127.0.0.1:{port}" for port in self.sentinel_ports]
+
+    def start(self, timeout: float = 20.0) -> None:
+        for server in (*self.primaries.values(), *self.replicas.values()):
+            server.start()
+        binary = shutil.which("redis-server")
+        assert binary, "redis-server is not installed"
+        for i, port in enumerate(self.sentinel_ports):
+            config = os.path.join(self.dir, f"sentinel-{i}.conf")  # Sentinel rewrites it
+            lines = [f"port {port}", "bind 127.0.0.1", f"dir {self.dir}"]
+            for name, primary in self.primaries.items():
+                lines += [
+                    f"sentinel monitor {name} 127.0.0.1 {primary.port} 2",
+                    f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                    f"sentinel failover-timeout {name} 5000",
+                ]
+            Path(config).write_text("\n".join(lines) + "\n")
+            self.sentinel_procs.append(
+                subprocess.Popen(
+                    [binary, config, "--sentinel"],
+                    stdout=subprocess.DEVNULL,
+                    stderr=subprocess.DEVNULL,
+                )
+            )
+        # Ready: every Sentinel knows every master and its replica, and the replicas synced.
+        deadline = time.monotonic() + timeout
+        while not self._ready():
+            if time.monotonic() > deadline:
+                raise RuntimeError("the Sentinels did not see every primary and replica")
+            time.sleep(0.1)
+
+    def _ready(self) -> bool:
+        try:
+            for port in self.sentinel_ports:
+                client = redis.Redis(port=port, socket_connect_timeout=0.5, socket_timeout=1)
+                for name in self.names:
+                    if not client.sentinel_slaves(name):
+                        return False
+            for replica in self.replicas.values():
+                info = redis.Redis(port=replica.port).info("replication")
+                if info.get("master_link_status") != "up":
+                    return False
+        except redis.exceptions.ConnectionError:
+            return False
+        return True
+
+    def primary_port(self, name: str) -> int:
+        client = redis.Redis(port=self.sentinel_ports[0], socket_connect_timeout=1)
+        return int(client.sentinel_get_master_addr_by_name(name)[1])
+
+    def kill_primary(self, name: str) -> int:
+        """SIGKILL the shard's primary now; its port (the replica takes over)."""
+        port = self.primary_port(name)
+        server = next(s for s in (self.primaries[name], self.replicas[name]) if s.port == port)
+        server.stop()
+        return port
+
+    def wait_promoted(self, name: str, old_port: int, timeout: float = 30.0) -> float:
+        """Seconds until the Sentinels name another primary for the shard."""
+        started = time.monotonic()
+        while self.primary_port(name) == old_port:
+            if time.monotonic() - started > timeout:
+                raise AssertionError(f"{name}: no replica promoted within {timeout} s")
+            time.sleep(0.05)
+        return time.monotonic() - started
+
+    def stop(self) -> None:
+        for proc in self.sentinel_procs:
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait(timeout=10)
+        self.sentinel_procs = []
+        for server in (*self.primaries.values(), *self.replicas.values()):
+            server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -10,6 +10,7 @@ usage: <image> ROLE [ARGS...]
   ws        daphne (python -m config.serve_ws), after wait_for_deps
   migrate   python src/manage.py migrate --noinput
   manage    python src/manage.py ARGS... (e.g. createsuperuser, shell)
+  pgbouncer PgBouncer in front of PGBOUNCER_SERVER_URL (deploy/pgbouncer/config.py)
 USAGE
 }
 
@@ -45,6 +46,12 @@ case "$role" in
       exit 64
     fi
     exec python src/manage.py "$@"
+    ;;
+  pgbouncer)
+    # Its files go to /tmp (the root filesystem is read-only); it holds a password.
+    umask 077
+    python /usr/local/bin/parley-pgbouncer-config /tmp/pgbouncer >/dev/null
+    exec /usr/sbin/pgbouncer "$@" /tmp/pgbouncer/pgbouncer.ini
     ;;
   -h | --help | help)
     usage

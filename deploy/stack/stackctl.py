@@ -7,7 +7,9 @@ STACK_WS_PORTS (8001,8002), DATABASE_URL (postgres://postgres@127.0.0.1:5432/par
 REDIS_URL (redis://127.0.0.1:6379/3), WEB_WORKERS (2); any other app setting (CHAT_*, ...)
 is passed through. STACK_PGBOUNCER_PORT (0: none) puts PgBouncer in transaction pooling in
 front of DATABASE_URL's server, with STACK_PGBOUNCER_POOL (20) server connections: gunicorn
-and daphne reach Postgres only through it (deploy/pgbouncer/pgbouncer.ini). TLS: STACK_TLS=1
+and daphne reach Postgres only through it (deploy/pgbouncer/pgbouncer.ini). STACK_WS_PORTS
+takes one port per daphne (any number); STACK_WS_AFFINITY=1 sends a conversation's sockets
+to one daphne (nginx `hash` of its id; docs/capacity.md) instead of the least busy. TLS: STACK_TLS=1
 serves https on STACK_HTTPS_PORT (8443) with the certificate in STACK_CERTS (./certs, `make
 certs`) and STACK_PORT only redirects to it; STACK_HSTS=1 sends Strict-Transport-Security.
 State, pids, logs, the generated secret and the nginx prefix live in STACK_DIR. The test
@@ -17,8 +19,10 @@ harness (tests/stack/harness.py) drives the same class with other ports.
 from __future__ import annotations
 
 import contextlib
+import importlib.util
 import json
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -38,11 +42,38 @@ from urllib.parse import urlsplit, urlunsplit
 
 REPO = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO / "deploy" / "nginx"
-PGBOUNCER_POLICY = REPO / "deploy" / "pgbouncer" / "pgbouncer.ini"
+
+
+def _pgbouncer_renderer():
+    """deploy/pgbouncer/config.py, the renderer the image's pgbouncer role runs too."""
+    spec = importlib.util.spec_from_file_location(
+        "parley_pgbouncer_config", REPO / "deploy" / "pgbouncer" / "config.py"
+    )
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 class StackError(RuntimeError):
     pass
+
+
+def _conversation_affinity(upstreams: str) -> str:
+    """stack.conf's ws upstream balanced by conversation: `hash` of the id in /ws/chat/<id>
+    (consistent: adding or losing a daphne moves only its share of the rooms); sockets that
+    name no conversation spread by their address and port."""
+    if upstreams.count("    least_conn;\n") != 1:
+        raise StackError("deploy/nginx/upstreams/stack.conf: expected one least_conn")
+    upstreams = upstreams.replace(
+        "    least_conn;\n", "    hash $parley_conversation consistent;\n"
+    )
+    return (
+        "map $uri $parley_conversation {\n"
+        "    ~^/ws/chat/(?<id>[0-9]+) $id;\n"
+        "    default $remote_addr:$remote_port;\n"
+        "}\n" + upstreams
+    )
 
 
 @dataclass
@@ -50,7 +81,8 @@ class StackConfig:
     run_dir: Path = REPO / "run" / "stack"
     nginx_port: int = 8080
     web_port: int = 8000
-    ws_ports: tuple[int, int] = (8001, 8002)
+    # One daphne per port (`make stack` runs two).
+    ws_ports: tuple[int, ...] = (8001, 8002)
     database_url: str = "postgres://postgres@127.0.0.1:5432/parley_stack"
     redis_url: str = "redis://127.0.0.1:6379/3"
     web_workers: int = 2
@@ -72,18 +104,21 @@ class StackConfig:
     # keeping at most pgbouncer_pool server connections.
     pgbouncer_port: int = 0
     pgbouncer_pool: int = 20
+    # nginx sends every socket of a conversation to the same daphne (a consistent hash of
+    # its id) instead of the least busy one: measured by `make bench-scale`, not a default.
+    ws_affinity: bool = False
 
     @classmethod
     def from_env(cls) -> StackConfig:
         env = os.environ
         ws_ports = tuple(int(p) for p in env.get("STACK_WS_PORTS", "8001,8002").split(","))
-        if len(ws_ports) != 2:
-            raise StackError("STACK_WS_PORTS must name exactly two ports, e.g. 8001,8002")
+        if not ws_ports:
+            raise StackError("STACK_WS_PORTS must name at least one port, e.g. 8001,8002")
         return cls(
             run_dir=Path(env.get("STACK_DIR", REPO / "run" / "stack")).resolve(),
             nginx_port=int(env.get("STACK_PORT", "8080")),
             web_port=int(env.get("STACK_WEB_PORT", "8000")),
-            ws_ports=ws_ports,  # type: ignore[arg-type]
+            ws_ports=ws_ports,
             database_url=env.get("DATABASE_URL", cls.database_url),
             redis_url=env.get("REDIS_URL", cls.redis_url),
             web_workers=int(env.get("WEB_WORKERS", "2")),
@@ -95,6 +130,7 @@ class StackConfig:
             trusted_proxies=tuple(p for p in env.get("STACK_TRUSTED_PROXIES", "").split(",") if p),
             pgbouncer_port=int(env.get("STACK_PGBOUNCER_PORT", "0")),
             pgbouncer_pool=int(env.get("STACK_PGBOUNCER_POOL", "20")),
+            ws_affinity=env.get("STACK_WS_AFFINITY", "") not in ("", "0"),
         )
 
     @property
@@ -377,15 +413,25 @@ class Stack:
         else:
             trusted.symlink_to(NGINX_DIR / "trusted-proxies.conf")
         upstreams = (NGINX_DIR / "upstreams" / "stack.conf").read_text()
-        for default, port in (
-            ("8000", c.web_port),
-            ("8001", c.ws_ports[0]),
-            ("8002", c.ws_ports[1]),
-        ):
-            needle = f"127.0.0.1:{default};" if default == "8000" else f"127.0.0.1:{default} "
-            if upstreams.count(needle) != 1:
-                raise StackError(f"deploy/nginx/upstreams/stack.conf: expected one {needle!r}")
-            upstreams = upstreams.replace(needle, needle.replace(default, str(port)))
+        web = "127.0.0.1:8000;"
+        if upstreams.count(web) != 1:
+            raise StackError(f"deploy/nginx/upstreams/stack.conf: expected one {web!r}")
+        upstreams = upstreams.replace(web, f"127.0.0.1:{c.web_port};")
+        # The file lists daphne on 8001 and 8002; a stack with other ports or another number
+        # of daphne gets one such line per process, in its place.
+        lines = upstreams.splitlines(keepends=True)
+        ws_lines = [
+            i for i, line in enumerate(lines) if re.search(r"server 127\.0\.0\.1:800[12] ", line)
+        ]
+        if len(ws_lines) != 2 or ws_lines[1] != ws_lines[0] + 1:
+            raise StackError("deploy/nginx/upstreams/stack.conf: expected daphne on 8001, 8002")
+        template = lines[ws_lines[0]]
+        lines[ws_lines[0] : ws_lines[1] + 1] = [
+            template.replace("127.0.0.1:8001", f"127.0.0.1:{port}") for port in c.ws_ports
+        ]
+        upstreams = "".join(lines)
+        if c.ws_affinity:
+            upstreams = _conversation_affinity(upstreams)
         (prefix / "parley" / "upstreams.conf").write_text(upstreams)
         return prefix
 
@@ -439,29 +485,17 @@ class Stack:
     # --- PgBouncer ------------------------------------------------------------------------
 
     def pgbouncer_config(self) -> Path:
-        """This stack's PgBouncer file: where to listen and which server to reach, then the
-        shared policy (deploy/pgbouncer/pgbouncer.ini). PgBouncer reads it, and the users
-        file, before it drops root (`-u nobody`: it refuses to run as root)."""
+        """This stack's PgBouncer files (deploy/pgbouncer/config.py): on loopback, in front of
+        DATABASE_URL's server. PgBouncer reads them before it drops root (`-u nobody`: it
+        refuses to run as root), so they need not be readable by nobody."""
         c = self.config
-        server = urlsplit(c.database_url)
-        directory = self.run_dir / "pgbouncer"
-        directory.mkdir(parents=True, exist_ok=True)
-        user, password = server.username or "postgres", server.password or ""
-        (directory / "users.txt").write_text(f'"{user}" "{password}"\n')
-        config = directory / "pgbouncer.ini"
-        config.write_text(
-            "[databases]\n"
-            f"* = host={server.hostname or '127.0.0.1'} port={server.port or 5432}\n"
-            "[pgbouncer]\n"
-            "listen_addr = 127.0.0.1\n"
-            f"listen_port = {c.pgbouncer_port}\n"
-            "unix_socket_dir =\n"
-            f"auth_type = {'trust' if not password else 'plain'}\n"
-            f"auth_file = {directory / 'users.txt'}\n"
-            f"default_pool_size = {c.pgbouncer_pool}\n"
-            f"%include {PGBOUNCER_POLICY}\n"
+        return _pgbouncer_renderer().render(
+            server_url=c.database_url,
+            directory=self.run_dir / "pgbouncer",
+            listen_addr="127.0.0.1",
+            listen_port=c.pgbouncer_port,
+            pool_size=c.pgbouncer_pool,
         )
-        return config
 
     # --- processes ------------------------------------------------------------------------
 
@@ -751,7 +785,7 @@ def main(argv: list[str]) -> int:
             redirect = f"; {c.http_url} redirects there" if c.tls else ""
             print(
                 f"stack: up at {c.url}{redirect}  (gunicorn :{c.web_port}, daphne "
-                f":{c.ws_ports[0]} :{c.ws_ports[1]}; logs in {stack.log_dir})"
+                f"{' '.join(f':{p}' for p in c.ws_ports)}; logs in {stack.log_dir})"
             )
         elif command == "down":
             stack.down()

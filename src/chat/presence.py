@@ -23,6 +23,7 @@ from typing import Protocol
 from django.conf import settings
 
 from parley.layer import PROCESS
+from parley.redis_shards import parse_shards
 
 
 class PresenceStore(Protocol):
@@ -159,23 +160,20 @@ return 0
 
 
 class RedisPresence:
-    def __init__(self, urls: list[str]) -> None:
-        self._urls = urls
+    def __init__(self, urls: list[str], sentinels: list[str] | None = None) -> None:
+        """`urls`: REDIS_URL's shards; Sentinel shards ask `sentinels` (parley.redis_shards)."""
+        self._shards = parse_shards(urls, sentinels)
         self._clients: dict[tuple[int, int], object] = {}
         self.process = PROCESS  # this process's name in the socket counts
 
     def _client(self, key_id: int):
-        import redis.asyncio as aioredis
-
-        index = key_id % len(self._urls)
+        index = key_id % len(self._shards)
         key = (id(asyncio.get_running_loop()), index)
         client = self._clients.get(key)
         if client is None:
             if len(self._clients) > 64:  # loops come and go in tests; don't hoard clients
                 self._clients.clear()
-            client = aioredis.Redis.from_url(
-                self._urls[index], socket_timeout=2, socket_connect_timeout=2
-            )
+            client = self._shards[index].async_client(socket_timeout=2, socket_connect_timeout=2)
             self._clients[key] = client
         return client
 
@@ -230,9 +228,9 @@ class RedisPresence:
         (their sockets treat the beat as missed)."""
         epochs, newest = epochs or {}, newest or {}
         # Every shard, conversations or not: each keeps this process's liveness.
-        by_shard: dict[int, list[int]] = {index: [] for index in range(len(self._urls))}
+        by_shard: dict[int, list[int]] = {index: [] for index in range(len(self._shards))}
         for cid in entries:
-            by_shard[cid % len(self._urls)].append(cid)
+            by_shard[cid % len(self._shards)].append(cid)
         answers: dict[int, tuple[set[int], int]] = {}
 
         async def beat(index: int, cids: list[int]) -> None:
@@ -317,7 +315,7 @@ def presence_store() -> PresenceStore:
     global _store
     if _store is None:
         urls = settings.REDIS_URLS
-        _store = RedisPresence(urls) if urls else LocalPresence()
+        _store = RedisPresence(urls, settings.REDIS_SENTINELS) if urls else LocalPresence()
     return _store
 
 

@@ -13,6 +13,7 @@ import environ
 from django.core.exceptions import ImproperlyConfigured
 
 import parley_runtime
+from parley import redis_shards
 from parley.logging import json_logging_config
 from parley_runtime import layers as runtime_layers
 
@@ -134,6 +135,13 @@ DB_MAX_CONNECTIONS: int = env.int("DB_MAX_CONNECTIONS", default=0)
 # REDIS_URL may list several Redis servers (comma separated): channels-redis shards channels
 # and groups over them. Unset, Parley runs on the in-memory layer (one process only).
 REDIS_URLS: list[str] = env.list("REDIS_URL", default=[])
+# A shard may be a Sentinel-managed master, `sentinel://[:password@]master-name/db`: the
+# Sentinels to ask (host:port, comma separated) are these (parley.redis_shards).
+REDIS_SENTINELS: list[str] = env.list("REDIS_SENTINELS", default=[])
+try:
+    REDIS_SHARDS = redis_shards.parse_shards(REDIS_URLS, REDIS_SENTINELS)
+except redis_shards.RedisShardError as exc:
+    raise ImproperlyConfigured(str(exc)) from None
 # pubsub (RedisPubSubChannelLayer) by default: measured faster than core (RedisChannelLayer)
 # at less CPU (loadtest/experiments/2026-11-25-channel-layer.md). Its groups live on the
 # process's Redis connection, so a crashed process leaves no stale memberships.
@@ -152,7 +160,7 @@ if REDIS_URLS:
                 # channels-redis's pub/sub layer; tuned: a small per-channel queue.
                 "BACKEND": runtime_layers.backend(PARLEY_RUNTIME),
                 "CONFIG": {
-                    "hosts": [{"address": url} for url in REDIS_URLS],
+                    "hosts": [shard.layer_host() for shard in REDIS_SHARDS],
                     "prefix": CHANNEL_LAYER_PREFIX,
                 },
             }
@@ -162,7 +170,7 @@ if REDIS_URLS:
             "default": {
                 "BACKEND": "channels_redis.core.RedisChannelLayer",
                 "CONFIG": {
-                    "hosts": [{"address": url} for url in REDIS_URLS],
+                    "hosts": [shard.layer_host() for shard in REDIS_SHARDS],
                     "prefix": CHANNEL_LAYER_PREFIX,
                     "capacity": env.int("CHANNEL_LAYER_CAPACITY", default=1000),
                     "expiry": env.int("CHANNEL_LAYER_EXPIRY", default=60),

@@ -225,8 +225,23 @@ def compose_env() -> Callable[[int, int], dict[str, str]]:
 
 @pytest.fixture(params=["v1", "v2"], ids=["docker-compose-1.29", "docker-compose-v2"])
 def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
-    command, extra_env = compose_flavour(request.param)
-    project = f"parleyci{request.param}{instance.SUFFIX.replace('_', '')}"
+    with compose_stack(request.param, images, tmp_path, compose_env) as running:
+        yield running
+
+
+@contextlib.contextmanager
+def compose_stack(
+    flavour: str,
+    images: str,
+    tmp_path: Path,
+    compose_env: Callable[[int, int], dict[str, str]],
+    scale: bool = False,
+) -> Iterator[Stack]:
+    """`make up` with this Compose flavour (v1, v2) on fresh loopback ports and its own env
+    file (SCALE=1: the scale profile too); on the way out its logs are kept, then
+    `make wipe-volumes` leaves no container or volume behind."""
+    command, extra_env = compose_flavour(flavour)
+    project = f"parleyci{flavour}{'scale' if scale else ''}{instance.SUFFIX.replace('_', '')}"
     env_file = tmp_path / "ci.env"
     port = free_port()
     stack = Stack(
@@ -242,6 +257,7 @@ def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
             "STANDINS=1",
             f"PARLEY_IMAGE={images}",
             f"EXTRA_CA_BUNDLE={build_ca_bundle()}",
+            *(["SCALE=1"] if scale else []),
         ],
     )
     # `make env` (a step of `make up`) writes the env file from .env.example with fresh
@@ -254,9 +270,11 @@ def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
     assert re.search(r"^POSTGRES_PASSWORD=[A-Za-z0-9_-]{20,}$", written, re.M)
     set_env_values(env_file, compose_env(port, stack.https_port))
     started = time.monotonic()
+    files = ["-f", "docker-compose.prod.yml"]
+    files += ["-f", "docker-compose.scale.yml"] if scale else []
     try:
         stack.make("up", timeout=600)
-        TIMINGS.record(f"{request.param}_up_healthy", started)
+        TIMINGS.record(f"{project}_up_healthy", started)
         yield stack
     finally:
         logs = eng.run(
@@ -264,8 +282,7 @@ def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
                 *command,
                 "-p",
                 project,
-                "-f",
-                "docker-compose.prod.yml",
+                *files,
                 "--env-file",
                 str(env_file),
                 "logs",
@@ -280,7 +297,7 @@ def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
         (ARTIFACTS / f"{project}.log").write_text(logs.stdout + logs.stderr)
         started = time.monotonic()
         stack.make("wipe-volumes", timeout=300)
-        TIMINGS.record(f"{request.param}_down", started)
+        TIMINGS.record(f"{project}_down", started)
         assert not docker("ps", "-aq", "--filter", f"label=com.docker.compose.project={project}")
         assert not docker(
             "volume", "ls", "-q", "--filter", f"label=com.docker.compose.project={project}"
@@ -290,11 +307,35 @@ def stack(request, images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
 # --- steps --------------------------------------------------------------------------------------
 
 
-def check_services(stack: Stack) -> None:
-    """Step 5, and the topology: one healthy nginx, web; two ws; migrate done; db healthy;
-    only nginx publishes a port, and only on loopback here."""
+def psql(stack: Stack, query: str) -> list[str]:
+    pg = stack.containers()["postgres"][0]["Id"]
+    out = docker(
+        "exec", pg, "sh", "-c", 'psql -XAt -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"', query
+    )
+    return out.splitlines()
+
+
+def check_postgres_sees_only_pgbouncer(stack: Stack) -> None:
+    """web and ws reach Postgres through PgBouncer: every client connection to the app's
+    database comes from the pgbouncer container, at most its pool of them."""
     services = stack.containers()
-    assert sorted(services) == ["migrate", "nginx", "postgres", "redis", "web", "ws"]
+    (bouncer,) = services["pgbouncer"]
+    addresses = {n["IPAddress"] for n in bouncer["NetworkSettings"]["Networks"].values()}
+    clients = psql(
+        stack,
+        "SELECT host(client_addr) FROM pg_stat_activity "
+        "WHERE datname = current_database() AND pid <> pg_backend_pid()",
+    )
+    assert clients, "no connection from the app at all"
+    assert set(clients) <= addresses, (clients, addresses)
+    assert len(clients) <= 20  # PGBOUNCER_POOL_SIZE's default
+
+
+def check_services(stack: Stack) -> None:
+    """Step 5, and the topology: one healthy nginx, web, pgbouncer; two ws; migrate done; db
+    healthy; only nginx publishes a port, and only on loopback here."""
+    services = stack.containers()
+    assert sorted(services) == ["migrate", "nginx", "pgbouncer", "postgres", "redis", "web", "ws"]
     assert len(services["ws"]) == 2
     for name, infos in services.items():
         for info in infos:
@@ -452,6 +493,7 @@ def test_stack_end_to_end(stack: Stack, images: str) -> None:
         a.wait_client_ids(first)
         reply = {b.send("hello alice")}
         a.wait_client_ids(reply)
+        check_postgres_sees_only_pgbouncer(stack)
 
         # Step 7.
         check_non_root(stack)

@@ -23,6 +23,7 @@ from tests.containers.test_compose import (
     converse_during,
     docker,
     make,
+    psql,
     sign_up_and_log_in,
     start_conversation,
 )
@@ -55,14 +56,6 @@ BUSY = (
 )
 
 
-def psql(stack: Stack, query: str) -> list[str]:
-    pg = stack.containers()["postgres"][0]["Id"]
-    out = docker(
-        "exec", pg, "sh", "-c", 'psql -XAt -U "$POSTGRES_USER" -d "$POSTGRES_DB" -c "$0"', query
-    )
-    return out.splitlines()
-
-
 def db_rows(stack: Stack, conversation: int) -> dict[str, list[str]]:
     return {name: psql(stack, q.format(c=conversation)) for name, q in ROWS.items()}
 
@@ -93,9 +86,11 @@ class Writer(threading.Thread):
         self.client, self.stop, self.sent = client, threading.Event(), 0
 
     def run(self) -> None:
-        while not self.stop.wait(0.4):
+        while True:
             self.client.send(f"written during the backup {self.sent}")
             self.sent += 1
+            if self.stop.wait(0.4):
+                return
 
 
 def test_backup_restore_and_rolling_upgrade(stack: Stack, tmp_path: Path) -> None:
@@ -155,6 +150,9 @@ def test_backup_restore_and_rolling_upgrade(stack: Stack, tmp_path: Path) -> Non
 def backup_while_writing(stack: Stack, folder: Path, client: ChatSocket) -> Path:
     writer = Writer(client)
     writer.start()
+    # Writing before pg_dump starts (a dump can take 0.4 s, one writer's pause): the first
+    # message stored, then the backup while the writer goes on.
+    client.wait_for(lambda s: s.seen, timeout=15, what="the writer's first message stored")
     started = time.monotonic()
     out = make("backup", *stack.make_args, f"BACKUP_DIR={folder}", env=stack.env)
     TIMINGS.record(f"{stack.project}_backup", started)

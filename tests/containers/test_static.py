@@ -17,7 +17,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.prod.yml"
 ENV_EXAMPLE = REPO / ".env.example"
-LONG_RUNNING = ["nginx", "web", "ws", "postgres", "redis"]
+LONG_RUNNING = ["nginx", "web", "ws", "pgbouncer", "postgres", "redis"]
 OFFICIAL = {
     "nginx": ("NGINX_IMAGE", "nginx:"),
     "postgres": ("POSTGRES_IMAGE", "postgres:"),
@@ -69,7 +69,16 @@ def test_shellcheck_is_clean() -> None:
 
 def test_services_and_only_nginx_published(compose: dict) -> None:
     services = compose["services"]
-    assert sorted(services) == ["backup", "migrate", "nginx", "postgres", "redis", "web", "ws"]
+    assert sorted(services) == [
+        "backup",
+        "migrate",
+        "nginx",
+        "pgbouncer",
+        "postgres",
+        "redis",
+        "web",
+        "ws",
+    ]
     published = sorted(name for name, svc in services.items() if svc.get("ports"))
     assert published == ["nginx"]
     assert compose["networks"]["backend"]["internal"] is True
@@ -97,6 +106,7 @@ def test_long_running_services_have_health_restart_limits_and_conditions(compose
         deps = compose["services"][name]["depends_on"]
         assert deps["migrate"]["condition"] == "service_completed_successfully"
         assert deps["postgres"]["condition"] == deps["redis"]["condition"] == "service_healthy"
+        assert deps["pgbouncer"]["condition"] == "service_healthy"
     migrate = compose["services"]["migrate"]
     assert migrate["restart"] == "no" and migrate["command"] == ["migrate"]
 
@@ -228,6 +238,9 @@ def _healthcheck():
         # `docker run IMAGE` (default command, no init) before the server starts.
         ("/bin/sh /usr/local/bin/parley-entrypoint python src/manage.py wait_for_deps", {}, -1),
         ("/sbin/docker-init -- parley-entrypoint migrate python src/manage.py migrate", {}, None),
+        # pgbouncer: a query through it, before and after the entrypoint execs it.
+        ("/sbin/docker-init -- parley-entrypoint pgbouncer", {}, -2),
+        ("/usr/sbin/pgbouncer /tmp/pgbouncer/pgbouncer.ini", {}, -2),
     ],
 )
 def test_healthcheck_probes_the_role_server(procs: str, env: dict, expected: int | None) -> None:
@@ -269,22 +282,34 @@ def env_example() -> dict[str, str]:
     return values
 
 
+def pgbouncer_policy() -> dict[str, str]:
+    text = (REPO / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text()
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != ";")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
 def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -> None:
-    """Every web worker and daphne holds up to DB_POOL_MAX_SIZE connections (a daphne
-    CHAT_DB_STORE_CONNECTIONS more). Web workers
-    default to the container's CPU limit (parley.cpus), not the host's cores, which on a
-    16-core host gave 136 connections against Postgres's default max_connections of 100."""
+    """Only PgBouncer (its pool), migrate (its psycopg pool), the backup and people hold
+    Postgres connections; web and ws go through PgBouncer, and every worker's and daphne's
+    pool (a daphne's CHAT_DB_STORE_CONNECTIONS more) must fit its max_client_conn. Web
+    workers default to the container's CPU limit (parley.cpus), not the host's cores, which
+    on a 16-core host once gave 136 connections against Postgres's default of 100."""
     services, env = compose["services"], env_example()
     pool = int(env.get("DB_POOL_MAX_SIZE", "4"))
-    total = 0
+    clients = 0
     for name in ("web", "ws"):
+        assert "@pgbouncer:6432/" in services[name]["environment"]["DATABASE_URL"], name
         deploy = services[name]["deploy"]
         cpus = float(deploy["resources"]["limits"]["cpus"])
         processes = int(env.get("WEB_WORKERS") or math.ceil(cpus)) if name == "web" else 1
         # A daphne also stores sends on connections of its own (parley.loopdb).
         per_process = pool + (int(env.get("CHAT_DB_STORE_CONNECTIONS", "2")) if name == "ws" else 0)
-        total += deploy.get("replicas", 1) * processes * per_process
-    total += pool + 1 + 10  # migrate, the backup's pg_dump, people
+        clients += deploy.get("replicas", 1) * processes * per_process
+    assert clients <= int(pgbouncer_policy()["max_client_conn"])
+    bouncer = services["pgbouncer"]["environment"]["PGBOUNCER_POOL_SIZE"]
+    server = int(re.fullmatch(r"\$\{PGBOUNCER_POOL_SIZE:-(\d+)\}", bouncer).group(1))
+    assert "@postgres:5432/" in services["migrate"]["environment"]["DATABASE_URL"]
+    total = server + pool + 1 + 10  # PgBouncer, migrate, the backup's pg_dump, people
     command = " ".join(map(str, services["postgres"].get("command", [])))
     found = re.search(r"max_connections=(\d+)", command)
     assert total <= (int(found.group(1)) if found else 100)
@@ -296,3 +321,52 @@ def test_nginx_is_on_the_stable_line_everywhere(compose: dict) -> None:
     default = re.search(r"\$\{NGINX_IMAGE:-([^}]+)\}", compose["services"]["nginx"]["image"])
     k8s = re.search(r"image: (nginx:\S+)", (REPO / "deploy/k8s/base/nginx.yaml").read_text())
     assert default.group(1) == k8s.group(1) == "nginx:1.30"
+
+
+def test_scale_profile_shards_follow_the_sentinels_it_runs() -> None:
+    """docker-compose.scale.yml: every shard in web's and ws's REDIS_URL is a master the
+    Sentinel config monitors, at the fixed address of a service of the profile with one
+    replica of it; the Sentinels asked are the profile's; the backend network stays
+    internal; every added service is as locked down as the base file's Redis."""
+    scale_file = yaml.safe_load((REPO / "docker-compose.scale.yml").read_text())
+    scale = scale_file["services"]
+    assert scale_file["networks"]["backend"]["internal"] is True
+    default = re.search(r"SCALE_SUBNET:-([\d.]+)\}", str(scale["redis"])).group(1)
+
+    def address(service: str) -> str:
+        raw = scale[service]["networks"]["backend"]["ipv4_address"]
+        return raw.replace("${SCALE_SUBNET:-" + default + "}", default)
+
+    conf = (REPO / "deploy" / "redis" / "sentinel.conf").read_text().replace("@SUBNET@", default)
+    monitors = [line.split() for line in conf.splitlines() if line.startswith("sentinel monitor")]
+    assert "sentinel resolve-hostnames no" in conf
+    assert all(m[-1] == "2" for m in monitors)  # quorum 2 of 3
+    by_address = {address(n): n for n, svc in scale.items() if "networks" in svc}
+    sentinels = sorted(n for n in scale if n.startswith("sentinel-"))
+    assert len(sentinels) == 3
+    for name in ("web", "ws"):
+        env = scale[name]["environment"]
+        shards = [u.removeprefix("sentinel://").split("/")[0] for u in env["REDIS_URL"].split(",")]
+        assert shards == [m[2] for m in monitors] == ["shard-a", "shard-b"]
+        asked = env["REDIS_SENTINELS"].replace("${SCALE_SUBNET:-" + default + "}", default)
+        assert asked == ",".join(f"{address(s)}:26379" for s in sentinels)
+    assert scale["ws"]["deploy"]["replicas"] == 4
+    for _, _, shard, primary_ip, port, _ in monitors:
+        primary = by_address[primary_ip]
+        replicas = [
+            n
+            for n, svc in scale.items()
+            if "--replicaof" in svc.get("command", [])
+            and svc["command"][svc["command"].index("--replicaof") + 1].endswith(
+                "." + primary_ip.rsplit(".", 1)[1]
+            )
+        ]
+        assert len(replicas) == 1 and port == "6379", (shard, primary, replicas)
+    base = yaml.safe_load(COMPOSE.read_text())["services"]
+    for name, svc in scale.items():
+        if name in base:
+            continue
+        assert svc["read_only"] is True and svc["cap_drop"] == ["ALL"], name
+        assert set(svc["cap_add"]) <= {"CHOWN", "SETGID", "SETUID"}, name
+        assert svc["healthcheck"]["test"] and "ports" not in svc, name
+        assert list(svc["networks"]) == ["backend"], name

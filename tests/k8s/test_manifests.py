@@ -444,6 +444,7 @@ def test_autoscalers_own_the_app_replica_counts(rendered: dict[str, list[Doc]]) 
         "web",
         "ws",
         "nginx",
+        "pgbouncer",
     }
 
 
@@ -482,10 +483,11 @@ DNS = ("namespace", "kube-system", "k8s-app=kube-dns")
 IN_CLUSTER = {
     ("nginx", "web", "TCP", 8000),
     ("nginx", "ws", "TCP", 8001),
+    ("web", "pgbouncer", "TCP", 6432),
+    ("ws", "pgbouncer", "TCP", 6432),
 }
 DEV_DATASTORES = {
-    ("web", "postgres", "TCP", 5432),
-    ("ws", "postgres", "TCP", 5432),
+    ("pgbouncer", "postgres", "TCP", 5432),
     ("migrate", "postgres", "TCP", 5432),
     ("backup", "postgres", "TCP", 5432),
     ("web", "redis", "TCP", 6379),
@@ -499,7 +501,7 @@ EXPECTED = {
         "internal": IN_CLUSTER | DEV_DATASTORES,
         "egress": {
             (p, DNS, proto, 53)
-            for p in ("nginx", "web", "ws", "migrate", "backup")
+            for p in ("nginx", "web", "ws", "migrate", "backup", "pgbouncer")
             for proto in ("UDP", "TCP")
         },
         "ingress": METRICS,
@@ -508,12 +510,11 @@ EXPECTED = {
         "internal": IN_CLUSTER,
         "egress": {
             (p, DNS, proto, 53)
-            for p in ("nginx", "web", "ws", "migrate", "backup")
+            for p in ("nginx", "web", "ws", "migrate", "backup", "pgbouncer")
             for proto in ("UDP", "TCP")
         }
         | {
-            ("web", MANAGED, "TCP", 5432),
-            ("ws", MANAGED, "TCP", 5432),
+            ("pgbouncer", MANAGED, "TCP", 5432),
             ("web", MANAGED, "TCP", 6379),
             ("ws", MANAGED, "TCP", 6379),
             ("migrate", MANAGED, "TCP", 5432),
@@ -626,7 +627,7 @@ def test_images_and_roles_match_compose(rendered: dict[str, list[Doc]]) -> None:
         if _repository(_interpolate(service.get("image", ""))) == app_image:
             command = service["command"]
             compose_roles[name] = command.split()[0] if isinstance(command, str) else command[0]
-    assert set(compose_roles.values()) == {"web", "ws", "migrate"}
+    assert set(compose_roles.values()) == {"web", "ws", "migrate", "pgbouncer"}
     for overlay in OVERLAYS:
         docs = rendered[overlay]
         k8s_roles = {}
@@ -802,11 +803,10 @@ def env_of(container: Doc, config: dict[str, str]) -> dict[str, str]:
     return {**config, **{e["name"]: e["value"] for e in container.get("env", []) if "value" in e}}
 
 
-def connection_budget(docs: list[Doc]) -> tuple[int, list[str]]:
-    """Connections at the HPAs' maxima: for web and ws, maxReplicas x processes x
+def app_clients(docs: list[Doc]) -> tuple[int, list[str]]:
+    """PgBouncer's clients at the HPAs' maxima: for web and ws, maxReplicas x processes x
     DB_POOL_MAX_SIZE (ws: + CHAT_DB_STORE_CONNECTIONS), where web's processes are
-    WEB_WORKERS or its CPU limit rounded up (parley.cpus) and ws runs one; plus the migrate
-    Job's pool and one for the backup."""
+    WEB_WORKERS or its CPU limit rounded up (parley.cpus) and ws runs one."""
     config = app_config(docs)
     hpa_max = {
         h["spec"]["scaleTargetRef"]["name"]: h["spec"]["maxReplicas"]
@@ -828,17 +828,37 @@ def connection_budget(docs: list[Doc]) -> tuple[int, list[str]]:
             pool += int(env.get("CHAT_DB_STORE_CONNECTIONS", "2"))
         total += replicas * processes * pool
         lines.append(f"{name}: {replicas} x {processes} x {pool}")
-    total += int(config.get("DB_POOL_MAX_SIZE", "4"))  # the migrate Job
-    total += 1 if of_kind(docs, "CronJob") else 0  # pg_dump
-    return total + HEADROOM, lines
+    return total, lines
 
 
-def test_database_connections_at_full_scale_fit_max_connections(docs: list[Doc]) -> None:
-    """On a 16-core node a web pod used to start 16 workers (os.cpu_count() ignores the CPU
-    limit) and the production HPA maxima reached 240 connections against Postgres's
-    default 100: past that, logins fail with 'too many clients'."""
+def server_connections(docs: list[Doc]) -> tuple[int, list[str]]:
+    """Postgres's connections at any scale: every PgBouncer pod's pool, a rollout's extra pod
+    included, the migrate Job's pool, one for the backup and the headroom for people."""
     config = app_config(docs)
-    budget, lines = connection_budget(docs)
+    bouncer = one(docs, "Deployment", "pgbouncer")
+    pods = (
+        bouncer["spec"].get("replicas", 1)
+        + bouncer["spec"]["strategy"]["rollingUpdate"]["maxSurge"]
+    )
+    pool = int(config["PGBOUNCER_POOL_SIZE"])
+    migrate = int(config.get("DB_POOL_MAX_SIZE", "4"))
+    backup = 1 if of_kind(docs, "CronJob") else 0
+    lines = [f"pgbouncer: {pods} x {pool}", f"migrate: {migrate}", f"backup: {backup}"]
+    return pods * pool + migrate + backup + HEADROOM, lines
+
+
+def pgbouncer_policy() -> dict[str, str]:
+    text = (REPO / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text()
+    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != ";")
+    return {k.strip(): v.strip() for k, v in pairs}
+
+
+def test_postgres_connections_fit_max_connections_at_any_scale(docs: list[Doc]) -> None:
+    """Only PgBouncer, the migration and the backup hold server connections: the HPAs' maxima
+    do not enter Postgres's budget (before PgBouncer, the production maxima were capped at 12
+    pods each and the event-loop stores turned off to fit 100)."""
+    config = app_config(docs)
+    budget, lines = server_connections(docs)
     limit = int(config["DB_MAX_CONNECTIONS"])
     postgres = [d for d in of_kind(docs, "StatefulSet") if d["metadata"]["name"] == "postgres"]
     if postgres:  # the datastores component: its server's own setting (default 100)
@@ -846,3 +866,78 @@ def test_database_connections_at_full_scale_fit_max_connections(docs: list[Doc])
         server = re.search(r"max_connections=(\d+)", args)
         assert (int(server.group(1)) if server else 100) == limit
     assert budget <= limit, f"{budget} connections ({', '.join(lines)}) > {limit}"
+
+
+def test_one_pgbouncer_takes_every_client_at_the_hpa_maxima(docs: list[Doc]) -> None:
+    """On a 16-core node a web pod used to start 16 workers (os.cpu_count() ignores the CPU
+    limit): clients are still counted per process. With one PgBouncer pod drained, the
+    other must accept every client of every web and ws process at their maxima."""
+    clients, lines = app_clients(docs)
+    limit = int(pgbouncer_policy()["max_client_conn"])
+    assert clients <= limit, f"{clients} clients ({', '.join(lines)}) > {limit}"
+
+
+def test_web_and_ws_reach_postgres_only_through_pgbouncer(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """Every web and ws container (their schema gates too) takes POOLED_DATABASE_URL, whose
+    example in each overlay is DATABASE_URL's user, password and database at the pgbouncer
+    Service; PgBouncer, the migration and the backup take DATABASE_URL, the server."""
+    for overlay in OVERLAYS:
+        docs = rendered[overlay]
+        service = one(docs, "Service", "pgbouncer")
+        for name in APP_ROLES:
+            spec = pod(one(docs, "Deployment", name))
+            for container in spec["initContainers"] + spec["containers"]:
+                env = {e["name"]: e for e in container.get("env", [])}
+                ref = env["DATABASE_URL"]["valueFrom"]["secretKeyRef"]
+                assert ref["key"] == "POOLED_DATABASE_URL", (overlay, name, container["name"])
+        bouncer = pod(one(docs, "Deployment", "pgbouncer"))["containers"][0]
+        env = {e["name"]: e for e in bouncer["env"]}
+        assert env["PGBOUNCER_SERVER_URL"]["valueFrom"]["secretKeyRef"]["key"] == "DATABASE_URL"
+        assert int(env["PGBOUNCER_PORT"]["value"]) == service["spec"]["ports"][0]["port"]
+        example = dict(
+            line.split("=", 1)
+            for line in (K8S / "overlays" / overlay / "secrets.env.example")
+            .read_text()
+            .splitlines()
+            if line and not line.startswith("#")
+        )
+        server, pooled = urlsplit(example["DATABASE_URL"]), urlsplit(example["POOLED_DATABASE_URL"])
+        assert (pooled.username, pooled.password, pooled.path) == (
+            server.username,
+            server.password,
+            server.path,
+        ), overlay
+        assert (pooled.hostname, pooled.port) == (service["metadata"]["name"], pooled.port)
+        assert pooled.port == int(env["PGBOUNCER_PORT"]["value"]), overlay
+        assert "sslmode" not in pooled.query, f"{overlay}: PgBouncer's client side has no TLS"
+
+
+def test_pgbouncer_runs_the_shared_policy_verbatim(docs: list[Doc]) -> None:
+    data = generated(docs, "ConfigMap", "pgbouncer-policy")
+    policy = REPO / "deploy" / "pgbouncer" / "pgbouncer.ini"
+    assert data["data"] == {"pgbouncer.ini": policy.read_text()}
+    spec = pod(one(docs, "Deployment", "pgbouncer"))
+    volumes = {v["name"]: v for v in spec["volumes"]}
+    (container,) = spec["containers"]
+    assert container["args"] == ["pgbouncer"]
+    mounts = {m["mountPath"]: volumes[m["name"]] for m in container["volumeMounts"]}
+    # The path the image role reads (deploy/pgbouncer/config.py IMAGE_POLICY).
+    assert mounts["/etc/parley/pgbouncer"]["configMap"]["name"] == data["metadata"]["name"]
+    assert "emptyDir" in mounts["/tmp"]  # the rendered file, on a read-only root
+
+
+def test_production_ws_maximum_is_the_capacity_model_s_plan_with_stores_on_the_loop(
+    rendered: dict[str, list[Doc]],
+) -> None:
+    """scaling.yaml's ws maximum is `make capacity S=100000 R=10000`; the event-loop stores
+    stay on (CHAT_DB_STORE_CONNECTIONS at its default), PgBouncer pools them."""
+    from loadtest import capacity
+
+    prod = rendered["production"]
+    hpa = {h["spec"]["scaleTargetRef"]["name"]: h for h in of_kind(prod, "HorizontalPodAutoscaler")}
+    assert hpa["ws"]["spec"]["maxReplicas"] == capacity.plan(100_000, 10_000).count("ws pods")
+    config = app_config(prod)
+    ws = pod(one(prod, "Deployment", "ws"))["containers"][0]
+    assert "CHAT_DB_STORE_CONNECTIONS" not in env_of(ws, config)

@@ -5,14 +5,22 @@ pool of four server connections, however many clients they open (2 workers x 4 +
 
 from __future__ import annotations
 
+import contextlib
+import os
+import re
+import socket
+import subprocess
+import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import psycopg
 import pytest
 import requests
 
+from deploy.stack import stackctl
 from tests.helpers.wsclient import ChatSocket
 from tests.stack.conftest import cookie_jar, seeded_rooms
 from tests.stack.harness import Stack
@@ -123,3 +131,104 @@ def test_connections_stay_within_pgbouncer_s_pool_under_socket_churn_and_chat(
     room = (conversation_id, pooled_rooms[conversation_id])
     assert pooled.connection_limit == POOL
     churn_and_chat(pooled, room, pooled_cookies, 300)
+
+
+# --- the renderer every layout runs (deploy/pgbouncer/config.py) ----------------------------
+
+pgbouncer_config = stackctl._pgbouncer_renderer()
+
+
+@contextlib.contextmanager
+def pgbouncer_running(ini: Path, port: int) -> Iterator[subprocess.Popen]:
+    """A real PgBouncer on `ini`, as the stack runs it; stopped on exit."""
+    run_as = ["-u", "nobody"] if os.geteuid() == 0 else []
+    proc = subprocess.Popen(  # noqa: S603
+        [stackctl.ensure_pgbouncer(), *run_as, str(ini)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    try:
+        deadline = time.monotonic() + 15
+        while True:
+            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
+                break
+            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+            assert time.monotonic() < deadline, "PgBouncer did not listen within 15 s"
+            time.sleep(0.05)
+        yield proc
+    finally:
+        proc.terminate()
+        proc.wait(10)
+
+
+def test_a_password_in_the_server_url_makes_clients_prove_it(tmp_path):
+    """With the server's password in its URL, PgBouncer asks clients for the same password
+    (SCRAM) and refuses a wrong one with an error that says so; the right one reaches the
+    server. The local server trusts any password, so only PgBouncer can refuse here."""
+    port = 18433
+    ini = pgbouncer_config.render(
+        server_url="postgres://postgres:s3cret-pw@127.0.0.1:5432/postgres",
+        directory=tmp_path,
+        listen_addr="127.0.0.1",
+        listen_port=port,
+        pool_size=2,
+    )
+    text = ini.read_text()
+    assert "auth_type = scram-sha-256" in text
+    assert f"%include {pgbouncer_config.POLICY}" in text
+    assert oct((tmp_path / "users.txt").stat().st_mode & 0o777) == "0o600"
+    through = f"postgres://postgres:{{}}@127.0.0.1:{port}/postgres"
+    with pgbouncer_running(ini, port):
+        with psycopg.connect(through.format("s3cret-pw"), connect_timeout=5) as conn:
+            assert conn.execute("SELECT 1").fetchone() == (1,)
+        with pytest.raises(psycopg.OperationalError, match="SASL authentication failed"):
+            psycopg.connect(through.format("wrong"), connect_timeout=5)
+
+
+@pytest.mark.parametrize(
+    ("server_url", "pool_size", "port", "message"),
+    [
+        ("mysql://u:p@db/x", 4, 6432, "postgres://"),
+        ("postgres://u:p@db/x", 0, 6432, "pool size must be at least 1"),
+        ("postgres://u:p@db/x", 1, 70000, "listen port"),
+        ("postgres://u:p@db/x?sslmode=sometimes", 1, 6432, "sslmode='sometimes'"),
+    ],
+)
+def test_settings_pgbouncer_cannot_run_with_are_refused_by_name(
+    tmp_path, server_url, pool_size, port, message
+):
+    with pytest.raises(pgbouncer_config.ConfigError, match=re.escape(message)):
+        pgbouncer_config.render(
+            server_url=server_url, directory=tmp_path, pool_size=pool_size, listen_port=port
+        )
+
+
+def test_the_server_s_tls_mode_carries_over_and_verify_modes_check_the_system_cas(tmp_path):
+    ini = pgbouncer_config.render(
+        server_url="postgres://u:p@db.example.internal:5432/parley?sslmode=verify-full",
+        directory=tmp_path,
+    )
+    text = ini.read_text()
+    assert "* = host=db.example.internal port=5432" in text
+    assert "server_tls_sslmode = verify-full" in text
+    assert f"server_tls_ca_file = {pgbouncer_config.SYSTEM_CA}" in text
+    plain = pgbouncer_config.render(
+        server_url="postgres://postgres@127.0.0.1/x", directory=tmp_path
+    )
+    assert "auth_type = trust" in plain.read_text()
+    assert "server_tls_sslmode = disable" in plain.read_text()
+
+
+def test_the_image_role_reads_its_settings_from_the_environment(tmp_path):
+    env = {
+        "PGBOUNCER_SERVER_URL": "postgres://parley:pw@postgres:5432/parley",
+        "PGBOUNCER_POOL_SIZE": "40",
+        "PGBOUNCER_POLICY": str(pgbouncer_config.POLICY),
+    }
+    text = pgbouncer_config.from_environment(tmp_path, env).read_text()
+    assert "listen_port = 6432" in text and "default_pool_size = 40" in text
+    assert "listen_addr = *" in text
+    with pytest.raises(pgbouncer_config.ConfigError, match="PGBOUNCER_POOL_SIZE='many'"):
+        pgbouncer_config.from_environment(tmp_path, {**env, "PGBOUNCER_POOL_SIZE": "many"})
+    with pytest.raises(pgbouncer_config.ConfigError, match="PGBOUNCER_SERVER_URL"):
+        pgbouncer_config.from_environment(tmp_path, {})

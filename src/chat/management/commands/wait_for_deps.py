@@ -13,10 +13,11 @@ import logging
 import os
 import time
 
-import redis
 from django.conf import settings
 from django.core.management.base import BaseCommand, CommandError
 from django.db import connections
+
+from parley.redis_shards import RedisShard
 
 logger = logging.getLogger("parley.wait_for_deps")
 
@@ -50,13 +51,13 @@ def check_database(alias: str = "default") -> str:
     return conn.vendor
 
 
-def check_redis(url: str) -> str:
-    client = redis.Redis.from_url(url, socket_connect_timeout=3, socket_timeout=3)
+def check_redis(shard: RedisShard) -> str:
+    client = shard.sync_client(socket_connect_timeout=3, socket_timeout=3)
     try:
         client.ping()
     finally:
         client.close()
-    return "redis " + url.split("@")[-1]  # never log a password
+    return shard.label  # never a password
 
 
 class Command(BaseCommand):
@@ -73,8 +74,8 @@ class Command(BaseCommand):
     def handle(self, *args, timeout: float, **options) -> None:
         checks = [("database", check_database)]
         checks += [
-            (f"redis[{i}]", lambda u=url: check_redis(u))
-            for i, url in enumerate(settings.REDIS_URLS)
+            (f"redis[{i}]", lambda s=shard: check_redis(s))
+            for i, shard in enumerate(settings.REDIS_SHARDS)
         ]
         deadline = time.monotonic() + timeout
         for name, check in checks:
