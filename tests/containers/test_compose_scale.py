@@ -228,3 +228,83 @@ def test_scale_profile_survives_a_shard_primary_failover(scaled: Stack) -> None:
     for name in ("web", "ws"):
         for info in scaled.containers()[name]:
             assert info["State"]["Health"]["Status"] == "healthy", name
+
+
+def test_pages_in_chromium_keep_every_message_through_a_second_failover(scaled: Stack) -> None:
+    """The browser check through the scale profile: two people's pages in Debian's Chromium
+    (through nginx), and while one of them sends, shard b's primary container is killed.
+    Both pages end with every message once, in order, none left pending; the sender's page
+    resent what was refused meanwhile (chat.js), without the person doing anything."""
+    from tests import preflight
+    from tests.tiers import missing
+
+    try:
+        preflight.chromium()
+    except preflight.Missing as exc:
+        missing("Chromium", exc.detail, exc.fix)
+    from playwright.sync_api import expect, sync_playwright
+
+    from tests.browser.conftest import CHROMIUM, CHROMIUM_ARGS
+    from tests.browser.helpers import bodies, send, seqs, wait_socket
+
+    tag = str(int(time.time()) % 100000)
+    ann, bob = f"annb{tag}", f"bobb{tag}"
+    sessions = {
+        name: post_form(
+            scaled.base,
+            "/accounts/signup/",
+            {"username": name, "password1": PASSWORD, "password2": PASSWORD},
+        )
+        for name in (ann, bob)
+    }
+    cid = start_conversation(scaled.base, sessions[ann], bob)
+    errors: list[str] = []
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        try:
+            pages = {}
+            for name in (ann, bob):
+                context = browser.new_context(base_url=scaled.base)
+                context.set_default_timeout(15_000)
+                context.add_cookies(
+                    [
+                        {
+                            "name": "sessionid",
+                            "value": sessions[name].cookies["sessionid"],
+                            "url": scaled.base,
+                        }
+                    ]
+                )
+                page = context.new_page()
+                page.on("pageerror", lambda exc, who=name: errors.append(f"{who}: {exc}"))
+                page.goto(f"/c/{cid}")
+                wait_socket(page)
+                pages[name] = page
+            send(pages[ann], "before the failover")
+            expect(pages[bob].locator("#messages article.msg[data-seq]")).to_have_count(1)
+
+            (victim,) = scaled.containers()["redis-b"]
+            docker("kill", victim["Id"])
+            killed = time.monotonic()
+            texts = ["before the failover"]
+            for i in range(3):  # sent while the shard is down and being failed over
+                texts.append(f"during the failover {i}")
+                send(pages[ann], texts[-1])
+                time.sleep(1.0)
+            while primary_of(scaled, "shard-b") == SHARD_B:
+                assert time.monotonic() - killed < 60, "no replica promoted within 60 s"
+                time.sleep(0.2)
+            texts.append("after the failover")
+            send(pages[ann], texts[-1])
+            for name, page in pages.items():
+                expect(page.locator("#messages article.msg[data-seq]")).to_have_count(
+                    len(texts), timeout=60_000
+                )
+                assert seqs(page) == list(range(1, len(texts) + 1)), name
+                assert bodies(page) == texts, name
+                # Nothing left pending on the sender's page: every bubble confirmed.
+                assert page.locator("#messages article.msg:not([data-seq])").count() == 0
+        finally:
+            browser.close()
+    assert not errors, errors
+    assert primary_of(scaled, "shard-b") == f"{SUBNET}.212"
