@@ -8,23 +8,12 @@ ARG BASE_IMAGE=python:3.11-slim-bookworm
 # --- build stage: the locked dependencies, installed into a virtualenv --------------------
 FROM ${BASE_IMAGE} AS builder
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1 PYTHONDONTWRITEBYTECODE=1
-# Behind a TLS-intercepting proxy, `make build EXTRA_CA_BUNDLE=/path/ca.pem` places the
-# proxy's CA here; it is added to (never replaces) the system trust store, for pip in this
-# stage only. The final stage copies nothing from /tmp/build-ca.
+# The proxy CA, if any (`make build EXTRA_CA_BUNDLE=...`), for pip in this stage only, and
+# the lock: deploy/docker/install-locked.sh says how they are used.
 COPY deploy/docker/build-ca/ /tmp/build-ca/
+COPY deploy/docker/install-locked.sh /tmp/install-locked.sh
 COPY requirements.lock /tmp/requirements.lock
-# --no-deps: the lock is complete, so nothing unpinned can slip in; `pip check` proves it.
-# --only-binary: every locked package ships CPython 3.11 manylinux wheels, so this stage
-# needs no compiler; a package that only had an sdist would fail here, loudly.
-RUN set -eu; \
-    if [ -s /tmp/build-ca/extra-ca.pem ]; then \
-      cat /etc/ssl/certs/ca-certificates.crt /tmp/build-ca/extra-ca.pem > /tmp/build-ca/trust.pem; \
-      export PIP_CERT=/tmp/build-ca/trust.pem; \
-    fi; \
-    python -m venv /opt/venv; \
-    /opt/venv/bin/pip install --no-deps --only-binary=:all: -r /tmp/requirements.lock; \
-    /opt/venv/bin/pip check; \
-    rm -rf /tmp/build-ca
+RUN sh /tmp/install-locked.sh /tmp/requirements.lock
 # PgBouncer's binary from the Debian release's package, for the final stage (see there).
 # hadolint ignore=DL3008,DL3003
 RUN apt-get update \

@@ -225,3 +225,14 @@ class FailoverShards:
         for server in (*self.primaries.values(), *self.replicas.values()):
             server.stop()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def failover_shards(names: tuple[str, ...] = ("shard-a", "shard-b")):
+    """FailoverShards started, and stopped on the way out (a start that failed included)."""
+    group = FailoverShards(names)
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()

@@ -148,6 +148,11 @@ def test_final_stage_has_no_build_ca_and_runs_non_root() -> None:
     assert re.search(r"^USER \$\{APP_UID\}:\$\{APP_UID\}$", final, re.M)
     assert "PYTHONDONTWRITEBYTECODE=1" in final and "PYTHONUNBUFFERED=1" in final
     assert "\nHEALTHCHECK " in final
+    # The load generator's image (loadtest/Dockerfile) likewise.
+    loadtest = (REPO / "loadtest" / "Dockerfile").read_text()
+    final = loadtest[loadtest.rindex("\nFROM ") :]
+    assert "build-ca" not in final and "extra-ca" not in final
+    assert re.search(r"^USER 10001:10001$", final, re.M)
 
 
 def _settings_read() -> set[str]:

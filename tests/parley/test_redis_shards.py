@@ -15,7 +15,7 @@ import redis
 
 from parley.redis_shards import RedisShard, RedisShardError, parse_shards
 from tests.parley.test_settings import run_python
-from tests.redis_server import FailoverShards
+from tests.redis_server import FailoverShards, failover_shards
 
 
 def test_plain_urls_are_shards_as_they_are() -> None:
@@ -78,12 +78,8 @@ def test_settings_give_the_channel_layer_the_sentinel_hosts() -> None:
 
 @pytest.fixture(scope="module")
 def shards() -> Iterator[FailoverShards]:
-    group = FailoverShards(("shard-a", "shard-b"))
-    group.start()
-    try:
+    with failover_shards() as group:
         yield group
-    finally:
-        group.stop()
 
 
 def _shard(group: FailoverShards, name: str) -> RedisShard:

@@ -13,7 +13,7 @@ import redis
 
 from tests.helpers.failover import Page, converse_through
 from tests.helpers.wsclient import ChatSocket
-from tests.redis_server import FailoverShards
+from tests.redis_server import FailoverShards, failover_shards
 from tests.stack.conftest import cookie_jar, seeded_rooms
 from tests.stack.harness import Stack
 
@@ -26,12 +26,8 @@ MAX_STALL = 20.0
 
 @pytest.fixture(scope="module")
 def shards() -> Iterator[FailoverShards]:
-    group = FailoverShards(("shard-a", "shard-b"))
-    group.start()
-    try:
+    with failover_shards() as group:
         yield group
-    finally:
-        group.stop()
 
 
 @pytest.fixture(scope="module")
