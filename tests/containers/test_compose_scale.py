@@ -99,6 +99,9 @@ def test_the_load_generator_image_runs_a_master_and_workers(scaled: Stack, tmp_p
         # ~18 s before sending starts.
         "LOCUST_RUN_TIME": "45s",
         "LOCUST_EXPECT_WORKERS": "2",
+        # Completeness is what this checks; latency on a shared 2-core machine running the
+        # other lane beside 15 containers is not (a run failed on p99 136 ms, all delivered).
+        "LOCUST_P99_THRESHOLD_MS": "10000",
     }
     env = [arg for k, v in knobs.items() for arg in ("-e", f"{k}={v}")]
     locked = ["--network", "host", "--read-only", "--tmpfs", "/tmp", "--cap-drop", "ALL"]
