@@ -30,8 +30,6 @@ import redis
 
 from loadtest.bench import PASSWORD, fresh_stack, run_step
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @dataclass
 class Cost:
@@ -48,6 +46,11 @@ class Cost:
     machine_cpu_s: float
     redis_cpu_s: float
     redis_commands: int
+
+    @property
+    def balance(self) -> str:
+        """How nginx spread the sockets over the daphne."""
+        return "conversation" if self.affinity else "least_conn"
 
     @property
     def daphne_per_1000(self) -> float:
@@ -118,7 +121,7 @@ HEADER = (
 def row(c: Cost) -> str:
     p99 = "-" if c.p99_ms is None else f"{c.p99_ms:.0f}"
     return (
-        f"| {c.processes} | {'conversation' if c.affinity else 'least_conn'} "
+        f"| {c.processes} | {c.balance} "
         f"| {c.deliveries_per_s:,.0f} | {p99} | {c.lost} / {c.refused} "
         f"| {c.daphne_per_1000:.3f} | {c.daphne_ms_per_message:.2f} | {c.machine_per_1000:.3f} "
         f"| {c.redis_commands_per_delivery:.3f} | {c.redis_per_1000:.4f} |"
@@ -135,9 +138,8 @@ def summary_rows(costs: list[Cost]) -> list[str]:
     for n, affinity in sorted({(c.processes, c.affinity) for c in costs}):
         runs = [c for c in costs if c.processes == n and c.affinity == affinity]
         d = [c.daphne_per_1000 for c in runs]
-        balance = "conversation" if affinity else "least_conn"
         lines.append(
-            f"| {n} | {balance} | {len(runs)} "
+            f"| {n} | {runs[0].balance} | {len(runs)} "
             f"| {statistics.median(d):.3f} ({min(d):.3f}-{max(d):.3f}) "
             f"| {statistics.median(c.redis_commands_per_delivery for c in runs):.3f} "
             f"| {statistics.median(c.machine_per_1000 for c in runs):.3f} |"

@@ -83,35 +83,51 @@ class ThrowawayRedis:
 
 
 class ThrowawaySentinel:
-    """A Redis Sentinel on its own port watching one master (e.g. a ThrowawayRedis), for the
-    libraries' own sentinel tests. `password`: what clients must AUTH with."""
+    """A Redis Sentinel on its own port watching `masters` (name -> port on 127.0.0.1), for
+    the libraries' own sentinel tests and FailoverShards. `password`: what clients must AUTH
+    with; `quorum`: Sentinels that must agree a primary is down; `down_after_ms`: its
+    silence before it is (None: Sentinel's default, 30 s)."""
 
-    def __init__(self, master_name: str, master_port: int, password: str | None = None) -> None:
+    def __init__(
+        self,
+        masters: dict[str, int],
+        password: str | None = None,
+        quorum: int = 1,
+        down_after_ms: int | None = None,
+    ) -> None:
         self.port = free_port()
-        self.master_name = master_name
-        self.master_port = master_port
+        self.masters = masters
         self.password = password
+        self.quorum = quorum
+        self.down_after_ms = down_after_ms
         self.dir = tempfile.mkdtemp(prefix="parley-sentinel-")
         self.proc: subprocess.Popen | None = None
 
     def start(self, timeout: float = 10.0) -> None:
         binary = shutil.which("redis-server")
         assert binary, "redis-server is not installed"
-        config = os.path.join(self.dir, "sentinel.conf")  # sentinel rewrites its own config
-        with open(config, "w") as fh:
-            fh.write(
-                f"port {self.port}\nbind 127.0.0.1\ndir {self.dir}\n"
-                + (f"requirepass {self.password}\n" if self.password else "")
-                + f"sentinel monitor {self.master_name} 127.0.0.1 {self.master_port} 1\n"
-            )
+        lines = [f"port {self.port}", "bind 127.0.0.1", f"dir {self.dir}"]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        for name, port in self.masters.items():
+            lines.append(f"sentinel monitor {name} 127.0.0.1 {port} {self.quorum}")
+            if self.down_after_ms is not None:
+                lines += [
+                    f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
+                    f"sentinel failover-timeout {name} 5000",
+                ]
+        config = Path(self.dir) / "sentinel.conf"  # Sentinel rewrites its own config
+        config.write_text("\n".join(lines) + "\n")
         self.proc = subprocess.Popen(
-            [binary, config, "--sentinel"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+            [binary, str(config), "--sentinel"],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
         deadline = time.monotonic() + timeout
         client = redis.Redis(port=self.port, password=self.password, socket_connect_timeout=0.5)
         while True:
             try:
-                if client.sentinel_get_master_addr_by_name(self.master_name):
+                if all(client.sentinel_get_master_addr_by_name(name) for name in self.masters):
                     return
             except redis.exceptions.ConnectionError:
                 pass
@@ -140,9 +156,15 @@ class FailoverShards:
             name: ThrowawayRedis(args=("--replicaof", "127.0.0.1", str(primary.port)))
             for name, primary in self.primaries.items()
         }
-        self.sentinel_ports = [free_port() for _ in range(3)]
-        self.sentinel_procs: list[subprocess.Popen] = []
-        self.dir = tempfile.mkdtemp(prefix="parley-sentinels-")
+        self.watchers = [
+            ThrowawaySentinel(
+                {name: primary.port for name, primary in self.primaries.items()},
+                quorum=2,
+                down_after_ms=down_after_ms,
+            )
+            for _ in range(3)
+        ]
+        self.sentinel_ports = [watcher.port for watcher in self.watchers]
 
     @property
     def urls(self) -> list[str]:
@@ -155,25 +177,8 @@ class FailoverShards:
     def start(self, timeout: float = 20.0) -> None:
         for server in (*self.primaries.values(), *self.replicas.values()):
             server.start()
-        binary = shutil.which("redis-server")
-        assert binary, "redis-server is not installed"
-        for i, port in enumerate(self.sentinel_ports):
-            config = os.path.join(self.dir, f"sentinel-{i}.conf")  # Sentinel rewrites it
-            lines = [f"port {port}", "bind 127.0.0.1", f"dir {self.dir}"]
-            for name, primary in self.primaries.items():
-                lines += [
-                    f"sentinel monitor {name} 127.0.0.1 {primary.port} 2",
-                    f"sentinel down-after-milliseconds {name} {self.down_after_ms}",
-                    f"sentinel failover-timeout {name} 5000",
-                ]
-            Path(config).write_text("\n".join(lines) + "\n")
-            self.sentinel_procs.append(
-                subprocess.Popen(
-                    [binary, config, "--sentinel"],
-                    stdout=subprocess.DEVNULL,
-                    stderr=subprocess.DEVNULL,
-                )
-            )
+        for watcher in self.watchers:
+            watcher.start()
         # Ready: every Sentinel knows every master and its replica, and the replicas synced.
         deadline = time.monotonic() + timeout
         while not self._ready():
@@ -217,14 +222,10 @@ class FailoverShards:
         return time.monotonic() - started
 
     def stop(self) -> None:
-        for proc in self.sentinel_procs:
-            if proc.poll() is None:
-                proc.terminate()
-                proc.wait(timeout=10)
-        self.sentinel_procs = []
+        for watcher in self.watchers:
+            watcher.stop()
         for server in (*self.primaries.values(), *self.replicas.values()):
             server.stop()
-        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

@@ -89,6 +89,13 @@ def render(
     return ini
 
 
+def read_policy(policy: Path = POLICY) -> dict[str, str]:
+    """The policy's settings (what the connection budgets check, e.g. max_client_conn)."""
+    lines = policy.read_text().splitlines()
+    pairs = (line.split("=", 1) for line in lines if "=" in line and not line.startswith(";"))
+    return {key.strip(): value.strip() for key, value in pairs}
+
+
 def _int(env: dict[str, str], name: str, default: int) -> int:
     raw = env.get(name, "") or str(default)
     try:

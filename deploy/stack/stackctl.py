@@ -19,6 +19,7 @@ harness (tests/stack/harness.py) drives the same class with other ports.
 from __future__ import annotations
 
 import contextlib
+import functools
 import importlib.util
 import json
 import os
@@ -44,8 +45,10 @@ REPO = Path(__file__).resolve().parents[2]
 NGINX_DIR = REPO / "deploy" / "nginx"
 
 
+@functools.cache
 def _pgbouncer_renderer():
-    """deploy/pgbouncer/config.py, the renderer the image's pgbouncer role runs too."""
+    """deploy/pgbouncer/config.py, the renderer the image's pgbouncer role runs too (loaded
+    by path: this file also runs as a script, where `deploy` is no package)."""
     spec = importlib.util.spec_from_file_location(
         "parley_pgbouncer_config", REPO / "deploy" / "pgbouncer" / "config.py"
     )
@@ -188,6 +191,12 @@ def pgbouncer_binary() -> str | None:
 def ensure_pgbouncer() -> str:
     """PgBouncer from Debian's apt if it is missing."""
     return _ensure_debian("pgbouncer", pgbouncer_binary)
+
+
+def pgbouncer_argv(ini: Path) -> list[str]:
+    """PgBouncer on `ini`; as root, as nobody (it refuses to run as root)."""
+    run_as = ["-u", "nobody"] if os.geteuid() == 0 else []
+    return [ensure_pgbouncer(), *run_as, str(ini)]
 
 
 def _ensure_debian(package: str, find: Callable[[], str | None]) -> str:
@@ -502,8 +511,7 @@ class Stack:
     def _argv(self, name: str) -> tuple[list[str], dict[str, str]]:
         c, env, py = self.config, self.app_env(), sys.executable
         if name == "pgbouncer":
-            run_as = ["-u", "nobody"] if os.geteuid() == 0 else []
-            return [ensure_pgbouncer(), *run_as, str(self.pgbouncer_config())], env
+            return pgbouncer_argv(self.pgbouncer_config()), env
         env["DATABASE_URL"] = c.app_database_url
         if name == "web":
             env["WEB_BIND"] = f"127.0.0.1:{c.web_port}"

@@ -23,7 +23,7 @@ from typing import Protocol
 from django.conf import settings
 
 from parley.layer import PROCESS
-from parley.redis_shards import parse_shards
+from parley.redis_shards import RedisShard
 
 
 class PresenceStore(Protocol):
@@ -160,9 +160,9 @@ return 0
 
 
 class RedisPresence:
-    def __init__(self, urls: list[str], sentinels: list[str] | None = None) -> None:
-        """`urls`: REDIS_URL's shards; Sentinel shards ask `sentinels` (parley.redis_shards)."""
-        self._shards = parse_shards(urls, sentinels)
+    def __init__(self, shards: list[RedisShard]) -> None:
+        """`shards`: REDIS_URL's, as settings.REDIS_SHARDS holds them (parley.redis_shards)."""
+        self._shards = shards
         self._clients: dict[tuple[int, int], object] = {}
         self.process = PROCESS  # this process's name in the socket counts
 
@@ -314,8 +314,8 @@ _store: PresenceStore | None = None
 def presence_store() -> PresenceStore:
     global _store
     if _store is None:
-        urls = settings.REDIS_URLS
-        _store = RedisPresence(urls, settings.REDIS_SENTINELS) if urls else LocalPresence()
+        shards = settings.REDIS_SHARDS
+        _store = RedisPresence(shards) if shards else LocalPresence()
     return _store
 
 

@@ -55,19 +55,20 @@ class RedisShard:
         return host
 
     def async_client(self, **options: Any):
-        import redis.asyncio as aioredis
+        import redis.asyncio
 
-        if not self.master_name:
-            return aioredis.Redis.from_url(self.url, **options)
-        sentinel = aioredis.sentinel.Sentinel(self.sentinels, **_sentinel_options(options))
-        return sentinel.master_for(self.master_name, db=self.db, password=self.password, **options)
+        return self._client(redis.asyncio, options)
 
     def sync_client(self, **options: Any):
         import redis
 
+        return self._client(redis, options)
+
+    def _client(self, module: Any, options: dict[str, Any]):
+        """`module`: redis or redis.asyncio, whose Redis and Sentinel classes match."""
         if not self.master_name:
-            return redis.Redis.from_url(self.url, **options)
-        sentinel = redis.sentinel.Sentinel(self.sentinels, **_sentinel_options(options))
+            return module.Redis.from_url(self.url, **options)
+        sentinel = module.sentinel.Sentinel(self.sentinels, **_sentinel_options(options))
         return sentinel.master_for(self.master_name, db=self.db, password=self.password, **options)
 
 

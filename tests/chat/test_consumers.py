@@ -268,7 +268,7 @@ async def test_a_user_s_sockets_across_the_cluster_are_capped_with_4409(settings
     from chat.presence import RedisPresence
 
     conversation, users, cookies = await room()
-    elsewhere = RedisPresence(settings.REDIS_URLS)
+    elsewhere = RedisPresence(settings.REDIS_SHARDS)
     elsewhere.process = "another-process"
     for _ in range(2):
         assert await elsewhere.socket_opened(users[0].pk, 3)

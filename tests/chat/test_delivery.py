@@ -244,12 +244,14 @@ def throwaway_redis(settings, request):
     from channels.layers import channel_layers
 
     from chat.presence import reset_presence_store
+    from parley.redis_shards import parse_shards
 
     server = ThrowawayRedis()
     server.backend = request.param
     server.start()
     url = f"redis://127.0.0.1:{server.port}/0"
     settings.REDIS_URLS = [url]
+    settings.REDIS_SHARDS = parse_shards([url])
     config = {"hosts": [{"address": url}], "prefix": settings.CHANNEL_LAYER_PREFIX}
     if request.param == "core":
         backend = "channels_redis.core.RedisChannelLayer"

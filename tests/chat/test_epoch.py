@@ -142,7 +142,7 @@ async def test_clients_without_an_epoch_keep_the_old_contract():
 
 
 async def test_a_redis_sequence_note_of_another_epoch_is_never_read(settings):
-    store = RedisPresence(settings.REDIS_URLS)
+    store = RedisPresence(settings.REDIS_SHARDS)
     await store.note_seq(4242, 3630, "before")
     answers = await store.heartbeat_many({4242: [(1, "chan")]}, {4242: "after"})
     assert answers[4242][1] == 0

@@ -10,6 +10,7 @@ from django.conf import settings
 
 from chat.heartbeat import heartbeat
 from chat.presence import RedisPresence
+from parley.redis_shards import parse_shards
 from tests.helpers.ws import open_socket, room
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -43,7 +44,7 @@ async def test_idle_sockets_outlive_the_presence_ttl_and_stay_online(settings):
 
 async def test_heartbeat_many_leaves_out_an_unreachable_shard():
     reachable, dead = settings.REDIS_URLS[0], "redis://127.0.0.1:1/0"
-    store = RedisPresence([reachable, dead])
+    store = RedisPresence(parse_shards([reachable, dead]))
     answers = await store.heartbeat_many({10: [(1, "chan-a")], 11: [(2, "chan-b")]})
     # conversation 10 lives on shard 0 (reachable), 11 on shard 1 (nothing listens there)
     assert answers == {10: ({1}, 0)}

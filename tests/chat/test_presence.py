@@ -17,7 +17,7 @@ def store(request, settings):
     settings.CHAT_PRESENCE_TTL = 1
     if request.param == "local":
         return LocalPresence()
-    return RedisPresence(settings.REDIS_URLS)
+    return RedisPresence(settings.REDIS_SHARDS)
 
 
 async def wait_until(condition, timeout: float = 10.0) -> None:

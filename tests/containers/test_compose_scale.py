@@ -63,7 +63,7 @@ def test_the_load_generator_image_runs_a_master_and_workers(scaled: Stack, tmp_p
         f"EXTRA_CA_BUNDLE={build_ca_bundle()}",
         timeout=1200,
     )
-    (web,) = scaled.containers()["web"][:1]
+    web = scaled.containers()["web"][0]
     users = docker(
         "exec",
         web["Id"],
@@ -100,7 +100,7 @@ def test_the_load_generator_image_runs_a_master_and_workers(scaled: Stack, tmp_p
         "LOCUST_RUN_TIME": "45s",
         "LOCUST_EXPECT_WORKERS": "2",
         # Completeness is what this checks; latency on a shared 2-core machine running the
-        # other lane beside 15 containers is not (a run failed on p99 136 ms, all delivered).
+        # other lane beside 15 containers is a benchmark's business, not this test's.
         "LOCUST_P99_THRESHOLD_MS": "10000",
     }
     env = [arg for k, v in knobs.items() for arg in ("-e", f"{k}={v}")]
@@ -310,7 +310,7 @@ def test_pages_in_chromium_keep_every_message_through_a_second_failover(scaled: 
                 assert page.locator("#messages article.msg:not([data-seq])").count() == 0
             # Each message once, and both pages in the one stored order. A send refused as
             # busy is stored when chat.js resends it, after a message typed later may have
-            # been (seen once): the order is the conversation's, not the typing's.
+            # been: the order is the conversation's, not the typing's.
             assert sorted(shown[ann]) == sorted(texts), shown[ann]
             assert shown[ann] == shown[bob]
         finally:

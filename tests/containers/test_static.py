@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from deploy.pgbouncer.config import read_policy
+
 REPO = Path(__file__).resolve().parents[2]
 COMPOSE = REPO / "docker-compose.prod.yml"
 ENV_EXAMPLE = REPO / ".env.example"
@@ -288,12 +290,6 @@ def env_example() -> dict[str, str]:
     return values
 
 
-def pgbouncer_policy() -> dict[str, str]:
-    text = (REPO / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text()
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != ";")
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -> None:
     """Only PgBouncer (its pool), migrate (its psycopg pool), the backup and people hold
     Postgres connections; web and ws go through PgBouncer, and every worker's and daphne's
@@ -311,7 +307,7 @@ def test_database_connections_of_the_compose_stack_fit_postgres(compose: dict) -
         # A daphne also stores sends on connections of its own (parley.loopdb).
         per_process = pool + (int(env.get("CHAT_DB_STORE_CONNECTIONS", "2")) if name == "ws" else 0)
         clients += deploy.get("replicas", 1) * processes * per_process
-    assert clients <= int(pgbouncer_policy()["max_client_conn"])
+    assert clients <= int(read_policy()["max_client_conn"])
     bouncer = services["pgbouncer"]["environment"]["PGBOUNCER_POOL_SIZE"]
     server = int(re.fullmatch(r"\$\{PGBOUNCER_POOL_SIZE:-(\d+)\}", bouncer).group(1))
     assert "@postgres:5432/" in services["migrate"]["environment"]["DATABASE_URL"]

@@ -70,16 +70,17 @@ def converse_through(
     settle with every stored message once, 1..N with no hole. `stored(room)`: client id ->
     sequence, from the database."""
     sent: dict[int, list[str]] = {cid: [] for cid in rooms}
-    stop = threading.Event()
+    # The pages are watched until the end; the senders stop `after` s past the fault.
+    done, sending_over = threading.Event(), threading.Event()
 
     def watch() -> None:
-        while not stop.is_set():
+        while not done.is_set():
             for page in pages.values():
                 page.tick()
             time.sleep(0.02)
 
     def send(cid: int, sender: Page) -> None:
-        while not stop.is_set():
+        while not sending_over.is_set():
             client_id = str(uuid.uuid4())
             try:
                 sender.sock.send(f"m{len(sent[cid])}", client_id=client_id)
@@ -101,13 +102,10 @@ def converse_through(
         faulted = time.monotonic()
         recovered = fault()
         time.sleep(max(0.0, after - (time.monotonic() - faulted)))
-        stop.set()
+        sending_over.set()
         for thread in senders:
             thread.join(10)
         ended = time.monotonic()
-        stop.clear()
-        watcher_again = threading.Thread(target=watch, daemon=True)
-        watcher_again.start()
 
         deadline = time.monotonic() + settle
         while True:
@@ -141,4 +139,5 @@ def converse_through(
         }
         return Report(recovered, waits, sent)
     finally:
-        stop.set()
+        sending_over.set()
+        done.set()

@@ -76,7 +76,7 @@ def test_workers_find_the_master_and_the_master_waits_for_all_of_them(
     ports = {p["name"]: p["containerPort"] for p in master_container["ports"]}
     assert ports["workers"] == 5557 == service["spec"]["ports"][0]["port"]
     assert service["spec"]["ports"][0]["targetPort"] == "workers"
-    labels = pod(master) and master["spec"]["template"]["metadata"]["labels"]
+    labels = master["spec"]["template"]["metadata"]["labels"]
     assert all(labels.get(k) == v for k, v in service["spec"]["selector"].items())
     assert workers["spec"]["replicas"] == int(knobs(loadtest_docs)["LOCUST_EXPECT_WORKERS"])
     assert "--master" in master_container["args"] and "--headless" in master_container["args"]
@@ -112,16 +112,9 @@ def test_images_are_the_app_s_for_seeding_and_the_load_generator_s_for_locust(
     assert 'ENTRYPOINT ["locust"]' in dockerfile
     # What the image copies is what the locustfile imports (a missing module fails at start).
     copied = set(re.findall(r"loadtest/(\w+\.py)", dockerfile))
-    imported = {"locustfile.py"} | {
-        f"{m}.py"
-        for m in re.findall(
-            r"^from loadtest\.(\w+) import|^from loadtest import (\w+)",
-            "".join((LOADTEST / f).read_text() for f in copied if (LOADTEST / f).exists()),
-            re.M,
-        )
-        for m in m
-        if m
-    }
+    sources = "".join((LOADTEST / f).read_text() for f in copied if (LOADTEST / f).exists())
+    imports = re.findall(r"^from loadtest(?:\.(\w+) import| import (\w+))", sources, re.M)
+    imported = {"locustfile.py"} | {f"{a or b}.py" for a, b in imports}
     assert imported <= copied, imported - copied
     for name in copied | {"locust.conf", "requirements.lock"}:
         assert f"!loadtest/{name}" in (REPO / ".dockerignore").read_text(), name

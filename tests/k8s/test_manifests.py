@@ -17,6 +17,7 @@ import pytest
 import yaml
 from kubernetes_validate.utils import SchemaNotFoundError
 
+from deploy.pgbouncer.config import read_policy
 from tests.k8s.render import K8S, K8S_VERSION, OVERLAYS, REPO, Doc, build, stage
 
 APP_ROLES = {"web": 8000, "ws": 8001}
@@ -847,12 +848,6 @@ def server_connections(docs: list[Doc]) -> tuple[int, list[str]]:
     return pods * pool + migrate + backup + HEADROOM, lines
 
 
-def pgbouncer_policy() -> dict[str, str]:
-    text = (REPO / "deploy" / "pgbouncer" / "pgbouncer.ini").read_text()
-    pairs = (line.split("=", 1) for line in text.splitlines() if "=" in line and line[0] != ";")
-    return {k.strip(): v.strip() for k, v in pairs}
-
-
 def test_postgres_connections_fit_max_connections_at_any_scale(docs: list[Doc]) -> None:
     """Only PgBouncer, the migration and the backup hold server connections: the HPAs' maxima
     do not enter Postgres's budget (before PgBouncer, the production maxima were capped at 12
@@ -873,7 +868,7 @@ def test_one_pgbouncer_takes_every_client_at_the_hpa_maxima(docs: list[Doc]) -> 
     limit): clients are still counted per process. With one PgBouncer pod drained, the
     other must accept every client of every web and ws process at their maxima."""
     clients, lines = app_clients(docs)
-    limit = int(pgbouncer_policy()["max_client_conn"])
+    limit = int(read_policy()["max_client_conn"])
     assert clients <= limit, f"{clients} clients ({', '.join(lines)}) > {limit}"
 
 

@@ -98,7 +98,7 @@ def test_channels_redis_own_pubsub_tests_pass_on_the_tuned_layer(tmp_path):
     master = ThrowawayRedis()  # their sentinel tests: a sentinel watching a Redis of its own
     master.start()
     # Their SENTINEL_MASTER and SENTINEL_KWARGS' password.
-    sentinel = ThrowawaySentinel("sentinel", master.port, password="channels_redis")
+    sentinel = ThrowawaySentinel({"sentinel": master.port}, password="channels_redis")
     try:
         sentinel.start()
         outcomes, trace = run_suite(

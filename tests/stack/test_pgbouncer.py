@@ -6,11 +6,8 @@ pool of four server connections, however many clients they open (2 workers x 4 +
 from __future__ import annotations
 
 import contextlib
-import os
 import re
-import socket
 import subprocess
-import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -20,10 +17,11 @@ import psycopg
 import pytest
 import requests
 
+from deploy.pgbouncer import config as pgbouncer_config
 from deploy.stack import stackctl
 from tests.helpers.wsclient import ChatSocket
 from tests.stack.conftest import cookie_jar, seeded_rooms
-from tests.stack.harness import Stack
+from tests.stack.harness import Stack, wait_until
 from tests.stack.test_db_connections import churn_and_chat
 
 pytestmark = [pytest.mark.stack, pytest.mark.slow]
@@ -135,26 +133,20 @@ def test_connections_stay_within_pgbouncer_s_pool_under_socket_churn_and_chat(
 
 # --- the renderer every layout runs (deploy/pgbouncer/config.py) ----------------------------
 
-pgbouncer_config = stackctl._pgbouncer_renderer()
-
 
 @contextlib.contextmanager
 def pgbouncer_running(ini: Path, port: int) -> Iterator[subprocess.Popen]:
     """A real PgBouncer on `ini`, as the stack runs it; stopped on exit."""
-    run_as = ["-u", "nobody"] if os.geteuid() == 0 else []
     proc = subprocess.Popen(  # noqa: S603
-        [stackctl.ensure_pgbouncer(), *run_as, str(ini)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.PIPE,
+        stackctl.pgbouncer_argv(ini), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
     )
+
+    def listening() -> bool:
+        assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
+        return stackctl._port_open(port)
+
     try:
-        deadline = time.monotonic() + 15
-        while True:
-            with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 1):
-                break
-            assert proc.poll() is None, proc.stderr.read().decode() if proc.stderr else ""
-            assert time.monotonic() < deadline, "PgBouncer did not listen within 15 s"
-            time.sleep(0.05)
+        wait_until(listening, 15, "PgBouncer listening")
         yield proc
     finally:
         proc.terminate()
