@@ -283,7 +283,8 @@ CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
 # one with 1009; the server cuts what it sends into messages of at most this (chat.stream).
 CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)
 # One message's frame must fit alone: each character renders to at most 6 bytes (`&quot;`),
-# and the article around it, with the sender's name, to less than 1 KiB.
+# and the article around it, with the sender's name and the body's links (chat_links keeps
+# them to 128 bytes beyond that), to less than 1 KiB.
 if CHAT_MAX_MESSAGE_LENGTH * 6 + 1024 > CHAT_MAX_FRAME_BYTES:
     raise ImproperlyConfigured(
         f"CHAT_MAX_FRAME_BYTES={CHAT_MAX_FRAME_BYTES} cannot carry one message of "

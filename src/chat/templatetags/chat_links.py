@@ -1,0 +1,105 @@
+"""A message body as HTML: its text escaped, and its web addresses made links.
+
+Only `http://`, `https://` and `www.` addresses become links (a `www.` one gets `http://`);
+any other scheme (`javascript:`, `data:`, `mailto:`) stays text. Every link opens in a new
+tab with `rel="noopener noreferrer nofollow"`. Nothing is fetched or looked up: an address
+is recognised by its spelling alone.
+
+Rules for where an address ends, as people write them in prose: it starts after whitespace,
+an opening bracket or a quote, or at the start; it stops at whitespace, `<`, `>` or a
+quote; punctuation at its end (`.`, `,`, `!`, ...) is the sentence's, and so is a closing
+bracket that the address does not open.
+
+Size: a message's frame is sized for 6 bytes a character (`&quot;`, config.settings checks
+that CHAT_MAX_FRAME_BYTES carries one message). Links cost more than their text, so they
+are made only while the body stays within 6 bytes a character plus `LINK_ALLOWANCE`;
+addresses past that stay text. Ordinary prose never comes near it.
+
+Line breaks are left as they are: the template's `linebreaksbr` turns them into `<br>`
+(the budget counts each as `<br>`).
+"""
+
+from __future__ import annotations
+
+import re
+
+from django import template
+from django.utils.html import escape
+from django.utils.safestring import SafeString, mark_safe
+
+register = template.Library()
+
+BYTES_PER_CHARACTER = 6  # `&quot;`: the most one character of text renders to
+LINK_ALLOWANCE = 128  # bytes a message's links may take beyond that, all told
+REL = "noopener noreferrer nofollow"
+
+# Starts at the start, after whitespace, an opening bracket or a quote; runs to whitespace,
+# a control character, `<`, `>` or a quote.
+_CANDIDATE = re.compile(
+    r"""(?<![^\s(\[{<"'])(?:https?://|www\.)[^\s<>"'\x00-\x1f\x7f]+""", re.IGNORECASE
+)
+# What must follow the scheme or `www.`: a host's first character (a letter or digit in
+# any script), and for `www.` a further dot with something after it.
+_HOST_START = re.compile(r"[^\W_]", re.UNICODE)
+_WWW = re.compile(r"www\.[^\W_][^./?#]*\.[^\W_]", re.IGNORECASE)
+_TRAILING = ".,:;!?…"
+_PAIRS = {")": "(", "]": "[", "}": "{"}
+_OVERHEAD = len(f'<a href="" rel="{REL}" target="_blank"></a>')
+
+
+def _trim(candidate: str) -> str:
+    """`candidate` without the sentence's punctuation and unopened closing brackets."""
+    url = candidate
+    while url:
+        last = url[-1]
+        if last in _TRAILING:
+            url = url[:-1]
+        elif last in _PAIRS and url.count(_PAIRS[last]) < url.count(last):
+            url = url[:-1]
+        else:
+            break
+    return url
+
+
+def _href(url: str) -> str | None:
+    """The link's target for a trimmed address, or None if it is not one."""
+    lower = url.lower()
+    if lower.startswith("www."):
+        return "http://" + url if _WWW.match(url) else None
+    rest = url[url.index("//") + 2 :]
+    return url if _HOST_START.match(rest) else None
+
+
+def _size(html: str) -> int:
+    return len(html) if html.isascii() else len(html.encode())
+
+
+@register.filter
+def chat_links(value: object) -> SafeString:
+    """`value` as plain text: escaped, with its web addresses as links (see the module)."""
+    text = str(value)
+    budget = (
+        BYTES_PER_CHARACTER * len(text)
+        + LINK_ALLOWANCE
+        - _size(escape(text))
+        - 3 * text.count("\n")  # each `\n` becomes `<br>`
+    )
+    parts: list[str] = []
+    done = 0
+    for match in _CANDIDATE.finditer(text):
+        url = _trim(match.group())
+        href = _href(url) if url else None
+        if href is None:
+            continue
+        shown = escape(url)
+        target = escape(href)
+        cost = _OVERHEAD + _size(target)  # beyond the text, which is escaped anyway
+        if cost > budget:
+            break
+        budget -= cost
+        parts.append(escape(text[done : match.start()]))
+        parts.append(f'<a href="{target}" rel="{REL}" target="_blank">{shown}</a>')
+        done = match.start() + len(url)
+    parts.append(escape(text[done:]))
+    # Every part is escaped text or a link built from escaped text.
+    return mark_safe("".join(parts))  # noqa: S308
