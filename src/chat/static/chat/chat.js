@@ -9,6 +9,9 @@
  * - 4xxx close codes are final: we say why instead of retrying.
  * - <body data-socket> mirrors the socket (connecting, open, closed, refused) for styling
  *   and for the browser tests.
+ * - The message list is a polite live region (role="log"): a screen reader reads out one
+ *   new message; many at once (older ones loaded, a catch-up) go in with the region
+ *   silenced, and #chat-announce says how many instead.
  */
 (function () {
   "use strict";
@@ -16,8 +19,9 @@
   var state = {
     lastSeq: 0, epoch: "", pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
     lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null,
-    busyUntil: 0
+    busyUntil: 0, quietTimer: null, arrivedQuietly: 0, olderBefore: null, olderHadFocus: false
   };
+  var QUIET_MS = 300;   /* after a bulk insert, before the list speaks again */
   var TYPING_VISIBLE_MS = 4000;
   var RECONNECT_CAP_MS = 8000;
 
@@ -37,6 +41,29 @@
     if (!el) { return; }
     el.textContent = text || "";
     el.dataset.kind = kind || "";
+  }
+
+  /* Silences the message list while many messages go in at once. */
+  function quiet() {
+    var box = document.getElementById("messages");
+    if (!box) { return; }
+    clearTimeout(state.quietTimer);
+    box.setAttribute("aria-live", "off");
+    box.setAttribute("aria-busy", "true");
+  }
+
+  /* Lets it speak again once the insert is done (a moment later: a screen reader sees the
+     region as it is when it gets round to the change), saying `announcement` meanwhile. */
+  function speakAgain(announcement) {
+    var box = document.getElementById("messages");
+    if (!box) { return; }
+    clearTimeout(state.quietTimer);
+    state.quietTimer = setTimeout(function () {
+      box.setAttribute("aria-live", "polite");
+      box.removeAttribute("aria-busy");
+    }, QUIET_MS);
+    var el = document.getElementById("chat-announce");
+    if (el && announcement) { el.textContent = announcement; }
   }
 
   function showError(text) {
@@ -123,6 +150,7 @@
       return "";
     }
     var changed = false;
+    var arriving = 0;
     /* Stored: a message this page is past (a resend after a reload) is confirmed alone. */
     tpl.content.querySelectorAll("#chat-confirmed[data-confirms]").forEach(function (c) {
       settle(c.dataset.confirms);
@@ -135,6 +163,7 @@
         m.remove(); changed = true; return;
       }
       state.lastSeq = seq;
+      arriving += 1;
       /* Their message is here: they are no longer typing it. */
       var typing = document.getElementById("typing-" + m.dataset.senderId);
       if (typing) { clearTyping(typing); }
@@ -179,6 +208,7 @@
       var empty = document.querySelector("#conversation-list > li.empty");
       if (empty) { empty.remove(); }
     });
+    if (arriving > 1) { quiet(); state.arrivedQuietly += arriving; }
     if (!changed) { return text; }
     var out = [];
     Array.prototype.forEach.call(tpl.content.children, function (c) {
@@ -383,6 +413,11 @@
 
     document.body.addEventListener("htmx:wsAfterMessage", function (evt) {
       if (state.stick) { scrollToBottom(); }
+      if (state.arrivedQuietly) {
+        var n = state.arrivedQuietly;
+        state.arrivedQuietly = 0;
+        speakAgain(n + " new messages");
+      }
       document.querySelectorAll(".typing.active").forEach(function (el) {
         if (el._clear) { return; }
         el._clear = setTimeout(function () { el._clear = null; clearTyping(el); }, TYPING_VISIBLE_MS);
@@ -396,6 +431,11 @@
       var box = document.getElementById("messages");
       if (box && evt.detail.elt && evt.detail.elt.id === "load-older") {
         state.keepFromBottom = box.scrollHeight - box.scrollTop;
+        if (evt.detail.shouldSwap) {
+          state.olderBefore = box.querySelectorAll("article.msg").length;
+          state.olderHadFocus = document.activeElement === evt.detail.elt;
+          quiet();
+        }
       }
     });
     document.body.addEventListener("htmx:afterSwap", function () {
@@ -403,6 +443,17 @@
       if (box && state.keepFromBottom != null) {
         box.scrollTop = box.scrollHeight - state.keepFromBottom;
         state.keepFromBottom = null;
+      }
+      if (box && state.olderBefore != null) {
+        var loaded = box.querySelectorAll("article.msg").length - state.olderBefore;
+        state.olderBefore = null;
+        speakAgain(loaded === 1 ? "1 older message loaded" : loaded + " older messages loaded");
+        /* The button that had the focus is gone: the focus goes to the next one, or to the
+           list, not back to the top of the page. */
+        if (state.olderHadFocus) {
+          state.olderHadFocus = false;
+          (document.getElementById("load-older") || box).focus({ preventScroll: true });
+        }
       }
     });
 
