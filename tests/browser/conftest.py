@@ -218,10 +218,11 @@ class Pages:
         page.on("console", on_console)
         page.on("pageerror", lambda exc: self.errors.append(f"[{who}] pageerror: {exc}"))
 
-    def new_page(self, who: str, session: str | None = None):
-        context = self.browser.new_context(
-            base_url=self.site.base_url, viewport={"width": 900, "height": 700}
-        )
+    def new_page(self, who: str, session: str | None = None, **context_options: Any):
+        """A page in a new browser context; `context_options` go to new_context (a phone's
+        viewport, is_mobile, has_touch)."""
+        context_options.setdefault("viewport", {"width": 900, "height": 700})
+        context = self.browser.new_context(base_url=self.site.base_url, **context_options)
         context.set_default_timeout(10_000)
         if session:
             context.add_cookies(
