@@ -1,7 +1,9 @@
-"""Regenerates docs/screenshot-conversation.png: `make docs-screenshot`.
+"""Regenerates docs/screenshot-conversation.png and docs/screenshot-phone.png: `make
+docs-screenshot`.
 
-A private stack (the browser tests' ports), two people chatting through the real UI, and a
-picture of one side of it, typing indicator included.
+A private stack (the browser tests' ports), two people chatting through the real UI, a
+picture of one side of it, typing indicator included, and then of the other side on a
+phone (360 x 740, as tests/browser/test_phone.py), after a message with a link.
 """
 
 from __future__ import annotations
@@ -21,6 +23,14 @@ from tests.browser.conftest import (
 from tests.browser.helpers import send, wait_online, wait_socket
 
 OUT = REPO / "docs" / "screenshot-conversation.png"
+OUT_PHONE = REPO / "docs" / "screenshot-phone.png"
+PHONE = {
+    "viewport": {"width": 360, "height": 740},
+    "device_scale_factor": 1,
+    "is_mobile": True,
+    "has_touch": True,
+}
+LINK_MESSAGE = "Notes for today: https://example.com/releases/2026-12-05#websockets"
 SCRIPT = [
     ("alice", "Morning! Did the deploy go out?"),
     ("bob", "It did, 09:12. Both websocket servers restarted one after the other."),
@@ -42,12 +52,20 @@ def main() -> int:
                 executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
             )
             pages = {}
-            for name in ("alice", "bob"):
-                context = browser.new_context(
-                    base_url=stack.url, viewport={"width": 900, "height": 640}
-                )
+            for name, options in (
+                ("alice", {"viewport": {"width": 900, "height": 640}}),
+                ("bob", {"viewport": {"width": 900, "height": 640}}),
+                ("bob-phone", PHONE),
+            ):
+                context = browser.new_context(base_url=stack.url, **options)
                 context.add_cookies(
-                    [{"name": SESSION_COOKIE, "url": stack.url, "value": people[name]["session"]}]
+                    [
+                        {
+                            "name": SESSION_COOKIE,
+                            "url": stack.url,
+                            "value": people[name.split("-")[0]]["session"],
+                        }
+                    ]
                 )
                 page = context.new_page()
                 page.goto(f"/c/{cid}")
@@ -66,11 +84,16 @@ def main() -> int:
             expect(typing).to_be_visible()
             OUT.parent.mkdir(exist_ok=True)
             pages["alice"].screenshot(path=str(OUT))
+            # On Bob's phone: Alice's link, and the form at the bottom.
+            send(pages["alice"], LINK_MESSAGE)
+            phone = pages["bob-phone"]
+            expect(phone.locator("#messages article.msg a[href]")).to_have_count(1)
+            phone.screenshot(path=str(OUT_PHONE))
             browser.close()
     finally:
         site.close()
         stack.stop()
-    print(f"wrote {OUT}")
+    print(f"wrote {OUT} and {OUT_PHONE}")
     return 0
 
 
