@@ -50,15 +50,15 @@ _OVERHEAD = len(f'<a href="" rel="{REL}" target="_blank"></a>')
 def _trim(candidate: str) -> str:
     """`candidate` without the sentence's punctuation and unopened closing brackets."""
     url = candidate
-    while url:
-        last = url[-1]
-        if last in _TRAILING:
-            url = url[:-1]
-        elif last in _PAIRS and url.count(_PAIRS[last]) < url.count(last):
-            url = url[:-1]
-        else:
-            break
+    while url and (url[-1] in _TRAILING or _unopened(url)):
+        url = url[:-1]
     return url
+
+
+def _unopened(url: str) -> bool:
+    """Whether `url` ends with a closing bracket that it does not open."""
+    last = url[-1]
+    return last in _PAIRS and url.count(_PAIRS[last]) < url.count(last)
 
 
 def _href(url: str) -> str | None:
