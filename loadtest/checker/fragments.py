@@ -20,6 +20,7 @@ RESET_RE = re.compile(r'<[a-z]+\b([^>]*\bid="chat-reset"[^>]*)>')
 CHAT_RE = re.compile(r'<section\b([^>]*\bid="chat"[^>]*)>')
 OLDER_RE = re.compile(r'<[a-z]+\b([^>]*\bid="load-older"[^>]*)>')
 TAG_RE = re.compile(r"<[^>]*>")
+LINK_TAG_RE = re.compile(r"<a\b[^>]*>|</a>")
 
 
 def attrs(text: str) -> dict[str, str]:
@@ -27,9 +28,10 @@ def attrs(text: str) -> dict[str, str]:
 
 
 def body_text(raw: str) -> str:
-    """The text the sender typed: Django escapes it, then linebreaksbr turns each newline into
-    <br> (a `<` typed is `&lt;` by then, so every <br> is a newline)."""
-    return html.unescape(raw.replace("<br>", "\n"))
+    """The text the sender typed: Django escapes it, chat_links wraps its web addresses in
+    <a> tags, then linebreaksbr turns each newline into <br> (a `<` typed is `&lt;` by then,
+    so every tag is the server's)."""
+    return html.unescape(LINK_TAG_RE.sub("", raw).replace("<br>", "\n"))
 
 
 def norm_cid(cid: str | None) -> str | None:

@@ -56,6 +56,13 @@ def test_the_servers_message_and_error_fragments_read_back_as_sent():
     assert read.reset is None
 
 
+def test_a_body_with_links_reads_back_as_typed():
+    text = "see https://example.com/a?b=1&c='2' and www.example.org.\n<a href=x>not one</a>"
+    read = fragments.parse_frame(rendered(8, text, None))
+    assert "<a href=" in rendered(8, text, None)
+    assert [a.body for a in read.articles] == [text]
+
+
 def test_any_reset_is_read_whatever_its_attributes():
     plain = '<div id="chat-reset" hx-swap-oob="true" hidden data-epoch="ab12"></div>'
     assert fragments.parse_frame(plain).reset["data-epoch"] == "ab12"
