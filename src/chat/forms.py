@@ -24,3 +24,12 @@ class ConversationStartForm(forms.Form):
         if len(names) > 50:
             raise forms.ValidationError("A conversation can have at most 50 other people.")
         return names
+
+
+class PeopleAddForm(forms.Form):
+    usernames = forms.CharField(
+        max_length=2000, help_text="One or more usernames, separated by commas or spaces."
+    )
+
+    def clean_usernames(self) -> list[str]:
+        return [n for n in re.split(r"[\s,]+", self.cleaned_data["usernames"]) if n]

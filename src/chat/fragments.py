@@ -90,16 +90,30 @@ message_cache = FragmentCache(settings.CHAT_FRAGMENT_CACHE_BYTES)
 
 
 def _fragment_key(
-    pk: int, conversation_id: int, seq: int, sender_id: int, created_at: object
+    pk: int,
+    conversation_id: int,
+    seq: int,
+    sender_id: int,
+    created_at: object,
+    edited_at: object = None,
+    deleted_at: object = None,
 ) -> tuple:
     # Not the id alone: a database restored or recreated under a running process reuses
     # ids, and after a restore a new message can take an old one's id, sequence and sender.
-    return (pk, conversation_id, seq, sender_id, created_at)
+    # An edit or a delete changes what is shown: its time is part of the key.
+    return (pk, conversation_id, seq, sender_id, created_at, edited_at, deleted_at)
 
 
 def message_html(message: Message) -> str:
+    """A message as it is now: its text, "(edited)", or a tombstone once deleted."""
     key = _fragment_key(
-        message.pk, message.conversation_id, message.seq, message.sender_id, message.created_at
+        message.pk,
+        message.conversation_id,
+        message.seq,
+        message.sender_id,
+        message.created_at,
+        message.edited_at,
+        message.deleted_at,
     )
     html = message_cache.get_many((key,)).get(key)
     if html is None:
@@ -108,17 +122,53 @@ def message_html(message: Message) -> str:
     return html
 
 
+def change_html(change: Message) -> str:
+    """An edit or a delete (`change.target` loaded): the message it changes as it was right
+    after it, carrying the change's own number (`data-update-seq`) so a page replaces the
+    message in place. A message deleted since shows as deleted in every earlier edit too:
+    its text is never sent again."""
+    target = change.target
+    shown = Message(
+        id=target.pk,
+        conversation_id=target.conversation_id,
+        sender=target.sender,
+        seq=target.seq,
+        client_id=target.client_id,
+        body=change.body,
+        created_at=target.created_at,
+        edited_at=change.created_at if change.kind == Message.EDIT else target.edited_at,
+        deleted_at=change.created_at if change.kind == Message.DELETE else target.deleted_at,
+    )
+    if shown.deleted_at:
+        shown.body = ""
+    return _render("chat/partials/message.html", {"message": shown, "update_seq": change.seq})
+
+
+def people_html(entry: Message) -> str:
+    """A change of people ("alice added bob"): a line of its own in the conversation."""
+    return _render("chat/partials/people.html", {"message": entry})
+
+
+def entry_html(entry: Message) -> str:
+    """Any entry of a conversation's stream as pages are sent it (`target` and its sender
+    loaded for a change)."""
+    if entry.kind in Message.CHANGES:
+        return change_html(entry)
+    if entry.kind in Message.PEOPLE:
+        return people_html(entry)
+    return message_html(entry)
+
+
 def history_html(conversation_id: int, keys: list[tuple]) -> SafeString:
-    """Fragments for the messages `keys` names ((id, seq, sender id, created_at) from
-    selectors.history_keys), in order. Only the messages not in the fragment cache are
-    loaded and rendered: on a busy conversation, none."""
+    """Fragments for the entries `keys` names ((id, seq, sender id, created_at, edited_at,
+    deleted_at) from selectors.history_keys), in order. Only the ones not in the fragment
+    cache are loaded and rendered: on a busy conversation, none."""
     wanted = {key[0]: _fragment_key(key[0], conversation_id, *key[1:]) for key in keys}
     cached = message_cache.get_many(wanted.values())
     missing = [pk for pk, key in wanted.items() if key not in cached]
     if missing:
-        template = get_template("chat/partials/message.html")
         fresh = {
-            wanted[m.pk]: template.render({"message": m})
+            wanted[m.pk]: entry_html(m)
             for m in selectors.messages_by_id(missing)
             if m.conversation_id == conversation_id
         }

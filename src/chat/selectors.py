@@ -30,10 +30,12 @@ class Members:
     epoch: str
     names: dict[int, str]  # user id -> username, by username
     read_seqs: dict[int, int]  # user id -> read marker
+    is_direct: bool = False  # a 1:1 conversation: nobody can be added
 
 
 _MEMBERS_SQL = (
-    "SELECT p.user_id, u.{username}, p.last_read_seq, c.title, c.last_seq, c.epoch "
+    "SELECT p.user_id, u.{username}, p.last_read_seq, c.title, c.last_seq, c.epoch, "
+    "c.is_direct "
     "FROM {participant} p "
     "JOIN {user} u ON u.{user_pk} = p.user_id "
     "JOIN {conversation} c ON c.id = p.conversation_id "
@@ -63,27 +65,32 @@ def conversation_members(conversation_id: int) -> Members | None:
         rows = cursor.fetchall()
     if not rows:
         return None
-    _, _, _, title, last_seq, epoch = rows[0]
+    _, _, _, title, last_seq, epoch, is_direct = rows[0]
     names = {user_id: username for user_id, username, *_ in rows}
     read_seqs = {user_id: read_seq for user_id, _, read_seq, *_ in rows}
-    return Members(conversation_id, title, last_seq, epoch, names, read_seqs)
+    return Members(conversation_id, title, last_seq, epoch, names, read_seqs, bool(is_direct))
 
 
+# What a page shows: every entry but the changes (an edit or a delete is shown in the
+# message it changes, read as it is now).
 _HISTORY_SQL = (
-    "SELECT id, seq, sender_id, created_at FROM {message} WHERE conversation_id = %s "
+    "SELECT id, seq, sender_id, created_at, edited_at, deleted_at FROM {message} "
+    "WHERE conversation_id = %s AND kind NOT IN ('edit', 'delete') "
     "ORDER BY seq DESC LIMIT %s"
 )
 _HISTORY_BEFORE_SQL = (
-    "SELECT id, seq, sender_id, created_at FROM {message} "
-    "WHERE conversation_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s"
+    "SELECT id, seq, sender_id, created_at, edited_at, deleted_at FROM {message} "
+    "WHERE conversation_id = %s AND seq < %s AND kind NOT IN ('edit', 'delete') "
+    "ORDER BY seq DESC LIMIT %s"
 )
 
 
 def history_keys(
     conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
-) -> list[tuple[int, int, int, object]]:
-    """(id, seq, sender id, created_at) of the newest `limit` messages before `before_seq`,
-    oldest first: enough to find their fragments in the cache without loading the messages."""
+) -> list[tuple[int, int, int, object, object, object]]:
+    """(id, seq, sender id, created_at, edited_at, deleted_at) of the newest `limit` entries
+    a page shows before `before_seq`, oldest first: enough to find their fragments in the
+    cache without loading them."""
     limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
     with connection.cursor() as cursor:
         message = connection.ops.quote_name(Message._meta.db_table)
@@ -97,7 +104,9 @@ def history_keys(
 
 
 def messages_by_id(ids: list[int]) -> list[Message]:
-    return list(Message.objects.filter(pk__in=ids).select_related("sender"))
+    return list(
+        Message.objects.filter(pk__in=ids).select_related("sender", "target", "target__sender")
+    )
 
 
 @dataclass(frozen=True)
@@ -183,7 +192,7 @@ def messages_after(
     qs = Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq)
     if upto is not None:
         qs = qs.filter(seq__lte=upto)
-    return list(qs.select_related("sender").order_by("seq")[:limit])
+    return list(qs.select_related("sender", "target", "target__sender").order_by("seq")[:limit])
 
 
 def participant_user_ids(conversation_id: int) -> list[int]:

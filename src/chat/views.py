@@ -6,12 +6,13 @@ import time
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import fragments, selectors, services
-from chat.forms import ConversationStartForm, SignupForm
+from chat.forms import ConversationStartForm, PeopleAddForm, SignupForm
+from chat.models import Conversation, Message
 from parley.auth import hashing
 
 logger = logging.getLogger(__name__)
@@ -117,7 +118,9 @@ def _history_context(members: selectors.Members, before_seq: int | None = None) 
         "conversation": members,
         "messages_html": fragments.history_html(members.pk, keys),
         "first_seq": keys[0][1] if keys else 0,
-        "last_seq": keys[-1][1] if keys else 0,
+        # The newest page: everything up to the conversation's number, edits of messages
+        # shown included (they are shown in the message); later ones the socket replays.
+        "last_seq": max(keys[-1][1] if keys else 0, 0 if before_seq else members.last_seq),
         "has_older": bool(keys) and keys[0][1] > 1,
     }
 
@@ -126,6 +129,12 @@ def _history_context(members: selectors.Members, before_seq: int | None = None) 
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
     members = _members_or_404(request, conversation_id)
+    return render(request, "chat/conversation_detail.html", _detail_context(request, members))
+
+
+def _detail_context(
+    request: HttpRequest, members: selectors.Members, add_form: PeopleAddForm | None = None
+) -> dict:
     context = _history_context(members)
     if members.read_seqs[request.user.pk] < members.last_seq:
         # The page shows everything up to the conversation's sequence: read now.
@@ -138,8 +147,72 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
         participants=list(members.names.items()),
         presence=len(members.names) <= settings.CHAT_PRESENCE_MAX_MEMBERS,
         max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
+        add_form=add_form or PeopleAddForm(),
     )
-    return render(request, "chat/conversation_detail.html", context)
+    return context
+
+
+def _plain(text: str, status: int) -> HttpResponse:
+    """A reason a page shows as it is (chat.js puts it in the error line)."""
+    return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+@require_POST
+def message_edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponseBase:
+    """The sender replaces their message's text: 204, and every page of the conversation
+    is sent the edit by its socket. 400 with the reason when refused; 403 someone else's."""
+    try:
+        services.message_edit(
+            conversation_id=conversation_id,
+            editor=request.user,
+            message_id=message_id,
+            body=request.POST.get("chat_message", ""),
+        )
+    except (Conversation.DoesNotExist, Message.DoesNotExist):
+        raise Http404("No such message") from None
+    except services.MessageRejected as exc:
+        return _plain(str(exc), 400)
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+def message_delete(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponseBase:
+    """The sender deletes their message (a tombstone stays): 204; 403 someone else's."""
+    try:
+        services.message_delete(
+            conversation_id=conversation_id, user=request.user, message_id=message_id
+        )
+    except (Conversation.DoesNotExist, Message.DoesNotExist):
+        raise Http404("No such message") from None
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+def participants_add(request: HttpRequest, conversation_id: int) -> HttpResponseBase:
+    """A participant adds people to a group conversation, then sees it again; a refusal
+    shows the conversation with the reason under the form (400)."""
+    members = _members_or_404(request, conversation_id)
+    form = PeopleAddForm(request.POST)
+    if form.is_valid():
+        try:
+            services.participants_add(
+                conversation_id=members.pk,
+                actor=request.user,
+                usernames=form.cleaned_data["usernames"],
+            )
+        except services.UnknownUsers as exc:
+            form.add_error("usernames", f"No such user: {', '.join(exc.usernames)}.")
+        except services.PeopleRefused as exc:
+            form.add_error("usernames", str(exc))
+        except Conversation.DoesNotExist:
+            raise Http404("No such conversation") from None
+        else:
+            return redirect("chat:conversation_detail", conversation_id=members.pk)
+    context = _detail_context(request, members, add_form=form)
+    return render(request, "chat/conversation_detail.html", context, status=400)
 
 
 @login_required

@@ -305,3 +305,58 @@ def test_ids_and_sequence_numbers_are_never_locale_formatted(settings):
     assert "12,345" not in html
     rows = logged_in_client(bob).get("/").content.decode()
     assert 'data-last-seq="12345"' in rows
+
+
+# --- edits, deletes and people ----------------------------------------------------------
+
+
+def test_the_sender_edits_and_deletes_over_http_and_others_are_refused():
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    mine, _ = services.message_create(conversation_id=conv.pk, sender=a, body="typo")
+    edit = reverse("chat:message_edit", args=[conv.pk, mine.pk])
+    delete = reverse("chat:message_delete", args=[conv.pk, mine.pk])
+    assert logged_in_client(b).post(edit, {"chat_message": "hijack"}).status_code == 403
+    assert logged_in_client(b).post(delete).status_code == 403
+    refused = logged_in_client(a).post(edit, {"chat_message": "   "})
+    assert refused.status_code == 400 and "cannot be empty" in refused.content.decode()
+    assert refused["Content-Type"].startswith("text/plain")
+    assert logged_in_client(a).post(edit, {"chat_message": "fixed"}).status_code == 204
+    page = logged_in_client(b).get(f"/c/{conv.pk}").content.decode()
+    assert "fixed" in page and "(edited)" in page and "typo" not in page
+    assert logged_in_client(a).get(edit).status_code == 405
+    assert logged_in_client(a).post(delete).status_code == 204
+    page = logged_in_client(b).get(f"/c/{conv.pk}").content.decode()
+    assert "This message was deleted." in page and "fixed" not in page
+    # The page's position counts the changes: its socket replays nothing it shows.
+    assert 'data-last-seq="3"' in page
+
+
+def test_changes_to_a_conversation_one_is_not_in_are_not_found():
+    a, b, outsider = make_user(), make_user(), make_user()
+    conv = make_conversation(a, b)
+    mine, _ = services.message_create(conversation_id=conv.pk, sender=a, body="ours")
+    client = logged_in_client(outsider)
+    assert client.post(reverse("chat:message_delete", args=[conv.pk, mine.pk])).status_code == 404
+    add = client.post(reverse("chat:participants_add", args=[conv.pk]), {"usernames": "x"})
+    assert add.status_code == 404
+
+
+def test_adding_people_shows_the_line_and_a_refusal_says_why():
+    a, b = make_user("v-add-a"), make_user("v-add-b")
+    make_user("v-add-c")
+    group = make_conversation(a, b, title="group")
+    url = reverse("chat:participants_add", args=[group.pk])
+    refused = logged_in_client(a).post(url, {"usernames": "v-add-c nobody-x"})
+    assert refused.status_code == 400 and "No such user: nobody-x." in refused.content.decode()
+    added = logged_in_client(a).post(url, {"usernames": "v-add-c"})
+    assert added.status_code == 302
+    page = logged_in_client(b).get(f"/c/{group.pk}").content.decode()
+    assert "v-add-a added v-add-c" in page
+    direct = services.conversation_start(creator=a, usernames=["v-add-b"])
+    page = logged_in_client(a).get(f"/c/{direct.pk}").content.decode()
+    assert "Add people" not in page
+    refused = logged_in_client(a).post(
+        reverse("chat:participants_add", args=[direct.pk]), {"usernames": "v-add-c"}
+    )
+    assert refused.status_code == 400 and "1:1" in refused.content.decode()
