@@ -8,6 +8,7 @@ import inspect
 import pytest
 from django.contrib.auth import get_user_model
 from django.db import connection
+from django.test.utils import CaptureQueriesContext
 
 from chat import selectors, services
 from tests.factories import make_conversation, make_user
@@ -67,3 +68,92 @@ def test_no_selector_makes_html():
     }
     assert not imported & {"chat.fragments", "fragments", "django.template.loader"}
     assert not imported & {"format_html", "get_template", "render_to_string"}
+
+
+# --- message_search -------------------------------------------------------------------------
+
+
+def _say(conversation, sender, *bodies: str) -> None:
+    for body in bodies:
+        services.message_create(conversation_id=conversation.pk, sender=sender, body=body)
+
+
+def _search(user, query: str, limit: int = 50) -> list[str]:
+    return [hit.body for hit in selectors.message_search(user=user, query=query, limit=limit)]
+
+
+def test_search_finds_only_messages_of_conversations_the_person_is_in():
+    me, friend, other = make_user("srch-me"), make_user("srch-friend"), make_user("srch-other")
+    mine = make_conversation(me, friend)
+    theirs = make_conversation(friend, other, title="not yours")
+    left = make_conversation(me, friend, title="left")
+    removed = make_conversation(me, other, title="removed")
+    _say(mine, friend, "the zeppelin lands at noon")
+    _say(theirs, friend, "zeppelin secrets")
+    _say(left, friend, "zeppelin in the group I left")
+    _say(removed, other, "zeppelin where I was removed")
+    assert services.conversation_leave(conversation_id=left.pk, user=me)
+    assert services.participants_remove(conversation_id=removed.pk, user_ids=[me.pk]) == [me.pk]
+
+    assert _search(me, "zeppelin") == ["the zeppelin lands at noon"]
+    assert _search(me, "secrets") == []
+    # The others still see theirs (same rank: newest first).
+    assert _search(other, "zeppelin") == ["zeppelin where I was removed", "zeppelin secrets"]
+
+
+def test_search_needs_every_word_any_case_and_says_where_it_found_it():
+    me, ann = make_user("srch-viewer"), make_user("srch-ann")
+    conv = make_conversation(me, ann)  # untitled: the viewer sees the other member's name
+    _say(conv, ann, "Blue Whale sighted", "a blue sky", "whales")
+    assert _search(me, "whale BLUE") == ["Blue Whale sighted"]
+    assert _search(me, "  ,,, ") == []  # no word to look for: no query at all
+    (hit,) = selectors.message_search(user=me, query="whale", limit=5)
+    assert (hit.conversation_id, hit.seq, hit.sender) == (conv.pk, 1, "srch-ann")
+    assert hit.conversation_title == "srch-ann"
+    assert hit.message_id == conv.messages.get(seq=1).pk and hit.created_at is not None
+
+
+def test_search_ranks_better_matches_first_then_newest():
+    me = make_user()
+    conv = make_conversation(me)
+    _say(conv, me, "kiwi once", "kiwi kiwi kiwi thrice", "kiwi again, newer")
+    assert _search(me, "kiwi") == ["kiwi kiwi kiwi thrice", "kiwi again, newer", "kiwi once"]
+
+
+def test_search_returns_at_most_limit_results():
+    me = make_user()
+    conv = make_conversation(me)
+    _say(conv, me, *(f"mango {n}" for n in range(1, 5)))  # four, same rank: newest first
+    assert _search(me, "mango", limit=4) == ["mango 4", "mango 3", "mango 2", "mango 1"]
+    assert _search(me, "mango", limit=3) == ["mango 4", "mango 3", "mango 2"]
+    assert _search(me, "mango", limit=0) == []
+
+
+def test_search_reads_only_the_searchable_rows(monkeypatch):
+    """selectors.searchable_messages is the one place that says which rows a search may
+    return (ordinary messages of the person's conversations)."""
+    me = make_user()
+    _say(make_conversation(me), me, "papaya", "papaya hidden")
+    real = selectors.searchable_messages
+    monkeypatch.setattr(
+        selectors, "searchable_messages", lambda user: real(user).exclude(body__contains="hidden")
+    )
+    assert _search(me, "papaya") == ["papaya"]
+
+
+def test_search_uses_the_full_text_index():
+    """The search's expression is the index's (migration 0004), word for word: Postgres
+    reads the GIN index for it (with sequential scans off: the test table is tiny)."""
+    me = make_user()
+    with CaptureQueriesContext(connection) as queries:
+        selectors.message_search(user=me, query="word", limit=5)
+    vector = selectors.SEARCH_VECTOR_SQL % {"expressions": '"chat_message"."body"'}
+    assert vector in queries.captured_queries[0]["sql"]
+    tsquery = selectors.SEARCH_QUERY_SQL % {"expressions": "%s"}
+    with connection.cursor() as cursor:
+        cursor.execute("SET LOCAL enable_seqscan = off")
+        # The constants under test, no input.
+        explain = f"EXPLAIN SELECT id FROM chat_message WHERE {vector} @@ {tsquery}"  # noqa: S608
+        cursor.execute(explain, ["w"])
+        plan = "\n".join(row[0] for row in cursor.fetchall())
+    assert "chat_message_body_fts" in plan, plan
