@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 import sys
 import threading
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.template.loader import get_template
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from chat import selectors
@@ -108,24 +110,50 @@ def message_html(message: Message) -> str:
     return html
 
 
-def history_html(conversation_id: int, keys: list[tuple]) -> SafeString:
+def history_html(
+    conversation_id: int, keys: list[tuple], *, target_id: int | None = None
+) -> SafeString:
     """Fragments for the messages `keys` names ((id, seq, sender id, created_at) from
     selectors.history_keys), in order. Only the messages not in the fragment cache are
-    loaded and rendered: on a busy conversation, none."""
+    loaded and rendered: on a busy conversation, none. The message `target_id` (a search
+    result opened) is rendered marked, and never cached: the cache holds what every reader
+    gets."""
     wanted = {key[0]: _fragment_key(key[0], conversation_id, *key[1:]) for key in keys}
     cached = message_cache.get_many(wanted.values())
+    if target_id in wanted:
+        cached.pop(wanted[target_id], None)
     missing = [pk for pk, key in wanted.items() if key not in cached]
     if missing:
         template = get_template("chat/partials/message.html")
         fresh = {
-            wanted[m.pk]: template.render({"message": m})
+            wanted[m.pk]: template.render({"message": m, "target": m.pk == target_id})
             for m in selectors.messages_by_id(missing)
             if m.conversation_id == conversation_id
         }
-        message_cache.set_many(fresh)
+        message_cache.set_many(
+            {key: html for key, html in fresh.items() if key != wanted.get(target_id)}
+        )
         cached.update(fresh)
     # Each part is the autoescaped output of the message template.
     return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308
+
+
+def highlight(text: str, terms: list[str]) -> SafeString:
+    """`text` escaped, with every case-insensitive occurrence of `terms` in <mark>. The
+    matches are found in the raw text and each piece is escaped on its own, so a term never
+    matches inside an entity the escaping made (`amp` in `&amp;`)."""
+    terms = sorted({t for t in terms if t}, key=len, reverse=True)  # the longest match wins
+    if not terms:
+        return escape(text)
+    pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
+    parts, end = [], 0
+    for match in pattern.finditer(text):
+        parts.append(escape(text[end : match.start()]))
+        parts.append(format_html("<mark>{}</mark>", match.group()))
+        end = match.end()
+    parts.append(escape(text[end:]))
+    # Every part is escaped user text or a <mark> around escaped user text.
+    return mark_safe("".join(parts))  # noqa: S308
 
 
 def reset_html(epoch: str, reason: str) -> str:

@@ -284,6 +284,8 @@ SEARCH_MAX_QUERY_LENGTH = 200  # characters of a search query
 # planner cannot use it). 'simple': lower-cased words, no stemming or stop words, which suits
 # messages in any language (the migration says more).
 SEARCH_VECTOR_SQL = "to_tsvector('simple'::regconfig, %(expressions)s)"
+# Postgres' parser reads HTML: the words inside <...> and in a <script> or <style> element
+# are not indexed (the SQLite fallback finds them).
 # Every word of the query must be in the message (plainto_tsquery ANDs them, and takes any
 # text: no query syntax to get wrong).
 SEARCH_QUERY_SQL = "plainto_tsquery('simple'::regconfig, %(expressions)s)"
