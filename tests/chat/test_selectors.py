@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import ast
 import inspect
+import json
 
 import pytest
 from django.contrib.auth import get_user_model
@@ -12,6 +13,7 @@ from django.test.utils import CaptureQueriesContext
 
 from chat import selectors, services
 from tests.factories import make_conversation, make_user
+from tests.parley.test_settings import REPO, run_python
 
 pytestmark = pytest.mark.django_db
 
@@ -157,3 +159,61 @@ def test_search_uses_the_full_text_index():
         cursor.execute(explain, ["w"])
         plan = "\n".join(row[0] for row in cursor.fetchall())
     assert "chat_message_body_fts" in plan, plan
+
+
+SQLITE_SEARCH = """
+import django, json; django.setup()
+from django.core.management import call_command; call_command("migrate", verbosity=0)
+from django.db import connection
+from django.test import Client
+from chat import selectors, services
+from tests.factories import logged_in_client, make_conversation, make_user
+
+me, friend, other = make_user("me"), make_user("friend"), make_user("other")
+mine = make_conversation(me, friend, title="ours")
+theirs, left = make_conversation(friend, other), make_conversation(me, friend)
+for body in ("Zeppelin at NOON", "a zeppelin, later", "nothing", "<script>zeppelin</script>"):
+    services.message_create(conversation_id=mine.pk, sender=friend, body=body)
+services.message_create(conversation_id=theirs.pk, sender=other, body="zeppelin secrets")
+services.message_create(conversation_id=left.pk, sender=friend, body="zeppelin, left")
+services.conversation_leave(conversation_id=left.pk, user=me)
+
+def search(user, query, limit=10):
+    return [h.body for h in selectors.message_search(user=user, query=query, limit=limit)]
+
+page = logged_in_client(me).get("/search", {"q": "noon"})
+print(json.dumps({
+    "vendor": connection.vendor,
+    "zeppelin": search(me, "zeppelin"),
+    "two_words": search(me, "noon, ZEPPELIN!"),
+    "limited": search(me, "zeppelin", limit=2),
+    "none": search(me, "  ?! "),
+    "secrets": search(me, "secrets"),
+    "other": search(other, "zeppelin"),
+    "hit": [h.conversation_title for h in selectors.message_search(user=me, query="noon", limit=1)],
+    "page": [page.status_code, "Zeppelin at <mark>NOON</mark>" in page.content.decode()],
+}))
+"""
+
+
+def test_search_falls_back_to_a_match_of_each_word_on_sqlite(tmp_path):
+    """`make dev` runs on SQLite: no full-text index (migration 0004 does nothing there), a
+    case-insensitive match of every word, newest first, over the same searchable rows."""
+    result = run_python(
+        SQLITE_SEARCH,
+        DEBUG="1",
+        SECRET_KEY=None,
+        REDIS_URL=None,
+        DATABASE_URL=f"sqlite:///{tmp_path / 'dev.sqlite3'}",
+        PYTHONPATH=f"{REPO / 'src'}:{REPO}",
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    out = json.loads(result.stdout.strip().splitlines()[-1])
+    assert out["vendor"] == "sqlite"
+    assert out["zeppelin"] == ["<script>zeppelin</script>", "a zeppelin, later", "Zeppelin at NOON"]
+    assert out["two_words"] == ["Zeppelin at NOON"]
+    assert out["limited"] == ["<script>zeppelin</script>", "a zeppelin, later"]
+    assert out["none"] == [] and out["secrets"] == []
+    assert out["other"] == ["zeppelin secrets"]
+    assert out["hit"] == ["ours"]
+    assert out["page"] == [200, True]
