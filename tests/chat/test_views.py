@@ -375,6 +375,7 @@ def test_search_escapes_bodies_before_highlighting():
         ("   ", "Type a word to search for."),
         ("?!", "Search for at least one word (letters or digits)."),
         ("w" * 201, "Search for at most 200 characters (this is 201)."),
+        ("a\x00b", "Null characters are not allowed."),  # Postgres would refuse it
     ],
 )
 def test_search_refuses_an_empty_or_overlong_query_with_a_message(q, message):
