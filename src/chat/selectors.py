@@ -282,10 +282,9 @@ SEARCH_MAX_QUERY_LENGTH = 200  # characters of a search query
 
 # Postgres: the expression the GIN index of migration 0004 is built on, word for word (or the
 # planner cannot use it). 'simple': lower-cased words, no stemming or stop words, which suits
-# messages in any language (the migration says more).
+# messages in any language (the migration says more). Its parser reads HTML: the words inside
+# <...> and in a <script> or <style> element are not indexed (the SQLite fallback finds them).
 SEARCH_VECTOR_SQL = "to_tsvector('simple'::regconfig, %(expressions)s)"
-# Postgres' parser reads HTML: the words inside <...> and in a <script> or <style> element
-# are not indexed (the SQLite fallback finds them).
 # Every word of the query must be in the message (plainto_tsquery ANDs them, and takes any
 # text: no query syntax to get wrong).
 SEARCH_QUERY_SQL = "plainto_tsquery('simple'::regconfig, %(expressions)s)"
@@ -306,7 +305,7 @@ class SearchHit:
 
 def search_terms(query: str) -> list[str]:
     """The query's words (letters, digits, underscore), lower-cased, each once: what the
-    SQLite fallback looks for and what a result highlights. None: nothing to search for."""
+    SQLite fallback looks for and what a result highlights. Empty: nothing to search for."""
     return list(dict.fromkeys(word.lower() for word in re.findall(r"\w+", query)))
 
 
