@@ -280,10 +280,11 @@ def session_auth_hashes(user_ids: list[int]) -> dict[int, str]:
 
 SEARCH_MAX_QUERY_LENGTH = 200  # characters of a search query
 
-# Postgres: the expression the GIN index of migration 0004 is built on, word for word (or the
-# planner cannot use it). 'simple': lower-cased words, no stemming or stop words, which suits
-# messages in any language (the migration says more). Its parser reads HTML: the words inside
-# <...> and in a <script> or <style> element are not indexed (the SQLite fallback finds them).
+# Postgres: the expression the GIN index (migration *_message_body_search) is built on, word
+# for word, or the planner cannot use it. 'simple': lower-cased words, no stemming or stop
+# words, which suits messages in any language (the migration says more). Its parser reads
+# HTML: the words inside <...> and in a <script> or <style> element are not indexed (the
+# SQLite fallback finds them).
 SEARCH_VECTOR_SQL = "to_tsvector('simple'::regconfig, %(expressions)s)"
 # Every word of the query must be in the message (plainto_tsquery ANDs them, and takes any
 # text: no query syntax to get wrong).
@@ -321,9 +322,9 @@ def searchable_messages(user: AbstractBaseUser) -> QuerySet[Message]:
 def message_search(*, user: AbstractBaseUser, query: str, limit: int) -> list[SearchHit]:
     """At most `limit` messages with every word of `query`, from the user's conversations.
 
-    Postgres: full-text search on the GIN index (migration 0004), best rank (ts_rank) first,
-    then newest. Elsewhere (SQLite, `make dev`): a case-insensitive substring match of each
-    word, newest first."""
+    Postgres: full-text search on the GIN index (migration *_message_body_search), best rank
+    (ts_rank) first, then newest. Elsewhere (SQLite, `make dev`): a case-insensitive
+    substring match of each word, newest first."""
     terms = search_terms(query)
     if not terms or limit < 1:
         return []

@@ -144,8 +144,8 @@ def test_search_reads_only_the_searchable_rows(monkeypatch):
 
 
 def test_search_uses_the_full_text_index():
-    """The search's expression is the index's (migration 0004), word for word: Postgres
-    reads the GIN index for it (with sequential scans off: the test table is tiny)."""
+    """The search's expression is the index's (migration *_message_body_search), word for
+    word: Postgres reads the GIN index for it (with sequential scans off: the table is tiny)."""
     me = make_user()
     with CaptureQueriesContext(connection) as queries:
         selectors.message_search(user=me, query="word", limit=5)
@@ -197,8 +197,9 @@ print(json.dumps({
 
 
 def test_search_falls_back_to_a_match_of_each_word_on_sqlite(tmp_path):
-    """`make dev` runs on SQLite: no full-text index (migration 0004 does nothing there), a
-    case-insensitive match of every word, newest first, over the same searchable rows."""
+    """`make dev` runs on SQLite: no full-text index (migration *_message_body_search does
+    nothing there), a case-insensitive match of every word, newest first, over the same
+    searchable rows."""
     result = run_python(
         SQLITE_SEARCH,
         DEBUG="1",
