@@ -5,6 +5,8 @@ import re
 from django import forms
 from django.contrib.auth.forms import UserCreationForm
 
+from chat.selectors import SEARCH_MAX_QUERY_LENGTH, search_terms
+
 
 class SignupForm(UserCreationForm):
     class Meta(UserCreationForm.Meta):
@@ -33,3 +35,20 @@ class PeopleAddForm(forms.Form):
 
     def clean_usernames(self) -> list[str]:
         return [n for n in re.split(r"[\s,]+", self.cleaned_data["usernames"]) if n]
+
+
+class MessageSearchForm(forms.Form):
+    q = forms.CharField(
+        label="Search messages",
+        max_length=SEARCH_MAX_QUERY_LENGTH,
+        error_messages={
+            "required": "Type a word to search for.",
+            "max_length": "Search for at most %(limit_value)d characters (this is %(show_value)d).",
+        },
+    )
+
+    def clean_q(self) -> str:
+        query = self.cleaned_data["q"]
+        if not search_terms(query):
+            raise forms.ValidationError("Search for at least one word (letters or digits).")
+        return query

@@ -11,7 +11,7 @@ from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import fragments, selectors, services
-from chat.forms import ConversationStartForm, PeopleAddForm, SignupForm
+from chat.forms import ConversationStartForm, MessageSearchForm, PeopleAddForm, SignupForm
 from chat.models import Conversation, Message
 from parley.auth import hashing
 
@@ -112,11 +112,16 @@ def _members_or_404(request: HttpRequest, conversation_id: int) -> selectors.Mem
     return members
 
 
-def _history_context(members: selectors.Members, before_seq: int | None = None) -> dict:
+def _history_context(
+    members: selectors.Members, before_seq: int | None = None, target_seq: int | None = None
+) -> dict:
+    """The page of history before `before_seq` (the newest without it), the message
+    `target_seq` marked."""
     keys = selectors.history_keys(members.pk, before_seq=before_seq)
+    target_id = next((key[0] for key in keys if key[1] == target_seq), None)
     return {
         "conversation": members,
-        "messages_html": fragments.history_html(members.pk, keys),
+        "messages_html": fragments.history_html(members.pk, keys, target_id=target_id),
         "first_seq": keys[0][1] if keys else 0,
         # The newest page: everything up to the conversation's number, edits of messages
         # shown included (they are shown in the message); later ones the socket replays.
@@ -125,9 +130,41 @@ def _history_context(members: selectors.Members, before_seq: int | None = None) 
     }
 
 
+def _around(request: HttpRequest, members: selectors.Members) -> int | None:
+    """`?around=<seq>` when it names one of the conversation's messages, else None."""
+    try:
+        seq = int(request.GET["around"])
+    except (KeyError, ValueError):
+        return None
+    return seq if 1 <= seq <= members.last_seq else None
+
+
+def _window_context(members: selectors.Members, seq: int) -> dict:
+    """A page of history around message `seq`, the message marked: it ends half a page
+    after `seq` (or at the newest message; a whole page from the first one near the start).
+    Sequences are gapless, so that page holds `seq`."""
+    page = settings.CHAT_HISTORY_PAGE_SIZE
+    end = min(members.last_seq, max(seq + page // 2, page))
+    context = _history_context(members, before_seq=end + 1, target_seq=seq)
+    # A window that reaches the newest entry is the live page (with a target): the
+    # socket's replay starts after it. One that does not shows no newer messages live.
+    context["live"] = end >= members.last_seq
+    if context["live"]:
+        context["last_seq"] = max(context["last_seq"], members.last_seq)
+    return context
+
+
 @login_required
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The newest page of the conversation, live over its websocket.
+
+    `?around=<seq>` (a search result) shows the page around that message instead, marked
+    and scrolled to. If that page reaches the newest message it is live as usual. If it
+    does not, it opens no socket (a socket would replay every newer message, or append new
+    ones after a gap) and no send form: it links to the newest page ("Jump to latest") for
+    newer messages, and offers older ones as usual. An `around` that is not a sequence of
+    this conversation gives the newest page."""
     members = _members_or_404(request, conversation_id)
     return render(request, "chat/conversation_detail.html", _detail_context(request, members))
 
@@ -135,11 +172,17 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
 def _detail_context(
     request: HttpRequest, members: selectors.Members, add_form: PeopleAddForm | None = None
 ) -> dict:
-    context = _history_context(members)
-    if members.read_seqs[request.user.pk] < members.last_seq:
-        # The page shows everything up to the conversation's sequence: read now.
+    around = _around(request, members)
+    if around is None:
+        context = _history_context(members)
+        context["live"] = True
+    else:
+        context = _window_context(members, around)
+    # The page shows everything up to the sequence it ends at: read up to there.
+    seen = members.last_seq if context["live"] else context["last_seq"]
+    if members.read_seqs[request.user.pk] < seen:
         services.conversation_mark_read(
-            conversation_id=members.pk, user_id=request.user.pk, seq=members.last_seq
+            conversation_id=members.pk, user_id=request.user.pk, seq=seen
         )
     names = list(members.names.values())
     context.update(
@@ -148,6 +191,7 @@ def _detail_context(
         presence=len(members.names) <= settings.CHAT_PRESENCE_MAX_MEMBERS,
         max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
         add_form=add_form or PeopleAddForm(),
+        around=around,
     )
     return context
 
@@ -224,3 +268,27 @@ def conversation_history(request: HttpRequest, conversation_id: int) -> HttpResp
     except (KeyError, ValueError):
         return HttpResponse("before must be a sequence number", status=400)
     return render(request, "chat/partials/history.html", _history_context(members, before))
+
+
+@login_required
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    """Messages of the person's own conversations with every word of `?q=`, best first, at
+    most CHAT_SEARCH_RESULTS; each links to its message in its conversation."""
+    form = MessageSearchForm(request.GET if "q" in request.GET else None)
+    context: dict = {"form": form, "results": None}
+    status = 200
+    if form.is_bound and not form.is_valid():
+        status = 400
+    elif form.is_bound:
+        query = form.cleaned_data["q"]
+        limit = settings.CHAT_SEARCH_RESULTS
+        hits = selectors.message_search(user=request.user, query=query, limit=limit + 1)
+        terms = selectors.search_terms(query)
+        context.update(
+            query=query,
+            results=[(hit, fragments.highlight(hit.body, terms)) for hit in hits[:limit]],
+            more=len(hits) > limit,
+            limit=limit,
+        )
+    return render(request, "chat/search.html", context, status=status)

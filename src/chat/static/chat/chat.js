@@ -7,6 +7,8 @@
  *   reconnect and the server stores them once.
  * - A message already on the page (same id, or an older sequence) is never shown twice.
  * - 4xxx close codes are final: we say why instead of retrying.
+ * - A page around a search result (?around=) opens at that message (.msg-target); if it
+ *   does not reach the newest message it has no socket (data-live="false").
  * - <body data-socket> mirrors the socket (connecting, open, closed, refused) for styling
  *   and for the browser tests.
  */
@@ -89,10 +91,20 @@
     try {
       if (key && payloads.length) { sessionStorage.setItem(key, JSON.stringify(payloads)); }
     } catch (e) { /* storage full or disabled: the reload still shows the true history */ }
-    window.location.reload();
+    /* A page around a search result starts over on the newest page: the live one. */
+    var root = chatRoot();
+    if (root && root.dataset.around) { window.location.replace(window.location.pathname); }
+    else { window.location.reload(); }
+  }
+
+  /* A page around an older message (a search result) opens no socket: it cannot send. */
+  function isLive() {
+    var root = chatRoot();
+    return !!root && root.dataset.live !== "false";
   }
 
   function restorePending() {
+    if (!isLive()) { return; }   /* kept for the next live page of this conversation */
     var key = pendingKey();
     var saved = null;
     try {
@@ -377,7 +389,9 @@
       state.epoch = root.dataset.epoch || "";
       restorePending();
     }
-    scrollToBottom();
+    /* A search result's message is shown where the reader can see it; else the newest. */
+    var target = document.querySelector("#messages .msg-target");
+    if (target) { target.scrollIntoView({ block: "center" }); } else { scrollToBottom(); }
 
     /* The extension's default backoff grows to 64 s; a chat should be back within seconds
        of the server. Full jitter still spreads a restart's reconnects out. */
