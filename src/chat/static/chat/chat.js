@@ -135,6 +135,18 @@
       return "";
     }
     var changed = false;
+    /* Someone added since this page loaded: a place for their presence and typing, so
+       the swap has its target. */
+    [["presence-", "participants", "li"], ["typing-", "typing-row", "span"]].forEach(function (slot) {
+      var box = document.getElementById(slot[1]);
+      tpl.content.querySelectorAll('[hx-swap-oob][id^="' + slot[0] + '"]').forEach(function (el) {
+        if (document.getElementById(el.id)) { return; }
+        if (!box || (slot[2] === "li" && box.tagName !== "UL")) { el.remove(); changed = true; return; }
+        var place = document.createElement(slot[2]);
+        place.id = el.id;
+        box.appendChild(place);
+      });
+    });
     /* Stored: a message this page is past (a resend after a reload) is confirmed alone. */
     tpl.content.querySelectorAll("#chat-confirmed[data-confirms]").forEach(function (c) {
       settle(c.dataset.confirms);
