@@ -46,6 +46,7 @@ PORTS = {"nginx_port": 28080, "web_port": 28000, "ws_ports": (28001, 28002)}
 # `--pgbouncer N`: the stack reaches Postgres through PgBouncer with N server connections
 # (transaction pooling, deploy/pgbouncer) on this port; 0: directly.
 PGBOUNCER = {"port": 28032, "pool": 0}
+CONFIRM_TRIES = 3  # rates below the sweep's last sustainable one tried as the knee
 
 
 @dataclass
@@ -53,7 +54,7 @@ class Step:
     backend: str
     rate: float
     summary: dict
-    label: str = ""  # "1.5x", "recovery": the overload run's steps
+    label: str = ""  # "confirm", "1.5x", "recovery": the steps after the sweep
 
     @property
     def sustainable(self) -> bool:
@@ -273,9 +274,14 @@ def sweep(
     overload: list[float] | None = None,
     repeat: int = 1,
 ) -> list[Step]:
-    """The sweep up to its first miss (a rate not sustainable), then, on the same stack,
-    `repeat` times: each overload factor of the knee (the highest sustainable rate) followed
-    by a recovery step at the knee 5 s after the overload ended."""
+    """The sweep up to its first miss (a rate not sustainable); the knee confirmed (below);
+    then, on the same stack, `repeat` times: each overload factor of the knee followed by a
+    recovery step at the knee 5 s after the overload ended.
+
+    The knee is the highest rate that held twice: the sweep's last sustainable rate is run
+    again, and if it misses, the one below it, up to CONFIRM_TRIES rates. A rate that held
+    once at the edge is a coin toss, and the overload steps and the recovery are
+    measured against the knee. No rate held twice: no overload steps."""
     steps: list[Step] = []
     with fresh_stack(backend) as stack:
         for name in stack.ws_names[ws_processes:]:
@@ -287,7 +293,17 @@ def sweep(
             print(row(step), flush=True)
             if not step.sustainable:
                 break
-        knee = max((s.rate for s in steps if s.sustainable), default=None)
+        knee = None
+        held = [s.rate for s in steps if s.sustainable]
+        for rate in reversed(held[-CONFIRM_TRIES:] if overload else []):
+            step = run_step(
+                stack, users_file, backend, rate, rooms, members, seconds, label="confirm"
+            )
+            steps.append(step)
+            print(row(step), flush=True)
+            if step.sustainable:
+                knee = rate
+                break
         for run in range(repeat):
             for factor in overload or []:
                 if knee is None:
@@ -321,17 +337,26 @@ def sweep(
     return steps
 
 
+def knee_step(steps: list[Step]) -> Step | None:
+    """The step that confirmed the knee (the highest rate that held twice); for runs without
+    confirmation, the sweep's highest sustainable step."""
+    confirmed = [s for s in steps if s.label == "confirm" and s.sustainable]
+    if confirmed:
+        return confirmed[-1]
+    held = [s for s in steps if not s.label and s.sustainable]
+    return max(held, key=lambda s: s.rate) if held else None
+
+
 def goodput_lines(steps: list[Step]) -> list[str]:
-    """Deliveries per second at each overload factor as a share of those at the knee (the
-    sweep's last sustainable step), min-max over the repeats."""
-    sweep_steps = [s for s in steps if not s.label and s.sustainable]
-    if not sweep_steps:
+    """Deliveries per second at each overload factor as a share of those at the knee (its
+    confirming step), per run."""
+    knee = knee_step(steps)
+    if knee is None:
         return []
-    knee = sweep_steps[-1]
     base = knee.summary.get("deliveries_per_s") or 0
     by_factor: dict[str, list[Step]] = {}
     for s in steps:
-        if s.label and s.label != "recovery":
+        if s.label and s.label not in ("recovery", "confirm"):
             by_factor.setdefault(s.label.split(" #")[0], []).append(s)
     lines = [
         "",
@@ -867,10 +892,9 @@ def overload_lines(steps: dict[str, list[Step]]) -> list[str]:
     sustainable rate's, with what was refused, late (p99) and never arrived."""
     lines: list[str] = []
     for backend, ss in steps.items():
-        sweep_ok = [s for s in ss if s.sustainable and not s.label]
-        if not sweep_ok or not any(s.label for s in ss):
+        knee = knee_step(ss)
+        if knee is None or not any(s.label for s in ss):
             continue
-        knee = max(sweep_ok, key=lambda s: s.rate)
         base = knee.summary.get("deliveries_per_s") or 0
         if not lines:
             lines += [

@@ -43,7 +43,7 @@ def rows_after(conversation_id: int, after: int, upto: int | None, limit: int) -
     """Stored messages with after < seq (<= upto), oldest first, at most `limit`, as rows.
     Runs on a database thread."""
     return [
-        Row(m.seq, fragments.ws_message(fragments.message_html(m)))
+        Row(m.seq, fragments.ws_message(fragments.entry_html(m)))
         for m in selectors.messages_after(conversation_id, after, upto=upto, limit=limit)
     ]
 

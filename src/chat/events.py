@@ -131,21 +131,23 @@ def message(
     preview: str = "",
     sender: str = "",
     at: float = 0.0,
+    listed: bool = True,
 ) -> dict:
-    """A stored message: its sequence number and the frame every member's socket gets."""
-    return check(
-        {
-            "type": MESSAGE,
-            "conversation_id": conversation_id,
-            "seq": seq,
-            "frame": frame,
-            "t": time.time(),
-            "from": publisher,
-            "preview": preview,
-            "sender": sender,
-            "at": at,
-        }
-    )
+    """A stored entry of the conversation's stream (a message, an edit, a delete, a change
+    of people): its sequence number and the frame every member's socket gets. `listed`: the
+    conversation lists show its row (preview, sender, at); an entry that changes nothing
+    there (an edit of an older message, a change of people) leaves them as they are."""
+    event = {
+        "type": MESSAGE,
+        "conversation_id": conversation_id,
+        "seq": seq,
+        "frame": frame,
+        "t": time.time(),
+        "from": publisher,
+    }
+    if listed:
+        event.update(preview=preview, sender=sender, at=at)
+    return check(event)
 
 
 def typing(*, conversation_id: int, user_id: int, frame: str) -> dict:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import datetime
 import functools
+import re
 import sys
 import threading
 from collections import OrderedDict
@@ -22,6 +23,7 @@ from collections.abc import Iterable
 
 from django.conf import settings
 from django.template.loader import get_template
+from django.utils.html import escape, format_html
 from django.utils.safestring import SafeString, mark_safe
 
 from chat import selectors
@@ -90,16 +92,30 @@ message_cache = FragmentCache(settings.CHAT_FRAGMENT_CACHE_BYTES)
 
 
 def _fragment_key(
-    pk: int, conversation_id: int, seq: int, sender_id: int, created_at: object
+    pk: int,
+    conversation_id: int,
+    seq: int,
+    sender_id: int,
+    created_at: object,
+    edited_at: object = None,
+    deleted_at: object = None,
 ) -> tuple:
     # Not the id alone: a database restored or recreated under a running process reuses
     # ids, and after a restore a new message can take an old one's id, sequence and sender.
-    return (pk, conversation_id, seq, sender_id, created_at)
+    # An edit or a delete changes what is shown: its time is part of the key.
+    return (pk, conversation_id, seq, sender_id, created_at, edited_at, deleted_at)
 
 
 def message_html(message: Message) -> str:
+    """A message as it is now: its text, "(edited)", or a tombstone once deleted."""
     key = _fragment_key(
-        message.pk, message.conversation_id, message.seq, message.sender_id, message.created_at
+        message.pk,
+        message.conversation_id,
+        message.seq,
+        message.sender_id,
+        message.created_at,
+        message.edited_at,
+        message.deleted_at,
     )
     html = message_cache.get_many((key,)).get(key)
     if html is None:
@@ -108,24 +124,88 @@ def message_html(message: Message) -> str:
     return html
 
 
-def history_html(conversation_id: int, keys: list[tuple]) -> SafeString:
-    """Fragments for the messages `keys` names ((id, seq, sender id, created_at) from
-    selectors.history_keys), in order. Only the messages not in the fragment cache are
-    loaded and rendered: on a busy conversation, none."""
+def change_html(change: Message) -> str:
+    """An edit or a delete (`change.target` loaded): the message it changes as it was right
+    after it, carrying the change's own number (`data-update-seq`) so a page replaces the
+    message in place. A message deleted since shows as deleted in every earlier edit too:
+    its text is never sent again."""
+    target = change.target
+    shown = Message(
+        id=target.pk,
+        conversation_id=target.conversation_id,
+        sender=target.sender,
+        seq=target.seq,
+        client_id=target.client_id,
+        body=change.body,
+        created_at=target.created_at,
+        edited_at=change.created_at if change.kind == Message.EDIT else target.edited_at,
+        deleted_at=change.created_at if change.kind == Message.DELETE else target.deleted_at,
+    )
+    if shown.deleted_at:
+        shown.body = ""
+    return _render("chat/partials/message.html", {"message": shown, "update_seq": change.seq})
+
+
+def people_html(entry: Message) -> str:
+    """A change of people ("alice added bob"): a line of its own in the conversation."""
+    return _render("chat/partials/people.html", {"message": entry})
+
+
+def entry_html(entry: Message, *, marked: bool = False) -> str:
+    """Any entry of a conversation's stream as pages are sent it (`target` and its sender
+    loaded for a change). `marked`: a search result opened, rendered marked and not kept
+    in the cache (which holds what every reader gets)."""
+    if entry.kind in Message.CHANGES:
+        return change_html(entry)
+    if entry.kind in Message.PEOPLE:
+        return people_html(entry)
+    if marked:
+        return _render("chat/partials/message.html", {"message": entry, "target": True})
+    return message_html(entry)
+
+
+def history_html(
+    conversation_id: int, keys: list[tuple], *, target_id: int | None = None
+) -> SafeString:
+    """Fragments for the entries `keys` names ((id, seq, sender id, created_at, edited_at,
+    deleted_at) from selectors.history_keys), in order. Only the ones not in the fragment
+    cache are loaded and rendered: on a busy conversation, none. The message `target_id` (a
+    search result opened) is rendered marked, and never cached."""
     wanted = {key[0]: _fragment_key(key[0], conversation_id, *key[1:]) for key in keys}
     cached = message_cache.get_many(wanted.values())
+    if target_id in wanted:
+        cached.pop(wanted[target_id], None)
     missing = [pk for pk, key in wanted.items() if key not in cached]
     if missing:
-        template = get_template("chat/partials/message.html")
         fresh = {
-            wanted[m.pk]: template.render({"message": m})
+            wanted[m.pk]: entry_html(m, marked=m.pk == target_id)
             for m in selectors.messages_by_id(missing)
             if m.conversation_id == conversation_id
         }
-        message_cache.set_many(fresh)
+        message_cache.set_many(
+            {key: html for key, html in fresh.items() if key != wanted.get(target_id)}
+        )
         cached.update(fresh)
     # Each part is the autoescaped output of the message template.
     return mark_safe("".join(cached.get(key, "") for key in wanted.values()))  # noqa: S308
+
+
+def highlight(text: str, terms: list[str]) -> SafeString:
+    """`text` escaped, with every case-insensitive occurrence of `terms` in <mark>. The
+    matches are found in the raw text and each piece is escaped on its own, so a term never
+    matches inside an entity the escaping made (`amp` in `&amp;`)."""
+    terms = sorted({t for t in terms if t}, key=len, reverse=True)  # the longest match wins
+    if not terms:
+        return escape(text)
+    pattern = re.compile("|".join(re.escape(t) for t in terms), re.IGNORECASE)
+    parts, end = [], 0
+    for match in pattern.finditer(text):
+        parts.append(escape(text[end : match.start()]))
+        parts.append(format_html("<mark>{}</mark>", match.group()))
+        end = match.end()
+    parts.append(escape(text[end:]))
+    # Every part is escaped user text or a <mark> around escaped user text.
+    return mark_safe("".join(parts))  # noqa: S308
 
 
 def reset_html(epoch: str, reason: str) -> str:

@@ -43,6 +43,8 @@ class Conversation(models.Model):
     last_message_at = models.DateTimeField(null=True, blank=True, db_index=True)
     last_message_preview = models.CharField(max_length=140, blank=True)
     last_message_sender = models.CharField(max_length=150, blank=True)
+    # A 1:1 conversation stays between its two people: nobody can be added to it.
+    is_direct = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         ordering = ["-last_message_at", "-id"]
@@ -70,6 +72,26 @@ class Participant(models.Model):
 
 
 class Message(models.Model):
+    """One entry of a conversation's stream, numbered by `seq` (gapless per conversation).
+
+    Most are what someone wrote (`kind` "message"). The rest record a change, so that it is
+    stored before it is shown and replayed after `?after=` like a message: "edit" and
+    "delete" point at the message they change (`target`) and carry its new text ("" for a
+    delete); "added", "left" and "removed" are a change of people, `body` the line pages
+    show. An edited or deleted message keeps its own row and number: a delete empties it
+    (a tombstone), so sequences stay gapless.
+    """
+
+    MESSAGE = "message"
+    EDIT = "edit"
+    DELETE = "delete"
+    ADDED = "added"
+    LEFT = "left"
+    REMOVED = "removed"
+    KINDS = [(k, k) for k in (MESSAGE, EDIT, DELETE, ADDED, LEFT, REMOVED)]
+    CHANGES = (EDIT, DELETE)  # entries that change another one, never shown by themselves
+    PEOPLE = (ADDED, LEFT, REMOVED)
+
     conversation = models.ForeignKey(
         Conversation, on_delete=models.CASCADE, related_name="messages"
     )
@@ -81,6 +103,13 @@ class Message(models.Model):
     client_id = models.UUIDField(null=True, blank=True)
     body = models.TextField()
     created_at = models.DateTimeField(auto_now_add=True)
+    # db_default: the stores insert with SQL that names only the columns every release has.
+    kind = models.CharField(max_length=8, choices=KINDS, default=MESSAGE, db_default=MESSAGE)
+    target = models.ForeignKey(
+        "self", null=True, blank=True, on_delete=models.CASCADE, related_name="changes"
+    )
+    edited_at = models.DateTimeField(null=True, blank=True)
+    deleted_at = models.DateTimeField(null=True, blank=True)
 
     class Meta:
         ordering = ["conversation", "seq"]
@@ -93,3 +122,19 @@ class Message(models.Model):
 
     def __str__(self) -> str:
         return f"#{self.seq} in {self.conversation_id}"
+
+
+class MessageRevision(models.Model):
+    """A message's text before an edit or a delete, for moderators (the admin): what pages
+    were shown and no longer are."""
+
+    message = models.ForeignKey(Message, on_delete=models.CASCADE, related_name="revisions")
+    body = models.TextField()
+    replaced_at = models.DateTimeField()
+    change = models.CharField(max_length=8, choices=Message.KINDS)
+
+    class Meta:
+        ordering = ["message", "replaced_at", "id"]
+
+    def __str__(self) -> str:
+        return f"{self.change} of {self.message_id} at {self.replaced_at:%Y-%m-%d %H:%M:%S}"

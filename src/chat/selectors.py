@@ -7,14 +7,16 @@ them with the ORM cost more CPU than running them (loadtest/experiments/2026-11-
 
 from __future__ import annotations
 
+import datetime
 import functools
+import re
 from dataclasses import dataclass
 
 from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.contrib.auth.models import AbstractBaseUser
 from django.db import connection
-from django.db.models import F
+from django.db.models import BooleanField, F, FloatField, Func, QuerySet, Value
 
 from chat.models import Conversation, Message, Participant
 from chat.positions import Position
@@ -30,10 +32,12 @@ class Members:
     epoch: str
     names: dict[int, str]  # user id -> username, by username
     read_seqs: dict[int, int]  # user id -> read marker
+    is_direct: bool = False  # a 1:1 conversation: nobody can be added
 
 
 _MEMBERS_SQL = (
-    "SELECT p.user_id, u.{username}, p.last_read_seq, c.title, c.last_seq, c.epoch "
+    "SELECT p.user_id, u.{username}, p.last_read_seq, c.title, c.last_seq, c.epoch, "
+    "c.is_direct "
     "FROM {participant} p "
     "JOIN {user} u ON u.{user_pk} = p.user_id "
     "JOIN {conversation} c ON c.id = p.conversation_id "
@@ -63,27 +67,32 @@ def conversation_members(conversation_id: int) -> Members | None:
         rows = cursor.fetchall()
     if not rows:
         return None
-    _, _, _, title, last_seq, epoch = rows[0]
+    _, _, _, title, last_seq, epoch, is_direct = rows[0]
     names = {user_id: username for user_id, username, *_ in rows}
     read_seqs = {user_id: read_seq for user_id, _, read_seq, *_ in rows}
-    return Members(conversation_id, title, last_seq, epoch, names, read_seqs)
+    return Members(conversation_id, title, last_seq, epoch, names, read_seqs, bool(is_direct))
 
 
+# What a page shows: every entry but the changes (an edit or a delete is shown in the
+# message it changes, read as it is now).
 _HISTORY_SQL = (
-    "SELECT id, seq, sender_id, created_at FROM {message} WHERE conversation_id = %s "
+    "SELECT id, seq, sender_id, created_at, edited_at, deleted_at FROM {message} "
+    "WHERE conversation_id = %s AND kind NOT IN ('edit', 'delete') "
     "ORDER BY seq DESC LIMIT %s"
 )
 _HISTORY_BEFORE_SQL = (
-    "SELECT id, seq, sender_id, created_at FROM {message} "
-    "WHERE conversation_id = %s AND seq < %s ORDER BY seq DESC LIMIT %s"
+    "SELECT id, seq, sender_id, created_at, edited_at, deleted_at FROM {message} "
+    "WHERE conversation_id = %s AND seq < %s AND kind NOT IN ('edit', 'delete') "
+    "ORDER BY seq DESC LIMIT %s"
 )
 
 
 def history_keys(
     conversation_id: int, *, before_seq: int | None = None, limit: int | None = None
-) -> list[tuple[int, int, int, object]]:
-    """(id, seq, sender id, created_at) of the newest `limit` messages before `before_seq`,
-    oldest first: enough to find their fragments in the cache without loading the messages."""
+) -> list[tuple[int, int, int, object, object, object]]:
+    """(id, seq, sender id, created_at, edited_at, deleted_at) of the newest `limit` entries
+    a page shows before `before_seq`, oldest first: enough to find their fragments in the
+    cache without loading them."""
     limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
     with connection.cursor() as cursor:
         message = connection.ops.quote_name(Message._meta.db_table)
@@ -97,7 +106,9 @@ def history_keys(
 
 
 def messages_by_id(ids: list[int]) -> list[Message]:
-    return list(Message.objects.filter(pk__in=ids).select_related("sender"))
+    return list(
+        Message.objects.filter(pk__in=ids).select_related("sender", "target", "target__sender")
+    )
 
 
 @dataclass(frozen=True)
@@ -109,8 +120,13 @@ class ConversationRow:
 
 
 def conversation_title(conversation: Conversation, names: list[str], viewer: str) -> str:
-    if conversation.title:
-        return conversation.title
+    return _title(conversation.title, names, viewer)
+
+
+def _title(title: str, names: list[str], viewer: str) -> str:
+    """A conversation's own title, or else its other members' names."""
+    if title:
+        return title
     others = [n for n in names if n != viewer]
     return ", ".join(others) or viewer
 
@@ -183,7 +199,7 @@ def messages_after(
     qs = Message.objects.filter(conversation_id=conversation_id, seq__gt=after_seq)
     if upto is not None:
         qs = qs.filter(seq__lte=upto)
-    return list(qs.select_related("sender").order_by("seq")[:limit])
+    return list(qs.select_related("sender", "target", "target__sender").order_by("seq")[:limit])
 
 
 def participant_user_ids(conversation_id: int) -> list[int]:
@@ -267,3 +283,93 @@ def session_auth_hashes(user_ids: list[int]) -> dict[int, str]:
     User = get_user_model()
     rows = User.objects.filter(pk__in=user_ids, is_active=True).values_list("pk", "password")
     return {pk: User(pk=pk, password=password).get_session_auth_hash() for pk, password in rows}
+
+
+# --- search -------------------------------------------------------------------------------
+
+SEARCH_MAX_QUERY_LENGTH = 200  # characters of a search query
+
+# Postgres: the expression the GIN index (migration *_message_body_search) is built on, word
+# for word, or the planner cannot use it. 'simple': lower-cased words, no stemming or stop
+# words, which suits messages in any language (the migration says more). Its parser reads
+# HTML: the words inside <...> and in a <script> or <style> element are not indexed (the
+# SQLite fallback finds them).
+SEARCH_VECTOR_SQL = "to_tsvector('simple'::regconfig, %(expressions)s)"
+# Every word of the query must be in the message (plainto_tsquery ANDs them, and takes any
+# text: no query syntax to get wrong).
+SEARCH_QUERY_SQL = "plainto_tsquery('simple'::regconfig, %(expressions)s)"
+
+
+@dataclass(frozen=True)
+class SearchHit:
+    """One message a search found, with what its result shows."""
+
+    message_id: int
+    conversation_id: int
+    seq: int
+    conversation_title: str  # as the searching person sees it
+    sender: str
+    created_at: datetime.datetime
+    body: str
+
+
+def search_terms(query: str) -> list[str]:
+    """The query's words (letters, digits, underscore), lower-cased, each once: what the
+    SQLite fallback looks for and what a result highlights. Empty: nothing to search for."""
+    return list(dict.fromkeys(word.lower() for word in re.findall(r"\w+", query)))
+
+
+def searchable_messages(user: AbstractBaseUser) -> QuerySet[Message]:
+    """The rows a search by `user` may return: messages of the conversations the user takes
+    part in now (never one they left or were removed from), as they read now: what someone
+    wrote (not a change of people or an edit's entry), never a deleted one. The one place
+    that says which rows count: both backends' searches start here."""
+    return Message.objects.filter(
+        conversation_id__in=Participant.objects.filter(user=user).values("conversation_id"),
+        kind=Message.MESSAGE,
+        deleted_at__isnull=True,
+    )
+
+
+def message_search(*, user: AbstractBaseUser, query: str, limit: int) -> list[SearchHit]:
+    """At most `limit` messages with every word of `query`, from the user's conversations.
+
+    Postgres: full-text search on the GIN index (migration *_message_body_search), best rank
+    (ts_rank) first, then newest. Elsewhere (SQLite, `make dev`): a case-insensitive
+    substring match of each word, newest first."""
+    terms = search_terms(query)
+    if not terms or limit < 1:
+        return []
+    rows = searchable_messages(user)
+    if connection.vendor == "postgresql":
+        vector = Func(F("body"), template=SEARCH_VECTOR_SQL)
+        tsquery = Func(Value(query), template=SEARCH_QUERY_SQL)
+        rows = (
+            rows.filter(
+                Func(
+                    vector,
+                    tsquery,
+                    template="%(expressions)s",
+                    arg_joiner=" @@ ",
+                    output_field=BooleanField(),
+                )
+            )
+            .annotate(rank=Func(vector, tsquery, function="ts_rank", output_field=FloatField()))
+            .order_by("-rank", "-created_at", "-id")
+        )
+    else:
+        for term in terms:
+            rows = rows.filter(body__icontains=term)
+        rows = rows.order_by("-created_at", "-id")
+    username = f"sender__{get_user_model().USERNAME_FIELD}"
+    found = list(
+        rows.values_list(
+            "id", "conversation_id", "seq", "conversation__title", username, "created_at", "body"
+        )[:limit]
+    )
+    names = _member_names(list({row[1] for row in found}))
+    viewer = user.get_username()
+    return [
+        SearchHit(pk, cid, seq, _title(title, names[cid], viewer), sender, created_at, body)
+        for pk, cid, seq, title, sender, created_at, body in found
+    ]

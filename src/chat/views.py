@@ -6,12 +6,13 @@ import time
 from django.conf import settings
 from django.contrib.auth import login
 from django.contrib.auth.decorators import login_required
-from django.http import Http404, HttpRequest, HttpResponse
+from django.http import Http404, HttpRequest, HttpResponse, HttpResponseBase
 from django.shortcuts import redirect, render
 from django.views.decorators.http import require_GET, require_http_methods, require_POST
 
 from chat import fragments, selectors, services
-from chat.forms import ConversationStartForm, SignupForm
+from chat.forms import ConversationStartForm, MessageSearchForm, PeopleAddForm, SignupForm
+from chat.models import Conversation, Message
 from parley.auth import hashing
 
 logger = logging.getLogger(__name__)
@@ -111,26 +112,77 @@ def _members_or_404(request: HttpRequest, conversation_id: int) -> selectors.Mem
     return members
 
 
-def _history_context(members: selectors.Members, before_seq: int | None = None) -> dict:
+def _history_context(
+    members: selectors.Members, before_seq: int | None = None, target_seq: int | None = None
+) -> dict:
+    """The page of history before `before_seq` (the newest without it), the message
+    `target_seq` marked."""
     keys = selectors.history_keys(members.pk, before_seq=before_seq)
+    target_id = next((key[0] for key in keys if key[1] == target_seq), None)
     return {
         "conversation": members,
-        "messages_html": fragments.history_html(members.pk, keys),
+        "messages_html": fragments.history_html(members.pk, keys, target_id=target_id),
         "first_seq": keys[0][1] if keys else 0,
-        "last_seq": keys[-1][1] if keys else 0,
+        # The newest page: everything up to the conversation's number, edits of messages
+        # shown included (they are shown in the message); later ones the socket replays.
+        "last_seq": max(keys[-1][1] if keys else 0, 0 if before_seq else members.last_seq),
         "has_older": bool(keys) and keys[0][1] > 1,
     }
+
+
+def _around(request: HttpRequest, members: selectors.Members) -> int | None:
+    """`?around=<seq>` when it names one of the conversation's messages, else None."""
+    try:
+        seq = int(request.GET["around"])
+    except (KeyError, ValueError):
+        return None
+    return seq if 1 <= seq <= members.last_seq else None
+
+
+def _window_context(members: selectors.Members, seq: int) -> dict:
+    """A page of history around message `seq`, the message marked: it ends half a page
+    after `seq` (or at the newest message; a whole page from the first one near the start).
+    Sequences are gapless, so that page holds `seq`."""
+    page = settings.CHAT_HISTORY_PAGE_SIZE
+    end = min(members.last_seq, max(seq + page // 2, page))
+    context = _history_context(members, before_seq=end + 1, target_seq=seq)
+    # A window that reaches the newest entry is the live page (with a target): the
+    # socket's replay starts after it. One that does not shows no newer messages live.
+    context["live"] = end >= members.last_seq
+    if context["live"]:
+        context["last_seq"] = max(context["last_seq"], members.last_seq)
+    return context
 
 
 @login_required
 @require_GET
 def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """The newest page of the conversation, live over its websocket.
+
+    `?around=<seq>` (a search result) shows the page around that message instead, marked
+    and scrolled to. If that page reaches the newest message it is live as usual. If it
+    does not, it opens no socket (a socket would replay every newer message, or append new
+    ones after a gap) and no send form: it links to the newest page ("Jump to latest") for
+    newer messages, and offers older ones as usual. An `around` that is not a sequence of
+    this conversation gives the newest page."""
     members = _members_or_404(request, conversation_id)
-    context = _history_context(members)
-    if members.read_seqs[request.user.pk] < members.last_seq:
-        # The page shows everything up to the conversation's sequence: read now.
+    return render(request, "chat/conversation_detail.html", _detail_context(request, members))
+
+
+def _detail_context(
+    request: HttpRequest, members: selectors.Members, add_form: PeopleAddForm | None = None
+) -> dict:
+    around = _around(request, members)
+    if around is None:
+        context = _history_context(members)
+        context["live"] = True
+    else:
+        context = _window_context(members, around)
+    # The page shows everything up to the sequence it ends at: read up to there.
+    seen = members.last_seq if context["live"] else context["last_seq"]
+    if members.read_seqs[request.user.pk] < seen:
         services.conversation_mark_read(
-            conversation_id=members.pk, user_id=request.user.pk, seq=members.last_seq
+            conversation_id=members.pk, user_id=request.user.pk, seq=seen
         )
     names = list(members.names.values())
     context.update(
@@ -138,8 +190,73 @@ def conversation_detail(request: HttpRequest, conversation_id: int) -> HttpRespo
         participants=list(members.names.items()),
         presence=len(members.names) <= settings.CHAT_PRESENCE_MAX_MEMBERS,
         max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
+        add_form=add_form or PeopleAddForm(),
+        around=around,
     )
-    return render(request, "chat/conversation_detail.html", context)
+    return context
+
+
+def _plain(text: str, status: int) -> HttpResponse:
+    """A reason a page shows as it is (chat.js puts it in the error line)."""
+    return HttpResponse(text, status=status, content_type="text/plain; charset=utf-8")
+
+
+@login_required
+@require_POST
+def message_edit(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponseBase:
+    """The sender replaces their message's text: 204, and every page of the conversation
+    is sent the edit by its socket. 400 with the reason when refused; 403 someone else's."""
+    try:
+        services.message_edit(
+            conversation_id=conversation_id,
+            editor=request.user,
+            message_id=message_id,
+            body=request.POST.get("chat_message", ""),
+        )
+    except (Conversation.DoesNotExist, Message.DoesNotExist):
+        raise Http404("No such message") from None
+    except services.MessageRejected as exc:
+        return _plain(str(exc), 400)
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+def message_delete(request: HttpRequest, conversation_id: int, message_id: int) -> HttpResponseBase:
+    """The sender deletes their message (a tombstone stays): 204; 403 someone else's."""
+    try:
+        services.message_delete(
+            conversation_id=conversation_id, user=request.user, message_id=message_id
+        )
+    except (Conversation.DoesNotExist, Message.DoesNotExist):
+        raise Http404("No such message") from None
+    return HttpResponse(status=204)
+
+
+@login_required
+@require_POST
+def participants_add(request: HttpRequest, conversation_id: int) -> HttpResponseBase:
+    """A participant adds people to a group conversation, then sees it again; a refusal
+    shows the conversation with the reason under the form (400)."""
+    members = _members_or_404(request, conversation_id)
+    form = PeopleAddForm(request.POST)
+    if form.is_valid():
+        try:
+            services.participants_add(
+                conversation_id=members.pk,
+                actor=request.user,
+                usernames=form.cleaned_data["usernames"],
+            )
+        except services.UnknownUsers as exc:
+            form.add_error("usernames", f"No such user: {', '.join(exc.usernames)}.")
+        except services.PeopleRefused as exc:
+            form.add_error("usernames", str(exc))
+        except Conversation.DoesNotExist:
+            raise Http404("No such conversation") from None
+        else:
+            return redirect("chat:conversation_detail", conversation_id=members.pk)
+    context = _detail_context(request, members, add_form=form)
+    return render(request, "chat/conversation_detail.html", context, status=400)
 
 
 @login_required
@@ -151,3 +268,27 @@ def conversation_history(request: HttpRequest, conversation_id: int) -> HttpResp
     except (KeyError, ValueError):
         return HttpResponse("before must be a sequence number", status=400)
     return render(request, "chat/partials/history.html", _history_context(members, before))
+
+
+@login_required
+@require_GET
+def search(request: HttpRequest) -> HttpResponse:
+    """Messages of the person's own conversations with every word of `?q=`, best first, at
+    most CHAT_SEARCH_RESULTS; each links to its message in its conversation."""
+    form = MessageSearchForm(request.GET if "q" in request.GET else None)
+    context: dict = {"form": form, "results": None}
+    status = 200
+    if form.is_bound and not form.is_valid():
+        status = 400
+    elif form.is_bound:
+        query = form.cleaned_data["q"]
+        limit = settings.CHAT_SEARCH_RESULTS
+        hits = selectors.message_search(user=request.user, query=query, limit=limit + 1)
+        terms = selectors.search_terms(query)
+        context.update(
+            query=query,
+            results=[(hit, fragments.highlight(hit.body, terms)) for hit in hits[:limit]],
+            more=len(hits) > limit,
+            limit=limit,
+        )
+    return render(request, "chat/search.html", context, status=status)

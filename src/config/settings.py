@@ -279,6 +279,16 @@ WEB_QUEUE_SECONDS: float = env.float("WEB_QUEUE_SECONDS", default=0.5)
 CHAT_MAX_MESSAGE_LENGTH: int = env.int("CHAT_MAX_MESSAGE_LENGTH", default=4000)
 CHAT_RATE_LIMIT: int = env.int("CHAT_RATE_LIMIT", default=30)  # messages per 10 s per socket
 CHAT_HISTORY_PAGE_SIZE: int = env.int("CHAT_HISTORY_PAGE_SIZE", default=50)
+# Seconds after sending during which its sender may edit a message (deleting has no window).
+CHAT_EDIT_WINDOW_SECONDS: int = env.int("CHAT_EDIT_WINDOW_SECONDS", default=900)
+# People one request may add to a group conversation.
+CHAT_ADD_PEOPLE_LIMIT: int = env.int("CHAT_ADD_PEOPLE_LIMIT", default=20)
+# Message search (/search): at most this many results, best match first (chat.selectors).
+CHAT_SEARCH_RESULTS: int = env.int("CHAT_SEARCH_RESULTS", default=50)
+if CHAT_SEARCH_RESULTS < 1:
+    raise ImproperlyConfigured(
+        f"CHAT_SEARCH_RESULTS must be at least 1 (it is {CHAT_SEARCH_RESULTS})"
+    )
 # The largest websocket message either side sends (bytes). daphne closes a client's larger
 # one with 1009; the server cuts what it sends into messages of at most this (chat.stream).
 CHAT_MAX_FRAME_BYTES: int = env.int("CHAT_MAX_FRAME_BYTES", default=65536)

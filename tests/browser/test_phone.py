@@ -24,7 +24,7 @@ LONG_TEXT = (
     "A long message that has to wrap over many lines on a phone, with ordinary words "
     "in it, so that the bubble grows downwards and never sideways. " * 3
 )
-TAPPABLE = "button, input:not([type=hidden]), textarea, .topbar a, .pages a, .conv-row a"
+TAPPABLE = "button, summary, input:not([type=hidden]), textarea, .topbar a, .pages a, .conv-row a"
 
 
 def no_horizontal_scroll(page: Page) -> None:

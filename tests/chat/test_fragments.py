@@ -164,3 +164,16 @@ def test_a_conversation_row_moves_to_the_top_of_the_list():
     )
     assert html.endswith("</li>\n</div>")
     assert 'data-unread="1234"' in html and "&lt;Team&gt;" in html
+
+
+def test_highlight_escapes_then_marks_every_occurrence_of_the_terms():
+    html = fragments.highlight('<script>x("Amp")</script> &amp; camp', ["amp", "script"])
+    assert html == (
+        "&lt;<mark>script</mark>&gt;x(&quot;<mark>Amp</mark>&quot;)&lt;/<mark>script</mark>&gt; "
+        "&amp;<mark>amp</mark>; c<mark>amp</mark>"
+    )
+    # A match is never looked for inside the escaping's own entities (`amp` of `&amp;`).
+    assert fragments.highlight("a & b", ["amp"]) == "a &amp; b"
+    assert fragments.highlight("<b>", []) == "&lt;b&gt;"
+    # The longest term wins where two overlap.
+    assert fragments.highlight("tents", ["tent", "tents"]) == "<mark>tents</mark>"

@@ -179,8 +179,8 @@ def test_a_removed_participant_is_closed_with_4403_at_once(server):
         )
         assert b.wait_close(timeout=10) == 4403
         assert time.monotonic() - started < 10
-        a.send("still here")
-        a.wait_seq(1)
+        a.wait_client_ids({a.send("still here")})  # after "... removed" (seq 1)
+        a.wait_seq(2)
         assert a.is_open
     finally:
         a.close()
@@ -189,3 +189,45 @@ def test_a_removed_participant_is_closed_with_4403_at_once(server):
     again = server.socket(bob, cookies)
     again.connect()
     assert again.wait_close() == 4403  # and refused at the next handshake
+
+
+def test_edits_and_deletes_reach_every_page_live_and_on_replay(server):
+    """An edit and a delete made by another process (a web worker) reach both open pages in
+    order, each under its own number; a page that reconnects from before them is replayed
+    both, and the deleted text is never sent again."""
+    alice, bob = server.seed(rooms=1, members=2, prefix="edit")
+    a, b = server.socket(alice).connect(), server.socket(bob).connect()
+    try:
+        a.wait_client_ids({a.send("first draft")})
+        b.wait_seq(1)
+        pk = int(re.search(r'<article id="msg-(\d+)"', b.frames[-1])[1])
+        change = (
+            "from chat import services\n"
+            "from django.contrib.auth import get_user_model\n"
+            f"u = get_user_model().objects.get(username={alice['username']!r})\n"
+            f"kw = dict(conversation_id={alice['conversation']}, message_id={pk})\n"
+        )
+        server.shell(change + "services.message_edit(editor=u, body='second draft', **kw)\n")
+        for sock in (a, b):
+            sock.wait_text('data-update-seq="2" data-seq="1"')
+        assert "second draft" in b.frames[-1] and "(edited)" in b.frames[-1]
+        server.shell(change + "services.message_delete(user=u, **kw)\n")
+        for sock in (a, b):
+            sock.wait_text('data-update-seq="3" data-seq="1"')
+        assert "draft" not in b.frames[-1] and "This message was deleted." in b.frames[-1]
+        assert a.is_open and b.is_open
+    finally:
+        a.close()
+        b.close()
+    cookies = server.cookies(bob)
+    late = server.socket(bob, cookies).connect(
+        after=0, epoch=epoch_of(server, cookies, bob["conversation"])
+    )
+    try:
+        late.wait_text('data-update-seq="3"')
+        replayed = "".join(late.frames)
+        assert replayed.index('data-seq="1"') < replayed.index('data-update-seq="2"')
+        assert replayed.index('data-update-seq="2"') < replayed.index('data-update-seq="3"')
+        assert "draft" not in replayed
+    finally:
+        late.close()

@@ -305,3 +305,231 @@ def test_ids_and_sequence_numbers_are_never_locale_formatted(settings):
     assert "12,345" not in html
     rows = logged_in_client(bob).get("/").content.decode()
     assert 'data-last-seq="12345"' in rows
+
+
+# --- edits, deletes and people ----------------------------------------------------------
+
+
+def test_the_sender_edits_and_deletes_over_http_and_others_are_refused():
+    a, b = make_user(), make_user()
+    conv = make_conversation(a, b)
+    mine, _ = services.message_create(conversation_id=conv.pk, sender=a, body="typo")
+    edit = reverse("chat:message_edit", args=[conv.pk, mine.pk])
+    delete = reverse("chat:message_delete", args=[conv.pk, mine.pk])
+    assert logged_in_client(b).post(edit, {"chat_message": "hijack"}).status_code == 403
+    assert logged_in_client(b).post(delete).status_code == 403
+    refused = logged_in_client(a).post(edit, {"chat_message": "   "})
+    assert refused.status_code == 400 and "cannot be empty" in refused.content.decode()
+    assert refused["Content-Type"].startswith("text/plain")
+    assert logged_in_client(a).post(edit, {"chat_message": "fixed"}).status_code == 204
+    page = logged_in_client(b).get(f"/c/{conv.pk}").content.decode()
+    assert "fixed" in page and "(edited)" in page and "typo" not in page
+    assert logged_in_client(a).get(edit).status_code == 405
+    assert logged_in_client(a).post(delete).status_code == 204
+    page = logged_in_client(b).get(f"/c/{conv.pk}").content.decode()
+    assert "This message was deleted." in page and "fixed" not in page
+    # The page's position counts the changes: its socket replays nothing it shows.
+    assert 'data-last-seq="3"' in page
+
+
+def test_changes_to_a_conversation_one_is_not_in_are_not_found():
+    a, b, outsider = make_user(), make_user(), make_user()
+    conv = make_conversation(a, b)
+    mine, _ = services.message_create(conversation_id=conv.pk, sender=a, body="ours")
+    client = logged_in_client(outsider)
+    assert client.post(reverse("chat:message_delete", args=[conv.pk, mine.pk])).status_code == 404
+    add = client.post(reverse("chat:participants_add", args=[conv.pk]), {"usernames": "x"})
+    assert add.status_code == 404
+
+
+def test_adding_people_shows_the_line_and_a_refusal_says_why():
+    a, b = make_user("v-add-a"), make_user("v-add-b")
+    make_user("v-add-c")
+    group = make_conversation(a, b, title="group")
+    url = reverse("chat:participants_add", args=[group.pk])
+    refused = logged_in_client(a).post(url, {"usernames": "v-add-c nobody-x"})
+    assert refused.status_code == 400 and "No such user: nobody-x." in refused.content.decode()
+    added = logged_in_client(a).post(url, {"usernames": "v-add-c"})
+    assert added.status_code == 302
+    page = logged_in_client(b).get(f"/c/{group.pk}").content.decode()
+    assert "v-add-a added v-add-c" in page
+    direct = services.conversation_start(creator=a, usernames=["v-add-b"])
+    page = logged_in_client(a).get(f"/c/{direct.pk}").content.decode()
+    assert "Add people" not in page
+    refused = logged_in_client(a).post(
+        reverse("chat:participants_add", args=[direct.pk]), {"usernames": "v-add-c"}
+    )
+    assert refused.status_code == 400 and "1:1" in refused.content.decode()
+
+
+# --- search ---------------------------------------------------------------------------------
+
+
+def _hits(html: str) -> list[str]:
+    """The search results' message links, in order."""
+    return re.findall(r'<a href="(/c/\d+\?around=\d+#msg-\d+)" class="search-link">', html)
+
+
+def test_search_needs_login_and_is_reachable_from_the_list():
+    assert Client().get("/search?q=x").status_code == 302
+    html = logged_in_client(make_user()).get("/").content.decode()
+    assert 'role="search"' in html and 'action="/search"' in html  # the list's search box
+    assert '<label for="id_search_q">Search messages</label>' in html
+    assert 'class="nav-search" href="/search"' in html  # and every page's navigation
+
+
+def test_search_shows_own_hits_linked_and_highlighted_never_others():
+    me, ann, eve = make_user("s-me"), make_user("s-ann"), make_user("s-eve")
+    ours = make_conversation(me, ann, title="Trip")
+    theirs = make_conversation(ann, eve, title="Secret")
+    left = make_conversation(me, ann, title="Left")
+    services.message_create(conversation_id=ours.pk, sender=ann, body="pack the Tent")
+    tent, _ = services.message_create(conversation_id=ours.pk, sender=ann, body="tent <b>pegs</b>")
+    services.message_create(conversation_id=theirs.pk, sender=eve, body="tent surprise")
+    services.message_create(conversation_id=left.pk, sender=ann, body="tent we left")
+    services.conversation_leave(conversation_id=left.pk, user=me)
+    r = logged_in_client(me).get("/search", {"q": "tent"})
+    html = r.content.decode()
+    assert r.status_code == 200 and "2 results." in html
+    assert f"/c/{ours.pk}?around=2#msg-{tent.pk}" in _hits(html)
+    assert len(_hits(html)) == 2
+    assert "surprise" not in html and "Secret" not in html and "we left" not in html
+    assert '<span class="conv-title">Trip</span>' in html
+    assert '<span class="author">s-ann</span>' in html
+    assert "pack the <mark>Tent</mark>" in html
+    assert "<mark>tent</mark> &lt;b&gt;pegs&lt;/b&gt;" in html
+    # eve searches the same word: only her own conversation's message
+    other = logged_in_client(eve).get("/search", {"q": "tent"}).content.decode()
+    assert _hits(other) == [f"/c/{theirs.pk}?around=1#msg-{theirs.messages.get().pk}"]
+    assert (
+        logged_in_client(make_user())
+        .get("/search", {"q": "tent"})
+        .content.decode()
+        .count("No messages found.")
+        == 1
+    )
+
+
+def test_search_escapes_bodies_before_highlighting():
+    me = make_user()
+    conv = make_conversation(me)
+    services.message_create(
+        conversation_id=conv.pk, sender=me, body='<script>alert("amp")</script> & amp'
+    )
+    html = logged_in_client(me).get("/search", {"q": "amp"}).content.decode()
+    assert "<script>alert" not in html and "1 result." in html
+    assert (
+        "&lt;script&gt;alert(&quot;<mark>amp</mark>&quot;)&lt;/script&gt; &amp; <mark>amp</mark>"
+    ) in html
+
+
+@pytest.mark.parametrize(
+    ("q", "message"),
+    [
+        ("", "Type a word to search for."),
+        ("   ", "Type a word to search for."),
+        ("?!", "Search for at least one word (letters or digits)."),
+        ("w" * 201, "Search for at most 200 characters (this is 201)."),
+        ("a\x00b", "Null characters are not allowed."),  # Postgres would refuse it
+    ],
+)
+def test_search_refuses_an_empty_or_overlong_query_with_a_message(q, message):
+    r = logged_in_client(make_user()).get("/search", {"q": q})
+    assert r.status_code == 400
+    assert message in r.content.decode() and 'role="alert"' in r.content.decode()
+
+
+def test_search_page_without_a_query_is_just_the_form():
+    r = logged_in_client(make_user()).get("/search")
+    html = r.content.decode()
+    assert r.status_code == 200 and 'role="search"' in html and 'role="alert"' not in html
+    assert '<label for="id_q">Search messages</label>' in html and "search-count" not in html
+    assert logged_in_client(make_user()).get("/search", {"q": "w" * 200}).status_code == 200
+
+
+def test_search_shows_at_most_chat_search_results(settings):
+    settings.CHAT_SEARCH_RESULTS = 3
+    me = make_user()
+    conv = make_conversation(me)
+    for n in range(1, 4):
+        services.message_create(conversation_id=conv.pk, sender=me, body=f"plum {n}")
+    client = logged_in_client(me)
+    html = client.get("/search", {"q": "plum"}).content.decode()  # at the bound
+    assert len(_hits(html)) == 3 and "3 results." in html and "narrow" not in html
+    services.message_create(conversation_id=conv.pk, sender=me, body="plum 4")
+    html = client.get("/search", {"q": "plum"}).content.decode()  # one past it
+    assert [int(s) for s in re.findall(r"\?around=(\d+)", html)] == [4, 3, 2]
+    assert "The best 3 results: add a word to narrow the search." in html
+
+
+# --- a conversation around a message (a search result) ---------------------------------------
+
+
+def _seqs(html: str) -> list[int]:
+    return [int(s) for s in re.findall(r'data-seq="(\d+)"', html)]
+
+
+def _conversation_of(n: int, settings, page: int = 10):
+    settings.CHAT_HISTORY_PAGE_SIZE = page
+    me, other = make_user(), make_user()
+    conv = make_conversation(me, other)
+    messages = [
+        services.message_create(conversation_id=conv.pk, sender=other, body=f"m{i}")[0]
+        for i in range(1, n + 1)
+    ]
+    return me, conv, messages
+
+
+def test_around_an_old_message_shows_its_page_marked_without_the_live_socket(settings):
+    me, conv, messages = _conversation_of(40, settings)
+    target = messages[19]  # seq 20: the page ends half a page after it
+    client = logged_in_client(me)
+    html = client.get(f"/c/{conv.pk}?around=20").content.decode()
+    assert _seqs(html) == list(range(16, 26))
+    assert html.count("msg-target") == 1
+    assert f'<article id="msg-{target.pk}" class="msg msg-target" aria-current="true"' in html
+    assert "?before=16" in html  # older ones as usual
+    # Newer ones are on the newest page; no socket, so no replay and nothing out of order.
+    assert f'id="load-newer" class="load-newer" href="/c/{conv.pk}"' in html
+    assert "Jump to latest" in html and 'data-live="false"' in html
+    assert "ws-connect" not in html and "chat_message" not in html
+    assert 'data-last-seq="25"' in html and 'data-around="20"' in html
+    # Read up to what it showed, not beyond.
+    assert conv.participant_set.get(user=me).last_read_seq == 25
+    # The marked fragment is not cached for everyone: the newest page has no target.
+    assert "msg-target" not in client.get(f"/c/{conv.pk}?around=40").content.decode().replace(
+        f'id="msg-{messages[39].pk}" class="msg msg-target"', ""
+    )
+    latest = client.get(f"/c/{conv.pk}").content.decode()
+    assert "msg-target" not in latest and _seqs(latest) == list(range(31, 41))
+
+
+def test_around_the_first_message_has_nothing_older(settings):
+    me, conv, messages = _conversation_of(40, settings)
+    html = logged_in_client(me).get(f"/c/{conv.pk}?around=1").content.decode()
+    assert _seqs(html) == list(range(1, 11)) and "load-older" not in html
+    assert f'id="msg-{messages[0].pk}" class="msg msg-target"' in html and "load-newer" in html
+
+
+def test_around_a_recent_message_is_the_live_page_with_the_message_marked(settings):
+    me, conv, messages = _conversation_of(40, settings)
+    html = logged_in_client(me).get(f"/c/{conv.pk}?around=37").content.decode()
+    assert _seqs(html) == list(range(31, 41)) and 'data-last-seq="40"' in html
+    assert f'ws-connect="/ws/chat/{conv.pk}"' in html and "load-newer" not in html
+    assert 'data-live="false"' not in html
+    assert f'id="msg-{messages[36].pk}" class="msg msg-target" aria-current="true"' in html
+    assert conv.participant_set.get(user=me).last_read_seq == 40
+
+
+@pytest.mark.parametrize("around", ["abc", "0", "-3", "41", "99999999999999999999", ""])
+def test_around_that_is_not_a_message_gives_the_newest_page(settings, around):
+    me, conv, _ = _conversation_of(40, settings)
+    r = logged_in_client(me).get(f"/c/{conv.pk}", {"around": around})
+    html = r.content.decode()
+    assert r.status_code == 200 and _seqs(html) == list(range(31, 41))
+    assert "msg-target" not in html and "ws-connect" in html
+
+
+def test_around_in_a_conversation_of_others_is_404(settings):
+    _, conv, _ = _conversation_of(5, settings)
+    assert logged_in_client(make_user()).get(f"/c/{conv.pk}?around=2").status_code == 404

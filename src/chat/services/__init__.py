@@ -1,10 +1,13 @@
 """Writes (docs/architecture.md): consumers and views call these, never the models' save.
 
 - `messages`: storing a message and publishing it.
-- `conversations`: starting, leaving, removing people, read markers, history epochs.
+- `entries`: edits and deletes of a message, and the entries a change of people adds.
+- `conversations`: starting, adding and removing people, leaving, read markers, history
+  epochs.
 """
 
 from chat.services.conversations import (
+    PeopleRefused,
     TooManyConversations,
     UnknownUsers,
     conversation_leave,
@@ -12,9 +15,11 @@ from chat.services.conversations import (
     conversation_new_epoch,
     conversation_start,
     conversations_new_epoch,
+    participants_add,
     participants_remove,
     read_marker_move,
 )
+from chat.services.entries import Change, message_delete, message_edit
 from chat.services.messages import (
     MessageRejected,
     Stored,
@@ -27,7 +32,9 @@ from chat.services.messages import (
 )
 
 __all__ = [
+    "Change",
     "MessageRejected",
+    "PeopleRefused",
     "Stored",
     "TooManyConversations",
     "UnknownUsers",
@@ -39,9 +46,12 @@ __all__ = [
     "conversations_new_epoch",
     "message_create",
     "message_create_and_render",
+    "message_delete",
+    "message_edit",
     "message_send",
     "message_store",
     "normalise_body",
+    "participants_add",
     "participants_remove",
     "read_marker_move",
 ]

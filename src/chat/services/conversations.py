@@ -14,7 +14,8 @@ from django.db.models import Count
 from django.utils import timezone
 
 from chat import events
-from chat.models import Conversation, Participant, new_epoch
+from chat.models import Conversation, Message, Participant, new_epoch
+from chat.services.entries import entry_append, locked_conversation
 from parley import dbcalls
 
 User = get_user_model()
@@ -24,6 +25,10 @@ class UnknownUsers(ValueError):
     def __init__(self, usernames: list[str]) -> None:
         super().__init__(", ".join(usernames))
         self.usernames = usernames
+
+
+class PeopleRefused(ValueError):
+    """People cannot be added; `str(exc)` is safe to show."""
 
 
 class TooManyConversations(Exception):
@@ -55,7 +60,9 @@ def conversation_start(
         if existing is not None:
             return existing
     _check_creation_rate(creator)
-    conversation = Conversation.objects.create(title=title[:200], created_by=creator)
+    conversation = Conversation.objects.create(
+        title=title[:200], created_by=creator, is_direct=len(users) == 1 and not title
+    )
     Participant.objects.bulk_create(
         [Participant(conversation=conversation, user=u) for u in [creator, *users]]
     )
@@ -102,21 +109,89 @@ def _check_creation_rate(creator: AbstractBaseUser) -> None:
         raise TooManyConversations(max(1, int((frees_at - timezone.now()).total_seconds()) + 1))
 
 
-def participants_remove(*, conversation_id: int, user_ids: Iterable[int]) -> list[int]:
+@transaction.atomic
+def participants_add(
+    *, conversation_id: int, actor: AbstractBaseUser, usernames: Iterable[str]
+) -> list[str]:
+    """A participant of a group conversation adds people: they see its whole history, their
+    conversation lists follow it, and the conversation shows "alice added bob" (an entry of
+    its stream). A 1:1 conversation stays between its two people. Returns the names added
+    (none: all were in it already). Raises UnknownUsers, PeopleRefused and
+    Conversation.DoesNotExist (the actor is not a participant)."""
+    wanted = sorted({u.strip() for u in usernames if u.strip()})
+    if not wanted:
+        raise UnknownUsers([])
+    limit = settings.CHAT_ADD_PEOPLE_LIMIT
+    if len(wanted) > limit:
+        raise PeopleRefused(f"Add at most {limit} people at a time.")
+    conversation = locked_conversation(conversation_id, actor.pk)
+    if conversation.is_direct:
+        raise PeopleRefused(
+            "A 1:1 conversation stays between its two people: start a group instead."
+        )
+    users = list(User.objects.filter(username__in=wanted, is_active=True).order_by("username"))
+    missing = sorted(set(wanted) - {u.get_username() for u in users})
+    if missing:
+        raise UnknownUsers(missing)
+    present = set(
+        Participant.objects.filter(conversation=conversation).values_list("user_id", flat=True)
+    )
+    new = [u for u in users if u.pk not in present]
+    if not new:
+        return []
+    Participant.objects.bulk_create([Participant(conversation=conversation, user=u) for u in new])
+    names = [u.get_username() for u in new]
+    entry_append(
+        conversation,
+        kind=Message.ADDED,
+        sender=actor,
+        body=f"{actor.get_username()} added {_names(names)}",
+    )
+    news = [events.joined(user_id=u.pk, conversation_id=conversation.pk) for u in new]
+    news.append(
+        events.members(conversation_id=conversation.pk, removed=[], added=[u.pk for u in new])
+    )
+    transaction.on_commit(lambda: [events.broadcast_sync(e) for e in news])
+    return names
+
+
+def _names(names: list[str]) -> str:
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def participants_remove(
+    *, conversation_id: int, user_ids: Iterable[int], actor: AbstractBaseUser | None = None
+) -> list[int]:
     """Removes these users from the conversation. Their sockets on it close with 4403 at
     once, in every process, and their conversation lists drop it (chat.signals sends the
-    event for every removal, the admin's included). Returns who was removed."""
+    event for every removal, the admin's included); the conversation shows who left or was
+    removed (an entry of its stream). Returns who was removed."""
     with transaction.atomic():
-        rows = Participant.objects.filter(conversation_id=conversation_id, user_id__in=user_ids)
-        removed = sorted(rows.values_list("user_id", flat=True))
-        for participant in rows:
+        conversation = Conversation.objects.select_for_update().filter(pk=conversation_id).first()
+        rows = Participant.objects.filter(
+            conversation_id=conversation_id, user_id__in=user_ids
+        ).select_related("user")
+        gone = sorted(rows, key=lambda p: p.user.get_username())
+        for participant in gone:
             participant.delete()
-    return removed
+        if conversation is not None and gone:
+            names = _names([p.user.get_username() for p in gone])
+            if actor is not None and [p.user_id for p in gone] == [actor.pk]:
+                kind, sender, body = Message.LEFT, actor, f"{names} left"
+            elif actor is not None:
+                body = f"{actor.get_username()} removed {names}"
+                kind, sender = Message.REMOVED, actor
+            else:
+                kind, sender, body = Message.REMOVED, gone[0].user, f"{names} removed"
+            entry_append(conversation, kind=kind, sender=sender, body=body)
+    return sorted(p.user_id for p in gone)
 
 
 def conversation_leave(*, conversation_id: int, user: AbstractBaseUser) -> bool:
     """The user leaves the conversation (as participants_remove). False if they were not in it."""
-    return bool(participants_remove(conversation_id=conversation_id, user_ids=[user.pk]))
+    return bool(
+        participants_remove(conversation_id=conversation_id, user_ids=[user.pk], actor=user)
+    )
 
 
 def conversation_mark_read(*, conversation_id: int, user_id: int, seq: int) -> int:

@@ -7,6 +7,8 @@
  *   reconnect and the server stores them once.
  * - A message already on the page (same id, or an older sequence) is never shown twice.
  * - 4xxx close codes are final: we say why instead of retrying.
+ * - A page around a search result (?around=) opens at that message (.msg-target); if it
+ *   does not reach the newest message it has no socket (data-live="false").
  * - <body data-socket> mirrors the socket (connecting, open, closed, refused) for styling
  *   and for the browser tests.
  * - The message list is a polite live region (role="log"): a screen reader reads out one
@@ -116,10 +118,20 @@
     try {
       if (key && payloads.length) { sessionStorage.setItem(key, JSON.stringify(payloads)); }
     } catch (e) { /* storage full or disabled: the reload still shows the true history */ }
-    window.location.reload();
+    /* A page around a search result starts over on the newest page: the live one. */
+    var root = chatRoot();
+    if (root && root.dataset.around) { window.location.replace(window.location.pathname); }
+    else { window.location.reload(); }
+  }
+
+  /* A page around an older message (a search result) opens no socket: it cannot send. */
+  function isLive() {
+    var root = chatRoot();
+    return !!root && root.dataset.live !== "false";
   }
 
   function restorePending() {
+    if (!isLive()) { return; }   /* kept for the next live page of this conversation */
     var key = pendingKey();
     var saved = null;
     try {
@@ -151,11 +163,35 @@
     }
     var changed = false;
     var arriving = 0;
+    /* Someone added since this page loaded: a place for their presence and typing, so
+       the swap has its target. */
+    [["presence-", "participants", "li"], ["typing-", "typing-row", "span"]].forEach(function (slot) {
+      var box = document.getElementById(slot[1]);
+      tpl.content.querySelectorAll('[hx-swap-oob][id^="' + slot[0] + '"]').forEach(function (el) {
+        if (document.getElementById(el.id)) { return; }
+        if (!box || (slot[2] === "li" && box.tagName !== "UL")) { el.remove(); changed = true; return; }
+        var place = document.createElement(slot[2]);
+        place.id = el.id;
+        box.appendChild(place);
+      });
+    });
     /* Stored: a message this page is past (a resend after a reload) is confirmed alone. */
     tpl.content.querySelectorAll("#chat-confirmed[data-confirms]").forEach(function (c) {
       settle(c.dataset.confirms);
     });
     tpl.content.querySelectorAll("article.msg[data-seq]").forEach(function (m) {
+      /* An edit or a delete: the message as it now is, under the change's own number. It
+         replaces the message where the page shows it (in this frame or above), once. */
+      if (m.dataset.updateSeq) {
+        var changeSeq = parseInt(m.dataset.updateSeq, 10);
+        m.parentNode.removeChild(m); changed = true;
+        if (changeSeq <= state.lastSeq) { return; }
+        state.lastSeq = changeSeq;
+        m.removeAttribute("data-update-seq");
+        var shown = tpl.content.getElementById(m.id) || document.getElementById(m.id);
+        if (shown) { shown.replaceWith(m); }
+        return;
+      }
       var seq = parseInt(m.dataset.seq, 10);
       /* A send confirmed, even by a copy the page does not show again: stored once. */
       if (m.dataset.clientId) { settle(m.dataset.clientId); }
@@ -283,15 +319,121 @@
     scrollToBottom();
   }
 
+  /* Edit and Delete on this user's own messages (the fragment is the same for everyone,
+     so the page adds them; the server checks who asks). */
+  function addMessageActions(m) {
+    var uid = document.body.dataset.userId;
+    if (!m.matches || !m.matches("article.msg[data-seq]") || m.dataset.senderId !== uid ||
+        m.classList.contains("deleted") || m.querySelector(".msg-actions")) { return; }
+    var header = m.querySelector("header");
+    if (!header) { return; }
+    var actions = document.createElement("span");
+    actions.className = "msg-actions";
+    [["edit", "Edit"], ["delete", "Delete"]].forEach(function (a) {
+      var b = document.createElement("button");
+      b.type = "button"; b.className = "link"; b.dataset.action = a[0]; b.textContent = a[1];
+      b.setAttribute("aria-label", a[1] + " your message");
+      actions.appendChild(b);
+    });
+    header.appendChild(actions);
+  }
+
+  function csrfToken() {
+    var field = document.querySelector("input[name=csrfmiddlewaretoken]");
+    return field ? field.value : "";
+  }
+
+  /* POST an edit or a delete; the change itself reaches this page through its socket. */
+  function changeMessage(article, action, fields) {
+    var data = new FormData();
+    Object.keys(fields).forEach(function (k) { data.append(k, fields[k]); });
+    var url = window.location.pathname.replace(/\/$/, "") + "/m/" + article.id.slice(4) + "/" + action;
+    return fetch(url, {
+      method: "POST", body: data, credentials: "same-origin",
+      headers: { "X-CSRFToken": csrfToken() }
+    }).then(function (r) {
+      if (r.ok) { showError(""); return true; }
+      return r.text().then(function (t) {
+        var plain = (r.headers.get("content-type") || "").indexOf("text/plain") === 0;
+        showError(r.status === 403 ? "Only its sender can change a message." :
+                  plain && t ? t : "The message could not be changed (" + r.status + "). Try again.");
+        return false;
+      });
+    }, function () {
+      showError("The server could not be reached: the message was not changed.");
+      return false;
+    });
+  }
+
+  function openEdit(article) {
+    var body = article.querySelector(".body");
+    if (!body || article.querySelector("form.edit-form")) { return; }
+    var form = document.createElement("form");
+    form.className = "edit-form";
+    var label = document.createElement("label");
+    label.className = "sr-only"; label.htmlFor = "edit-" + article.id; label.textContent = "Edit your message";
+    var box = document.createElement("textarea");
+    box.id = "edit-" + article.id; box.name = "chat_message"; box.rows = 2; box.value = body.innerText;
+    var save = document.createElement("button");
+    save.type = "submit"; save.textContent = "Save";
+    var cancel = document.createElement("button");
+    cancel.type = "button"; cancel.className = "link"; cancel.textContent = "Cancel";
+    form.append(label, box, save, cancel);
+    function close() { form.remove(); body.hidden = false; }
+    cancel.addEventListener("click", close);
+    box.addEventListener("keydown", function (e) {
+      if (e.key === "Escape") { e.preventDefault(); close(); }
+      else if (e.key === "Enter" && !e.shiftKey && !e.isComposing) { e.preventDefault(); form.requestSubmit(); }
+    });
+    form.addEventListener("submit", function (e) {
+      e.preventDefault();
+      save.disabled = true;
+      changeMessage(article, "edit", { chat_message: box.value }).then(function (ok) {
+        if (ok) { close(); } else { save.disabled = false; }
+      });
+    });
+    body.hidden = true;
+    body.after(form);
+    box.focus();
+  }
+
+  function watchMessages() {
+    var box = document.getElementById("messages");
+    if (!box) { return; }
+    box.querySelectorAll("article.msg[data-seq]").forEach(addMessageActions);
+    new MutationObserver(function (changes) {
+      changes.forEach(function (c) {
+        Array.prototype.forEach.call(c.addedNodes, function (n) {
+          if (n.nodeType !== 1) { return; }
+          addMessageActions(n);
+          if (n.querySelectorAll) { n.querySelectorAll("article.msg[data-seq]").forEach(addMessageActions); }
+        });
+      });
+    }).observe(box, { childList: true, subtree: true });
+    box.addEventListener("click", function (e) {
+      var b = e.target.closest ? e.target.closest("button[data-action]") : null;
+      var article = b ? b.closest("article.msg[data-seq]") : null;
+      if (!article) { return; }
+      if (b.dataset.action === "edit") { openEdit(article); }
+      if (b.dataset.action === "delete" &&
+          window.confirm("Delete this message? Everyone in the conversation will see that it was deleted.")) {
+        changeMessage(article, "delete", {});
+      }
+    });
+  }
+
   function onReady() {
     installPerUserStyles();
+    watchMessages();
     var root = chatRoot();
     if (root) {
       state.lastSeq = parseInt(root.dataset.lastSeq || "0", 10);
       state.epoch = root.dataset.epoch || "";
       restorePending();
     }
-    scrollToBottom();
+    /* A search result's message is shown where the reader can see it; else the newest. */
+    var target = document.querySelector("#messages .msg-target");
+    if (target) { target.scrollIntoView({ block: "center" }); } else { scrollToBottom(); }
 
     /* The extension's default backoff grows to 64 s; a chat should be back within seconds
        of the server. Full jitter still spreads a restart's reconnects out. */
