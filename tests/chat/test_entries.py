@@ -275,3 +275,25 @@ def test_leaving_and_being_removed_are_entries_of_the_stream():
     assert entries == [("left", "lv-c left"), ("removed", "lv-a removed lv-b")]
     frames = [r.frame for r in rows_after(conv.pk, 0, None, 10)]
     assert "lv-c left" in frames[0] and 'class="msg people"' in frames[0]
+
+
+def test_a_change_with_the_channel_layer_down_is_stored_and_read_back(
+    settings, django_capture_on_commit_callbacks
+):
+    """Redis down: the edit is stored and answered all the same (its broadcast fails,
+    logged); pages read it from the database when they next heal or reconnect."""
+    from channels.layers import channel_layers
+
+    dead = {**settings.CHANNEL_LAYERS["default"]}
+    dead["CONFIG"] = {**dead["CONFIG"], "hosts": ["redis://127.0.0.1:9/0"]}  # nothing there
+    settings.CHANNEL_LAYERS = {"default": dead}
+    channel_layers.backends.clear()
+    a = make_user()
+    conv = make_conversation(a, make_user())
+    mine = _send(conv, a, "before")
+    with django_capture_on_commit_callbacks(execute=True):
+        change = services.message_edit(
+            conversation_id=conv.pk, editor=a, message_id=mine.pk, body="after"
+        )
+    rows = rows_after(conv.pk, 1, None, 10)
+    assert [r.seq for r in rows] == [change.entry.seq] and "after" in rows[0].frame

@@ -76,7 +76,7 @@ def test_pages_and_login_through_nginx(stack, rooms):
     session = login(stack.url, username, PASSWORD)
     home = session.get(f"{stack.url}/", timeout=10)
     assert home.status_code == 200
-    assert f"Signed in as <strong>{username}</strong>" in home.text
+    assert f"Signed in as </span><strong>{username}</strong>" in home.text
     # Readiness is asked of each process directly, never through the public nginx.
     assert requests.get(f"{stack.web_url()}/readyz", timeout=10).json()["status"] == "ok"
     public = requests.get(f"{stack.url}/readyz", timeout=10)

@@ -107,7 +107,7 @@ def test_login_over_https_sets_secure_cookies(tls_stack: Stack, members, ca: str
     session = login(tls_stack.url, alice, PASSWORD, verify=ca)
     home = session.get(f"{tls_stack.url}/", timeout=10)
     assert home.status_code == 200
-    assert f"Signed in as <strong>{alice}</strong>" in home.text
+    assert f"Signed in as </span><strong>{alice}</strong>" in home.text
     cookies = {c.name: c for c in session.cookies}
     for name in ("sessionid", "csrftoken"):
         assert cookies[name].secure, f"{name} without Secure"
