@@ -23,9 +23,10 @@
  *   is asked in that click, never before); the choice is kept per user in localStorage.
  *   While the tab is hidden, a message from someone else notifies, unless its conversation
  *   is muted; a mention of this user notifies even then. Both pages may notify (the
- *   conversation page for its conversation, the list for any it shows): each notification
- *   claims its (conversation, sequence) in localStorage first, so two open tabs notify
- *   once, and all of a conversation's share one tag, so the newest replaces the last.
+ *   conversation page for its conversation, the list for any it shows): the first tab to
+ *   claim a (conversation, sequence) notifies (a Web Lock, then localStorage), so open
+ *   tabs notify once, and all of a conversation's share one tag, so the newest replaces
+ *   the last (a mention after its plain notification, say).
  */
 (function () {
   "use strict";
@@ -418,27 +419,43 @@
     });
   }
 
-  /* One notification per (conversation, sequence) across this user's tabs: claimed in
-     localStorage before it is shown; a mention claims the plain one too. */
+  /* One notification per (conversation, sequence) across this user's tabs. Two tabs get a
+     message at the same moment, before either's localStorage write reaches the other: the
+     tab that takes the Web Lock named for it notifies, and holds it a while; a tab that gets
+     the message later finds it in localStorage. (Without Web Locks, a page not served over
+     https: localStorage alone, and the shared tag collapses what slips through.) */
   function notifyOnce(cid, seq, mention, title, body, href) {
     if (document.visibilityState !== "hidden" || !notificationsOn() || !seq) { return; }
-    var plainKey = "parley-notified-" + cid;
-    var key = mention ? "parley-notified-mention-" + cid : plainKey;
-    try {
-      if (parseInt(localStorage.getItem(key) || "0", 10) >= seq) { return; }
-      localStorage.setItem(key, String(seq));
-      if (mention && parseInt(localStorage.getItem(plainKey) || "0", 10) < seq) {
-        localStorage.setItem(plainKey, String(seq));
-      }
-    } catch (e) { /* no storage: the shared tag still collapses duplicates */ }
-    try {
-      var n = new Notification(title, { body: String(body || "").slice(0, 160), tag: "parley-conversation-" + cid });
-      n.onclick = function () {
-        window.focus();
-        if (href) { window.location.href = href; }
-        n.close();
-      };
-    } catch (e) { /* a browser that notifies only from a service worker: nothing shown */ }
+    var kind = mention ? "mention" : "plain";
+    var key = "parley-notified-" + kind + "-" + cid;
+    function seen(k) {
+      try { return parseInt(localStorage.getItem(k) || "0", 10) >= seq; } catch (e) { return false; }
+    }
+    function show() {
+      if (seen(key)) { return false; }
+      try {
+        localStorage.setItem(key, String(seq));
+        /* a mention says all a plain notification would */
+        if (mention && !seen("parley-notified-plain-" + cid)) {
+          localStorage.setItem("parley-notified-plain-" + cid, String(seq));
+        }
+      } catch (e) { /* no storage: the lock and the tag still hold */ }
+      try {
+        var n = new Notification(title, { body: String(body || "").slice(0, 160), tag: "parley-conversation-" + cid });
+        n.onclick = function () {
+          window.focus();
+          if (href) { window.location.href = href; }
+          n.close();
+        };
+      } catch (e) { /* a browser that notifies only from a service worker: nothing shown */ }
+      return true;
+    }
+    if (seen(key)) { return; }
+    if (!(navigator.locks && navigator.locks.request)) { show(); return; }
+    navigator.locks.request("parley-" + key + "-" + seq, { ifAvailable: true }, function (lock) {
+      if (!lock || !show()) { return null; }
+      return new Promise(function (done) { setTimeout(done, 10000); });
+    });
   }
 
   /* A conversation page: new messages from others while the tab is hidden are counted in
