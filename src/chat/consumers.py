@@ -305,7 +305,7 @@ class InboxConsumer(Socket):
     """`/ws/inbox[?since=<epoch ms>]`: the conversation list, live. It follows the user's
     CHAT_INBOX_FOLLOW_LIMIT most recent conversations through their hubs here (one shared
     row per message for all lists); its own user's read markers and new conversations reach
-    it through its user hub, each re-reading that one row."""
+    it through its user hub, and so do mentions of the user, each re-reading that one row."""
 
     kind = "inbox"
 
@@ -403,4 +403,8 @@ class InboxConsumer(Socket):
 
     async def on_joined(self, conversation_id: int) -> None:
         self._follow(conversation_id)
+        await self._send_own_row(conversation_id)
+
+    async def on_mention(self, conversation_id: int, seq: int) -> None:
+        """The user was mentioned: their own row, marked (one read, for this user only)."""
         await self._send_own_row(conversation_id)

@@ -9,7 +9,7 @@ Two kinds, by who receives them:
   which hands them to its sockets of that conversation: `message`, `typing`, `presence`,
   `members`;
 - user events go to every process with a socket of that user (its user hub), which hands
-  them to that user's sockets: `session_ended`, `read`, `joined`.
+  them to that user's sockets: `session_ended`, `read`, `joined`, `mention`.
 
 One verb, named for who receives: `broadcast(event)` (and `broadcast_sync` from sync code)
 sends to every process following the event's conversation or user, this one included.
@@ -39,6 +39,7 @@ MEMBERS = "chat.members"
 SESSION_ENDED = "session.end"
 READ = "inbox.read"
 JOINED = "inbox.joined"
+MENTION = "inbox.mention"
 
 _NUMBER = (int, float)
 # type -> (required fields, optional fields), each field -> accepted types
@@ -61,9 +62,10 @@ SCHEMAS: dict[str, tuple[dict[str, tuple[type, ...]], dict[str, tuple[type, ...]
     SESSION_ENDED: ({}, {"user_id": (int,), "session": (str,)}),
     READ: ({"conversation_id": (int,), "seq": (int,)}, {"user_id": (int,)}),
     JOINED: ({"conversation_id": (int,)}, {"user_id": (int,)}),
+    MENTION: ({"user_id": (int,), "conversation_id": (int,), "seq": (int,)}, {}),
 }
 CONVERSATION_EVENTS = frozenset({MESSAGE, TYPING, PRESENCE, MEMBERS})
-USER_EVENTS = frozenset({SESSION_ENDED, READ, JOINED})
+USER_EVENTS = frozenset({SESSION_ENDED, READ, JOINED, MENTION})
 
 
 class EventError(ValueError):
@@ -203,6 +205,13 @@ def read(*, user_id: int, conversation_id: int, seq: int) -> dict:
 def joined(*, user_id: int, conversation_id: int) -> dict:
     """The user is in a new conversation: their conversation lists follow it."""
     return check({"type": JOINED, "user_id": user_id, "conversation_id": conversation_id})
+
+
+def mention(*, user_id: int, conversation_id: int, seq: int) -> dict:
+    """Message `seq` mentions the user: their conversation lists mark the conversation."""
+    return check(
+        {"type": MENTION, "user_id": user_id, "conversation_id": conversation_id, "seq": seq}
+    )
 
 
 # --- the verb -------------------------------------------------------------------------------

@@ -60,6 +60,12 @@ class Participant(models.Model):
     joined_at = models.DateTimeField(auto_now_add=True)
     # Read marker: the highest sequence this participant has seen.
     last_read_seq = models.PositiveBigIntegerField(default=0)
+    # The newest message that mentioned this participant by `@username` (0: none). Marked
+    # in the list while it is above the read marker. db_default: the previous release
+    # inserts participants without it during a rolling upgrade.
+    last_mention_seq = models.PositiveBigIntegerField(default=0, db_default=0)
+    # Muted: still counted unread, but no browser notification unless mentioned.
+    muted = models.BooleanField(default=False, db_default=False)
 
     class Meta:
         constraints = [

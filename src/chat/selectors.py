@@ -33,11 +33,12 @@ class Members:
     names: dict[int, str]  # user id -> username, by username
     read_seqs: dict[int, int]  # user id -> read marker
     is_direct: bool = False  # a 1:1 conversation: nobody can be added
+    muted: frozenset[int] = frozenset()  # ids of the members who muted it
 
 
 _MEMBERS_SQL = (
     "SELECT p.user_id, u.{username}, p.last_read_seq, c.title, c.last_seq, c.epoch, "
-    "c.is_direct "
+    "c.is_direct, p.muted "
     "FROM {participant} p "
     "JOIN {user} u ON u.{user_pk} = p.user_id "
     "JOIN {conversation} c ON c.id = p.conversation_id "
@@ -61,16 +62,20 @@ def _members_sql() -> str:
 
 
 def conversation_members(conversation_id: int) -> Members | None:
-    """The conversation, its participants and their read markers; None if it has none."""
+    """The conversation, its participants, their read markers and who muted it; None if it
+    has none."""
     with connection.cursor() as cursor:
         cursor.execute(_members_sql(), [conversation_id])
         rows = cursor.fetchall()
     if not rows:
         return None
-    _, _, _, title, last_seq, epoch, is_direct = rows[0]
+    _, _, _, title, last_seq, epoch, is_direct, _ = rows[0]
     names = {user_id: username for user_id, username, *_ in rows}
     read_seqs = {user_id: read_seq for user_id, _, read_seq, *_ in rows}
-    return Members(conversation_id, title, last_seq, epoch, names, read_seqs, bool(is_direct))
+    muted = frozenset(row[0] for row in rows if row[7])
+    return Members(
+        conversation_id, title, last_seq, epoch, names, read_seqs, bool(is_direct), muted
+    )
 
 
 # What a page shows: every entry but the changes (an edit or a delete is shown in the
@@ -117,6 +122,13 @@ class ConversationRow:
     title: str
     unread: int
     last_read_seq: int
+    last_mention_seq: int = 0
+    muted: bool = False
+
+    @property
+    def mentioned(self) -> bool:
+        """A message mentioning the viewer is not read yet."""
+        return self.last_mention_seq > self.last_read_seq
 
 
 def conversation_title(conversation: Conversation, names: list[str], viewer: str) -> str:
@@ -169,6 +181,8 @@ def conversation_list(
             title=conversation_title(p.conversation, names[p.conversation_id], viewer),
             unread=max(p.conversation.last_seq - p.last_read_seq, 0),
             last_read_seq=p.last_read_seq,
+            last_mention_seq=p.last_mention_seq,
+            muted=p.muted,
         )
         for p in memberships
     ]
@@ -189,6 +203,8 @@ def conversation_row(user_id: int, username: str, conversation_id: int) -> Conve
         title=conversation_title(p.conversation, names, username),
         unread=max(p.conversation.last_seq - p.last_read_seq, 0),
         last_read_seq=p.last_read_seq,
+        last_mention_seq=p.last_mention_seq,
+        muted=p.muted,
     )
 
 

@@ -140,6 +140,9 @@ class Socket(AsyncWebsocketConsumer):
     async def on_joined(self, conversation_id: int) -> None:
         pass  # for conversation lists
 
+    async def on_mention(self, conversation_id: int, seq: int) -> None:
+        pass  # for conversation lists (a conversation page sees the mention in the message)
+
     async def dispatch(self, message: dict) -> None:
         # Channels' default dispatch hops to the database thread before every handler
         # (aclose_old_connections); database calls here go through parley.dbcalls instead.

@@ -11,6 +11,7 @@ urlpatterns = [
     path("c/<int:conversation_id>/leave", views.conversation_leave, name="conversation_leave"),
     path("c/<int:conversation_id>", views.conversation_detail, name="conversation_detail"),
     path("c/<int:conversation_id>/add", views.participants_add, name="participants_add"),
+    path("c/<int:conversation_id>/mute", views.conversation_mute, name="conversation_mute"),
     path(
         "c/<int:conversation_id>/m/<int:message_id>/edit",
         views.message_edit,

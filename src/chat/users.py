@@ -1,7 +1,7 @@
 """Each user with a socket in this process: their sockets (chat pages and conversation
 lists), and the cap on how many one user may hold open, per process and across the cluster
 (the presence store counts them). One subscription per process is in every such user's
-group (logout, read markers, new conversations: chat.events' user events), so a user costs
+group (logout, read markers, new conversations, mentions: chat.events' user events), so a user costs
 one Redis subscription of the group, not a channel, a task and a queue.
 """
 
@@ -34,6 +34,8 @@ class UserSocket(Protocol):
     async def on_read(self, conversation_id: int, seq: int) -> None: ...
 
     async def on_joined(self, conversation_id: int) -> None: ...
+
+    async def on_mention(self, conversation_id: int, seq: int) -> None: ...
 
 
 class TooManySockets(Exception):
@@ -116,6 +118,8 @@ class Users:
                 await socket.on_read(event["conversation_id"], event["seq"])
             elif kind == events.JOINED:
                 await socket.on_joined(event["conversation_id"])
+            elif kind == events.MENTION:
+                await socket.on_mention(event["conversation_id"], event["seq"])
 
     def stale_subscriptions(self) -> list[Subscription]:
         subscription = self.subscription

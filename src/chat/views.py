@@ -105,6 +105,19 @@ def conversation_leave(request: HttpRequest, conversation_id: int) -> HttpRespon
     return redirect("chat:conversation_list")
 
 
+@login_required
+@require_POST
+def conversation_mute(request: HttpRequest, conversation_id: int) -> HttpResponse:
+    """Mutes (`muted=1`) or unmutes (`muted=0`) the conversation for this user, then shows
+    it again: it still counts unread, but notifies only of mentions."""
+    muted = request.POST.get("muted") == "1"
+    if not services.conversation_mute(
+        conversation_id=conversation_id, user=request.user, muted=muted
+    ):
+        raise Http404("No such conversation")
+    return redirect("chat:conversation_detail", conversation_id=conversation_id)
+
+
 def _members_or_404(request: HttpRequest, conversation_id: int) -> selectors.Members:
     members = selectors.conversation_members(conversation_id)
     if members is None or request.user.pk not in members.names:
@@ -192,6 +205,7 @@ def _detail_context(
         max_length=settings.CHAT_MAX_MESSAGE_LENGTH,
         add_form=add_form or PeopleAddForm(),
         around=around,
+        muted=request.user.pk in members.muted,
     )
     return context
 

@@ -22,6 +22,7 @@ BUILT = {
     events.SESSION_ENDED: lambda: events.session_ended(user_id=2, session_key="k" * 32),
     events.READ: lambda: events.read(user_id=2, conversation_id=7, seq=3),
     events.JOINED: lambda: events.joined(user_id=2, conversation_id=7),
+    events.MENTION: lambda: events.mention(user_id=2, conversation_id=7, seq=3),
 }
 
 
@@ -48,6 +49,7 @@ async def test_each_event_reaches_its_group_through_the_layer_as_built(kind):
 def test_conversation_events_go_to_the_conversation_and_user_events_to_the_user():
     assert events.group_of(BUILT[events.MESSAGE]()) == "chat.7"
     assert events.group_of(BUILT[events.READ]()) == "user.2"
+    assert events.group_of(BUILT[events.MENTION]()) == "user.2"
 
 
 @pytest.mark.parametrize(
@@ -60,6 +62,8 @@ def test_conversation_events_go_to_the_conversation_and_user_events_to_the_user(
         {"type": events.TYPING, "user_id": 2, "frame": None},
         {"type": events.MEMBERS, "conversation_id": 1, "removed": 2, "added": []},
         {"type": events.SESSION_ENDED, "session": 5},
+        {"type": events.MENTION, "user_id": 2, "conversation_id": 7},
+        {"type": events.MENTION, "conversation_id": 7, "seq": 3},
     ],
 )
 def test_an_event_that_does_not_match_its_schema_is_refused_and_logged(bad, caplog):

@@ -234,3 +234,36 @@ def test_search_falls_back_to_a_match_of_each_word_on_sqlite(tmp_path):
     assert out["other"] == ["zeppelin secrets"]
     assert out["hit"] == ["ours"]
     assert out["page"] == [200, True]
+
+
+def test_the_list_marks_an_unread_mention_until_it_is_read_and_says_what_is_muted():
+    me, ann = make_user("me-list-mention"), make_user("ann-list-mention")
+    conv = make_conversation(me, ann)
+    quiet = make_conversation(me, ann, title="quiet")
+    for body in ("hi", "hey @me-list-mention", "and more"):
+        services.message_create(conversation_id=conv.pk, sender=ann, body=body)
+    services.mentions_mark(
+        conversation_id=conv.pk, sender_id=ann.pk, names=["me-list-mention"], seq=2
+    )
+    services.conversation_mute(conversation_id=quiet.pk, user=me, muted=True)
+    rows = {r.conversation.pk: r for r in selectors.conversation_list(me)}
+    assert (rows[conv.pk].last_mention_seq, rows[conv.pk].mentioned) == (2, True)
+    assert (rows[conv.pk].muted, rows[quiet.pk].muted) == (False, True)
+    assert not rows[quiet.pk].mentioned
+    # Not the sender's list, and not the one of a member who was not named.
+    assert not selectors.conversation_row(ann.pk, "ann-list-mention", conv.pk).mentioned
+    # Read up to just before it: still marked; read past it: not any more.
+    services.conversation_mark_read(conversation_id=conv.pk, user_id=me.pk, seq=1)
+    assert selectors.conversation_row(me.pk, "me-list-mention", conv.pk).mentioned
+    services.conversation_mark_read(conversation_id=conv.pk, user_id=me.pk, seq=2)
+    row = selectors.conversation_row(me.pk, "me-list-mention", conv.pk)
+    assert (row.mentioned, row.unread) == (False, 1)
+
+
+def test_members_say_who_muted_the_conversation_in_the_same_query(django_assert_num_queries):
+    me, ann = make_user("me-members-muted"), make_user("ann-members-muted")
+    conv = make_conversation(me, ann)
+    services.conversation_mute(conversation_id=conv.pk, user=ann, muted=True)
+    with django_assert_num_queries(1):
+        members = selectors.conversation_members(conv.pk)
+    assert members.muted == frozenset({ann.pk})

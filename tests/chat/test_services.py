@@ -125,3 +125,79 @@ def test_a_send_on_a_connection_the_server_dropped_is_stored_once_on_a_fresh_one
     assert list(Message.objects.filter(conversation=conv).values_list("body", flat=True)) == [
         "after the restart"
     ]
+
+
+# --- mentions and muting ----------------------------------------------------------------------
+
+
+def _markers(conversation) -> dict[str, int]:
+    return dict(
+        Participant.objects.filter(conversation=conversation).values_list(
+            "user__username", "last_mention_seq"
+        )
+    )
+
+
+def test_a_mention_marks_the_named_members_only_and_never_moves_back():
+    ann, bob, cy = make_user("ann-mention"), make_user("bob-mention"), make_user("cy-mention")
+    outsider = make_user("out-mention")
+    conversation = make_conversation(ann, bob, cy)
+    marked = services.mentions_mark(
+        conversation_id=conversation.pk,
+        sender_id=ann.pk,
+        names=["bob-mention", "out-mention", "nobody-at-all", "ann-mention", "bob-mention"],
+        seq=5,
+    )
+    assert marked == [bob.pk]  # not the outsider, nobody unknown, not the sender herself
+    assert _markers(conversation) == {"ann-mention": 0, "bob-mention": 5, "cy-mention": 0}
+    assert not Participant.objects.filter(user=outsider).exists()
+    # An older message's mention (a late write) never moves it back; a newer one moves it.
+    assert (
+        services.mentions_mark(
+            conversation_id=conversation.pk, sender_id=ann.pk, names=["bob-mention"], seq=3
+        )
+        == []
+    )
+    assert _markers(conversation)["bob-mention"] == 5
+    assert services.mentions_mark(
+        conversation_id=conversation.pk,
+        sender_id=cy.pk,
+        names=["bob-mention", "ann-mention"],
+        seq=9,
+    ) == sorted([ann.pk, bob.pk])
+    assert (
+        services.mentions_mark(conversation_id=conversation.pk, sender_id=ann.pk, names=[], seq=10)
+        == []
+    )
+
+
+def test_a_mention_is_one_statement_with_a_bounded_list_of_names(django_assert_num_queries):
+    from chat.services.mentions import MENTIONS_MAX
+
+    ann, bob = make_user("ann-one-mention"), make_user("bob-one-mention")
+    conversation = make_conversation(ann, bob)
+    with django_assert_num_queries(1):
+        assert services.mentions_mark(
+            conversation_id=conversation.pk, sender_id=ann.pk, names=["bob-one-mention"], seq=1
+        ) == [bob.pk]
+    # A body naming hundreds: only the first MENTIONS_MAX distinct names are looked up.
+    names = [f"name{i}" for i in range(200)] + ["bob-one-mention"]
+    with django_assert_num_queries(1) as captured:
+        marked = services.mentions_mark(
+            conversation_id=conversation.pk, sender_id=ann.pk, names=names, seq=2
+        )
+    assert marked == []
+    assert captured.captured_queries[0]["sql"].count("'name") == MENTIONS_MAX
+
+
+def test_muting_is_per_person_and_only_for_participants():
+    ann, bob, out = make_user(), make_user(), make_user()
+    conversation = make_conversation(ann, bob)
+    assert services.conversation_mute(conversation_id=conversation.pk, user=ann, muted=True)
+    assert not services.conversation_mute(conversation_id=conversation.pk, user=out, muted=True)
+    muted = dict(
+        Participant.objects.filter(conversation=conversation).values_list("user_id", "muted")
+    )
+    assert muted == {ann.pk: True, bob.pk: False}
+    services.conversation_mute(conversation_id=conversation.pk, user=ann, muted=False)
+    assert not Participant.objects.get(conversation=conversation, user=ann).muted

@@ -546,3 +546,47 @@ def test_around_that_is_not_a_message_gives_the_newest_page(settings, around):
 def test_around_in_a_conversation_of_others_is_404(settings):
     _, conv, _ = _conversation_of(5, settings)
     assert logged_in_client(make_user()).get(f"/c/{conv.pk}?around=2").status_code == 404
+
+
+def test_muting_a_conversation_is_a_post_that_shows_it_again_muted():
+    me, anna, out = make_user("me"), make_user("anna"), make_user("out")
+    conv = make_conversation(me, anna)
+    client = logged_in_client(me)
+    page = client.get(f"/c/{conv.pk}").content.decode()
+    assert 'data-muted="false"' in page and ">Mute</button>" in page
+    assert f'action="{reverse("chat:conversation_mute", args=[conv.pk])}"' in page
+    r = client.post(f"/c/{conv.pk}/mute", {"muted": "1"})
+    assert r.status_code == 302 and r["Location"] == f"/c/{conv.pk}"
+    page = client.get(f"/c/{conv.pk}").content.decode()
+    assert 'data-muted="true"' in page and ">Unmute</button>" in page
+    assert 'name="muted" value="0"' in page
+    listed = client.get("/").content.decode()
+    assert 'data-muted="true"' in listed and '<span class="muted-label">Muted</span>' in listed
+    # Only for this person; only by POST; only a participant.
+    assert 'data-muted="false"' in logged_in_client(anna).get(f"/c/{conv.pk}").content.decode()
+    assert client.get(f"/c/{conv.pk}/mute").status_code == 405
+    assert logged_in_client(out).post(f"/c/{conv.pk}/mute", {"muted": "1"}).status_code == 404
+    client.post(f"/c/{conv.pk}/mute", {"muted": "0"})
+    assert 'data-muted="false"' in client.get(f"/c/{conv.pk}").content.decode()
+
+
+def test_the_list_marks_a_mention_and_pages_carry_what_chat_js_needs():
+    me, anna = make_user("me"), make_user("anna")
+    conv = make_conversation(me, anna, title="Plans")
+    services.message_create(conversation_id=conv.pk, sender=anna, body="@me look")
+    services.mentions_mark(conversation_id=conv.pk, sender_id=anna.pk, names=["me"], seq=1)
+    client = logged_in_client(me)
+    listed = client.get("/").content.decode()
+    row = re.search(rf'<li id="conv-{conv.pk}".*?</li>', listed, re.S).group()
+    assert "has-mention" in row and 'data-mention-seq="1"' in row
+    assert re.search(r'<span class="mention-mark">@<span class="sr-only">', row)
+    # What chat.js reads: who I am (highlight, "from someone else"), the favicon with a dot,
+    # the notifications button (hidden until the script shows it: no script, no button).
+    assert 'data-username="me"' in listed
+    assert 'data-unread-href="/static/chat/favicon-unread.svg"' in listed
+    assert re.search(r'<button type="button" id="notify-toggle"[^>]* hidden>', listed)
+    page = client.get(f"/c/{conv.pk}").content.decode()  # opening it reads it
+    assert '<span class="mention" data-mention="me">@me</span> look' in page
+    assert 'data-title="Plans"' in page
+    row = re.search(rf'<li id="conv-{conv.pk}".*?</li>', client.get("/").content.decode(), re.S)
+    assert "has-mention" not in row.group() and '<span class="mention-mark" hidden>' in row.group()

@@ -2,8 +2,9 @@
 
 - `messages`: storing a message and publishing it.
 - `entries`: edits and deletes of a message, and the entries a change of people adds.
-- `conversations`: starting, adding and removing people, leaving, read markers, history
-  epochs.
+- `conversations`: starting, adding and removing people, leaving, read markers, muting,
+  history epochs.
+- `mentions`: the mention markers a message moves, after it is published.
 """
 
 from chat.services.conversations import (
@@ -12,6 +13,7 @@ from chat.services.conversations import (
     UnknownUsers,
     conversation_leave,
     conversation_mark_read,
+    conversation_mute,
     conversation_new_epoch,
     conversation_start,
     conversations_new_epoch,
@@ -20,6 +22,7 @@ from chat.services.conversations import (
     read_marker_move,
 )
 from chat.services.entries import Change, message_delete, message_edit
+from chat.services.mentions import mentions_mark, mentions_notify
 from chat.services.messages import (
     MessageRejected,
     Stored,
@@ -41,6 +44,7 @@ __all__ = [
     "check_storable_text",
     "conversation_leave",
     "conversation_mark_read",
+    "conversation_mute",
     "conversation_new_epoch",
     "conversation_start",
     "conversations_new_epoch",
@@ -50,6 +54,8 @@ __all__ = [
     "message_edit",
     "message_send",
     "message_store",
+    "mentions_mark",
+    "mentions_notify",
     "normalise_body",
     "participants_add",
     "participants_remove",

@@ -1,5 +1,5 @@
-"""Conversations and who is in them: starting one, leaving, removing people, read markers and
-history epochs. Each write is one transaction; its event is sent once it is committed."""
+"""Conversations and who is in them: starting one, leaving, removing people, read markers,
+muting and history epochs. Each write is one transaction; its event is sent once it is committed."""
 
 from __future__ import annotations
 
@@ -207,6 +207,14 @@ async def read_marker_move(*, conversation_id: int, user_id: int, seq: int) -> N
         conversation_id=conversation_id, user_id=user_id, seq=seq
     )
     await events.broadcast(events.read(user_id=user_id, conversation_id=conversation_id, seq=seq))
+
+
+def conversation_mute(*, conversation_id: int, user: AbstractBaseUser, muted: bool) -> bool:
+    """Mutes (or unmutes) the conversation for the user: it still counts unread, but their
+    pages notify only of mentions. False if they are not a participant."""
+    return bool(
+        Participant.objects.filter(conversation_id=conversation_id, user=user).update(muted=muted)
+    )
 
 
 def conversation_new_epoch(*, conversation_id: int, seen_epoch: str) -> str:

@@ -1,10 +1,12 @@
 """Storing messages: the one statement that gives a message its sequence number, on a
 database thread (`message_create`, `message_create_and_render`) or on the event loop's own
 connections (`message_store`, which stores the sends queued behind it together), and
-`message_send`, which stores and publishes."""
+`message_send`, which stores and publishes (and, for a message that mentions people, marks
+them after it is published)."""
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import logging
 import time
@@ -22,7 +24,9 @@ from django.utils import timezone
 
 from chat import events, fragments
 from chat.models import Conversation, Message
+from chat.services.mentions import mentions_notify
 from chat.stream import Row
+from chat.templatetags.chat_links import mentioned_names
 from parley import dbcalls, loopdb, metrics
 from parley.perloop import per_loop
 
@@ -361,7 +365,38 @@ async def message_send(
     )
     if await hub.publish(Row(stored.seq, stored.frame), event) and stored.created:
         metrics.BROADCAST_SECONDS.observe(time.perf_counter() - stored_at)
+    if stored.created and "@" in body:
+        _mentions_later(hub.conversation_id, sender_id, sender_name, body, stored.seq)
     return stored
+
+
+# Mention writes in flight: a task the loop holds no other reference to could be collected.
+_mention_tasks: set[asyncio.Task] = set()
+
+
+def _mentions_later(
+    conversation_id: int, sender_id: int, sender_name: str, body: str, seq: int
+) -> None:
+    """Marks the members `body` mentions, off the send's path: the message is stored,
+    confirmed and published already, and a send without "@" never comes here. Best effort:
+    a database that cannot take it now (busy, down) costs the mark, never the message."""
+    names = [name for name in mentioned_names(body) if name != sender_name]
+    if not names:
+        return
+    task = asyncio.ensure_future(_mentions(conversation_id, sender_id, names, seq))
+    _mention_tasks.add(task)
+    task.add_done_callback(_mention_tasks.discard)
+
+
+async def _mentions(conversation_id: int, sender_id: int, names: list[str], seq: int) -> None:
+    try:
+        await mentions_notify(
+            conversation_id=conversation_id, sender_id=sender_id, names=names, seq=seq
+        )
+    except DatabaseError as exc:
+        logger.warning("mention marker not stored", extra={"error": type(exc).__name__})
+    except Exception:
+        logger.exception("mention marker failed")
 
 
 def _stored_result(message: Message, created: bool) -> Stored:

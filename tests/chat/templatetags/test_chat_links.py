@@ -1,7 +1,7 @@
 """chat.templatetags.chat_links: web addresses in a message become links that open in a new
-tab without referrer or opener; everything else stays escaped text, as `linebreaksbr` wrote
-it before; no scheme but http(s) is ever a link; and a body full of links still fits the
-frame a message is sized for."""
+tab without referrer or opener, `@username` mentions become a marked span; everything else
+stays escaped text, as `linebreaksbr` wrote it before; no scheme but http(s) is ever a link;
+and a body full of links or mentions still fits the frame a message is sized for."""
 
 from __future__ import annotations
 
@@ -15,7 +15,12 @@ from django.utils import timezone
 from chat import fragments
 from chat.models import Message
 from chat.stream import frame_bytes
-from chat.templatetags.chat_links import BYTES_PER_CHARACTER, LINK_ALLOWANCE, chat_links
+from chat.templatetags.chat_links import (
+    BYTES_PER_CHARACTER,
+    LINK_ALLOWANCE,
+    chat_links,
+    mentioned_names,
+)
 from tests.factories import make_conversation, make_user
 
 BODY = engines["django"].from_string("{% load chat_links %}{{ body|chat_links|linebreaksbr }}")
@@ -169,6 +174,10 @@ def worst_bodies(length: int) -> dict[str, str]:
         "links and line breaks": fill("http://a\n"),
         "emoji links": fill("http://\U0001f600 "),
         "link then quotes": "https://example.com " + '"' * (length - 20),
+        "short mentions": fill("@a "),
+        "mentions of apostrophes": fill("@" + "a" * 3 + " '"),
+        "mentions and links": fill("@b http://a "),
+        "one long mention": "@" + "x" * (length - 1),
     }
 
 
@@ -230,3 +239,87 @@ def test_the_message_template_links_its_body():
         + link("https://example.com/x?a=1&amp;b=2")
         + "<br>javascript:alert(1)"
     )
+
+
+# --- mentions -------------------------------------------------------------------------------
+
+
+def mention(name: str) -> str:
+    return f'<span class="mention" data-mention="{name}">@{name}</span>'
+
+
+@pytest.mark.parametrize(
+    ("body", "expected", "names"),
+    [
+        ("@bob", mention("bob"), ["bob"]),
+        ("hi @bob.", "hi " + mention("bob") + ".", ["bob"]),
+        ("hi @bob, @ann!", "hi " + mention("bob") + ", " + mention("ann") + "!", ["bob", "ann"]),
+        ("(@a.b-c_d+e)", "(" + mention("a.b-c_d+e") + ")", ["a.b-c_d+e"]),
+        ("line\n@bob", "line<br>" + mention("bob"), ["bob"]),
+        ("@bob @bob", mention("bob") + " " + mention("bob"), ["bob"]),
+        ("@Zoë", mention("Zoë"), ["Zoë"]),
+        # an e-mail address, or `@` after a username's character, mentions nobody
+        ("mail ann@example.com", "mail ann@example.com", []),
+        ("x.@bob and x-@bob", "x.@bob and x-@bob", []),
+        # nothing after the `@`
+        ("@ alone, @. and @...", "@ alone, @. and @...", []),
+        # inside a web address it is the address's
+        (
+            "https://example.com/@bob",
+            link("https://example.com/@bob"),
+            [],
+        ),
+        # a name's characters only: quotes and angle brackets end it, escaped as text
+        (
+            '@bob"><script>alert(1)</script>',
+            mention("bob") + "&quot;&gt;&lt;script&gt;alert(1)&lt;/script&gt;",
+            ["bob"],
+        ),
+        ("<@bob>", "&lt;" + mention("bob") + "&gt;", ["bob"]),
+        ("&@bob", "&amp;" + mention("bob"), ["bob"]),
+        ("@bob&amp;", mention("bob") + "&amp;amp;", ["bob"]),
+        ('@"bob"', "@&quot;bob&quot;", []),
+        ("@\u202ebob", "@\u202ebob", []),
+        ("@@bob", mention("@bob"), ["@bob"]),
+        (
+            "see @bob: http://a.co @ann",
+            "see " + mention("bob") + ": " + link("http://a.co") + " " + mention("ann"),
+            ["bob", "ann"],
+        ),
+    ],
+)
+def test_mentions_are_marked_and_everything_else_stays_escaped(body, expected, names):
+    assert render(body) == expected
+    assert mentioned_names(body) == list(dict.fromkeys(names))
+
+
+def test_a_mention_never_produces_markup_but_its_span():
+    hostile = [
+        "@x onmouseover=alert(1)",
+        "@x' data-x='1",
+        '@x" onclick="y',
+        "@<img src=x onerror=alert(1)>",
+        "@x</span><script>",
+        "@javascript:alert(1)",
+        "@x\x00y",
+    ]
+    for body in hostile:
+        html = render(body)
+        tags = re.findall(r"<[^>]*>", html)
+        assert all(
+            re.fullmatch(r'<span class="mention" data-mention="[\w.@+\-]+">|</span>|<br>', t)
+            for t in tags
+        ), (body, html)
+        assert "&amp;lt;" not in html and "&amp;quot;" not in html  # never escaped twice
+
+
+def test_a_name_is_at_most_a_username_long():
+    name = "n" * 200
+    html = render("@" + name)
+    assert mention("n" * 150) + "n" * 50 == html
+    assert mentioned_names("@" + name) == ["n" * 150]
+
+
+def test_text_without_an_at_sign_is_not_searched_for_mentions():
+    assert mentioned_names("no mention here, just a@b") == []
+    assert mentioned_names("") == []

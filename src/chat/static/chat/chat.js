@@ -14,6 +14,19 @@
  * - The message list is a polite live region (role="log"): a screen reader reads out one
  *   new message; many at once (older ones loaded, a catch-up) go in with the region
  *   silenced, and #chat-announce says how many instead.
+ * - Mentions: every reader gets the same <span class="mention" data-mention="name">; one
+ *   per-user rule highlights the ones naming this user. The list marks a conversation with
+ *   an unread mention (data-mention-seq above data-read-seq).
+ * - The title and favicon say how many are unread: on the list, the rows' sum; on a
+ *   conversation, the messages that came while the tab was hidden.
+ * - Browser notifications, off until the person turns them on (#notify-toggle: permission
+ *   is asked in that click, never before); the choice is kept per user in localStorage.
+ *   While the tab is hidden, a message from someone else notifies, unless its conversation
+ *   is muted; a mention of this user notifies even then. Both pages may notify (the
+ *   conversation page for its conversation, the list for any it shows): the first tab to
+ *   claim a (conversation, sequence) notifies (a Web Lock, then localStorage), so open
+ *   tabs notify once, and all of a conversation's share one tag, so the newest replaces
+ *   the last (a mention after its plain notification, say).
  */
 (function () {
   "use strict";
@@ -73,17 +86,26 @@
     if (err) { err.textContent = text || ""; }
   }
 
-  /* Mine/theirs: one rule for this user, so every recipient gets the same fragment. */
+  /* Mine/theirs, and mentions of me: rules for this user, so every recipient gets the same
+     fragment. */
   function installPerUserStyles() {
     var uid = document.body.dataset.userId;
     if (!uid || !("adoptedStyleSheets" in document)) { return; }
     var sheet = new CSSStyleSheet();
     var sel = '[data-sender-id="' + uid + '"]';
+    var me = document.body.dataset.username;
     sheet.replaceSync(
       ".msg" + sel + "{margin-left:auto;margin-right:0;background:var(--mine-bg);border-color:var(--mine-border)}" +
       ".msg" + sel + " .author::after{content:' (you)';font-weight:normal}" +
-      '.typing[data-user-id="' + uid + '"]{display:none}');
+      '.typing[data-user-id="' + uid + '"]{display:none}' +
+      (me ? mentionSelector(me) + "{background:#fff1b8;color:var(--fg);border-radius:3px;padding:0 .15em;" +
+            "box-shadow:inset 0 -2px 0 #b88a00}" : ""));
     document.adoptedStyleSheets = document.adoptedStyleSheets.concat([sheet]);
+  }
+
+  /* The mentions of `name`, as a selector (a username has no quote, but escape anyway). */
+  function mentionSelector(name) {
+    return '.mention[data-mention="' + String(name).replace(/["\\]/g, "\\$&") + '"]';
   }
 
   function nearBottom() {
@@ -163,6 +185,7 @@
     }
     var changed = false;
     var arriving = 0;
+    var incoming = [];   /* new messages from someone else */
     /* Someone added since this page loaded: a place for their presence and typing, so
        the swap has its target. */
     [["presence-", "participants", "li"], ["typing-", "typing-row", "span"]].forEach(function (slot) {
@@ -200,6 +223,9 @@
       }
       state.lastSeq = seq;
       arriving += 1;
+      if (m.dataset.senderId && m.dataset.senderId !== document.body.dataset.userId) {
+        incoming.push(m);
+      }
       /* Their message is here: they are no longer typing it. */
       var typing = document.getElementById("typing-" + m.dataset.senderId);
       if (typing) { clearTyping(typing); }
@@ -230,22 +256,36 @@
         row.parentNode.removeChild(row); changed = true; return;
       }
       if (old && parseInt(row.dataset.lastSeq, 10) < parseInt(old.dataset.lastSeq, 10)) {
-        /* older than what the page shows: keep the row, take a newer read marker */
-        if (row.dataset.readSeq) { old.dataset.readSeq = row.dataset.readSeq; showUnread(old); }
+        /* older than what the page shows: keep the row, take a newer read marker and
+           mention marker */
+        if (row.dataset.readSeq) { old.dataset.readSeq = row.dataset.readSeq; }
+        if (seqOf(row, "mentionSeq") > seqOf(old, "mentionSeq")) {
+          rowArrived(row, old, false);
+          old.dataset.mentionSeq = row.dataset.mentionSeq;
+        }
+        showUnread(old);
         row.parentNode.removeChild(row); changed = true; return;
       }
-      if (row.hasAttribute("data-live")) {
+      var live = row.hasAttribute("data-live");
+      if (live) {
         row.querySelector(".conv-title").textContent = old.querySelector(".conv-title").textContent;
         row.dataset.readSeq = old.dataset.readSeq || "0";
+        row.dataset.mentionSeq = old.dataset.mentionSeq || "0";
+        row.dataset.muted = old.dataset.muted || "false";
+        var label = old.querySelector(".muted-label");
+        var badges = row.querySelector(".conv-badges");
+        if (label && badges) { badges.insertBefore(label.cloneNode(true), badges.firstChild); }
         row.removeAttribute("data-live");
         changed = true;
       }
+      rowArrived(row, old, live);
       showUnread(row);
       if (old) { old.remove(); }
       var empty = document.querySelector("#conversation-list > li.empty");
       if (empty) { empty.remove(); }
     });
     if (arriving > 1) { quiet(); state.arrivedQuietly += arriving; }
+    messagesArrived(incoming);
     if (!changed) { return text; }
     var out = [];
     Array.prototype.forEach.call(tpl.content.children, function (c) {
@@ -318,6 +358,166 @@
       badge.textContent = unread ? String(unread) : "";
     }
     row.classList.toggle("has-unread", unread > 0);
+    var mentioned = seqOf(row, "mentionSeq") > seqOf(row, "readSeq");
+    row.classList.toggle("has-mention", mentioned);
+    var mark = row.querySelector(".mention-mark");
+    if (mark) { mark.hidden = !mentioned; }
+  }
+
+  function seqOf(el, name) { return parseInt((el && el.dataset[name]) || "0", 10) || 0; }
+
+  /* --- unread in the title and favicon; notifications ------------------------------------ */
+
+  var titles = { base: document.title.replace(/^\(\d+\) /, ""), hidden: 0 };
+
+  /* "(3) Conversations · Parley" and the favicon with a dot: on the list, the rows' unread
+     counts summed; on a conversation, the messages that came while the tab was hidden. */
+  function showUnreadInTitle() {
+    var n = 0;
+    if (chatRoot()) {
+      n = titles.hidden;
+    } else {
+      document.querySelectorAll("#conversation-list .unread[data-unread]").forEach(function (b) {
+        n += parseInt(b.dataset.unread || "0", 10) || 0;
+      });
+    }
+    var title = (n ? "(" + n + ") " : "") + titles.base;
+    if (document.title !== title) { document.title = title; }
+    var icon = document.getElementById("favicon");
+    if (icon && icon.dataset.unreadHref) {
+      if (!icon.dataset.readHref) { icon.dataset.readHref = icon.getAttribute("href"); }
+      var href = n ? icon.dataset.unreadHref : icon.dataset.readHref;
+      if (icon.getAttribute("href") !== href) { icon.setAttribute("href", href); }
+    }
+  }
+
+  function notificationsKey() { return "parley-notifications-" + (document.body.dataset.userId || ""); }
+
+  function notificationsOn() {
+    if (!("Notification" in window) || Notification.permission !== "granted") { return false; }
+    try { return localStorage.getItem(notificationsKey()) === "on"; } catch (e) { return false; }
+  }
+
+  function setNotifications(on) {
+    try {
+      if (on) { localStorage.setItem(notificationsKey(), "on"); }
+      else { localStorage.removeItem(notificationsKey()); }
+    } catch (e) { /* storage disabled: the button says it is still off */ }
+    showNotificationsToggle();
+  }
+
+  function showNotificationsToggle() {
+    var b = document.getElementById("notify-toggle");
+    if (!b) { return; }
+    var on = notificationsOn();
+    var blocked = !on && Notification.permission === "denied";
+    b.hidden = false;
+    b.setAttribute("aria-pressed", on ? "true" : "false");
+    b.textContent = on ? "Turn off notifications" : blocked ? "Notifications blocked" : "Turn on notifications";
+    b.title = blocked ? "This browser blocks notifications from this site: allow them in its site settings." : "";
+  }
+
+  function watchNotificationsToggle() {
+    var b = document.getElementById("notify-toggle");
+    if (!b || !document.body.dataset.userId || !("Notification" in window)) { return; }
+    showNotificationsToggle();
+    b.addEventListener("click", function () {
+      if (notificationsOn()) { setNotifications(false); return; }
+      if (Notification.permission === "granted") { setNotifications(true); return; }
+      /* The only place permission is asked: in the person's own click. */
+      Promise.resolve(Notification.requestPermission()).then(function (answer) {
+        setNotifications(answer === "granted");
+      }, function () { showNotificationsToggle(); });
+    });
+    /* Turned on or off in another tab. */
+    window.addEventListener("storage", function (e) {
+      if (e.key === notificationsKey()) { showNotificationsToggle(); }
+    });
+  }
+
+  /* One notification per (conversation, sequence) across this user's tabs. Two tabs get a
+     message at the same moment, before either's localStorage write reaches the other: the
+     tab that takes the Web Lock named for it notifies, and holds it a while; a tab that gets
+     the message later finds it in localStorage. (Without Web Locks, a page not served over
+     https: localStorage alone, and the shared tag collapses what slips through.) */
+  function notifyOnce(cid, seq, mention, title, body, href) {
+    if (document.visibilityState !== "hidden" || !notificationsOn() || !seq) { return; }
+    var kind = mention ? "mention" : "plain";
+    var key = "parley-notified-" + kind + "-" + cid;
+    function seen(k) {
+      try { return parseInt(localStorage.getItem(k) || "0", 10) >= seq; } catch (e) { return false; }
+    }
+    function show() {
+      if (seen(key)) { return false; }
+      try {
+        localStorage.setItem(key, String(seq));
+        /* a mention says all a plain notification would */
+        if (mention && !seen("parley-notified-plain-" + cid)) {
+          localStorage.setItem("parley-notified-plain-" + cid, String(seq));
+        }
+      } catch (e) { /* no storage: the lock and the tag still hold */ }
+      try {
+        var n = new Notification(title, { body: String(body || "").slice(0, 160), tag: "parley-conversation-" + cid });
+        n.onclick = function () {
+          window.focus();
+          if (href) { window.location.href = href; }
+          n.close();
+        };
+      } catch (e) { /* a browser that notifies only from a service worker: nothing shown */ }
+      return true;
+    }
+    if (seen(key)) { return; }
+    if (!(navigator.locks && navigator.locks.request)) { show(); return; }
+    navigator.locks.request("parley-" + key + "-" + seq, { ifAvailable: true }, function (lock) {
+      if (!lock || !show()) { return null; }
+      return new Promise(function (done) { setTimeout(done, 10000); });
+    });
+  }
+
+  /* A conversation page: new messages from others while the tab is hidden are counted in
+     the title and notified (a muted conversation only when they mention this user). */
+  function messagesArrived(list) {
+    var root = chatRoot();
+    if (!root || !list.length) { return; }
+    if (document.visibilityState === "hidden") { titles.hidden += list.length; showUnreadInTitle(); }
+    var me = document.body.dataset.username;
+    var mentioning = null;
+    list.forEach(function (m) { if (me && m.querySelector(mentionSelector(me))) { mentioning = m; } });
+    var m = mentioning || (root.dataset.muted === "true" ? null : list[list.length - 1]);
+    if (!m) { return; }
+    var author = m.querySelector(".author");
+    var body = m.querySelector(".body");
+    var who = author ? author.textContent : "";
+    notifyOnce(root.dataset.conversationId, parseInt(m.dataset.seq, 10), !!mentioning,
+      who + (mentioning ? " mentioned you in " : " in ") + (root.dataset.title || ""),
+      body ? body.textContent : "", null);
+  }
+
+  /* A list row that arrived (`old`: the row it replaces): a live one is a new message, an
+     own one may carry a new mention of this user. */
+  function rowArrived(row, old, live) {
+    var cid = row.id.slice("conv-".length);
+    var seq = seqOf(row, "lastSeq");
+    var titleEl = row.querySelector(".conv-title");
+    var title = titleEl ? titleEl.textContent : "";
+    var preview = row.querySelector(".preview");
+    var strong = preview ? preview.querySelector("strong") : null;
+    var sender = strong ? strong.textContent.replace(/:$/, "") : "";
+    var text = preview ? preview.textContent.trim() : "";
+    var link = row.querySelector("a[href]");
+    var href = link ? link.getAttribute("href") : null;
+    if (live) {
+      if (old && seq <= seqOf(old, "lastSeq")) { return; }
+      if (sender === document.body.dataset.username || row.dataset.muted === "true" ||
+          seq <= seqOf(row, "readSeq")) { return; }
+      notifyOnce(cid, seq, false, sender + " in " + title,
+                 text.slice(strong ? strong.textContent.length : 0).trim(), href);
+      return;
+    }
+    var mention = seqOf(row, "mentionSeq");
+    if (mention > seqOf(row, "readSeq") && mention > seqOf(old, "mentionSeq")) {
+      notifyOnce(cid, mention, true, "You were mentioned in " + title, text, href);
+    }
   }
 
   function addPendingBubble(cid, text) {
@@ -441,6 +641,8 @@
   function onReady() {
     installPerUserStyles();
     watchMessages();
+    watchNotificationsToggle();
+    showUnreadInTitle();
     var root = chatRoot();
     if (root) {
       state.lastSeq = parseInt(root.dataset.lastSeq || "0", 10);
@@ -589,6 +791,7 @@
         el._clear = setTimeout(function () { el._clear = null; clearTyping(el); }, TYPING_VISIBLE_MS);
       });
       scheduleRead(evt.detail.socketWrapper);
+      showUnreadInTitle();
     });
 
     /* Older messages go in above what the reader is looking at: keep it where it is (the
@@ -605,6 +808,7 @@
       }
     });
     document.body.addEventListener("htmx:afterSwap", function () {
+      showUnreadInTitle();   /* the list fetched afresh */
       var box = document.getElementById("messages");
       if (box && state.keepFromBottom != null) {
         box.scrollTop = box.scrollHeight - state.keepFromBottom;
@@ -624,7 +828,10 @@
     });
 
     document.addEventListener("visibilitychange", function () {
-      if (document.visibilityState === "visible" && state.lastSock) { scheduleRead(state.lastSock); }
+      if (document.visibilityState !== "visible") { return; }
+      titles.hidden = 0;
+      showUnreadInTitle();
+      if (state.lastSock) { scheduleRead(state.lastSock); }
     });
 
     var input = document.getElementById("chat_message");
