@@ -75,15 +75,15 @@ def parse(argv: list[str]) -> argparse.Namespace:
     parser.add_argument(
         "--edits",
         type=float,
-        default=0.06,
+        default=0.04,
         help="share of a page's typing turns that edit one of its own recent messages "
-        "(default 0.06)",
+        "(default 0.04)",
     )
     parser.add_argument(
         "--deletes",
         type=float,
-        default=0.04,
-        help="share of a page's typing turns that delete one (default 0.04)",
+        default=0.03,
+        help="share of a page's typing turns that delete one (default 0.03)",
     )
     parser.add_argument(
         "--guests",

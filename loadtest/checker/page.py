@@ -761,7 +761,7 @@ class Page(threading.Thread):
 
     # --- reload ------------------------------------------------------------------------------
 
-    def _reload(self, why: str) -> None:
+    def _reload(self, why: str, shallow: float | None = None) -> None:
         """What window.location.reload() amounts to: the socket goes, the page is fetched
         and read to its first message, the socket comes back."""
         self.reloading = True
@@ -771,7 +771,7 @@ class Page(threading.Thread):
         while not self.stopping.is_set():
             started = self.history.now()
             try:
-                view, epoch, last_seq, pages, floor = self._fetch_history()
+                view, epoch, last_seq, pages, floor = self._fetch_history(shallow)
                 break
             except (requests.RequestException, fragments.PageError, LoadError) as exc:
                 if self.leaving and isinstance(exc, LoadError) and exc.status == 404:
@@ -811,7 +811,9 @@ class Page(threading.Thread):
         self.reloading = False
         self._connect()
 
-    def _fetch_history(self) -> tuple[list[ViewEntry], str, int, int, int]:
+    def _fetch_history(
+        self, shallow: float | None = None
+    ) -> tuple[list[ViewEntry], str, int, int, int]:
         """(view, epoch, last_seq, pages read, floor): `floor` is the first sequence shown
         when the reader did not scroll back to the start (0 when they did)."""
         base = self.run_.base_url
@@ -819,7 +821,8 @@ class Page(threading.Thread):
         chunks = [page.articles]
         older = page.older_url
         pages = 1
-        shallow = getattr(getattr(self.run_, "o", None), "shallow", 0.0)
+        if shallow is None:
+            shallow = getattr(getattr(self.run_, "o", None), "shallow", 0.0)
         floor = 0
         if older and page.articles and self.rng.random() < shallow:
             floor, older = page.articles[0].seq, None
@@ -856,6 +859,11 @@ class Page(threading.Thread):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def reload_by_reader(self) -> None:
+        """Its reader reloads it (F5); half the time they do not scroll back."""
+        if not (self.offline or self.leaving or self.dead):
+            self._reload("its reader reloads it", shallow=0.5)
 
     def go_offline(self) -> None:
         self.offline = True

@@ -59,6 +59,7 @@ FAULTS = [
     "pg_restart",
     "disconnect",
     "slow_reader",
+    "page_reload",
 ]
 
 # The stack's settings, on top of the defaults (documented in docs/testing.md).
@@ -103,8 +104,8 @@ class Options:
     stop_at_failure: bool = False  # no more faults once a checkpoint failed
     # Changes besides messages. Of a page's typing turns, this share edits one of its own
     # recent messages and this share deletes one (when it shows one to change).
-    edit_p: float = 0.06
-    delete_p: float = 0.04
+    edit_p: float = 0.04
+    delete_p: float = 0.03
     # Now and then (on average this many seconds apart; 0: never) a member adds a guest
     # (one of `guests` people in none of the rooms), whose page opens, types a while and
     # leaves (its socket must close with 4403).
@@ -428,6 +429,15 @@ class Run:
         for page in victims:
             page.command(lambda p, s=seconds: p.pause_reading(s))
         time.sleep(seconds)  # the fault's duration
+
+    def _fault_page_reload(self) -> None:
+        """Readers reload their pages (F5) while the others type, edit and delete: half of
+        them read only the newest page of history, so changes of older messages come to a
+        page that does not show them."""
+        victims = self.rng.sample(self.pages, self.rng.randint(1, 2))
+        self.history.fault("page-reload", f"{', '.join(p.who for p in victims)} reload the page")
+        for page in victims:
+            page.command(Page.reload_by_reader)
 
     # --- a page far behind -------------------------------------------------------------------
 

@@ -496,3 +496,26 @@ def test_leaving_again_after_a_lost_answer_is_having_left(server):
     first = Change("leave", "bob", 3, 0.0, guest="bob")
     actor.post(first, "/c/3/leave", {}, threading.Event())
     assert first.outcome == "refused"
+
+
+def test_a_load_not_scrolled_back_starts_at_the_newest_pages_first_entry():
+    page = page_model()
+    newest = fragments.parse_page(
+        '<section id="chat" data-epoch="e1" data-last-seq="9"></section>'
+        + server_fragments.message_html(message(8, "eight"))
+        + server_fragments.message_html(message(9, "nine"))
+        + '<button id="load-older" hx-get="/c/3/history?before=8">Older</button>'
+        + '<input name="csrfmiddlewaretoken" value="tok">',
+        conversation=True,
+    )
+    older = fragments.parse_page(server_fragments.message_html(message(7, "seven")), False)
+    page.run_.base_url = ""
+    page._get = lambda url, conversation: newest if conversation else older
+    view, epoch, last, pages, floor = page._fetch_history(shallow=1.0)
+    assert ([v.seq for v in view], last, pages, floor, newest.csrf) == ([8, 9], 9, 1, 8, "tok")
+    view, _, _, pages, floor = page._fetch_history(shallow=0.0)
+    assert ([v.seq for v in view], pages, floor) == ([7, 8, 9], 2, 0)
+    # A reader whose page is offline (the network gone) does not reload it.
+    page.offline = True
+    page.reload_by_reader()
+    assert not [e for e in page.history.events if e.kind == "reload"]
