@@ -1,9 +1,10 @@
-"""Regenerates docs/screenshot-conversation.png and docs/screenshot-phone.png: `make
-docs-screenshot`.
+"""Regenerates docs/screenshot-conversation.png, docs/screenshot-phone.png and
+docs/screenshot-changes.png: `make docs-screenshot`.
 
 A private stack (the browser tests' ports), two people chatting through the real UI, a
-picture of one side of it, typing indicator included, and then of the other side on a
-phone (360 x 740, as tests/browser/test_phone.py), after a message with a link.
+picture of one side of it, typing indicator included, then of the other side on a phone
+(360 x 740, as tests/browser/test_phone.py) after a message with a link, and then of an
+edit, a delete and someone added, as every page shows them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from tests.browser.helpers import send, wait_online, wait_socket
 
 OUT = REPO / "docs" / "screenshot-conversation.png"
 OUT_PHONE = REPO / "docs" / "screenshot-phone.png"
+OUT_CHANGES = REPO / "docs" / "screenshot-changes.png"
 PHONE = {
     "viewport": {"width": 360, "height": 740},
     "device_scale_factor": 1,
@@ -40,12 +42,31 @@ SCRIPT = [
 ]
 
 
+def _changes(alice, bob) -> None:
+    """Alice fixes a message and takes one back, then adds Carol: Bob's page changes in place."""
+    bob.locator("#chat_message").fill("")
+    mine = alice.locator("#messages article.msg[data-seq]", has_text="nobody noticed")
+    mine.locator("button[data-action=edit]").click()
+    box = mine.locator("form.edit-form textarea")
+    box.fill("And nobody noticed at all?")
+    box.press("Enter")
+    expect(bob.locator("#messages .msg .edited")).to_have_count(1)
+    tags = alice.locator("#messages article.msg[data-seq]", has_text="plain text")
+    alice.once("dialog", lambda dialog: dialog.accept())
+    tags.locator("button[data-action=delete]").click()
+    expect(bob.locator("#messages .msg.deleted")).to_have_count(1)
+    alice.locator(".add-people summary").click()
+    alice.fill("#add_usernames", "carol")
+    alice.locator(".add-people button[type=submit]").click()
+    expect(bob.locator("#messages .msg.people")).to_have_count(1)
+
+
 def main() -> int:
     stack = browser_stack()
     stack.start()
     site = Site(base_url=stack.url, env=stack.app_env(), stack=stack)
     try:
-        people = site.users("alice", "bob")
+        people = site.users("alice", "bob", "carol")
         cid = site.conversation("alice", "bob", title="Release day")
         with sync_playwright() as pw:
             browser = pw.chromium.launch(
@@ -89,11 +110,14 @@ def main() -> int:
             phone = pages["bob-phone"]
             expect(phone.locator("#messages article.msg a[href]")).to_have_count(1)
             phone.screenshot(path=str(OUT_PHONE))
+            _changes(pages["alice"], pages["bob"])
+            wait_online(pages["bob"], people["alice"]["id"])  # Alice's page is back after the add
+            pages["bob"].screenshot(path=str(OUT_CHANGES))
             browser.close()
     finally:
         site.close()
         stack.stop()
-    print(f"wrote {OUT} and {OUT_PHONE}")
+    print(f"wrote {OUT}, {OUT_PHONE} and {OUT_CHANGES}")
     return 0
 
 
