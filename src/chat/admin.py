@@ -1,6 +1,6 @@
 from django.contrib import admin
 
-from chat.models import Conversation, Message, Participant
+from chat.models import Conversation, Message, MessageRevision, Participant
 
 
 class ParticipantInline(admin.TabularInline):
@@ -23,14 +23,38 @@ class ConversationAdmin(admin.ModelAdmin):
     ]
 
 
+class MessageRevisionInline(admin.TabularInline):
+    """The text a message had before each edit or delete: for moderators only."""
+
+    model = MessageRevision
+    extra = 0
+    can_delete = False
+    readonly_fields = ["change", "replaced_at", "body"]
+
+    def has_add_permission(self, request, obj=None) -> bool:
+        return False
+
+
 @admin.register(Message)
 class MessageAdmin(admin.ModelAdmin):
-    list_display = ["id", "conversation", "seq", "sender", "created_at"]
-    list_filter = ["created_at"]
+    """Entries of conversations' streams. Changes go through the app (edit, delete, people),
+    which numbers and publishes them: here they are read only."""
+
+    list_display = ["id", "conversation", "seq", "kind", "sender", "created_at", "edited_at"]
+    list_filter = ["kind", "created_at"]
     search_fields = ["body", "sender__username"]
-    raw_id_fields = ["conversation", "sender"]
-    readonly_fields = ["seq", "client_id", "created_at"]
+    raw_id_fields = ["conversation", "sender", "target"]
+    readonly_fields = [
+        "seq",
+        "kind",
+        "target",
+        "client_id",
+        "created_at",
+        "edited_at",
+        "deleted_at",
+    ]
     list_select_related = ["sender"]
+    inlines = [MessageRevisionInline]
 
 
 @admin.register(Participant)

@@ -239,6 +239,19 @@ def test_admin_lists_users_conversations_and_messages():
     assert Message.objects.count() == 1
 
 
+def test_moderators_see_the_text_before_an_edit_in_the_admin():
+    admin = make_user("moderator")
+    admin.is_staff = admin.is_superuser = True
+    admin.save()
+    author = make_user()
+    conv = make_conversation(author, make_user())
+    mine, _ = services.message_create(conversation_id=conv.pk, sender=author, body="rude words")
+    services.message_edit(conversation_id=conv.pk, editor=author, message_id=mine.pk, body="hi")
+    page = logged_in_client(admin).get(f"/admin/chat/message/{mine.pk}/change/")
+    assert page.status_code == 200 and "rude words" in page.content.decode()
+    assert "rude words" not in logged_in_client(author).get(f"/c/{conv.pk}").content.decode()
+
+
 def test_healthz_is_cheap_and_readyz_checks_dependencies():
     r = Client().get("/healthz")
     assert r.status_code == 200 and r.json() == {"status": "ok"}

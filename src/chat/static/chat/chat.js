@@ -21,7 +21,7 @@
   var state = {
     lastSeq: 0, epoch: "", pending: {}, typingSentAt: 0, readTimer: null, readSent: 0,
     lastSock: null, open: false, opened: false, stick: true, keepFromBottom: null,
-    busyUntil: 0, quietTimer: null, arrivedQuietly: 0, olderBefore: null, olderHadFocus: false
+    busyUntil: 0, holding: false, pumpTimer: null, quietTimer: null, arrivedQuietly: 0, olderBefore: null, olderHadFocus: false
   };
   var QUIET_MS = 300;   /* after a bulk insert, before the list speaks again */
   var TYPING_VISIBLE_MS = 4000;
@@ -218,6 +218,7 @@
       /* Refused by the server: give the text back so nothing is lost. */
       var input = document.getElementById("chat_message");
       if (payload && input && !input.value) { input.value = payload.chat_message; }
+      if (payload && state.holding) { pump(); }
     });
     /* A conversation-list row moves to the top: drop the old copy first. A live row is
        the same for every member: it keeps this page's title and read marker, and the
@@ -256,29 +257,43 @@
   }
 
   /* A refused send is sent again after the server's hint, doubling per refusal (full
-     jitter, capped): many pages refused at once do not come back at once. */
+     jitter, capped): many pages refused at once do not come back at once. From the first
+     refusal until nothing is left waiting, the page holds: its unconfirmed sends go out
+     one at a time, oldest first, each once the one before it is stored, so they are
+     stored in the order they were typed (state.pending keeps that order). */
   var RETRY_CAP_MS = 30000;
   function retryLater(cid, seconds) {
     var payload = state.pending[cid];
     payload.attempts = (payload.attempts || 0) + 1;
+    payload.inFlight = false;
     var base = Math.min(RETRY_CAP_MS, seconds * 1000 * Math.pow(2, payload.attempts - 1));
-    /* The server refuses this socket's sends until then: new ones wait here meanwhile. */
+    state.holding = true;
     state.busyUntil = Math.max(state.busyUntil, Date.now() + seconds * 1000);
     var p = document.getElementById("pending-" + cid);
     if (p) { p.classList.add("retrying"); p.title = "Server busy: retrying"; }
     setStatus("Server busy: retrying your message…", "busy");
-    sendLater(cid, base / 2 + Math.random() * base / 2);
+    if (cid === Object.keys(state.pending)[0]) {
+      pumpLater(base / 2 + Math.random() * base / 2);
+    }
   }
 
-  function sendLater(cid, ms) {
-    setTimeout(function () {
-      var payload = state.pending[cid];
-      if (!payload) { return; }
-      if (state.open && state.lastSock) {
-        var again = { chat_message: payload.chat_message, client_id: cid };
-        state.lastSock.send(JSON.stringify(again));
-      } /* else: the reconnect sends every pending message */
-    }, ms);
+  function pumpLater(ms) {
+    clearTimeout(state.pumpTimer);
+    state.pumpTimer = setTimeout(pump, ms);
+  }
+
+  /* While holding: the oldest unconfirmed send goes out once the server's hint has passed,
+     unless it is on its way already. */
+  function pump() {
+    clearTimeout(state.pumpTimer);
+    var head = Object.keys(state.pending)[0];
+    if (!head) { state.holding = false; return; }
+    var payload = state.pending[head];
+    if (payload.inFlight || !state.open || !state.lastSock) { return; }  /* the reconnect pumps */
+    var wait = state.busyUntil - Date.now();
+    if (wait > 0) { pumpLater(wait + Math.random() * 500); return; }
+    payload.inFlight = true;
+    state.lastSock.send(JSON.stringify({ chat_message: payload.chat_message, client_id: head }));
   }
 
   /* A pending send is stored: its bubble goes, and a "busy" notice with it. */
@@ -289,6 +304,7 @@
     if (p) { p.remove(); }
     var status = document.getElementById("conn-status");
     if (status && status.dataset.kind === "busy") { setStatus("", ""); showError(""); }
+    if (state.holding) { pump(); }
   }
 
   /* A list row's unread count, from its newest sequence and this user's read marker. */
@@ -479,12 +495,14 @@
          queue, and the box must not be wiped later, under whatever is typed meanwhile. */
       var form = evt.target.closest ? evt.target.closest("form") : null;
       if (form) { form.reset(); }
-      /* The server said it is busy: hold this one until the window it gave has passed. */
-      var wait = state.busyUntil - Date.now();
-      if (wait > 0) {
+      /* Holding since a refusal (retryLater): this one waits its turn. */
+      if (state.holding || state.busyUntil > Date.now()) {
         evt.preventDefault();
-        sendLater(cid, wait + Math.random() * 500);
+        state.holding = true;
+        pump();
+        return;
       }
+      state.pending[cid].inFlight = true;
     });
 
     document.body.addEventListener("htmx:wsConnecting", function () {
@@ -503,11 +521,17 @@
       if (reconnected && document.getElementById("conversation-list")) {
         refreshConversationList();
       }
-      /* Sends that never got their confirmation are retried; the server stores them once. */
+      /* Sends that never got their confirmation are retried; the server stores them once.
+         Holding, only the oldest goes now and the rest follow it, one at a time. */
       Object.keys(state.pending).forEach(function (cid) {
         var queued = sock.queue.some(function (q) { return q.message.indexOf(cid) >= 0; });
-        if (!queued) { sock.send(JSON.stringify(state.pending[cid])); }
+        state.pending[cid].inFlight = queued;
+        if (!queued && !state.holding) {
+          state.pending[cid].inFlight = true;
+          sock.send(JSON.stringify({ chat_message: state.pending[cid].chat_message, client_id: cid }));
+        }
       });
+      if (state.holding) { pump(); }
     });
 
     document.body.addEventListener("htmx:wsClose", function (evt) {
