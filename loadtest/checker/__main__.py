@@ -73,6 +73,32 @@ def parse(argv: list[str]) -> argparse.Namespace:
         "failed to settle (default 20 s)",
     )
     parser.add_argument(
+        "--edits",
+        type=float,
+        default=0.04,
+        help="share of a page's typing turns that edit one of its own recent messages "
+        "(default 0.04)",
+    )
+    parser.add_argument(
+        "--deletes",
+        type=float,
+        default=0.03,
+        help="share of a page's typing turns that delete one (default 0.03)",
+    )
+    parser.add_argument(
+        "--guests",
+        type=float,
+        default=20.0,
+        help="a member adds a guest, who later leaves, about this many seconds apart "
+        "(default 20; 0: never)",
+    )
+    parser.add_argument(
+        "--shallow",
+        type=float,
+        default=0.25,
+        help="share of page loads that do not scroll back past the newest page (default 0.25)",
+    )
+    parser.add_argument(
         "--stop-at-failure",
         action="store_true",
         help="once a checkpoint (before a restore) failed, no more faults: straight to the end",
@@ -85,6 +111,9 @@ def main(argv: list[str]) -> int:
     if args.rooms < 2:
         print("--rooms must be at least 2", file=sys.stderr)
         return 2
+    if min(args.edits, args.deletes) < 0 or args.edits + args.deletes > 1:
+        print("--edits and --deletes are shares: each >= 0, together <= 1", file=sys.stderr)
+        return 2
     seed = args.seed if args.seed is not None else random.SystemRandom().randrange(1, 2**31)
     runtimes = ["tuned", "stock"] if args.runtime == "both" else [args.runtime]
     options = Options(
@@ -96,6 +125,10 @@ def main(argv: list[str]) -> int:
         behind=args.behind,
         stall=args.stall,
         stop_at_failure=args.stop_at_failure,
+        edit_p=args.edits,
+        delete_p=args.deletes,
+        guest_every=args.guests,
+        shallow=args.shallow,
         name="cli",
     )
     failed = []

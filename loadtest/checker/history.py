@@ -34,6 +34,7 @@ LIFECYCLE = {
     "pause",
     "gap",
     "behind",
+    "left",
 }
 
 

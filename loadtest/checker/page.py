@@ -15,10 +15,21 @@ What the page does, rule by rule as chat.js does it:
   socket opens. A send refused with `data-retry-after` is sent again after that delay,
   doubling per refusal (capped at 30 s, half of it jittered), same client_id. A send refused
   without it is given back to the person, who sends the text again as a new message.
+- An edit or a delete comes as the message as it now is, with the change's own number in
+  `data-update-seq`: at or below `last_seq` it is dropped; else `last_seq` becomes that
+  number and the message replaces the one with its element id where the page shows it (a
+  page that does not show it, its history not loaded that far back, only moves on). A change
+  of people ("alice added bob") is an entry like a message.
 - Any `#chat-reset` fragment means "reload": the page is fetched again over HTTP (GET
-  /c/<id>, then every older page through "Load older messages", as a reader scrolling back
-  would), the view rebuilt from it, epoch and last sequence taken from it, unconfirmed sends
-  that the reloaded page already shows are confirmed, and it reconnects.
+  /c/<id>, then, most times, every older page through "Load older messages", as a reader
+  scrolling back would; sometimes only the newest page), the view rebuilt from it, epoch and
+  last sequence taken from it, unconfirmed sends that the reloaded page already shows are
+  confirmed, and it reconnects.
+
+Besides typing, its owner now and then edits or deletes one of their own recent messages,
+adds someone (the run asks), or leaves (a guest's page, asked by the run): POSTs over HTTP
+on a thread of their own (`actions.Actor`), one at a time, retried as a person would. A page
+that left expects its socket to close with 4403 and is checked no more.
 
 The page's `view` is what it shows: (sequence, element id, sender, client_id, body hash) in
 display order. It is what the checker compares with the database.
@@ -45,6 +56,7 @@ import requests
 import websocket
 
 from loadtest.checker import fragments
+from loadtest.checker.actions import Actor, Change
 from loadtest.checker.history import History, fmt_ranges, ranges
 
 if TYPE_CHECKING:
@@ -58,6 +70,8 @@ READ_MARKER_DELAY = 0.5  # chat.js scheduleRead
 RETYPE_LIMIT = 3  # a text given back is sent again at most this many times
 RCVBUF = 64 * 1024  # small, so a page that stops reading holds back nginx and daphne soon
 HTTP_TIMEOUT = 15.0
+CLOSE_FORBIDDEN = 4403  # no longer a participant
+EDIT_WITHIN = 600.0  # own messages sent this recently are edited (CHAT_EDIT_WINDOW_SECONDS 900)
 
 
 @dataclass(slots=True)
@@ -77,6 +91,7 @@ class Send:
     busy_refusals: int = 0
     confirmed: tuple[float, int, str] | None = None  # (received at, seq, page epoch)
     refused: tuple[float, str] | None = None  # refused for good: (at, text)
+    abandoned: bool = False  # still unsent when its page left the conversation
 
 
 @dataclass(slots=True)
@@ -87,6 +102,23 @@ class ViewEntry:
     cid: str | None
     body_hash: int
     length: int
+    kind: str = "message"  # or a change of people: added, left, removed
+    edited: bool = False
+    deleted: bool = False
+
+    @classmethod
+    def of(cls, a: fragments.Article) -> ViewEntry:
+        return cls(
+            a.seq,
+            a.dom_id,
+            a.sender_id,
+            a.cid,
+            hash(a.body),
+            len(a.body),
+            a.kind,
+            a.edited,
+            a.deleted,
+        )
 
 
 @dataclass(slots=True)
@@ -106,7 +138,9 @@ class Page(threading.Thread):
         room: int,
         session: requests.Session,
         seed: int,
+        tag: str = "",
     ) -> None:
+        """`tag`: a guest's visit, so that each visit of one person draws anew."""
         super().__init__(name=f"page-{username}", daemon=True)
         self.run_ = run
         self.who = username
@@ -114,7 +148,7 @@ class Page(threading.Thread):
         self.room = room
         self.http = session
         self.cookie = "; ".join(f"{k}={v}" for k, v in session.cookies.get_dict().items())
-        self.rng = random.Random(f"{seed}:{username}")
+        self.rng = random.Random(f"{seed}:{username}" + (f":{tag}" if tag else ""))
         self.history: History = run.history
         self.inbox: queue.Queue = queue.Queue()
         self.timers: list[tuple[float, int, str, object]] = []
@@ -126,6 +160,26 @@ class Page(threading.Thread):
         self.dom_ids: set[str] = set()
         self.last_seq = 0
         self.epoch = ""
+        # Where the last load left the page: everything up to `loaded_upto` was in it (a
+        # change of a message as the message shows it), entries from `floor` on shown (0:
+        # all of the history, scrolled back to the first); `seen`, the numbers the socket
+        # brought since (messages and changes).
+        self.loaded_upto = 0
+        self.floor = 0
+        self.seen: set[int] = set()
+        self.orphans = 0  # changes of a message the page does not show: moved on past
+        # Edits, deletes, adds and leaving: one at a time, on the actor's thread.
+        self.actor = Actor(
+            getattr(run, "base_url", ""),
+            getattr(run, "origin", ""),
+            session,
+            f"{seed}:{username}:{tag}:actor",
+        )
+        self.acts: queue.Queue = queue.Queue()
+        self.inflight = 0  # changes queued or being made
+        self.changing = False  # an edit or a delete of its own is being made
+        self.leaving = False
+        self.left: str | None = None  # how its socket ended once it left (4403 expected)
         self.pending: dict[str, Send] = {}  # unconfirmed sends, in the order typed
         self.retypes = 0  # texts given back, waiting to be sent again
         self.read_sent = 0
@@ -152,6 +206,7 @@ class Page(threading.Thread):
     # --- the thread --------------------------------------------------------------------------
 
     def run(self) -> None:
+        threading.Thread(target=self._act_loop, daemon=True, name=f"act-{self.who}").start()
         try:
             self._reload("first load")
             while not self.stopping.is_set():
@@ -176,6 +231,7 @@ class Page(threading.Thread):
     def stop(self) -> None:
         self.stopping.set()
         self.inbox.put(("stop",))
+        self.acts.put(None)
 
     def _handle(self, event: tuple) -> None:
         kind = event[0]
@@ -217,7 +273,8 @@ class Page(threading.Thread):
                     self._transmit(send, "retry after busy")
             elif what == "retype":
                 self.retypes -= 1
-                self._new_send(arg)  # type: ignore[arg-type]
+                if not self.leaving:  # a person who left does not type it again
+                    self._new_send(arg)  # type: ignore[arg-type]
             elif what == "read":
                 self.read_due = False
                 if self.open and self.last_seq > self.read_sent:
@@ -245,7 +302,10 @@ class Page(threading.Thread):
         ):
             if self.open and self.rng.random() < 0.2:
                 self._ws_send({"type": "typing"})
-            self._new_send(self.run_.bodies.body(self.rng, self.who, self.long_texts))
+            o = self.run_.o
+            roll = self.rng.random()
+            if not (roll < o.edit_p + o.delete_p and self._change_own(roll < o.edit_p)):
+                self._new_send(self.run_.bodies.body(self.rng, self.who, self.long_texts))
         if self.rate > 0:
             self.typed += 1
             self._after(self.rng.expovariate(self.rate), "type", self.typed)
@@ -301,6 +361,129 @@ class Page(threading.Thread):
         with contextlib.suppress(OSError, websocket.WebSocketException):
             conn.ws.send(json.dumps(payload))
 
+    # --- edits, deletes, adds, leaving -------------------------------------------------------
+
+    def _change_own(self, edit: bool) -> bool:
+        """Edits (or deletes) one of the owner's own messages the page shows, most times one
+        of the last few; False when there is none to change (the turn sends a message)."""
+        run = self.run_
+        if (
+            self.changing
+            or self.reloading
+            or not self.open
+            or self.leaving
+            or run.epochs.get(self.room) != self.epoch  # a restore the page has not seen yet
+        ):
+            return False
+        now = self.history.now()
+        own = []
+        for v in self.view:
+            send = run.sends.get(v.cid) if v.cid else None
+            if (
+                v.kind == "message"
+                and not v.deleted
+                and send is not None
+                and send.who == self.who
+                and now - send.t < EDIT_WITHIN
+            ):
+                own.append(v)
+        if not own:
+            return False
+        target = self.rng.choice(own[-5:] if self.rng.random() < 0.8 else own)
+        pk = int(target.dom_id.removeprefix("msg-"))
+        change = Change(
+            "edit" if edit else "delete",
+            self.who,
+            self.room,
+            now,
+            pk=pk,
+            seq=target.seq,
+            cid=target.cid,
+            epoch=self.epoch,
+        )
+        data: dict = {}
+        if edit:
+            body = run.bodies.body(self.rng, self.who)
+            change.body_hash, change.length = hash(body), len(body)
+            data["chat_message"] = body
+        self.changing = True
+        self._queue_change(change, f"/c/{self.room}/m/{pk}/{change.kind}", data)
+        return True
+
+    def add(self, guest: str) -> Change:
+        """The owner adds `guest` to the conversation (POST /c/<id>/add); from any thread."""
+        change = Change("add", self.who, self.room, self.history.now(), guest=guest)
+        self.command(lambda p: p._queue_change(change, f"/c/{p.room}/add", {"usernames": guest}))
+        return change
+
+    def leave(self) -> Change:
+        """The owner leaves the conversation (POST /c/<id>/leave); from any thread. From then
+        on a close with 4403 (or a refused handshake, or a page gone) is the end it expects;
+        whatever it had not sent yet is abandoned."""
+        change = Change("leave", self.who, self.room, self.history.now(), guest=self.who)
+
+        def go(p: Page) -> None:
+            p.leaving = True
+            p.rate = 0
+            p.typed += 1
+            for send in p.pending.values():
+                send.abandoned = True
+            p._queue_change(change, f"/c/{p.room}/leave", {})
+
+        self.command(go)
+        return change
+
+    def _queue_change(self, change: Change, path: str, data: dict) -> None:
+        self.run_.register_change(change)
+        self.inflight += 1
+        self.history.add(
+            self.who,
+            change.kind,
+            change.describe(),
+            room=self.room,
+            epoch=self.epoch,
+            seqs=((change.seq, change.seq),) if change.seq else (),
+            cids=[change.cid] if change.cid else [],
+        )
+        self.acts.put((change, path, data))
+
+    def _act_loop(self) -> None:
+        """The actor's thread: each change's POST, retried, in the order made."""
+        while True:
+            item = self.acts.get()
+            if item is None:
+                return
+            change, path, data = item
+            try:
+                self.actor.post(change, path, data, self.stopping)
+            except Exception as exc:  # a checker bug: reported with the change
+                change.outcome = "unknown"
+                change.statuses.append(repr(exc))
+            change.done_at = self.history.now()
+            self.history.add(
+                self.who,
+                f"{change.kind}-{change.outcome}",
+                f"{change.describe()}: {change.outcome} after {change.attempts} attempts "
+                f"({', '.join(change.statuses[-3:])})",
+                room=self.room,
+                epoch=change.epoch,
+                seqs=((change.seq, change.seq),) if change.seq else (),
+                cids=[change.cid] if change.cid else [],
+            )
+            change.done.set()
+            self.command(lambda p, c=change: p._change_done(c))
+
+    def _change_done(self, change: Change) -> None:
+        self.inflight -= 1
+        if change.kind in ("edit", "delete"):
+            self.changing = False
+        if change.kind == "leave" and change.outcome == "refused":
+            self.leaving = False  # still in it: the page goes on as before
+
+    def _left(self, how: str, t: float) -> None:
+        self.left = self.dead = how
+        self.history.add(self.who, "left", f"{how}: the page is closed", room=self.room, t=t)
+
     # --- the socket --------------------------------------------------------------------------
 
     def _connect(self) -> None:
@@ -331,6 +514,9 @@ class Page(threading.Thread):
             self.history.add(
                 self.who, "connect-failed", f"{why} (a browser sees 1006)", room=self.room
             )
+            if self.leaving and status == 403:
+                self._left("handshake refused (403) after leaving", self.history.now())
+                return
             self._on_close(self.history.now(), 1006)
             return
         ws.settimeout(None)
@@ -378,6 +564,9 @@ class Page(threading.Thread):
         self.connections.append((opened, t, code))
         if self.offline or self.stopping.is_set():
             self.history.add(self.who, "close", f"{code}", room=self.room, t=t)
+            return
+        if code == CLOSE_FORBIDDEN and self.leaving:
+            self._left("closed with 4403 after leaving", t)
             return
         if code in RECONNECT_CODES:
             delay = self.rng.random() * min(RECONNECT_CAP, RECONNECT_BASE * 2**self.retries)
@@ -430,29 +619,49 @@ class Page(threading.Thread):
             )
             self._reload("chat-reset")
             return
-        accepted, dropped, jumps = [], [], []
+        accepted, dropped, jumps, orphans = [], [], [], []
         with self.lock:
             for a in frame.articles:
+                if a.update_seq is not None:  # an edit or a delete
+                    u = a.update_seq
+                    if u <= self.last_seq:
+                        dropped.append(u)
+                        continue
+                    if u != self.last_seq + 1:
+                        jumps.append((self.last_seq, u))
+                    self.last_seq = u
+                    self.seen.add(u)
+                    accepted.append(u)
+                    if not self._replace(ViewEntry.of(a)):
+                        orphans.append(u)
+                    continue
+                # A send is confirmed by any copy of its message, shown or not (chat.js).
+                send = self.pending.pop(a.cid, None) if a.cid else None
+                if send is not None:
+                    self._settle(send, confirmed=(t, a.seq, self.epoch))
                 if a.seq <= self.last_seq or a.dom_id in self.dom_ids:
                     dropped.append(a.seq)
                     continue
                 if a.seq != self.last_seq + 1:
                     jumps.append((self.last_seq, a.seq))
                 self.last_seq = a.seq
-                self.view.append(
-                    ViewEntry(a.seq, a.dom_id, a.sender_id, a.cid, hash(a.body), len(a.body))
-                )
+                self.seen.add(a.seq)
+                self.view.append(ViewEntry.of(a))
                 self.dom_ids.add(a.dom_id)
                 accepted.append(a.seq)
-                send = self.pending.pop(a.cid, None) if a.cid else None
+            for cid in frame.confirms:  # stored, above what the page shows or below it
+                send = self.pending.pop(cid, None)
                 if send is not None:
-                    self._settle(send, confirmed=(t, a.seq, self.epoch))
+                    self._settle(send, confirmed=(t, 0, self.epoch))
+            self.orphans += len(orphans)
         if frame.articles:
             text_ = (
                 f"{len(frame.articles)} msgs, {size} bytes: shown {fmt_ranges(ranges(accepted))}"
             )
             if dropped:
                 text_ += f", dropped as seen {fmt_ranges(ranges(dropped))}"
+            if orphans:
+                text_ += f", changes of messages it does not show {fmt_ranges(ranges(orphans))}"
             self.history.add(
                 self.who,
                 "frame",
@@ -472,11 +681,24 @@ class Page(threading.Thread):
                 seqs=((before + 1, seq - 1),),
                 t=t,
             )
+        if frame.confirms:
+            self.history.add(
+                self.who, "confirms", f"{len(frame.confirms)} sends stored", room=self.room, t=t
+            )
         if accepted and not self.read_due:
             self.read_due = True
             self._after(READ_MARKER_DELAY, "read")
         for err in frame.errors:
             self._on_error(t, err)
+
+    def _replace(self, entry: ViewEntry) -> bool:
+        """The message with this element id, where the page shows it, becomes `entry`."""
+        if entry.dom_id in self.dom_ids:
+            for i in range(len(self.view) - 1, -1, -1):
+                if self.view[i].dom_id == entry.dom_id:
+                    self.view[i] = entry
+                    return True
+        return False
 
     def _on_error(self, t: float, err: fragments.Error) -> None:
         send = self.pending.get(err.cid) if err.cid else None
@@ -539,7 +761,7 @@ class Page(threading.Thread):
 
     # --- reload ------------------------------------------------------------------------------
 
-    def _reload(self, why: str) -> None:
+    def _reload(self, why: str, shallow: float | None = None) -> None:
         """What window.location.reload() amounts to: the socket goes, the page is fetched
         and read to its first message, the socket comes back."""
         self.reloading = True
@@ -549,9 +771,13 @@ class Page(threading.Thread):
         while not self.stopping.is_set():
             started = self.history.now()
             try:
-                view, epoch, last_seq, pages = self._fetch_history()
+                view, epoch, last_seq, pages, floor = self._fetch_history(shallow)
                 break
             except (requests.RequestException, fragments.PageError, LoadError) as exc:
+                if self.leaving and isinstance(exc, LoadError) and exc.status == 404:
+                    self._left("its page is gone (404) after leaving", self.history.now())
+                    self.reloading = False
+                    return
                 attempt += 1
                 delay = 0.2 + self.rng.random() * min(RECONNECT_CAP, RECONNECT_BASE * 2**attempt)
                 self.history.add(
@@ -566,6 +792,9 @@ class Page(threading.Thread):
             self.dom_ids = {v.dom_id for v in view}
             self.last_seq = last_seq
             self.epoch = epoch
+            self.loaded_upto = last_seq
+            self.floor = floor
+            self.seen = set()
             self.read_sent = last_seq  # opening the page marks it read
             shown = {v.cid: v for v in view if v.cid}
             # Confirmed as of when the page was asked for (what it shows was stored by then).
@@ -574,31 +803,37 @@ class Page(threading.Thread):
         self.history.add(
             self.who,
             "loaded",
-            f"epoch={epoch} last_seq={last_seq}, {len(view)} msgs in {pages} pages",
+            f"epoch={epoch} last_seq={last_seq}, {len(view)} msgs in {pages} pages"
+            + (f" (not scrolled back: shows from seq {floor} on)" if floor else ""),
             room=self.room,
             epoch=epoch,
         )
         self.reloading = False
         self._connect()
 
-    def _fetch_history(self) -> tuple[list[ViewEntry], str, int, int]:
+    def _fetch_history(
+        self, shallow: float | None = None
+    ) -> tuple[list[ViewEntry], str, int, int, int]:
+        """(view, epoch, last_seq, pages read, floor): `floor` is the first sequence shown
+        when the reader did not scroll back to the start (0 when they did)."""
         base = self.run_.base_url
         page = self._get(f"{base}/c/{self.room}", conversation=True)
         chunks = [page.articles]
         older = page.older_url
         pages = 1
+        if shallow is None:
+            shallow = getattr(getattr(self.run_, "o", None), "shallow", 0.0)
+        floor = 0
+        if older and page.articles and self.rng.random() < shallow:
+            floor, older = page.articles[0].seq, None
         while older:
             part = self._get(base + older, conversation=False)
             chunks.append(part.articles)
             older = part.older_url
             pages += 1
-        view = [
-            ViewEntry(a.seq, a.dom_id, a.sender_id, a.cid, hash(a.body), len(a.body))
-            for chunk in reversed(chunks)
-            for a in chunk
-        ]
+        view = [ViewEntry.of(a) for chunk in reversed(chunks) for a in chunk]
         assert page.epoch is not None and page.last_seq is not None
-        return view, page.epoch, page.last_seq, pages
+        return view, page.epoch, page.last_seq, pages, floor
 
     def _get(self, url: str, conversation: bool) -> fragments.Page:
         response = self.http.get(url, timeout=HTTP_TIMEOUT, allow_redirects=False)
@@ -606,7 +841,8 @@ class Page(threading.Thread):
             where = response.headers.get("Location", "")
             raise LoadError(
                 f"GET {url.split('//', 1)[-1].split('/', 1)[-1]}: HTTP "
-                f"{response.status_code}{' to ' + where if where else ''}"
+                f"{response.status_code}{' to ' + where if where else ''}",
+                response.status_code,
             )
         response.encoding = "utf-8"
         return fragments.parse_page(response.text, conversation)
@@ -623,6 +859,11 @@ class Page(threading.Thread):
             if sock is not None:
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+
+    def reload_by_reader(self) -> None:
+        """Its reader reloads it (F5); half the time they do not scroll back."""
+        if not (self.offline or self.leaving or self.dead):
+            self._reload("its reader reloads it", shallow=0.5)
 
     def go_offline(self) -> None:
         self.offline = True
@@ -669,9 +910,12 @@ class Page(threading.Thread):
             and not self.reloading
             and not self.pending
             and self.retypes == 0
+            and self.inflight == 0
             and self.dead is None
         )
 
 
 class LoadError(RuntimeError):
-    pass
+    def __init__(self, text: str, status: int = 0) -> None:
+        super().__init__(text)
+        self.status = status

@@ -17,6 +17,7 @@ from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
+from loadtest.checker.actions import GIVE_UP_AFTER, Change
 from loadtest.checker.bodies import Bodies
 from loadtest.checker.check import (
     STEADY_SECONDS,
@@ -25,7 +26,9 @@ from loadtest.checker.check import (
     PageState,
     Restore,
     Stored,
+    check_changes,
     check_pages,
+    check_people,
     check_sends,
 )
 from loadtest.checker.history import (
@@ -44,6 +47,9 @@ from loadtest.checker.stack import ChaosStack
 from tests.stack.harness import login
 
 PASSWORD = "checker-pass"  # noqa: S105
+# A page that left must be closed by then: 4403 at once, or the heartbeat's membership read
+# (every CHAT_PRESENCE_TTL / 3 = 5 s) if the removal's broadcast was lost to a Redis outage.
+LEFT_WITHIN = 20.0
 MAX_LENGTH = 4000  # settings.CHAT_MAX_MESSAGE_LENGTH (the default, which the stack runs)
 FAULTS = [
     "ws_term",
@@ -53,6 +59,7 @@ FAULTS = [
     "pg_restart",
     "disconnect",
     "slow_reader",
+    "page_reload",
 ]
 
 # The stack's settings, on top of the defaults (documented in docs/testing.md).
@@ -73,6 +80,9 @@ STACK_ENV = {
     "WS_DRAIN_DELAY": "0",
     "CHAT_DRAIN_SECONDS": "3",
     "DB_POOL_MAX_SIZE": "4",
+    # Half the default page of history: reloads read several older pages, and a page that
+    # does not scroll back (Options.shallow) misses more of the changes it is then sent.
+    "CHAT_HISTORY_PAGE_SIZE": "25",
 }
 
 
@@ -92,6 +102,17 @@ class Options:
     stall: float = 20.0
     settle_cap: float = 120.0
     stop_at_failure: bool = False  # no more faults once a checkpoint failed
+    # Changes besides messages. Of a page's typing turns, this share edits one of its own
+    # recent messages and this share deletes one (when it shows one to change).
+    edit_p: float = 0.04
+    delete_p: float = 0.03
+    # Now and then (on average this many seconds apart; 0: never) a member adds a guest
+    # (one of `guests` people in none of the rooms), whose page opens, types a while and
+    # leaves (its socket must close with 4403).
+    guest_every: float = 20.0
+    guests: int = 2
+    # This share of page loads does not scroll back past the newest page of history.
+    shallow: float = 0.25
     name: str = "soak"
     echo: bool = True
     prefix: str = ""  # before each progress line (several runs at once)
@@ -126,9 +147,18 @@ class Run:
         # One generator per thread that draws: the fault loop's and the far-behind scenario's.
         self.rng = random.Random(f"{options.seed}:faults")
         self.behind_rng = random.Random(f"{options.seed}:far-behind")
+        self.guest_rng = random.Random(f"{options.seed}:guests")
         self.bodies = Bodies(MAX_LENGTH)
         self.sends: dict[str, Send] = {}
+        self.changes: list[Change] = []
+        # Replaced, never changed in place: other threads iterate over it.
         self.pages: list[Page] = []
+        self.gone: list[Page] = []  # guests' pages that left
+        self.guests: dict[str, object] = {}  # username -> logged-in session
+        self.visits = 0
+        self.epochs: dict[int, str] = {}  # each room's epoch as of the last restore
+        # A guest's visit and a restore never overlap (the restored dump says who is in).
+        self.people_lock = threading.Lock()
         self.rooms: dict[int, list[Page]] = {}
         self.restores: list[Restore] = []
         self.failures: list[Failure] = []
@@ -150,6 +180,9 @@ class Run:
 
     def register(self, send: Send) -> None:
         self.sends[send.cid] = send
+
+    def register_change(self, change: Change) -> None:
+        self.changes.append(change)
 
     # --- the run -----------------------------------------------------------------------------
 
@@ -194,19 +227,31 @@ class Run:
         return Result(o, self.failures, report, stats)
 
     def _open_pages(self) -> None:
-        users = self.stack.seed(self.o.rooms, 4, PASSWORD)
+        # One room more: its members are the guests, in none of the rooms the pages are in.
+        users = self.stack.seed(self.o.rooms + 1, 4, PASSWORD)
+        guest_prefix = f"ck_r{self.o.rooms}_"
         by_room: dict[int, list[dict]] = {}
         for user in users:
-            by_room.setdefault(user["conversation"], []).append(user)
+            if not user["username"].startswith(guest_prefix):
+                by_room.setdefault(user["conversation"], []).append(user)
         active = [
             (room, user["username"])
             for room, members in sorted(by_room.items())
             for user in members[: self.rng.choice([3, 4])]
         ]
+        guests = [u["username"] for u in users if u["username"].startswith(guest_prefix)]
+        guests = guests[: max(0, min(self.o.guests, len(guests)))]
         # Straight at gunicorn (set-up: nginx limits login POSTs per client address).
         with ThreadPoolExecutor(4) as pool:
-            sessions = list(pool.map(lambda a: login(self.stack.web_url, a[1], PASSWORD), active))
-        for (room, username), session in zip(active, sessions, strict=True):
+            sessions = list(
+                pool.map(
+                    lambda who: login(self.stack.web_url, who, PASSWORD),
+                    [who for _, who in active] + guests,
+                )
+            )
+        self.guests = dict(zip(guests, sessions[len(active) :], strict=True))
+        self.epochs = dict(self.read_db().epochs)
+        for (room, username), session in zip(active, sessions, strict=False):
             page = Page(self, username, PASSWORD, room, session, self.o.seed)
             self.pages.append(page)
             self.rooms.setdefault(room, []).append(page)
@@ -215,6 +260,7 @@ class Run:
             + ", ".join(
                 f"{room}: {' '.join(p.who for p in pages)}" for room, pages in self.rooms.items()
             )
+            + (f"; guests {' '.join(self.guests)}" if self.guests else "")
         )
         for page in self.pages:
             page.start()
@@ -236,6 +282,8 @@ class Run:
         )
         behind = threading.Thread(target=self._far_behind_loop, args=(end,), daemon=True)
         behind.start()
+        guests = threading.Thread(target=self._guest_loop, daemon=True)
+        guests.start()
         ticker = threading.Thread(target=self._ticker, daemon=True)
         ticker.start()
         try:
@@ -243,15 +291,19 @@ class Run:
         finally:
             self.stopping.set()
             behind.join()
+            guests.join()  # a visit under way ends: the guest leaves
 
     def _ticker(self) -> None:
         while not self.stopping.wait(10):
             sends = list(self.sends.values())
             confirmed = sum(1 for s in sends if s.confirmed)
-            opened = sum(1 for p in self.pages if p.open)
+            pages = self.pages
+            opened = sum(1 for p in pages if p.open)
+            changes = Counter(c.kind for c in list(self.changes) if c.confirmed)
             self.say(
                 f"  t={self.history.now():7.2f}  status: {len(sends)} sent, {confirmed} "
-                f"confirmed, pages open {opened}/{len(self.pages)}"
+                f"confirmed, pages open {opened}/{len(pages)}; confirmed "
+                + (", ".join(f"{k} {n}" for k, n in sorted(changes.items())) or "no changes")
             )
 
     # --- faults ------------------------------------------------------------------------------
@@ -378,6 +430,15 @@ class Run:
             page.command(lambda p, s=seconds: p.pause_reading(s))
         time.sleep(seconds)  # the fault's duration
 
+    def _fault_page_reload(self) -> None:
+        """Readers reload their pages (F5) while the others type, edit and delete: half of
+        them read only the newest page of history, so changes of older messages come to a
+        page that does not show them."""
+        victims = self.rng.sample(self.pages, self.rng.randint(1, 2))
+        self.history.fault("page-reload", f"{', '.join(p.who for p in victims)} reload the page")
+        for page in victims:
+            page.command(Page.reload_by_reader)
+
     # --- a page far behind -------------------------------------------------------------------
 
     def _far_behind_loop(self, end: float) -> None:
@@ -432,6 +493,107 @@ class Run:
         victim.command(Page.go_online)
         self.busy_room = None
 
+    # --- guests: added, then leaving ---------------------------------------------------------
+
+    def _guest_loop(self) -> None:
+        o, rng = self.o, self.guest_rng
+        if o.guest_every <= 0 or not self.guests:
+            return
+        at = self.history.now() + rng.uniform(3.0, 8.0)
+        while not self.stopping.wait(max(0.0, at - self.history.now())):
+            with self.people_lock:
+                if self.stopping.is_set():
+                    return
+                try:
+                    self._guest_visit()
+                except Exception as exc:  # a stack that could not be driven: reported
+                    self.failures.append(
+                        Failure(
+                            "checker",
+                            f"guest visit: {exc!r}\n" + traceback.format_exc(),
+                            "run",
+                        )
+                    )
+                    return
+            at = self.history.now() + rng.expovariate(1.0 / o.guest_every)
+
+    def _member(self, room: int, username: str) -> bool:
+        return bool(
+            self.stack.sql(
+                "SELECT 1 FROM chat_participant p JOIN auth_user u ON u.id = p.user_id "
+                "WHERE p.conversation_id = %s AND u.username = %s",
+                [room, username],
+            )
+        )
+
+    def _guest_visit(self) -> None:
+        """A member adds a guest (POST /c/<id>/add); the guest's page opens, types for a
+        while, settles and leaves (POST /c/<id>/leave), and must be closed with 4403 (or
+        refused at its next handshake): it is checked no more."""
+        rng, o = self.guest_rng, self.o
+        options = [
+            (room, guest)
+            for room in sorted(self.rooms)
+            for guest in self.guests
+            if not self._member(room, guest)
+        ]
+        if not options:
+            return
+        room, guest = rng.choice(options)
+        hosts = [p for p in self.rooms[room] if p.dead is None and not p.offline]
+        if not hosts:
+            return
+        host = rng.choice(hosts)
+        self.visits += 1
+        added = host.add(guest)
+        added.done.wait(GIVE_UP_AFTER + 30)
+        member = self._member(room, guest)
+        self.history.fault(
+            "guest",
+            f"{host.who} adds {guest} to room {room}: {added.outcome}"
+            + ("" if member else "; not a member"),
+            room=room,
+        )
+        if not member:
+            return
+        page = Page(
+            self, guest, PASSWORD, room, self.guests[guest], o.seed, tag=f"visit{self.visits}"
+        )
+        self.pages = [*self.pages, page]
+        page.start()
+        if wait_until(lambda: page.open, 60):
+            page.command(lambda p: p.set_rate(o.rate))
+        self.stopping.wait(rng.uniform(5.0, 15.0))  # the visit; cut short at the end
+        page.command(lambda p: p.set_rate(0))
+        wait_until(lambda: page.settled or page.dead is not None, o.stall)
+        leave = page.leave()
+        leave.done.wait(GIVE_UP_AFTER + 30)
+        gone = not self._member(room, guest)
+        self.history.fault(
+            "guest",
+            f"{guest} leaves room {room}: {leave.outcome}" + ("" if gone else "; still a member"),
+            room=room,
+        )
+        if not gone:
+            return  # still in it: its page stays, checked like any other
+        if not wait_until(lambda: page.left is not None, LEFT_WITHIN):
+            state = "its socket still open" if page.open else "reconnecting"
+            at = self.history.fault("guest", f"{guest}'s page not closed {LEFT_WITHIN:g}s after")
+            self.failures.append(
+                Failure(
+                    "left-open",
+                    f"left room {room} (t={leave.done_at or 0:.1f}) but {LEFT_WITHIN:g}s later "
+                    f"its page was not closed with 4403 ({state})",
+                    "run",
+                    who=guest,
+                    room=room,
+                    t=at.t,
+                )
+            )
+        page.stop()
+        self.pages = [p for p in self.pages if p is not page]
+        self.gone.append(page)
+
     # --- backup, checkpoint, restore ---------------------------------------------------------
 
     def _dump(self):
@@ -445,7 +607,7 @@ class Run:
         history_new_epoch run (as `make restore`), writers start; returns whether the
         checkpoint passed."""
         path, dumped_at = dump
-        with self.exclusive:
+        with self.exclusive, self.people_lock:
             n = len(self.restores) + 1
             self._set_rate(self.pages, 0)
             passed = self._checkpoint(f"before restore {n}", self.o.stall)
@@ -470,6 +632,7 @@ class Run:
             self.restores.append(
                 Restore(n, dumped_at, began, stopped, ended, snapshot, db.last_seqs)
             )
+            self.epochs = dict(db.epochs)
             self.faults["restore"] += 1
             self._set_rate(self.pages, self.o.rate)
             return passed
@@ -502,6 +665,8 @@ class Run:
         failures = check_pages(self._page_states(), db, when)
         if when == "final":
             failures += check_sends(list(self.sends.values()), db, self.restores, when)
+            failures += check_changes(list(self.changes), self.sends, db, self.restores, when)
+            failures += check_people(list(self.changes), db, self.restores, when)
         for f in failures:
             f.t = at.t
         known = {(f.kind, f.who, f.room, f.seqs, f.cids) for f in self.failures}
@@ -550,7 +715,7 @@ class Run:
         db = {cid: (epoch, last) for cid, epoch, last in rows}
         for p in self.pages:
             epoch, last = db[p.room]
-            if not (p.settled and p.epoch == epoch and p.last_seq == last and len(p.view) == last):
+            if not (p.settled and p.epoch == epoch and p.last_seq == last):
                 return False
         return True
 
@@ -572,6 +737,9 @@ class Run:
                         p.dead,
                         list(p.connections),
                         open_for,
+                        p.loaded_upto,
+                        p.floor,
+                        frozenset(p.seen),
                     )
                 )
         return states
@@ -579,18 +747,47 @@ class Run:
     def read_db(self) -> Db:
         conversations = self.stack.sql("SELECT id, epoch, last_seq FROM chat_conversation")
         rows = self.stack.sql(
-            "SELECT m.conversation_id, m.seq, m.id, u.username, m.sender_id, m.client_id, m.body "
+            "SELECT m.conversation_id, m.seq, m.id, m.kind, u.username, m.sender_id, "
+            "m.client_id, m.body, coalesce(m.target_id, 0), m.edited_at IS NOT NULL, "
+            "m.deleted_at IS NOT NULL "
             "FROM chat_message m JOIN auth_user u ON u.id = m.sender_id ORDER BY 1, 2"
         )
+        # The texts messages had before their edits and deletes, oldest first.
+        revisions = self.stack.sql(
+            "SELECT m.conversation_id, m.id, m.seq, r.body, m.deleted_at IS NOT NULL "
+            "FROM chat_messagerevision r JOIN chat_message m ON m.id = r.message_id "
+            "ORDER BY r.message_id, r.replaced_at, r.id"
+        )
+        originals: dict[int, int] = {}
+        deleted_texts: dict[int, dict[int, int]] = {cid: {} for cid, _, _ in conversations}
+        for room, pk, seq, body, deleted in revisions:
+            originals.setdefault(pk, hash(body))
+            if deleted:
+                deleted_texts[room][hash(body)] = seq
         messages: dict[int, dict[int, Stored]] = {cid: {} for cid, _, _ in conversations}
-        for room, seq, pk, sender, sender_id, cid, body in rows:
-            messages[room][seq] = Stored(
-                seq, pk, sender, sender_id, str(cid) if cid else None, hash(body), len(body)
+        others: dict[int, dict[int, Stored]] = {cid: {} for cid, _, _ in conversations}
+        for room, seq, pk, kind, sender, sender_id, cid, body, target, edited, deleted in rows:
+            entry = Stored(
+                seq,
+                pk,
+                sender,
+                sender_id,
+                str(cid) if cid else None,
+                hash(body),
+                len(body),
+                kind,
+                target,
+                edited,
+                deleted,
+                originals.get(pk),
             )
+            (messages if kind == "message" else others)[room][seq] = entry
         return Db(
             epochs={cid: epoch for cid, epoch, _ in conversations},
             last_seqs={cid: last for cid, _, last in conversations},
             messages=messages,
+            others=others,
+            deleted_texts=deleted_texts,
         )
 
     def _db_last_seqs(self) -> dict[int, int]:
@@ -613,7 +810,7 @@ class Run:
         self._set_rate(self.pages, 0)
         # Once a checkpoint failed, the end is only waited for briefly.
         self._checkpoint("final", self.o.stall if not self.failures else min(self.o.stall, 10.0))
-        for page in self.pages:
+        for page in [*self.pages, *self.gone]:
             if page.crashed is not None:
                 self.failures.append(
                     Failure(
@@ -635,6 +832,17 @@ class Run:
             "faults": dict(self.faults),
             "far_behind": list(self.far_behind),
             "restores": len(self.restores),
+            "changes": {
+                kind: dict(Counter(c.outcome for c in self.changes if c.kind == kind))
+                for kind in ("edit", "delete", "add", "leave")
+            },
+            "left": sum(1 for p in self.gone if p.left),
+            "orphan_changes": sum(p.orphans for p in [*self.pages, *self.gone]),
+            "shallow_loads": sum(
+                1
+                for e in self.history.events
+                if e.kind == "loaded" and "not scrolled back" in e.text
+            ),
         }
 
     # --- the report --------------------------------------------------------------------------
@@ -658,6 +866,19 @@ class Run:
                 f"busy refusals {stats['busy_refusals']}; run {stats.get('seconds', 0):g} s",
                 f"faults: {faults or 'none'}",
                 f"far behind: {'; '.join(stats['far_behind']) or 'none'}",
+                "changes: "
+                + "; ".join(
+                    f"{kind} {sum(outcomes.values())}"
+                    + (
+                        " (" + ", ".join(f"{o} {n}" for o, n in sorted(outcomes.items())) + ")"
+                        if outcomes
+                        else ""
+                    )
+                    for kind, outcomes in stats["changes"].items()
+                )
+                + f"; pages closed with 4403 after leaving {stats['left']}; changes of "
+                f"messages a page did not show {stats['orphan_changes']}; page loads not "
+                f"scrolled back {stats['shallow_loads']}",
             ]
         if errors:
             lines.append("server log errors:")

@@ -2,8 +2,11 @@
 at once: about 60 s of traffic and faults through nginx -> daphne, each on a private stack
 with its own Redis and Postgres (throwaway instances on free ports): tuned on gunicorn :18700,
 daphne :18701/18702, nginx :18780, metrics :19700; stock 10 higher (all moved by
-TEST_INSTANCE). Every page must show every stored message once, in order, with no holes, and
-be connected at the end; every confirmed send must be stored once.
+TEST_INSTANCE). Every page must show every stored entry once, in order, with no holes, each
+message as the database now has it (edited, or deleted and its text nowhere), and be
+connected at the end; every confirmed send must be stored once, every confirmed edit and
+delete kept, every add and leave in the stream; a guest who left must have been closed with
+4403. The run must have made at least one edit, delete, add and leave.
 
 A new seed every run (printed, with the minimal history, when it fails); CHECKER_SEED pins
 it and CHECKER_SECONDS sets the duration. A failure is a defect to fix, not a flake: rerun
@@ -39,3 +42,8 @@ def test_every_page_shows_every_stored_message_once_in_order():
     reports = "\n\n".join(r.report for r in results)
     print(reports)
     assert all(r.ok for r in results), reports
+    for r in results:
+        changes = r.stats["changes"]
+        done = {kind: changes[kind].get("confirmed", 0) for kind in changes}
+        assert all(done.values()), f"{r.options.runtime}: not every kind of change made: {done}"
+        assert r.stats["left"] >= 1, f"{r.options.runtime}: no guest's page closed with 4403"

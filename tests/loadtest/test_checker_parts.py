@@ -105,6 +105,7 @@ def page(view: list[int], *, open_for: float = 10.0, epoch: str = "e1") -> PageS
         None,
         [(1.0, 2.0, 1011)] * 3,
         open_for,
+        loaded_upto=max(view, default=0),
     )
 
 
