@@ -23,7 +23,8 @@ RESET_RE = re.compile(r'<[a-z]+\b([^>]*\bid="chat-reset"[^>]*)>')
 CHAT_RE = re.compile(r'<section\b([^>]*\bid="chat"[^>]*)>')
 OLDER_RE = re.compile(r'<[a-z]+\b([^>]*\bid="load-older"[^>]*)>')
 TAG_RE = re.compile(r"<[^>]*>")
-LINK_TAG_RE = re.compile(r"<a\b[^>]*>|</a>")
+# The server's own tags in a body: links and mentions (chat_links).
+LINK_TAG_RE = re.compile(r"<a\b[^>]*>|</a>|<span class=\"mention\"[^>]*>|</span>")
 CSRF_RE = re.compile(r'name="csrfmiddlewaretoken" value="([^"]+)"')
 
 
@@ -33,7 +34,7 @@ def attrs(text: str) -> dict[str, str]:
 
 def body_text(raw: str) -> str:
     """The text the sender typed: Django escapes it, chat_links wraps its web addresses in
-    <a> tags, then linebreaksbr turns each newline into <br> (a `<` typed is `&lt;` by then,
+    <a> tags and its mentions in <span class="mention">, then linebreaksbr turns each newline into <br> (a `<` typed is `&lt;` by then,
     so every tag is the server's)."""
     return html.unescape(LINK_TAG_RE.sub("", raw).replace("<br>", "\n"))
 
