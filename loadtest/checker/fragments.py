@@ -34,7 +34,7 @@ def attrs(text: str) -> dict[str, str]:
 
 def body_text(raw: str) -> str:
     """The text the sender typed: Django escapes it, chat_links wraps its web addresses in
-    <a> tags and its mentions in <span class="mention">, then linebreaksbr turns each newline into <br> (a `<` typed is `&lt;` by then,
+    <a> tags and its mentions in mention spans, then linebreaksbr turns each newline into <br> (a `<` typed is `&lt;` by then,
     so every tag is the server's)."""
     return html.unescape(LINK_TAG_RE.sub("", raw).replace("<br>", "\n"))
 
