@@ -34,8 +34,8 @@ def attrs(text: str) -> dict[str, str]:
 
 def body_text(raw: str) -> str:
     """The text the sender typed: Django escapes it, chat_links wraps its web addresses in
-    <a> tags and its mentions in mention spans, then linebreaksbr turns each newline into <br> (a `<` typed is `&lt;` by then,
-    so every tag is the server's)."""
+    <a> tags and its mentions in mention spans, then linebreaksbr turns each newline into
+    <br> (a `<` typed is `&lt;` by then, so every tag is the server's)."""
     return html.unescape(LINK_TAG_RE.sub("", raw).replace("<br>", "\n"))
 
 
