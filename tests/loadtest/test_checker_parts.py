@@ -59,7 +59,7 @@ def test_the_servers_message_and_error_fragments_read_back_as_sent():
 def test_a_body_with_links_reads_back_as_typed():
     text = (
         "see https://example.com/a?b=1&c='2' and www.example.org.\n<a href=x>not one</a>"
-        " @ck_r0_m1 <span class=\"mention\">typed</span>"
+        ' @ck_r0_m1 <span class="mention">typed</span>'
     )
     read = fragments.parse_frame(rendered(8, text, None))
     assert "<a href=" in rendered(8, text, None)
