@@ -46,7 +46,8 @@ PORTS = {"nginx_port": 28080, "web_port": 28000, "ws_ports": (28001, 28002)}
 # `--pgbouncer N`: the stack reaches Postgres through PgBouncer with N server connections
 # (transaction pooling, deploy/pgbouncer) on this port; 0: directly.
 PGBOUNCER = {"port": 28032, "pool": 0}
-CONFIRM_TRIES = 3  # rates below the sweep's last sustainable one tried as the knee
+CONFIRM_TRIES = 3  # rates, from the sweep's last sustainable one down, tried as the knee
+CONFIRM_RUNS = 2  # runs each must hold, after its sweep step, to be the knee
 
 
 @dataclass
@@ -278,10 +279,10 @@ def sweep(
     then, on the same stack, `repeat` times: each overload factor of the knee followed by a
     recovery step at the knee 5 s after the overload ended.
 
-    The knee is the highest rate that held twice: the sweep's last sustainable rate is run
-    again, and if it misses, the one below it, up to CONFIRM_TRIES rates. A rate that held
-    once at the edge is a coin toss, and the overload steps and the recovery are
-    measured against the knee. No rate held twice: no overload steps."""
+    The knee is the highest rate that held every time: the sweep's last sustainable rate
+    is run CONFIRM_RUNS times more, and if it misses once, the one below it, up to
+    CONFIRM_TRIES rates. A rate that held once at the edge is a coin toss, and the overload
+    steps and the recovery are measured against the knee. None held: no overload steps."""
     steps: list[Step] = []
     with fresh_stack(backend) as stack:
         for name in stack.ws_names[ws_processes:]:
@@ -296,12 +297,15 @@ def sweep(
         knee = None
         held = [s.rate for s in steps if s.sustainable]
         for rate in reversed(held[-CONFIRM_TRIES:] if overload else []):
-            step = run_step(
-                stack, users_file, backend, rate, rooms, members, seconds, label="confirm"
-            )
-            steps.append(step)
-            print(row(step), flush=True)
-            if step.sustainable:
+            for _ in range(CONFIRM_RUNS):
+                step = run_step(
+                    stack, users_file, backend, rate, rooms, members, seconds, label="confirm"
+                )
+                steps.append(step)
+                print(row(step), flush=True)
+                if not step.sustainable:
+                    break
+            else:
                 knee = rate
                 break
         for run in range(repeat):
@@ -338,11 +342,15 @@ def sweep(
 
 
 def knee_step(steps: list[Step]) -> Step | None:
-    """The step that confirmed the knee (the highest rate that held twice); for runs without
-    confirmation, the sweep's highest sustainable step."""
-    confirmed = [s for s in steps if s.label == "confirm" and s.sustainable]
-    if confirmed:
-        return confirmed[-1]
+    """The last step that confirmed the knee (the highest rate whose confirmation runs all
+    held); for runs without confirmation, the sweep's highest sustainable step."""
+    by_rate: dict[float, list[Step]] = {}
+    for s in steps:
+        if s.label == "confirm":
+            by_rate.setdefault(s.rate, []).append(s)
+    if by_rate:
+        held = [runs for runs in by_rate.values() if all(r.sustainable for r in runs)]
+        return held[0][-1] if held else None
     held = [s for s in steps if not s.label and s.sustainable]
     return max(held, key=lambda s: s.rate) if held else None
 

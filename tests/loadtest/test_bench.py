@@ -19,10 +19,16 @@ def _step(rate: float, p99: float, label: str = "", deliveries: float = 0.0) -> 
     return Step("pubsub", rate, summary, label)
 
 
-def test_the_knee_is_the_rate_its_confirmation_held_at():
+def test_the_knee_is_the_highest_rate_every_confirmation_held_at():
     sweep = [_step(400, 20), _step(500, 60), _step(600, 150)]
-    # 500 held once, missed again; 400 held twice.
-    steps = [*sweep, _step(500, 130, "confirm"), _step(400, 30, "confirm", 3990)]
+    # 500 held in the sweep and once more, then missed; 400 held every time.
+    steps = [
+        *sweep,
+        _step(500, 70, "confirm"),
+        _step(500, 130, "confirm"),
+        _step(400, 25, "confirm"),
+        _step(400, 30, "confirm", 3990),
+    ]
     assert knee_step(steps).rate == 400
     assert knee_step(steps).label == "confirm"
     lines = goodput_lines([*steps, _step(800, 400, "2x", 7980)])
@@ -34,3 +40,4 @@ def test_without_a_confirmation_the_sweep_s_highest_sustainable_rate_is_the_knee
     steps = [_step(400, 20), _step(500, 60), _step(600, 150)]
     assert knee_step(steps).rate == 500
     assert knee_step([_step(400, 150)]) is None
+    assert knee_step([_step(400, 20), _step(400, 150, "confirm")]) is None
