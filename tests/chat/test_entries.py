@@ -297,3 +297,20 @@ def test_a_change_with_the_channel_layer_down_is_stored_and_read_back(
         )
     rows = rows_after(conv.pk, 1, None, 10)
     assert [r.seq for r in rows] == [change.entry.seq] and "after" in rows[0].frame
+
+
+def test_a_change_is_not_news_to_whoever_had_read_everything_before_it():
+    a, b, c = make_user(), make_user(), make_user()
+    conv = make_conversation(a, b, c, title="news")
+    older = _send(conv, a, "older")
+    _send(conv, a, "newest")
+    services.conversation_mark_read(conversation_id=conv.pk, user_id=b.pk, seq=2)
+    services.conversation_mark_read(conversation_id=conv.pk, user_id=c.pk, seq=1)
+    services.message_edit(conversation_id=conv.pk, editor=a, message_id=older.pk, body="o2")
+    services.participants_add(
+        conversation_id=conv.pk, actor=a, usernames=[make_user().get_username()]
+    )
+    unread = {row.conversation.pk: row.unread for row in selectors.conversation_list(b)}
+    assert unread[conv.pk] == 0  # caught up before both changes: still caught up
+    unread = {row.conversation.pk: row.unread for row in selectors.conversation_list(c)}
+    assert unread[conv.pk] == 3  # one message behind: the changes after it count too

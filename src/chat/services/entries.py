@@ -77,6 +77,15 @@ def entry_append(
         body=body,
         target=target,
     )
+    # A change is not news: whoever had read everything before it has read it too (their
+    # unread count stays 0), and their open lists are told when the row moves in them.
+    caught_up = Participant.objects.filter(conversation=conversation, last_read_seq=entry.seq - 1)
+    readers = list(caught_up.values_list("user_id", flat=True))
+    caught_up.update(last_read_seq=entry.seq)
+    read = [
+        events.read(user_id=user_id, conversation_id=conversation.pk, seq=entry.seq)
+        for user_id in (readers if preview is not None else [])
+    ]
     event = events.message(
         conversation_id=conversation.pk,
         seq=entry.seq,
@@ -87,7 +96,7 @@ def entry_append(
         at=conversation.last_message_at.timestamp() if conversation.last_message_at else 0.0,
         listed=preview is not None,
     )
-    transaction.on_commit(lambda: events.broadcast_sync(event))
+    transaction.on_commit(lambda: [events.broadcast_sync(e) for e in [event, *read]])
     return entry
 
 
