@@ -96,7 +96,7 @@ test-browser: install ## Browser end-to-end tests: Chromium drives the UI on a p
 	$(PY) -m pytest tests/browser $(PYTEST_ARGS)
 
 .PHONY: docs-screenshot
-docs-screenshot: install browser-deps ## Regenerate the docs' screenshots (conversation, phone, edits and people) from the real UI
+docs-screenshot: install browser-deps ## Regenerate the docs' screenshots (conversation, phone, edits and people, search) from the real UI
 	$(PY) -m tests.browser.docs_screenshot
 
 .PHONY: browser-deps

@@ -1,10 +1,11 @@
-"""Regenerates docs/screenshot-conversation.png, docs/screenshot-phone.png and
-docs/screenshot-changes.png: `make docs-screenshot`.
+"""Regenerates docs/screenshot-conversation.png, docs/screenshot-phone.png,
+docs/screenshot-changes.png and docs/screenshot-search.png: `make docs-screenshot`.
 
 A private stack (the browser tests' ports), two people chatting through the real UI, a
 picture of one side of it, typing indicator included, then of the other side on a phone
 (360 x 740, as tests/browser/test_phone.py) after a message with a link, and then of an
-edit, a delete and someone added, as every page shows them.
+edit, a delete and someone added, as every page shows them, and of a search, from the page
+of someone Bob mentioned.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from tests.browser.helpers import send, wait_online, wait_socket
 OUT = REPO / "docs" / "screenshot-conversation.png"
 OUT_PHONE = REPO / "docs" / "screenshot-phone.png"
 OUT_CHANGES = REPO / "docs" / "screenshot-changes.png"
+OUT_SEARCH = REPO / "docs" / "screenshot-search.png"
 PHONE = {
     "viewport": {"width": 360, "height": 740},
     "device_scale_factor": 1,
@@ -113,11 +115,17 @@ def main() -> int:
             _changes(pages["alice"], pages["bob"])
             wait_online(pages["bob"], people["alice"]["id"])  # Alice's page is back after the add
             pages["bob"].screenshot(path=str(OUT_CHANGES))
+            send(pages["bob"], "@alice the release notes mention websockets twice")
+            alice = pages["alice"]
+            expect(alice.locator(".mention")).to_have_count(1)
+            alice.goto("/search?q=websockets")
+            expect(alice.locator("mark").first).to_be_visible()
+            alice.screenshot(path=str(OUT_SEARCH))
             browser.close()
     finally:
         site.close()
         stack.stop()
-    print(f"wrote {OUT}, {OUT_PHONE} and {OUT_CHANGES}")
+    print(f"wrote {OUT}, {OUT_PHONE}, {OUT_CHANGES} and {OUT_SEARCH}")
     return 0
 
 
