@@ -292,13 +292,14 @@ class ChatConsumer(Socket):
         seq = min(seq, self.cursor.last_sent)
         if seq <= self.read_seq:
             return
-        self.read_seq = seq
+        before, self.read_seq = self.read_seq, seq
         try:
             await services.read_marker_move(
                 conversation_id=self.conversation_id, user_id=self.user_id, seq=seq
             )
         except DatabaseError as exc:
             not_stored.warning(f"read marker: {type(exc).__name__}")
+            self.read_seq = before  # not stored: the page's next read tries again
 
 
 class InboxConsumer(Socket):

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from playwright.sync_api import Page, expect
 
-from tests.browser.helpers import bodies, open_pair, send, unique, wait_socket
+from tests.browser.helpers import bodies, open_pair, send, unique, wait_socket, wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -84,8 +84,11 @@ def test_conversation_list_and_conversation_pass_axe(pages, site):
     assert_no_serious_violations(bob, "a conversation (the recipient)")
     pages.shot(bob, "conversation")
 
-    # Ann's list, with a second conversation and an unread count.
+    # Ann's list, with a second conversation and an unread count: her page has marked the
+    # two messages read on the server before she leaves it (it sends its marker 0.5 s after
+    # the last message arrives).
     ann_name, cat_name = next(iter(people)), unique("cat")
+    wait_until(lambda: site.read_marker(cid, ann_name) == 2, what="Ann's read marker")
     site.users(cat_name)
     site.conversation(ann_name, cat_name, messages=3, title="Weekend plans")
     pages.goto(ann, "/")
