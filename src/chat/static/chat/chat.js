@@ -326,6 +326,7 @@
      unless it is on its way already. */
   function pump() {
     clearTimeout(state.pumpTimer);
+    state.pumpTimer = null;
     var head = Object.keys(state.pending)[0];
     if (!head) { state.holding = false; return; }
     var payload = state.pending[head];
@@ -701,7 +702,7 @@
       if (state.holding || state.busyUntil > Date.now()) {
         evt.preventDefault();
         state.holding = true;
-        pump();
+        if (!state.pumpTimer) { pump(); }  /* a refused one's backoff is not cut short */
         return;
       }
       state.pending[cid].inFlight = true;
