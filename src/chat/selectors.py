@@ -78,18 +78,23 @@ def conversation_members(conversation_id: int) -> Members | None:
     )
 
 
-# What a page shows: every entry but the changes (an edit or a delete is shown in the
-# message it changes, read as it is now).
+# What a page shows: every entry but the changes (Message.CHANGES: an edit or a delete is
+# shown in the message it changes, read as it is now).
 _HISTORY_SQL = (
     "SELECT id, seq, sender_id, created_at, edited_at, deleted_at FROM {message} "
-    "WHERE conversation_id = %s AND kind NOT IN ('edit', 'delete') "
+    "WHERE conversation_id = %s{before} AND kind NOT IN ({changes}) "
     "ORDER BY seq DESC LIMIT %s"
 )
-_HISTORY_BEFORE_SQL = (
-    "SELECT id, seq, sender_id, created_at, edited_at, deleted_at FROM {message} "
-    "WHERE conversation_id = %s AND seq < %s AND kind NOT IN ('edit', 'delete') "
-    "ORDER BY seq DESC LIMIT %s"
-)
+
+
+@functools.cache
+def _history_sql(before: bool) -> str:
+    """The table by the model's name and the kinds from the model: constants, never input."""
+    return _HISTORY_SQL.format(
+        message=connection.ops.quote_name(Message._meta.db_table),
+        before=" AND seq < %s" if before else "",
+        changes=", ".join(f"'{kind}'" for kind in Message.CHANGES),
+    )
 
 
 def history_keys(
@@ -100,13 +105,10 @@ def history_keys(
     cache without loading them."""
     limit = limit or settings.CHAT_HISTORY_PAGE_SIZE
     with connection.cursor() as cursor:
-        message = connection.ops.quote_name(Message._meta.db_table)
         if before_seq is None:
-            cursor.execute(_HISTORY_SQL.format(message=message), [conversation_id, limit])
+            cursor.execute(_history_sql(False), [conversation_id, limit])
         else:
-            cursor.execute(
-                _HISTORY_BEFORE_SQL.format(message=message), [conversation_id, before_seq, limit]
-            )
+            cursor.execute(_history_sql(True), [conversation_id, before_seq, limit])
         return [tuple(row) for row in reversed(cursor.fetchall())]
 
 
